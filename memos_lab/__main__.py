@@ -1,0 +1,3 @@
+from memos_lab.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""Ranking metrics over turn-level evidence, computed with ranx."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from memos_lab.errors import MemosError
+
+DEFAULT_CUTOFFS = (1, 5, 10)
+
+
+def per_query_metrics(
+    qrels: Mapping[str, Sequence[str]],
+    run: Mapping[str, Mapping[str, float]],
+    cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+    ndcg_cutoff: int = 10,
+) -> dict[str, np.ndarray]:
+    """Per-query scores, aligned with `sorted(qrels)`.
+
+    qrels: query id -> its relevant (evidence) document ids; run: query id -> document id -> score.
+    `recall_all@k` is 1 when every relevant document is in the top k (LoCoMo practice for
+    multi-evidence questions), `recall_any@k` when at least one is.
+    """
+    from ranx import Qrels, Run, evaluate
+
+    empty = sorted(qid for qid, docs in qrels.items() if not docs)
+    if empty:
+        raise MemosError(f"queries without relevant documents cannot be scored: {empty[:5]}")
+    query_ids = sorted(qrels)
+    # ranx drops queries whose run is empty; a sentinel document keeps them (scored as misses).
+    run_dict = {qid: dict(run.get(qid) or {"__no_result__": 0.0}) for qid in query_ids}
+    qrels_dict = {qid: {doc: 1 for doc in qrels[qid]} for qid in query_ids}
+    names = [f"recall@{k}" for k in cutoffs] + [f"hit_rate@{k}" for k in cutoffs] + [f"ndcg@{ndcg_cutoff}", "mrr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba's cast warnings inside ranx are noise here
+        scores = evaluate(Qrels(qrels_dict), Run(run_dict), names, return_mean=False, make_comparable=True)
+    if len(names) == 1:  # ranx returns a bare array for a single metric
+        scores = {names[0]: scores}
+    result: dict[str, np.ndarray] = {}
+    for k in cutoffs:
+        result[f"recall_all@{k}"] = (np.asarray(scores[f"recall@{k}"]) >= 1.0 - 1e-9).astype(float)
+        result[f"recall_any@{k}"] = np.asarray(scores[f"hit_rate@{k}"], dtype=float)
+    result[f"ndcg@{ndcg_cutoff}"] = np.asarray(scores[f"ndcg@{ndcg_cutoff}"], dtype=float)
+    result["mrr"] = np.asarray(scores["mrr"], dtype=float)
+    return result
+
+
+def mean_metrics(per_query: Mapping[str, np.ndarray], prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{name}": float(np.mean(values)) for name, values in per_query.items()}
+
+
+def latency_percentiles(milliseconds: Sequence[float], prefix: str) -> dict[str, float]:
+    values = np.asarray(milliseconds, dtype=float)
+    return {f"{prefix}_p50": float(np.percentile(values, 50)), f"{prefix}_p95": float(np.percentile(values, 95))}

@@ -1,0 +1,1 @@
+"""Experiment trackers, selected by the `logger` config group."""

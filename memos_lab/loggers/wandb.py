@@ -1,0 +1,57 @@
+"""Weights & Biases tracker; offline unless the user set WANDB_MODE or `logger.mode`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from memos_lab.loggers.base import Tracker
+
+
+class WandbTracker(Tracker):
+    def __init__(
+        self,
+        project: str = "memos_lab",
+        mode: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        entity: str | None = None,
+    ) -> None:
+        self.project = project
+        # An explicit WANDB_MODE (e.g. after `wandb login`, "online") wins over the offline default.
+        self.mode = mode or os.environ.get("WANDB_MODE") or "offline"
+        self.group = group
+        self.tags = list(tags)
+        self.entity = entity
+        self._run: Any = None
+
+    def start(self, run_dir: str, config: Mapping[str, Any]) -> None:
+        import wandb
+
+        self._run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,
+            group=self.group,
+            tags=self.tags,
+            dir=run_dir,
+            config=dict(config),
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log(self, values: Mapping[str, float], step: int | None = None) -> None:
+        self._run.log(dict(values), step=step)
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        import wandb
+
+        self._run.log({name: wandb.Table(columns=list(columns), data=[list(row) for row in rows])})
+
+    def finish(self, metrics: Mapping[str, float], failed: bool = False) -> None:
+        if self._run is None:
+            return
+        self._run.summary.update(dict(metrics))
+        self._run.finish(exit_code=1 if failed else 0)
+        self._run = None

@@ -1,0 +1,1 @@
+"""Declarative memory: explicit knowledge as text items, behind one interface (`base.TextualMemory`)."""

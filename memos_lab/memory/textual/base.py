@@ -1,0 +1,181 @@
+"""The one interface of declarative (textual) memory.
+
+`TextualMemory` owns the items and their lifecycle (versions, soft delete, filters); a backend only
+keeps its index over them by implementing `_index_add`, `_index_remove` and `_search`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+from memos_lab.errors import ConfigError, MemosError, NotFoundError
+from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, now_iso
+from memos_lab.models.embedder import Embedder
+
+MAX_TEXT_CHARS = 100_000  # longer texts are a bug upstream (a whole file read as one memory), not a memory
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which items a search or listing may return. Times compare as ISO-8601 strings."""
+
+    user: str | None = None
+    session: str | None = None
+    tags: tuple[str, ...] = ()  # an item must carry all of them
+    statuses: tuple[str, ...] = (ACTIVE,)
+    time_from: str | None = None  # inclusive bound on `event_time`
+    time_to: str | None = None  # inclusive bound on `event_time`
+
+    def __post_init__(self) -> None:
+        unknown = set(self.statuses) - set(STATUSES)
+        if unknown:
+            raise ConfigError(f"filter statuses: unknown {sorted(unknown)}; valid: {list(STATUSES)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object] | SearchFilter | None) -> SearchFilter:
+        if values is None:
+            return cls()
+        if isinstance(values, SearchFilter):
+            return values
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown filter field(s) {unknown}; valid: {valid}")
+        converted = {k: tuple(v) if k in ("tags", "statuses") and v is not None else v for k, v in values.items()}
+        return cls(**converted)
+
+    def matches(self, item: MemoryItem) -> bool:
+        meta = item.metadata
+        if meta.status not in self.statuses:
+            return False
+        if self.user is not None and meta.user != self.user:
+            return False
+        if self.session is not None and meta.session != self.session:
+            return False
+        if self.tags and not set(self.tags) <= set(meta.tags):
+            return False
+        if self.time_from is not None and (meta.event_time is None or meta.event_time < self.time_from):
+            return False
+        if self.time_to is not None and (meta.event_time is None or meta.event_time > self.time_to):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    item: MemoryItem
+    score: float
+
+
+class TextualMemory(ABC):
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self._items: dict[str, MemoryItem] = {}
+
+    # ---- the public API -------------------------------------------------------------------------
+
+    def add(self, items: Iterable[MemoryItem | str]) -> list[str]:
+        """Store new items (strings become items with default metadata); returns their ids."""
+        batch = [MemoryItem(text=item) if isinstance(item, str) else item for item in items]
+        for item in batch:
+            _check_text(item.text, item.id)
+            if item.id in self._items:
+                raise MemosError(f"memory item {item.id!r} already exists; use update() to change it")
+        missing = [item for item in batch if item.embedding is None]
+        if missing:
+            for item, vector in zip(missing, self.embedder.encode([item.text for item in missing])):
+                item.embedding = vector
+        for item in batch:
+            self._items[item.id] = item
+        self._index_add(batch)
+        return [item.id for item in batch]
+
+    def search(
+        self, query: str, top_k: int = 10, filters: Mapping[str, object] | SearchFilter | None = None
+    ) -> list[SearchHit]:
+        if not isinstance(query, str) or not query.strip():
+            raise MemosError("search query must be a non-empty string")
+        if top_k <= 0:
+            raise ConfigError(f"top_k must be positive, got {top_k}")
+        search_filter = SearchFilter.from_mapping(filters)
+        if not self._items:
+            return []
+        return self._search(query, top_k, search_filter)
+
+    def get(self, item_id: str) -> MemoryItem:
+        try:
+            return self._items[item_id]
+        except KeyError:
+            raise NotFoundError(f"no memory item with id {item_id!r}") from None
+
+    def get_all(self, filters: Mapping[str, object] | SearchFilter | None = None) -> list[MemoryItem]:
+        search_filter = SearchFilter.from_mapping(filters)
+        return [item for item in self._items.values() if search_filter.matches(item)]
+
+    def update(self, item_id: str, text: str, **metadata_changes: object) -> MemoryItem:
+        """Store a new version of an item; the old one stays, archived, linked to its successor."""
+        old = self.get(item_id)
+        if old.metadata.status != ACTIVE:
+            raise MemosError(f"memory item {item_id!r} is {old.metadata.status}; only active items can be updated")
+        _check_text(text, item_id)
+        stamp = now_iso()
+        new = MemoryItem(
+            text=text,
+            metadata=old.evolve(
+                version=old.metadata.version + 1,
+                predecessor_id=old.id,
+                successor_id=None,
+                created_at=stamp,
+                updated_at=stamp,
+                **metadata_changes,
+            ).metadata,
+        )
+        self.add([new])
+        self._replace(old.evolve(status=ARCHIVED, successor_id=new.id, updated_at=stamp))
+        return new
+
+    def delete(self, item_id: str, hard: bool = False) -> None:
+        """Soft delete by default (status `deleted`, still stored); `hard=True` purges the item."""
+        item = self.get(item_id)
+        if hard:
+            del self._items[item_id]
+            self._index_remove([item_id])
+        else:
+            self._replace(item.evolve(status=DELETED, updated_at=now_iso()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # ---- what a backend implements --------------------------------------------------------------
+
+    @abstractmethod
+    def _index_add(self, items: Sequence[MemoryItem]) -> None:
+        """Index newly stored items (their embeddings are set)."""
+
+    @abstractmethod
+    def _index_remove(self, item_ids: Sequence[str]) -> None:
+        """Drop purged items from the index."""
+
+    @abstractmethod
+    def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        """Best `top_k` stored items matching the filter, best first."""
+
+    def _on_replace(self, item: MemoryItem) -> None:
+        """Hook for backends whose index caches item metadata; the default index holds ids only."""
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _replace(self, item: MemoryItem) -> None:
+        self._items[item.id] = item
+        self._on_replace(item)
+
+
+def _check_text(text: object, item_id: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise MemosError(f"memory item {item_id!r}: text must be a non-empty string")
+    if len(text) > MAX_TEXT_CHARS:
+        raise MemosError(
+            f"memory item {item_id!r}: text has {len(text)} characters, more than the limit of {MAX_TEXT_CHARS}"
+        )

@@ -1,0 +1,1 @@
+"""Models used by memos_lab: language models (llm) and text embedders (embedder)."""

