@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from memos_lab.errors import ConfigError, MemosError, NotFoundError
 from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, now_iso
@@ -161,6 +162,14 @@ class TextualMemory(ABC):
     @abstractmethod
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         """Best `top_k` stored items matching the filter, best first."""
+
+    def _save_index(self, folder: Path) -> None:
+        """Write index files that are costly to rebuild (never pickle). Default: none, rebuilt on load."""
+
+    def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
+        """Restore the index over `items` (already in `self._items`, embeddings set). Default: rebuild."""
+        if items:
+            self._index_add(items)
 
     def _on_replace(self, item: MemoryItem) -> None:
         """Hook for backends whose index caches item metadata; the default index holds ids only."""
