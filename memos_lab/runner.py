@@ -22,7 +22,7 @@ from memos_lab.provenance import environment
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.md"
-NOISY_LOGGERS = ("bm25s", "httpx", "sentence_transformers")  # they log per call at DEBUG/INFO
+NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
 
 
 def seed_everything(seed: int) -> None:

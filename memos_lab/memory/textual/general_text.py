@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import bm25s
@@ -13,6 +14,8 @@ from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.models.embedder import Embedder
 
 FUSIONS = ("rrf", "bm25", "dense")
+# bm25s sets its own logger to DEBUG on import and logs every index build; keep runs readable.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class GeneralTextMemory(TextualMemory):
