@@ -11,6 +11,8 @@ from memos_lab.mos import MOS
 from memos_lab.scheduler.base import Budget, MemScheduler
 from memos_lab.scheduler.lru import LRUPolicy
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny():

@@ -231,13 +231,15 @@ class MemScheduler:
         """New memories are the freshest context: admitted at once (unless admit_on_add is off)."""
         if cube_id != self.cube_id or not self.admit_on_add or not items:
             return
-        query = " ".join(item.text for item in items)
-        self._step(list(items), query, self._query_vector(query))
+        vectors = [item.embedding for item in items if item.embedding is not None]
+        # The added text is the current turn; its embedding is already there, no need to encode it again.
+        vector = np.mean(vectors, axis=0) if vectors else self._query_vector(" ".join(item.text for item in items))
+        self._step(list(items), " ".join(item.text for item in items), vector)
 
     def on_update(self, cube_id: str, old_id: str, new_item: MemoryItem) -> None:
         """The new version replaces the archived one in place of it, keeping its place in the budget."""
         if cube_id == self.cube_id and self.working.drop(old_id):
-            self._step([new_item], new_item.text, self._query_vector(new_item.text))
+            self.on_add(cube_id, [new_item])
 
     def on_delete(self, cube_id: str, item_id: str) -> None:
         if cube_id == self.cube_id:
