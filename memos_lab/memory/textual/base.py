@@ -6,6 +6,7 @@ keeps its index over them by implementing `_index_add`, `_index_remove` and `_se
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -148,6 +149,14 @@ class TextualMemory(ABC):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def config(self) -> dict[str, object]:
+        """The constructor arguments besides the embedder, so a stored memory can be rebuilt as it was.
+
+        Backends keep each constructor argument in an attribute of the same name.
+        """
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "embedder")]
+        return {name: getattr(self, name) for name in names}
 
     # ---- what a backend implements --------------------------------------------------------------
 
