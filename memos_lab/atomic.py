@@ -34,6 +34,7 @@ def atomic_write_dir(target: Path, build: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like a mkdir
         build(staging)
         _fsync_tree(staging)
         if target.exists():
@@ -81,3 +82,9 @@ def _fsync_path(path: Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
