@@ -126,8 +126,6 @@ def _run_task(cfg: DictConfig) -> float | None:
     objective = cfg.get("objective")  # a metric name, for sweepers that optimise a return value
     try:
         metrics = run_experiment(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices))
-        if objective and objective not in metrics:
-            raise ConfigError(f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}")
     except (MemosError, OmegaConfBaseException, InstantiationException) as error:
         # InstantiationException: a config value of the wrong type reached a component's constructor.
         print(f"error: {_one_line(error)}", file=sys.stderr)
@@ -138,10 +136,10 @@ def _run_task(cfg: DictConfig) -> float | None:
 
 def _group_sweep_runs(cfg: DictConfig, sweep_dir: str) -> None:
     """Jobs of one sweep share a W&B group (named after the sweep folder) unless the user chose one."""
-    if "group" in cfg.logger and cfg.logger.group is None:
-        from omegaconf import open_dict
+    from omegaconf import open_dict
 
-    with open_dict(cfg):
+    if "group" in cfg.logger and cfg.logger.group is None:
+        with open_dict(cfg):
             cfg.logger.group = str(sweep_dir)[-MAX_GROUP_CHARS:]
 
 

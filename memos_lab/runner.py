@@ -29,6 +29,7 @@ PROVENANCE_FILE = "provenance.json"
 PER_QUERY_ARTIFACT = "per_query"
 # The runner adds this metric last, so a metrics.json holding it was written by a finished run.
 COMPLETE_MARKER = "run/wall_s"
+log = logging.getLogger(__name__)
 NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
 ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 RESERVED_NAMES = frozenset(Path(name).stem for name in (METRICS_FILE, CONFIG_FILE, REPORT_FILE, PROVENANCE_FILE))
@@ -77,6 +78,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     if cfg.get("resume"):
         finished = finished_metrics(run_dir, config_text)
         if finished is not None:
+            log.info("resume: %s already holds the finished run of this config; skipped", run_dir)
             return finished
     seed_everything(int(cfg.seed))
     for name in NOISY_LOGGERS:
@@ -106,6 +108,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, env, wall_s))
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last: marks done
     inner.finish(metrics)
+    objective = cfg.get("objective")
+    if objective and objective not in metrics:  # checked after writing: the run itself is sound and kept
+        raise ConfigError(f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}")
     return metrics
 
 
