@@ -166,9 +166,15 @@ class TextualMemory(ABC):
     def config(self) -> dict[str, object]:
         """The constructor arguments besides the embedder, so a stored memory can be rebuilt as it was.
 
-        Backends keep each constructor argument in an attribute of the same name.
+        Backends keep each constructor argument in an attribute of the same name; arguments a subclass
+        passes on through **kwargs are found in its base classes' constructors.
         """
-        names = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "embedder")]
+        names: dict[str, None] = {}
+        for cls in type(self).__mro__:
+            if "__init__" in vars(cls) and cls is not TextualMemory and issubclass(cls, TextualMemory):
+                for name, parameter in inspect.signature(cls.__init__).parameters.items():
+                    if name not in ("self", "embedder") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+                        names[name] = None
         return {name: getattr(self, name) for name in names}
 
     # ---- what a backend implements --------------------------------------------------------------

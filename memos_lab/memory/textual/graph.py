@@ -53,14 +53,9 @@ class GraphMemory(GeneralTextMemory):
         expansion_weight: float = 0.3,
         neighbour_weight: float = 0.0,
         terms: bool = False,
-        fusion: str = "rrf",
-        rrf_k: int = 60,
-        lexical_weight: float = 1.0,
-        dense_weight: float = 1.0,
-        bm25_k1: float = 1.5,
-        bm25_b: float = 0.75,
+        **fusion_settings: object,  # general_text's: fusion, rrf_k, lexical_weight, dense_weight, bm25_*
     ) -> None:
-        super().__init__(embedder, fusion, rrf_k, lexical_weight, dense_weight, bm25_k1, bm25_b)
+        super().__init__(embedder, **fusion_settings)
         self.entity_weight = entity_weight
         self.expansion_weight = expansion_weight
         self.neighbour_weight = neighbour_weight

@@ -44,14 +44,9 @@ class TreeTextMemory(GeneralTextMemory):
         beam: int = 0,
         summary_items: int = 2,
         seed: int = 0,
-        fusion: str = "rrf",
-        rrf_k: int = 60,
-        lexical_weight: float = 1.0,
-        dense_weight: float = 1.0,
-        bm25_k1: float = 1.5,
-        bm25_b: float = 0.75,
+        **fusion_settings: object,  # general_text's: fusion, rrf_k, lexical_weight, dense_weight, bm25_*
     ) -> None:
-        super().__init__(embedder, fusion, rrf_k, lexical_weight, dense_weight, bm25_k1, bm25_b)
+        super().__init__(embedder, **fusion_settings)
         for name, value in {"leaf_size": leaf_size, "summary_items": summary_items}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
