@@ -83,9 +83,17 @@ def rerotate(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def compose_chunks(
-    lm: LanguageModel, prompt: ChunkedPrompt, chunk_caches: Sequence[KVCache], recompute_frac: float = 0.0
+    lm: LanguageModel,
+    prompt: ChunkedPrompt,
+    chunk_caches: Sequence[KVCache],
+    recompute_frac: float = 0.0,
+    reposition: bool = True,
 ) -> tuple[KVCache, int]:
-    """The cache of header + all chunks assembled from per-chunk caches; returns it and the recomputed tokens."""
+    """The cache of header + all chunks assembled from per-chunk caches; returns it and the recomputed tokens.
+
+    `reposition=False` reproduces MemOS's naive merge (keys keep their encoding positions, which then repeat):
+    kept only as the baseline the experiment measures against.
+    """
     if not 0.0 <= recompute_frac <= 1.0:
         raise ConfigError(f"recompute_frac must be within [0, 1], got {recompute_frac}")
     h = len(prompt.header)
@@ -106,7 +114,7 @@ def compose_chunks(
                 v_parts.append(working.layers[layer].values[:, :, -m:])
             recomputed += m
         # token h + j of the chunk cache moves to position len(ids) + j
-        delta = len(ids) - h
+        delta = len(ids) - h if reposition else 0
         for layer, (k_parts, v_parts) in enumerate(zip(keys, values)):
             k_parts.append(rerotate(cache.keys[layer][:, :, h + m :], delta, inv_freq))
             v_parts.append(cache.values[layer][:, :, h + m :])

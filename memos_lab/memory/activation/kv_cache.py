@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from memos_lab.atomic import atomic_write_bytes, atomic_write_text
 from memos_lab.errors import DataError, IncompatibleError, NotFoundError
+from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
 from memos_lab.models.llm import LanguageModel
 
@@ -97,14 +98,6 @@ class Prefill:
 
     def snapshot(self) -> KVCache:
         return KVCache.from_dynamic(self.cache, self.token_ids)
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def check_context(lm: LanguageModel, n_tokens: int) -> None:

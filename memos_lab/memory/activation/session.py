@@ -9,14 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from memos_lab.memory.activation.kv_cache import (
-    KVCache,
-    KVCacheMemory,
-    Prefill,
-    common_prefix_len,
-    generate,
-    prefill,
-)
+from memos_lab.eval.kv import common_prefix_len
+from memos_lab.memory.activation.kv_cache import KVCache, KVCacheMemory, Prefill, generate, prefill
 from memos_lab.models.llm import LanguageModel
 
 
@@ -37,7 +31,8 @@ class ChatSession:
     def prompt_ids(self) -> list[int]:
         return self.lm.encode_chat(self.messages, add_generation_prompt=True)
 
-    def _prefix(self, ids: Sequence[int]) -> KVCache | None:
+    def prefix(self, ids: Sequence[int]) -> KVCache | None:
+        """The cache to start `ids` from: the session's own or a stored memory's, whichever shares more."""
         candidates = [self.cache]
         if self.memory is not None:
             candidates.append(self.memory.best_prefix(ids)[1])
@@ -47,7 +42,7 @@ class ChatSession:
     def prefill(self) -> Prefill:
         """Next-token logits for the chat so far (plus the assistant prompt); the session keeps the cache."""
         ids = self.prompt_ids()
-        result = prefill(self.lm, ids, self._prefix(ids))
+        result = prefill(self.lm, ids, self.prefix(ids))
         self.cache = result.snapshot()
         self._count(result.reused, result.computed)
         return result
@@ -55,7 +50,7 @@ class ChatSession:
     def reply(self, max_new_tokens: int = 64) -> str:
         """Generate the assistant's answer greedily, append it to the chat and keep the cache of both."""
         ids = self.prompt_ids()
-        answer, self.cache, reused = generate(self.lm, ids, self._prefix(ids), max_new_tokens)
+        answer, self.cache, reused = generate(self.lm, ids, self.prefix(ids), max_new_tokens)
         self._count(reused, len(ids) - reused)
         text = self.lm.tokenizer.decode(answer, skip_special_tokens=True)
         self.add("assistant", text)
