@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from memos_lab.errors import ConfigError
-from memos_lab.memory.textual.general_text import GeneralTextMemory, _ranks
+from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.memory.textual.lexical import ranks as _ranks
 from memos_lab.models.embedder import Embedder
 
 

@@ -6,6 +6,7 @@ keeps its index over them by implementing `_index_add`, `_index_remove` and `_se
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -15,6 +16,7 @@ from memos_lab.errors import ConfigError, MemosError, NotFoundError
 from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, now_iso
 from memos_lab.models.embedder import Embedder
 
+KEY_FIELD = "key"  # metadata.extra field holding an item's index key, when it differs from its text
 MAX_TEXT_CHARS = 100_000  # longer texts are a bug upstream (a whole file read as one memory), not a memory
 
 
@@ -86,7 +88,7 @@ class TextualMemory(ABC):
                 raise MemosError(f"memory item {item.id!r} already exists; use update() to change it")
         missing = [item for item in batch if item.embedding is None]
         if missing:
-            for item, vector in zip(missing, self.embedder.encode([item.text for item in missing])):
+            for item, vector in zip(missing, self.embedder.encode([self.key(item) for item in missing])):
                 item.embedding = vector
         for item in batch:
             self._items[item.id] = item
@@ -122,6 +124,8 @@ class TextualMemory(ABC):
             raise MemosError(f"memory item {item_id!r} is {old.metadata.status}; only active items can be updated")
         _check_text(text, item_id)
         stamp = now_iso()
+        # A reader's index key describes the old text; the new version is indexed under its own text.
+        metadata_changes.setdefault("extra", {k: v for k, v in old.metadata.extra.items() if k != KEY_FIELD})
         new = MemoryItem(
             text=text,
             metadata=old.evolve(
@@ -146,8 +150,26 @@ class TextualMemory(ABC):
         else:
             self._replace(item.evolve(status=DELETED, updated_at=now_iso()))
 
+    @staticmethod
+    def key(item: MemoryItem) -> str:
+        """The text an item is indexed under: its own text, or the richer key a reader gave it
+        (`extra["key"]`, e.g. the turn with its neighbours and date), while searches still return the item."""
+        return item.metadata.extra.get(KEY_FIELD) or item.text
+
+    def index_nbytes(self) -> int:
+        """Memory held by the search index (embeddings, postings, graph), for cost comparisons."""
+        return 0
+
     def __len__(self) -> int:
         return len(self._items)
+
+    def config(self) -> dict[str, object]:
+        """The constructor arguments besides the embedder, so a stored memory can be rebuilt as it was.
+
+        Backends keep each constructor argument in an attribute of the same name.
+        """
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "embedder")]
+        return {name: getattr(self, name) for name in names}
 
     # ---- what a backend implements --------------------------------------------------------------
 
