@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from memos_lab.atomic import atomic_write_text
 from memos_lab.cube import MemCube
@@ -36,6 +36,16 @@ class CubeHit:
     score: float
 
 
+class MemoryListener(Protocol):
+    """Told about every change the MOS routes (a scheduler keeps its faster tiers in step with the store)."""
+
+    def on_add(self, cube_id: str, items: Sequence[MemoryItem]) -> None: ...
+
+    def on_update(self, cube_id: str, old_id: str, new_item: MemoryItem) -> None: ...
+
+    def on_delete(self, cube_id: str, item_id: str) -> None: ...
+
+
 class MOS:
     """Every operation names its caller and is checked against the cube's owner and shares."""
 
@@ -46,9 +56,16 @@ class MOS:
         self._users: set[str] = set()
         self._cubes: dict[str, MemCube] = {}
         self._shares: dict[str, dict[str, str]] = {}  # cube id -> user -> mode
+        self._listeners: list[MemoryListener] = []
         self.root = None if root is None else Path(root)
         if self.root is not None and (self.root / REGISTRY_FILE).exists():
             self._open(model)
+
+    def attach(self, listener: MemoryListener) -> None:
+        self._listeners.append(listener)
+
+    def detach(self, listener: MemoryListener) -> None:
+        self._listeners.remove(listener)
 
     # ---- users and cubes ------------------------------------------------------------------------
 
@@ -112,7 +129,13 @@ class MOS:
 
     def add(self, caller: str, cube_id: str, items: Iterable[MemoryItem | str]) -> list[str]:
         self._check(caller, cube_id, WRITE)
-        return self._cubes[cube_id].text.add(items)
+        text = self._cubes[cube_id].text
+        ids = text.add(items)
+        if self._listeners:
+            added = [text.get(item_id) for item_id in ids]
+            for listener in self._listeners:
+                listener.on_add(cube_id, added)
+        return ids
 
     def search(
         self,
@@ -148,7 +171,10 @@ class MOS:
 
     def update(self, caller: str, cube_id: str, item_id: str, text: str, **metadata: object) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
-        return self._cubes[cube_id].text.update(item_id, text, **metadata)
+        new = self._cubes[cube_id].text.update(item_id, text, **metadata)
+        for listener in self._listeners:
+            listener.on_update(cube_id, item_id, new)
+        return new
 
     def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
@@ -157,6 +183,8 @@ class MOS:
     def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
         self._check(caller, cube_id, WRITE)
         self._cubes[cube_id].text.delete(item_id, hard=hard)
+        for listener in self._listeners:
+            listener.on_delete(cube_id, item_id)
 
     # ---- persistence ----------------------------------------------------------------------------
 
