@@ -13,8 +13,9 @@ BACKENDS = config_groups()["memory"]
 
 
 def build_backend(name: str, embedder, **overrides) -> TextualMemory:
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "memory" / f"{name}.yaml"), overrides)
-    return hydra.utils.instantiate(cfg, embedder=embedder)
+    group = OmegaConf.merge(OmegaConf.load(CONF_DIR / "memory" / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.create({"seed": 0, "memory": group})  # the root keys a group may interpolate
+    return hydra.utils.instantiate(cfg.memory, embedder=embedder)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -28,7 +28,7 @@ def ranked(memory, queries=("lisbon trip", "piano", "Tom chess club", "roses not
 
 def test_relevant_item_comes_first_and_scores_descend(text_memory):
     text_memory.add(corpus())
-    hits = text_memory.search("Ana piano lessons note 15", 5)
+    hits = text_memory.search("Maya piano lessons note 15", 5)
     assert hits[0].item.text.endswith("note 15")
     assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
     assert len({hit.item.id for hit in hits}) == 5

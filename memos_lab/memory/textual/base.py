@@ -9,8 +9,10 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from memos_lab.errors import ConfigError, MemosError, NotFoundError
 from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, now_iso
@@ -141,6 +143,47 @@ class TextualMemory(ABC):
         self._replace(old.evolve(status=ARCHIVED, successor_id=new.id, updated_at=stamp))
         return new
 
+    def merge(self, item_ids: Sequence[str], text: str | None = None, **metadata_changes: object) -> MemoryItem:
+        """Replace duplicates or contradicting items by one item (`text`, default the newest's text).
+
+        The merged items stay, archived, each linked to the result (`successor_id`); the result records
+        them in `extra["merged_from"]` and their sources in `extra["merged_sources"]` (`;`-separated).
+        """
+        if len(set(item_ids)) < 2 or len(set(item_ids)) != len(item_ids):
+            raise MemosError(f"merge needs two or more distinct item ids, got {list(item_ids)}")
+        olds = [self.get(item_id) for item_id in item_ids]
+        inactive = [item.id for item in olds if item.metadata.status != ACTIVE]
+        if inactive:
+            raise MemosError(f"memory item(s) {inactive} are not active; only active items can be merged")
+        newest = max(olds, key=lambda item: (item.metadata.event_time or "", item.metadata.updated_at))
+        text = newest.text if text is None else text
+        _check_text(text, "merged")
+        stamp = now_iso()
+        sources = [item.metadata.source for item in olds if item.metadata.source]
+        extra = {k: v for k, v in newest.metadata.extra.items() if k != KEY_FIELD}
+        extra.update(merged_from=";".join(item_ids), merged_sources=";".join(sources))
+        metadata = replace(
+            newest.metadata, version=max(item.metadata.version for item in olds) + 1, predecessor_id=newest.id,
+            successor_id=None, created_at=stamp, updated_at=stamp, tags=tuple(dict.fromkeys(t for i in olds for t in i.metadata.tags)),
+            extra=extra,
+        )  # fmt: skip
+        merged = MemoryItem(text=text, metadata=replace(metadata, **metadata_changes))
+        self.add([merged])
+        for item in olds:
+            self._replace(item.evolve(status=ARCHIVED, successor_id=merged.id, updated_at=stamp))
+        return merged
+
+    def near_duplicates(self, threshold: float = 0.95) -> list[tuple[str, str, float]]:
+        """Pairs of active items whose embeddings' cosine is at least `threshold`, most similar first."""
+        active = [item for item in self._items.values() if item.metadata.status == ACTIVE]
+        if len(active) < 2:
+            return []
+        vectors = np.stack([item.embedding for item in active])
+        similarity = np.triu(vectors @ vectors.T, k=1)
+        rows, cols = np.nonzero(similarity >= threshold)
+        pairs = [(active[r].id, active[c].id, float(similarity[r, c])) for r, c in zip(rows, cols)]
+        return sorted(pairs, key=lambda pair: -pair[2])
+
     def delete(self, item_id: str, hard: bool = False) -> None:
         """Soft delete by default (status `deleted`, still stored); `hard=True` purges the item."""
         item = self.get(item_id)
@@ -166,9 +209,15 @@ class TextualMemory(ABC):
     def config(self) -> dict[str, object]:
         """The constructor arguments besides the embedder, so a stored memory can be rebuilt as it was.
 
-        Backends keep each constructor argument in an attribute of the same name.
+        Backends keep each constructor argument in an attribute of the same name; arguments a subclass
+        passes on through **kwargs are found in its base classes' constructors.
         """
-        names = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "embedder")]
+        names: dict[str, None] = {}
+        for cls in type(self).__mro__:
+            if "__init__" in vars(cls) and cls is not TextualMemory and issubclass(cls, TextualMemory):
+                for name, parameter in inspect.signature(cls.__init__).parameters.items():
+                    if name not in ("self", "embedder") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+                        names[name] = None
         return {name: getattr(self, name) for name in names}
 
     # ---- what a backend implements --------------------------------------------------------------

@@ -73,6 +73,7 @@ class GeneralTextMemory(TextualMemory):
         k = min(top_k, int(mask.sum()))
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[np.isfinite(scores[best])]  # rows a subclass ruled out
         return [SearchHit(self._items[self._row_ids[row]], float(scores[row])) for row in best]
 
     def _fused_scores(self, query: str, mask: np.ndarray) -> np.ndarray:

@@ -44,19 +44,21 @@ class Bm25Index:
 
 
 def ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of every entry, best first; ties broken by position so fusion is deterministic."""
-    order = np.argsort(-scores, kind="stable")
-    result = np.empty(len(scores), dtype=np.float64)
-    result[order] = np.arange(1, len(scores) + 1)
-    return result
+    """1-based rank of every entry, best first; tied scores share the best of their ranks, so the order
+    items were stored in never decides between equally scored ones."""
+    from scipy.stats import rankdata
+
+    return rankdata(-scores, method="min").astype(np.float64)
 
 
 def reciprocal_rank_fusion(rankings: Sequence[tuple[float, np.ndarray]], mask: np.ndarray, rrf_k: float) -> np.ndarray:
-    """sum_i w_i / (rrf_k + rank_i) over the rows `mask` allows (Cormack et al. 2009)."""
+    """sum_i w_i / (rrf_k + rank_i) over the rows `mask` allows (Cormack et al. 2009); -inf scores rank nowhere."""
     fused = np.zeros(len(mask), dtype=np.float64)
     for weight, scores in rankings:
         if weight:
-            fused += weight / (rrf_k + ranks(np.where(mask, scores, -np.inf)))
+            masked = np.where(mask, scores, -np.inf)
+            # -inf means "not in this ranking": no credit from it
+            fused += np.where(np.isfinite(masked), weight / (rrf_k + ranks(masked)), 0.0)
     return fused
 
 
