@@ -246,3 +246,16 @@ def test_settings_are_validated():
         LoRAMemory(build_tiny_llama(), ranks=4)
     with pytest.raises(IncompatibleError, match="does not fit"):
         LoRAMemory(build_tiny_llama(), target_modules=["c_attn"])
+
+
+def test_training_upper_layers_skips_the_frozen_ones_and_still_learns(lm):
+    memory = LoRAMemory(lm, adapter="top", **(FAST | {"layers": [1], "lr": 2e-2}))
+    try:
+        examples = [memory._encode(e) for e in EDITS]
+        memory._cache_frozen_prefix(examples)
+        assert all(e.hidden is not None for e in examples)  # the Llama layout check accepted the shortcut
+        memory.edit(EDITS)
+        assert learned(lm, memory) == [True, True, True]
+        assert all(".layers.1." in name for name in memory.model.model.state_dict() if "lora_A" in name and "top_" in name)
+    finally:
+        memory.close()

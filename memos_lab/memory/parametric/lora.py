@@ -53,7 +53,14 @@ IGNORE = -100  # label of tokens outside the loss
 # peft's own adapter files name weights relative to a PeftModel wrapper; ours attach to the bare model
 PEFT_PREFIX = "base_model.model."
 
-Example = tuple[list[int], list[int]]  # (prompt ids, target ids)
+TRUNCATABLE = ("llama", "mistral", "qwen2")  # decoders whose LlamaModel-style forward takes layer input as embeds
+
+
+@dataclass
+class _Example:
+    prompt: list[int]
+    target: list[int]
+    hidden: torch.Tensor | None = None  # the frozen input of the lowest adapted layer, when cached
 
 
 @dataclass(frozen=True)
@@ -281,9 +288,9 @@ class LoRAMemory(ParametricMemory):
             adapter.gate.add(edits)
         return report
 
-    def _encode(self, edit: KnowledgeEdit) -> Example:
+    def _encode(self, edit: KnowledgeEdit) -> _Example:
         try:
-            return encode_prompt(self.model, edit.prompt), encode_target(self.model, edit.target_new)
+            return _Example(encode_prompt(self.model, edit.prompt), encode_target(self.model, edit.target_new))
         except DataError as error:
             raise DataError(f"edit {edit.edit_id!r}: {error}") from None
 
@@ -293,9 +300,10 @@ class LoRAMemory(ParametricMemory):
             param.requires_grad_(True)
         return params
 
-    def _train(self, key: str, params: list[torch.nn.Parameter], examples: list[Example], n_edits: int) -> EditReport:
+    def _train(self, key: str, params: list[torch.nn.Parameter], examples: list[_Example], n_edits: int) -> EditReport:
         s = self.settings
         model = self.model.model
+        self._cache_frozen_prefix(examples)
         anchors = self._anchors() if s.locality_weight > 0 else None
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
         rng = random.Random(s.seed)
@@ -337,22 +345,61 @@ class LoRAMemory(ParametricMemory):
             model.disable_adapters()
         return EditReport(n_edits, steps, time.perf_counter() - started, loss_value, learned)
 
-    def _edit_loss(self, examples: Sequence[Example]) -> tuple[torch.Tensor, list[bool]]:
+    def _logits(self, examples: Sequence[_Example], keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions of the left-padded prompt + target sequences; from the cached
+        input of the lowest adapted layer when every example has one (the frozen layers below are skipped)."""
+        ids, mask, positions = left_padded(self.model, [e.prompt + e.target for e in examples])
+        model = self.model.model
+        if any(e.hidden is None for e in examples):
+            return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        embeds = torch.zeros((*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype)
+        for row, example in enumerate(examples):
+            embeds[row, ids.shape[1] - len(example.hidden):] = example.hidden
+        layers = model.model.layers
+        model.model.layers = torch.nn.ModuleList(list(layers)[min(self.settings.layers):])
+        try:
+            return model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        finally:
+            model.model.layers = layers
+
+    @torch.no_grad()
+    def _cache_frozen_prefix(self, examples: list[_Example]) -> None:
+        """Cache each example's input to the lowest adapted layer: the layers below it never change, so
+        training then runs only the adapted top of the network (several times faster for upper layers)."""
+        model = self.model.model
+        start = min(self.settings.layers) if self.settings.layers else 0
+        if start == 0 or getattr(model.config, "model_type", None) not in TRUNCATABLE:
+            return
+        for first in range(0, len(examples), 32):
+            chunk = examples[first:first + 32]
+            ids, mask, positions = left_padded(self.model, [e.prompt + e.target for e in chunk])
+            states = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[start]
+            for row, example in enumerate(chunk):
+                example.hidden = states[row, ids.shape[1] - len(example.prompt) - len(example.target):].clone()
+        # Guard against an architecture whose forward differs from the Llama layout: compare once.
+        probe = examples[:4]
+        full = self._logits([_Example(e.prompt, e.target) for e in probe], keep=1)
+        if not torch.allclose(full, self._logits(probe, keep=1), atol=1e-4, rtol=1e-3):
+            for example in examples:
+                example.hidden = None
+
+    def _edit_loss(self, examples: Sequence[_Example]) -> tuple[torch.Tensor, list[bool]]:
         """Cross-entropy of a left-padded batch, and per example whether every target token is the argmax
         after its teacher-forced prefix (then greedy decoding says the target)."""
-        ids, mask, positions = left_padded(self.model, [p + t for p, t in examples])
-        width = ids.shape[1]
-        longest = max(len(t) for _, t in examples)
+        width = max(len(e.prompt) + len(e.target) for e in examples)
+        longest = max(len(e.target) for e in examples)
         # Target-only loss needs logits at the last positions alone: skips most of the vocabulary projection.
         keep = longest + 1 if self.settings.loss == "target" else width
-        logits = self.model.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logits = self._logits(examples, keep)
+        ids = torch.tensor([[0] * (width - len(e.prompt) - len(e.target)) + e.prompt + e.target for e in examples])
         predicted, gold = logits[:, :-1], ids[:, width - keep + 1:]
         labels = torch.full_like(gold, IGNORE)
         targets = torch.zeros_like(gold, dtype=torch.bool)
-        for row, (prompt, target) in enumerate(examples):
-            targets[row, keep - 1 - len(target):] = True
-            first = len(target) if self.settings.loss == "target" else len(prompt) + len(target) - 1
-            labels[row, keep - 1 - min(first, keep - 1):] = gold[row, keep - 1 - min(first, keep - 1):]
+        for row, example in enumerate(examples):
+            targets[row, keep - 1 - len(example.target):] = True
+            first = len(example.target) if self.settings.loss == "target" else len(example.prompt) + len(example.target) - 1
+            labels[row, keep - 1 - first:] = gold[row, keep - 1 - first:]
         loss = torch.nn.functional.cross_entropy(
             predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
         )
@@ -360,23 +407,27 @@ class LoRAMemory(ParametricMemory):
         return loss, hits
 
     @torch.no_grad()
-    def _all_learned(self, examples: Sequence[Example]) -> bool:
+    def _all_learned(self, examples: Sequence[_Example]) -> bool:
         return all(all(self._edit_loss(examples[i:i + 32])[1]) for i in range(0, len(examples), 32))
 
-    def _anchors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Anchor prompts with the frozen base model's next-token log-probabilities at every position."""
-        ids, mask, positions = left_padded(self.model, [encode_prompt(self.model, p) for p in self.settings.locality_prompts])
+    def _anchors(self) -> tuple[list[_Example], torch.Tensor, torch.Tensor]:
+        """Anchor prompts, their attention mask and the frozen base model's next-token log-probabilities."""
+        anchors = [_Example(encode_prompt(self.model, p), []) for p in self.settings.locality_prompts]
+        _, mask, _ = left_padded(self.model, [a.prompt for a in anchors])
         self._base_only()
         with torch.no_grad():
-            base = self.model.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.log_softmax(-1)
-        return ids, mask, positions, base
+            base = self._logits(anchors, keep=0).log_softmax(-1)  # keep=0: every position
+        self._cache_frozen_prefix(anchors)
+        return anchors, mask, base
 
-    def _locality_loss(self, anchors: tuple[torch.Tensor, ...], rng: random.Random) -> torch.Tensor:
-        ids, mask, positions, base = anchors
-        rows = torch.tensor(rng.sample(range(len(ids)), min(self.settings.batch_size, len(ids))))
-        edited = self.model.model(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows]).logits
-        kl = torch.nn.functional.kl_div(edited.log_softmax(-1), base[rows], log_target=True, reduction="none").sum(-1)
-        weights = mask[rows].float()
+    def _locality_loss(self, anchors: tuple[list[_Example], torch.Tensor, torch.Tensor], rng: random.Random) -> torch.Tensor:
+        examples, mask, base = anchors
+        rows = rng.sample(range(len(examples)), min(self.settings.batch_size, len(examples)))
+        # the sampled rows are re-padded to their own width, which is the right end of the full padding
+        edited = self._logits([examples[i] for i in rows], keep=0).log_softmax(-1)
+        width = edited.shape[1]
+        reference, weights = base[rows, -width:], mask[rows, -width:].float()
+        kl = torch.nn.functional.kl_div(edited, reference, log_target=True, reduction="none").sum(-1)
         return (kl * weights).sum() / weights.sum()
 
     # -- persistence ------------------------------------------------------------------------------
