@@ -6,16 +6,27 @@ one clear line and exit status 2 (also for sweeps, before any job runs).
 
 from __future__ import annotations
 
+import argparse
+import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from memos_lab.errors import ConfigError, MemosError
+from memos_lab.provenance import COMMAND_VARIABLE
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
+LOAD_CONFIG_NAME = "load"
 USAGE_EXIT = 2
-HYDRA_OWN_GROUPS = ("hydra", "local")  # not ours to list; Hydra validates hydra/* itself
+HYDRA_OWN_GROUPS = ("hydra", "local")  # not ours to list; hydra/* choices are checked against Hydra's own list
+MAX_GROUP_CHARS = 128  # W&B's limit on group names
+PLUGIN_HINT = "the joblib, ray, submitit launchers and the optuna sweeper come with: pip install 'memos_lab[launchers]'"
 
 
 def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
@@ -27,7 +38,7 @@ def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
     return groups
 
 
-def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
+def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, config_name: str = CONFIG_NAME) -> None:
     """Raise ConfigError naming the first bad override; sweeps are checked value by value."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -41,6 +52,7 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> N
         raise ConfigError(f"malformed override: {_one_line(error)}") from None
     groups = config_groups(conf_dir)
     first_values = []
+    hydra_choices: list[tuple[str, list[str]]] = []
     for override in parsed:
         key = override.key_or_group
         if override.is_sweep_override():
@@ -56,12 +68,30 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> N
                 raise ConfigError(
                     f"unknown choice {unknown[0]!r} for config group {key!r}; valid: {', '.join(groups[key])}"
                 )
+        if key.startswith("hydra/") and not override.is_delete():
+            hydra_choices.append((key, values))
         first_values.append(f"{override.get_key_element()}={values[0]}" if values else override.input_line)
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            compose(CONFIG_NAME, overrides=first_values, return_hydra_config=True)
+            _check_hydra_choices(hydra_choices)
+            compose(config_name, overrides=first_values, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def _check_hydra_choices(choices: Sequence[tuple[str, list[str]]]) -> None:
+    """hydra/launcher, hydra/sweeper...: their options come from Hydra, its plugins and conf/hydra/."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    for group, values in choices:
+        options = loader.get_group_options(group)
+        unknown = [value for value in values if value not in options]
+        if unknown:
+            raise ConfigError(
+                f"unknown choice {unknown[0]!r} for config group {group!r}; valid: {', '.join(options) or 'none'}"
+                f" ({PLUGIN_HINT})"
+            )
 
 
 def _one_line(error: BaseException) -> str:
@@ -77,12 +107,14 @@ def _run(args: Sequence[str]) -> None:
 
     validate_overrides(args)
     prepare_environment()
+    os.environ[COMMAND_VARIABLE] = command_line("run", args)
     sys.argv = [sys.argv[0], *args]
     hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")(_run_task)()
 
 
-def _run_task(cfg: object) -> float | None:
+def _run_task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from hydra.errors import InstantiationException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -90,6 +122,9 @@ def _run_task(cfg: object) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _group_sweep_runs(cfg, hydra_cfg.sweep.dir)
+    objective = cfg.get("objective")  # a metric name, for sweepers that optimise a return value
     try:
         metrics = run_experiment(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices))
     except (MemosError, OmegaConfBaseException, InstantiationException) as error:
@@ -97,12 +132,70 @@ def _run_task(cfg: object) -> float | None:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT) from None
     print(f"wrote {run_dir / 'metrics.json'} ({len(metrics)} metrics)")
-    objective = cfg.get("objective")  # a metric name, for sweepers that optimise a return value
-    return metrics.get(objective) if objective else None
+    return metrics[objective] if objective else None
+
+
+def _group_sweep_runs(cfg: DictConfig, sweep_dir: str) -> None:
+    """Jobs of one sweep share a W&B group (named after the sweep folder) unless the user chose one."""
+    from omegaconf import open_dict
+
+    if "group" in cfg.logger and cfg.logger.group is None:
+        with open_dict(cfg):
+            cfg.logger.group = str(sweep_dir)[-MAX_GROUP_CHARS:]
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other CLI error
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _report(args: Sequence[str]) -> None:
+    from memos_lab.reporting import write_report
+
+    parser = _ArgumentParser(prog="report", add_help=False)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=lambda text: [name for name in text.split(",") if name])
+    options = parser.parse_args(list(args))
+    summary = write_report(options.folders, options.out, command_line("report", args), options.metrics)
+    print(
+        f"wrote {summary.out / 'report.md'}: {summary.configurations} configuration(s), "
+        f"{summary.runs} run(s), {summary.failed} failed"
+    )
+
+
+def command_line(command: str, args: Sequence[str]) -> str:
+    return shlex.join(["python", "-m", "memos_lab", command, *args])
+
+
+def _load(args: Sequence[str]) -> None:
+    """Compose conf/load.yaml and call the chosen memory type's loader; no Hydra run folder is made."""
+    import hydra.utils
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from memos_lab.runner import prepare_environment
+
+    if any(arg.startswith("-") for arg in args):
+        raise ConfigError(f"load takes key=value overrides only, got {next(a for a in args if a.startswith('-'))!r}")
+    validate_overrides(args, config_name=LOAD_CONFIG_NAME)
+    prepare_environment()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(LOAD_CONFIG_NAME, overrides=list(args))
+    try:
+        summary = hydra.utils.get_method(cfg.memory_type.fn)(cfg)
+    except (OmegaConfBaseException, InstantiationException) as error:
+        raise ConfigError(_one_line(error)) from None
+    for key, value in summary.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "run": (_run, "run an experiment: python -m memos_lab run [-m] [group=choice ...] [key=value ...]"),
+    "load": (_load, "load data into a persistent cube: python -m memos_lab load memory_type=declarative "
+             "user=U cube_dir=DIR [dataset=NAME | input=FILE.jsonl] [memory=...] [reader=fast|fine]"),
+    "report": (_report, "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2]"),
 }
 
 

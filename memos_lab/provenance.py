@@ -64,10 +64,13 @@ def hardware() -> dict[str, str]:
     }
 
 
+COMMAND_VARIABLE = "MEMOS_LAB_COMMAND"  # set by the CLI; launcher workers (joblib, Ray) inherit it
+
+
 def environment() -> dict[str, object]:
     return {
         "git_commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": os.environ.get(COMMAND_VARIABLE) or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "packages": package_versions(),
         "hardware": hardware(),
     }

@@ -7,8 +7,9 @@ import logging
 import math
 import os
 import random
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,22 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.atomic import atomic_write_text
+from memos_lab.errors import ConfigError, DataError
 from memos_lab.loggers.base import Tracker
 from memos_lab.provenance import environment
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.md"
+PROVENANCE_FILE = "provenance.json"
+# An artefact experiments may save: metric -> query id -> score; the report's paired tests read it.
+PER_QUERY_ARTIFACT = "per_query"
+# The runner adds this metric last, so a metrics.json holding it was written by a finished run.
+COMPLETE_MARKER = "run/wall_s"
+log = logging.getLogger(__name__)
 NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
+ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+RESERVED_NAMES = frozenset(Path(name).stem for name in (METRICS_FILE, CONFIG_FILE, REPORT_FILE, PROVENANCE_FILE))
 
 
 def seed_everything(seed: int) -> None:
@@ -33,33 +43,113 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _RunTracker(Tracker):
+    """What the experiment sees: forwards series and tables to the configured tracker and keeps the
+    artefacts, which the runner writes into the run folder once the experiment has succeeded."""
+
+    def __init__(self, inner: Tracker) -> None:
+        self.inner = inner
+        self.artifacts: dict[str, Any] = {}
+
+    def log(self, values: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.log(values, step=step)
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.inner.log_table(name, columns, rows)
+
+    def log_artifact(self, name: str, data: Mapping[str, Any]) -> None:
+        if not ARTIFACT_NAME.fullmatch(name) or name in RESERVED_NAMES:
+            raise ValueError(f"artefact name {name!r} must be a plain file stem other than {sorted(RESERVED_NAMES)}")
+        self.artifacts[name] = data
+        self.inner.log_artifact(name, data)
+
+
 def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -> dict[str, float]:
-    """Build the tracker, call the experiment function, write metrics.json, config.yaml and report.md."""
+    """Build the tracker, call the experiment function, write metrics.json, config.yaml, report.md,
+    provenance.json and the experiment's artefacts (<name>.json).
+
+    With `resume=true`, a run folder that already holds complete metrics of the same config is not run again.
+    """
     import hydra.utils
     import torch
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_text = OmegaConf.to_yaml(cfg, resolve=True)
+    if cfg.get("resume"):
+        finished = finished_metrics(run_dir, config_text)
+        if finished is not None:
+            log.info("resume: %s already holds the finished run of this config; skipped", run_dir)
+            return finished
     seed_everything(int(cfg.seed))
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    tracker: Tracker = hydra.utils.instantiate(cfg.logger)
+    env = environment()
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's
+    atomic_write_text(run_dir / CONFIG_FILE, config_text)
+    # Written before the experiment so a crashed run still says which code and machine it ran on.
+    atomic_write_text(run_dir / PROVENANCE_FILE, json.dumps(env, indent=2, sort_keys=True) + "\n")
+    inner: Tracker = hydra.utils.instantiate(cfg.logger)
+    tracker = _RunTracker(inner)
     experiment = hydra.utils.get_method(cfg.experiment.fn)
-    tracker.start(str(run_dir), resolved)
+    inner.start(str(run_dir), resolved)
     started = time.perf_counter()
     try:
         metrics = _checked_metrics(experiment(cfg, tracker))
     except BaseException:
-        tracker.finish({}, failed=True)
+        inner.finish({}, failed=True)
         raise
     wall_s = time.perf_counter() - started
-    metrics["run/wall_s"] = wall_s
-    atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, environment(), wall_s))
-    tracker.finish(metrics)
+    metrics[COMPLETE_MARKER] = wall_s
+    for name, data in tracker.artifacts.items():
+        atomic_write_text(run_dir / f"{name}.json", json.dumps(data, sort_keys=True) + "\n")
+    atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, env, wall_s))
+    atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last: marks done
+    inner.finish(metrics)
+    objective = cfg.get("objective")
+    if objective and objective not in metrics:  # checked after writing: the run itself is sound and kept
+        raise ConfigError(f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}")
+    return metrics
+
+
+def read_metrics(run_dir: Path) -> dict[str, float]:
+    """The metrics of a finished run; DataError saying why when the file is missing or incomplete."""
+    path = run_dir / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"no {METRICS_FILE} (the job crashed or was interrupted)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"unreadable {METRICS_FILE}: {error}") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{METRICS_FILE} is not a JSON object")
+    try:
+        metrics = _checked_metrics(metrics)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{METRICS_FILE}: {error}") from None
+    if COMPLETE_MARKER not in metrics:
+        raise DataError(f"incomplete {METRICS_FILE}: no {COMPLETE_MARKER!r}")
+    return metrics
+
+
+def finished_metrics(run_dir: Path, config_text: str) -> dict[str, float] | None:
+    """For resume: the stored metrics when this folder finished a run of the same config, else None."""
+    try:
+        metrics = read_metrics(run_dir)
+    except DataError:
+        return None  # not finished: run it (again)
+    stored = OmegaConf.create((run_dir / CONFIG_FILE).read_text())
+    current = OmegaConf.create(config_text)
+    for config in (stored, current):
+        config.pop("resume", None)
+    if stored != current:
+        differing = sorted(key for key in set(stored) | set(current) if stored.get(key) != current.get(key))
+        raise ConfigError(
+            f"resume: {run_dir} holds a finished run of a different config (differs in {', '.join(differing)}); "
+            "resume the sweep with the same overrides and hydra.sweep.dir, or use a fresh folder"
+        )
     return metrics
 
 

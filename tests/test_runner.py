@@ -3,6 +3,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from memos_lab.errors import ConfigError
 from memos_lab.loggers.base import Tracker
 from memos_lab.runner import _checked_metrics, run_experiment
 
@@ -59,3 +60,62 @@ def test_failed_experiment_writes_no_metrics_and_marks_tracker_failed(tmp_path):
 def test_non_numeric_metrics_are_a_bug(bad):
     with pytest.raises((TypeError, ValueError), match="'a'"):
         _checked_metrics(bad)
+
+
+def experiment_with_artifact(cfg, tracker):
+    tracker.log_artifact("per_query", {"toy/score": {"q1": 1.0, "q2": 0.0}})
+    return {"toy/score": 0.5}
+
+
+def test_artifacts_are_written_by_the_runner_beside_the_metrics(tmp_path):
+    run_experiment(make_cfg(f"{__name__}.experiment_with_artifact"), tmp_path, {})
+    assert json.loads((tmp_path / "per_query.json").read_text()) == {"toy/score": {"q1": 1.0, "q2": 0.0}}
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert {"git_commit", "command", "hardware", "packages"} <= set(provenance)
+
+
+@pytest.mark.parametrize("name", ["metrics", "../x", ""])
+def test_artifact_names_cannot_clobber_run_files(name):
+    from memos_lab.runner import _RunTracker
+
+    with pytest.raises(ValueError, match="artefact name"):
+        _RunTracker(Tracker()).log_artifact(name, {})
+
+
+counted_runs = []
+
+
+def counting_experiment(cfg, tracker):
+    counted_runs.append(cfg.seed)
+    return {"toy/score": 0.25}
+
+
+def test_resume_skips_a_finished_run_of_the_same_config_and_reruns_an_unfinished_one(tmp_path):
+    cfg = make_cfg(f"{__name__}.counting_experiment")
+    first = run_experiment(cfg, tmp_path, {})
+    cfg.resume = True
+    assert run_experiment(cfg, tmp_path, {}) == first and len(counted_runs) == 1  # skipped
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    del metrics["run/wall_s"]  # as if the run had been cut short
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    run_experiment(cfg, tmp_path, {})
+    assert len(counted_runs) == 2
+    cfg.seed = 1
+    with pytest.raises(ConfigError, match=r"holds a finished run of a different config \(differs in seed\)"):
+        run_experiment(cfg, tmp_path, {})
+    assert len(counted_runs) == 2
+
+
+def test_a_rerun_without_resume_removes_the_stale_metrics_first(tmp_path):
+    run_experiment(make_cfg(f"{__name__}.constant_experiment"), tmp_path, {})
+    with pytest.raises(RuntimeError):
+        run_experiment(make_cfg(f"{__name__}.failing_experiment"), tmp_path, {})
+    assert not (tmp_path / "metrics.json").exists()  # the report shows this run as failed, not as the old one
+
+
+def test_an_objective_that_is_not_a_metric_is_named_and_the_run_kept(tmp_path):
+    cfg = make_cfg(f"{__name__}.constant_experiment")
+    cfg.objective = "toy/nosuch"
+    with pytest.raises(ConfigError, match="objective 'toy/nosuch' is not a metric of this experiment; valid: run/wall_s, toy/count"):
+        run_experiment(cfg, tmp_path, {})
+    assert json.loads((tmp_path / "metrics.json").read_text())["toy/score"] == 0.5

@@ -16,6 +16,7 @@ from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_quer
 from memos_lab.experiments.common import load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.mos import MOS
+from memos_lab.runner import PER_QUERY_ARTIFACT
 
 PREFIX = "retrieval/"
 
@@ -59,6 +60,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     per_query = per_query_metrics(qrels, run_scores, cutoffs=tuple(cfg.experiment.cutoffs))
     metrics = mean_metrics(per_query, PREFIX)
     query_ids = sorted(qrels)
+    # Per-query scores let the report test differences between configurations for significance.
+    tracker.log_artifact(
+        PER_QUERY_ARTIFACT, {f"{PREFIX}{name}": dict(zip(query_ids, values.tolist())) for name, values in per_query.items()}
+    )
     by_category: dict[str, list[int]] = defaultdict(list)
     for index, query_id in enumerate(query_ids):
         by_category[category_of[query_id]].append(index)

@@ -18,5 +18,8 @@ class Tracker:
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """A small result table (per-category scores, sweep rows)."""
 
+    def log_artifact(self, name: str, data: Mapping[str, Any]) -> None:
+        """A small JSON-able result (e.g. per-query scores); the runner writes it to `<run dir>/<name>.json`."""
+
     def finish(self, metrics: Mapping[str, float], failed: bool = False) -> None:
         """Final metrics; called once by the runner, also when the experiment failed."""

@@ -1,0 +1,165 @@
+"""`python -m memos_lab report`: many run folders -> one comparison table, plots, tests and provenance."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from memos_lab.atomic import atomic_write_text
+from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
+from memos_lab.reporting.runs import RunRecord, collect_runs
+from memos_lab.reporting.table import (
+    Comparison,
+    choose_metrics,
+    group_configurations,
+    mark_missing_metrics,
+    paired_tests,
+    summary_frames,
+    swept_keys,
+)
+
+REPORT_FILE = "report.md"
+TABLE_FILE = "table.csv"
+RUNS_FILE = "runs.csv"
+ALPHA = 0.05
+
+
+@dataclass
+class ReportSummary:
+    out: Path
+    runs: int
+    failed: int
+    configurations: int
+
+
+def write_report(folders: Sequence[Path], out: Path, command: str, metrics: Sequence[str] | None = None) -> ReportSummary:
+    """Aggregate the runs under `folders` into out/report.md, table.csv, runs.csv and PNG plots."""
+    runs = collect_runs(list(folders))  # raises before anything is written when there is nothing sound to report
+    chosen = choose_metrics(runs, metrics)
+    mark_missing_metrics(runs, chosen)
+    keys, common = swept_keys(runs)
+    configurations = group_configurations(runs, keys)
+    shown, numeric = summary_frames(configurations, chosen)
+    comparisons = paired_tests(configurations, chosen)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [plot_against_setting(configurations, chosen, key, out) for key in keys]
+    latency = latency_metric(chosen) or latency_metric(["run/wall_s"])
+    if latency and any(len(c.values(latency)) for c in configurations):
+        plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
+    atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
+    atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
+    markdown = render(runs, folders, command, common, shown, comparisons, [p for p in plots if p], out)
+    atomic_write_text(out / REPORT_FILE, markdown)
+    failed = sum(not run.ok for run in runs)
+    return ReportSummary(out, len(runs), failed, len(configurations))
+
+
+def runs_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
+    """Every aggregated run with its provenance: the machine-readable record behind the table."""
+    rows = []
+    for run in runs:
+        provenance = run.provenance
+        rows.append(
+            {
+                "path": str(run.path),
+                "seed": run.seed,
+                "overrides": " ".join(f"{key}={value}" for key, value in run.overrides.items()),
+                "status": "ok" if run.ok else "failed",
+                "failure": run.failure or "",
+                "wall_s": (run.metrics or {}).get("run/wall_s"),
+                "git_commit": provenance.get("git_commit", "unknown"),
+                "command": provenance.get("command", "unknown"),
+                "hardware": json.dumps(provenance.get("hardware", {}), sort_keys=True),
+                "packages": json.dumps(provenance.get("packages", {}), sort_keys=True),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def render(
+    runs: Sequence[RunRecord],
+    folders: Sequence[Path],
+    command: str,
+    common: dict[str, str],
+    table: pd.DataFrame,
+    comparisons: Sequence[Comparison],
+    plots: Sequence[Path],
+    out: Path,
+) -> str:
+    failed = [run for run in runs if not run.ok]
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# memos_lab report: {runs[0].experiment}",
+        "",
+        f"- command: `{command}`",
+        f"- date: {date}",
+        f"- folders: {', '.join(f'`{folder}`' for folder in folders)}",
+        f"- runs: {len(runs)} ({len(runs) - len(failed)} finished, {len(failed)} failed)",
+        f"- settings common to all runs: {', '.join(f'{k}={v}' for k, v in common.items()) or 'none'}",
+        "",
+        "## Results",
+        "",
+        "One row per configuration; cells are mean ± sample std over the finished seeds (`seeds`);"
+        " `failed` counts the runs of that configuration without complete metrics.",
+        "",
+        tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
+        "",
+    ]
+    if failed:
+        lines += ["## Failed runs", "", tabulate(
+            [(str(run.path), run.seed, " ".join(f"{k}={v}" for k, v in run.overrides.items()), run.failure) for run in failed],
+            ["run", "seed", "overrides", "why"], "github",
+        ), ""]  # fmt: skip
+    lines += _significance_section(comparisons)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.relative_to(out)})" for plot in plots] + [""]
+    lines += _provenance_section(runs)
+    return "\n".join(lines)
+
+
+def _significance_section(comparisons: Sequence[Comparison]) -> list[str]:
+    if not comparisons:
+        return []
+    threshold = ALPHA / len(comparisons)
+    rows = [
+        (c.metric, c.control, c.treatment, c.pairs, f"{c.control_mean:.4g}", f"{c.treatment_mean:.4g}",
+         f"{c.p_value:.3g}", "yes" if c.p_value <= threshold else "no")
+        for c in comparisons
+    ]  # fmt: skip
+    return [
+        "## Paired significance tests",
+        "",
+        f"Two-sided paired t-test (ranx) on per-query scores, pairing each query under the same seed; "
+        f"significant at α = {ALPHA} with Bonferroni correction over {len(comparisons)} tests (p ≤ {threshold:.2g}).",
+        "",
+        tabulate(rows, ["metric", "A", "B", "pairs", "mean A", "mean B", "p", "significant"], "github", disable_numparse=True),
+        "",
+    ]
+
+
+def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
+    """What every run ran on; identical values are listed once with their run count (runs.csv has each run)."""
+
+    def counted(values: list[str]) -> str:
+        return "; ".join(f"`{value}` ({count})" for value, count in Counter(values).most_common())
+
+    lines = ["## Provenance", "", f"Per run: `{RUNS_FILE}`. Values below with the number of runs that had them.", ""]
+    lines.append(f"- git commit: {counted([run.provenance.get('git_commit', 'unknown') for run in runs])}")
+    lines.append(f"- command: {counted([run.provenance.get('command', 'unknown') for run in runs])}")
+    for section in ("hardware", "packages"):
+        keys = sorted({key for run in runs for key in run.provenance.get(section, {})})
+        values = [
+            (key, counted([str(run.provenance.get(section, {}).get(key, "unknown")) for run in runs])) for key in keys
+        ]
+        if values:
+            lines += ["", tabulate(values, [section, "value (runs)"], "github", disable_numparse=True)]
+        else:
+            lines.append(f"- {section}: unknown (no {section} recorded)")
+    return lines + [""]

@@ -1,0 +1,125 @@
+"""PNG plots of a report: each metric against each swept setting, and latency against quality."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from memos_lab.atomic import atomic_write_bytes
+from memos_lab.reporting.table import Configuration
+
+COLUMNS = 3
+LATENCY = re.compile(r"(_ms\b|_ms_|latency|wall_s$)")
+
+
+def latency_metric(metrics: Sequence[str]) -> str | None:
+    return next((name for name in metrics if LATENCY.search(name)), None)
+
+
+def quality_metrics(configurations: Sequence[Configuration], metrics: Sequence[str]) -> list[str]:
+    """Scores in [0, 1] that are not timings (recall, nDCG, accuracy...)."""
+    chosen = []
+    for name in metrics:
+        values = np.concatenate([configuration.values(name) for configuration in configurations])
+        if not LATENCY.search(name) and len(values) and values.min() >= 0.0 and values.max() <= 1.0:
+            chosen.append(name)
+    return chosen
+
+
+def file_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", text).strip("_")
+
+
+def _grid(count: int):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    columns = min(COLUMNS, count)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    for axis in axes.flat[count:]:
+        axis.set_visible(False)
+    return figure, list(axes.flat[:count])
+
+
+def _save(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _as_numbers(values: Sequence[str]) -> list[float] | None:
+    try:
+        return [float(value) for value in values]
+    except ValueError:
+        return None
+
+
+def plot_against_setting(
+    configurations: Sequence[Configuration], metrics: Sequence[str], key: str, out: Path
+) -> Path | None:
+    """One panel per metric: mean ± std against the values of `key`, one line per value of the other settings."""
+    metrics = [name for name in metrics if any(len(c.values(name)) for c in configurations)]
+    if not metrics:
+        return None
+    x_values = list(dict.fromkeys(configuration.settings[key] for configuration in configurations))
+    numbers = _as_numbers(x_values)
+    positions = dict(zip(x_values, numbers if numbers else range(len(x_values))))
+    lines: dict[str, list[Configuration]] = {}
+    for configuration in configurations:
+        rest = ", ".join(f"{k}={v}" for k, v in configuration.settings.items() if k != key)
+        lines.setdefault(rest, []).append(configuration)
+    figure, axes = _grid(len(metrics))
+    for axis, metric in zip(axes, metrics):
+        for label, members in lines.items():
+            points = sorted(
+                (positions[c.settings[key]], c.values(metric).mean(), c.values(metric).std(ddof=1) if len(c.values(metric)) > 1 else 0.0)
+                for c in members
+                if len(c.values(metric))
+            )
+            if points:
+                xs, ys, errors = zip(*points)
+                axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label or None)
+        axis.set_title(metric, fontsize=9)
+        axis.set_xlabel(key)
+        if not numbers:
+            axis.set_xticks(range(len(x_values)), x_values, rotation=20, fontsize=8)
+        if len(lines) > 1:
+            axis.legend(fontsize=6)
+    path = out / f"{file_stem(key)}.png"
+    _save(figure, path)
+    return path
+
+
+def plot_latency_vs_quality(
+    configurations: Sequence[Configuration], latency: str, quality: Sequence[str], out: Path
+) -> Path | None:
+    """One panel per quality metric; each configuration is a point (mean ± std over seeds)."""
+    if not quality:
+        return None
+    figure, axes = _grid(len(quality))
+    for axis, metric in zip(axes, quality):
+        for configuration in configurations:
+            x, y = configuration.values(latency), configuration.values(metric)
+            if len(x) and len(y):
+                axis.errorbar(
+                    x.mean(), y.mean(), xerr=x.std(ddof=1) if len(x) > 1 else 0.0,
+                    yerr=y.std(ddof=1) if len(y) > 1 else 0.0, marker="o", capsize=3,
+                )  # fmt: skip
+                axis.annotate(configuration.label, (x.mean(), y.mean()), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        axis.set_xlabel(latency)
+        axis.set_ylabel(metric)
+    path = out / "latency_vs_quality.png"
+    _save(figure, path)
+    return path

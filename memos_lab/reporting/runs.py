@@ -1,0 +1,148 @@
+"""Finding the runs under a set of folders and reading what each one left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memos_lab.errors import DataError
+from memos_lab.runner import CONFIG_FILE, PER_QUERY_ARTIFACT, PROVENANCE_FILE, read_metrics
+
+HYDRA_DIR = ".hydra"
+# Overrides that do not make a different configuration: seeds are averaged over, resume only skips work.
+NOT_A_SETTING = frozenset({"seed", "resume"})
+DEFAULT = "(default)"
+
+
+@dataclass
+class RunRecord:
+    """One job's folder: its configuration, and its metrics or why it has none."""
+
+    path: Path
+    experiment: str
+    seed: int | None
+    overrides: dict[str, str]  # key -> value as given on the command line, minus NOT_A_SETTING
+    config: dict[str, Any]  # the resolved config the runner wrote (Hydra's unresolved copy for early crashes)
+    choices: dict[str, str]  # config group -> chosen option, from Hydra's record of the job
+    metrics: dict[str, float] | None = None
+    failure: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.metrics is not None
+
+    def setting(self, key: str) -> str:
+        """The value of a swept key in this run, also when the run left it at its default."""
+        if key in self.overrides:
+            return self.overrides[key]
+        if key in self.choices:
+            return str(self.choices[key])
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return DEFAULT
+            node = node[part]
+        return str(node)
+
+    def per_query(self) -> dict[str, dict[str, float]]:
+        """metric -> query id -> score, when the experiment saved them (else empty)."""
+        try:
+            return json.loads((self.path / f"{PER_QUERY_ARTIFACT}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort multirun job folders 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def find_run_dirs(folder: Path) -> list[Path]:
+    """Every run folder under `folder` (itself included): one holding config.yaml or .hydra/config.yaml."""
+    found = []
+    for root, dirs, _ in os.walk(folder):
+        here = Path(root)
+        if (here / CONFIG_FILE).is_file() or (here / HYDRA_DIR / "config.yaml").is_file():
+            found.append(here)
+            dirs.clear()  # runs do not nest; do not walk into wandb/ and friends
+        else:
+            dirs[:] = [name for name in dirs if not name.startswith(".")]
+    return sorted(found, key=lambda path: natural_key(str(path)))
+
+
+def read_run(path: Path) -> RunRecord:
+    config = _load_yaml(path / CONFIG_FILE) or _load_yaml(path / HYDRA_DIR / "config.yaml") or {}
+    experiment = (config.get("experiment") or {}).get("name") if isinstance(config.get("experiment"), dict) else None
+    hydra_record = (_load_yaml(path / HYDRA_DIR / "hydra.yaml") or {}).get("hydra") or {}
+    choices = {key: value for key, value in (hydra_record.get("runtime") or {}).get("choices", {}).items() if value}
+    seed = config.get("seed")
+    record = RunRecord(
+        path=path,
+        experiment=str(experiment) if experiment else "(unknown)",
+        seed=int(seed) if isinstance(seed, int) else None,
+        overrides=parse_overrides(_load_yaml(path / HYDRA_DIR / "overrides.yaml") or []),
+        config=config,
+        choices=choices,
+    )
+    try:
+        record.provenance = json.loads((path / PROVENANCE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        record.provenance = {}
+    try:
+        record.metrics = read_metrics(path)
+    except DataError as error:
+        record.failure = str(error)
+    return record
+
+
+def parse_overrides(lines: list[str]) -> dict[str, str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    settings = {}
+    for override in OverridesParser.create().parse_overrides([str(line) for line in lines]):
+        key = override.key_or_group
+        if key not in NOT_A_SETTING:
+            settings[key] = "(deleted)" if override.is_delete() else override.get_value_element_as_str()
+    return settings
+
+
+def collect_runs(folders: list[Path]) -> list[RunRecord]:
+    """All runs under `folders`, all of one experiment; DataError explaining what was found otherwise."""
+    runs: list[RunRecord] = []
+    seen: set[Path] = set()
+    for folder in folders:
+        if not folder.is_dir():
+            raise DataError(f"no such folder: {folder}")
+        found = [path for path in find_run_dirs(folder) if path.resolve() not in seen]
+        if not found:
+            entries = sorted(entry.name for entry in folder.iterdir())
+            held = f"it holds {len(entries)} entries ({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''})"
+            raise DataError(
+                f"no runs under {folder}: a run folder holds {CONFIG_FILE} or {HYDRA_DIR}/config.yaml; "
+                + (held if entries else "it is empty")
+            )
+        seen.update(path.resolve() for path in found)
+        runs += [read_run(path) for path in found]
+    experiments = Counter(run.experiment for run in runs)
+    if len(experiments) > 1:
+        where = "; ".join(
+            f"{name}: {count} run(s), e.g. {next(run.path for run in runs if run.experiment == name)}"
+            for name, count in sorted(experiments.items())
+        )
+        raise DataError(f"runs of {len(experiments)} different experiments ({where}); report one experiment at a time")
+    return runs
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None

@@ -1,0 +1,189 @@
+"""The report on hand-made run folders: aggregation, failed jobs, significance tests, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from memos_lab.cli import main
+from memos_lab.errors import DataError
+from memos_lab.reporting import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PROVENANCE = {
+    "git_commit": "abc123",
+    "command": "python -m memos_lab run -m memory.fusion=rrf,bm25 seed=0,1",
+    "hardware": {"cpu": "Test CPU", "cpu_count": "2"},
+    "packages": {"torch": "2.13.0", "ranx": "0.3.21"},
+}
+
+
+def make_run(
+    path: Path,
+    overrides: list[str],
+    metrics: dict[str, float] | None,
+    experiment: str = "retrieval",
+    per_query: dict[str, dict[str, float]] | None = None,
+    fusion: str = "rrf",
+) -> Path:
+    """A run folder as the runner and Hydra leave it (metrics None: the job crashed)."""
+    seed = next((int(item.split("=")[1]) for item in overrides if item.startswith("seed=")), 0)
+    config = {"seed": seed, "experiment": {"name": experiment}, "memory": {"fusion": fusion, "rrf_k": 60}}
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "provenance.json").write_text(json.dumps(PROVENANCE))
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+    if per_query is not None:
+        (path / "per_query.json").write_text(json.dumps(per_query))
+    return path
+
+
+def sweep(root: Path, recall: dict[tuple[str, int], float | None]) -> Path:
+    """A multirun folder: one job per (fusion, seed); None marks a crashed job."""
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    for number, ((fusion, seed), value) in enumerate(recall.items()):
+        metrics = None if value is None else {"retrieval/recall_all@10": value, "retrieval/search_ms_p50": 1.0 + seed, "run/wall_s": 2.0}
+        make_run(root / str(number), [f"memory.fusion={fusion}", f"seed={seed}", "embedder=hashing"], metrics, fusion=fusion)
+    return root
+
+
+def test_report_rows_are_configurations_with_mean_and_std_over_seeds(tmp_path):
+    folder = sweep(tmp_path / "sweep", {("rrf", 0): 0.5, ("rrf", 1): 0.7, ("bm25", 0): 0.2, ("bm25", 1): 0.4, ("bm25", 2): None})
+    out = tmp_path / "report"
+    summary = write_report([folder], out, command="python -m memos_lab report sweep --out report")
+    assert (summary.runs, summary.failed, summary.configurations) == (5, 1, 2)
+
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["memory.fusion"]) == ["rrf", "bm25"]
+    assert list(table["seeds"]) == [2, 2] and list(table["failed"]) == [0, 1]
+    assert table["retrieval/recall_all@10 mean"].tolist() == pytest.approx([0.6, 0.3])
+    assert table["retrieval/recall_all@10 std"].tolist() == pytest.approx([0.1414, 0.1414], abs=1e-4)
+
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2] == "- command: `python -m memos_lab report sweep --out report`"
+    assert "| rrf " in report and "0.6 ± 0.14" in report and "0.3 ± 0.14" in report
+    assert "settings common to all runs: embedder=hashing" in report
+    assert "## Failed runs" in report and str(folder / "4") in report and "no metrics.json" in report
+    assert "`abc123` (5)" in report and "Test CPU" in report  # provenance of every run
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 5 and set(runs["git_commit"]) == {"abc123"} and runs["status"].tolist().count("failed") == 1
+    assert PROVENANCE["command"] in set(runs["command"])
+    for png in ("memory.fusion.png", "latency_vs_quality.png"):
+        assert (out / png).read_bytes().startswith(PNG_MAGIC) and f"]({png})" in report
+
+
+def test_incomplete_metrics_and_missing_chosen_metric_count_as_failed(tmp_path):
+    make_run(tmp_path / "a", ["seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    make_run(tmp_path / "b", ["seed=1"], {"retrieval/mrr": 0.9})  # no run/wall_s: written by an unfinished run
+    make_run(tmp_path / "c", ["seed=2"], {"run/wall_s": 1.0})  # lacks the chosen metric
+    (tmp_path / "d" / ".hydra").mkdir(parents=True)
+    make_run(tmp_path / "e", ["seed=3"], None)
+    (tmp_path / "e" / "metrics.json").write_text('{"retrieval/mrr": 0.')  # truncated
+    summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/mrr"])
+    assert (summary.runs, summary.failed) == (4, 3)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "incomplete metrics.json" in report and "lacks retrieval/mrr" in report and "unreadable metrics.json" in report
+    assert "| 0.5 " in report  # the one finished run, alone
+
+
+def test_all_runs_failed_is_still_a_report(tmp_path):
+    folder = sweep(tmp_path / "sweep", {("rrf", 0): None, ("bm25", 0): None})
+    write_report([folder], tmp_path / "out", "cmd", metrics=["retrieval/recall_all@10"])
+    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    assert table["failed"].tolist() == [1, 1] and table["retrieval/recall_all@10 mean"].isna().all()
+    assert "| failed " in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_default_metrics_come_from_the_experiment_config(tmp_path):
+    run = make_run(tmp_path / "r", ["seed=0"], {"retrieval/mrr": 0.5, "retrieval/ndcg@10": 0.4, "run/wall_s": 1.0})
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["experiment"]["report_metrics"] = ["retrieval/ndcg@10"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_report([tmp_path], tmp_path / "out", "cmd")
+    header = (tmp_path / "out" / "table.csv").read_text().splitlines()[0]
+    assert "retrieval/ndcg@10 mean" in header and "retrieval/mrr" not in header
+
+
+def test_unswept_default_is_read_from_the_run_config(tmp_path):
+    make_run(tmp_path / "a", ["memory.rrf_k=10"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    make_run(tmp_path / "b", [], {"retrieval/mrr": 0.6, "run/wall_s": 1.0})  # the default, rrf_k: 60
+    write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out", "cmd")
+    assert pd.read_csv(tmp_path / "out" / "table.csv")["memory.rrf_k"].tolist() == [10, 60]
+
+
+def per_query_scores(values: list[float]) -> dict[str, dict[str, float]]:
+    return {"retrieval/recall_all@10": {f"q{index}": value for index, value in enumerate(values)}}
+
+
+def test_paired_test_pairs_queries_per_seed_and_flags_a_real_difference(tmp_path):
+    weak, strong = [0.0] * 30 + [1.0] * 10, [1.0] * 35 + [0.0] * 5
+    for seed in (0, 1):
+        for name, scores in (("rrf", weak), ("bm25", strong), ("dense", weak)):
+            make_run(
+                tmp_path / f"{name}{seed}", [f"memory.fusion={name}", f"seed={seed}"],
+                {"retrieval/recall_all@10": sum(scores) / len(scores), "run/wall_s": 1.0},
+                per_query=per_query_scores(scores), fusion=name,
+            )  # fmt: skip
+    write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/recall_all@10"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    section = report.split("## Paired significance tests")[1].split("##")[0]
+    rows = {tuple(cell.strip() for cell in line.split("|")[2:4]): line for line in section.splitlines() if "memory.fusion" in line}
+    assert "| 80 " in rows[("memory.fusion=bm25", "memory.fusion=dense")]  # 40 queries x 2 seeds, paired
+    assert rows[("memory.fusion=bm25", "memory.fusion=dense")].rstrip(" |").endswith("yes")
+    identical = rows[("memory.fusion=dense", "memory.fusion=rrf")]
+    assert "| 1 " in identical and identical.rstrip(" |").endswith("no")
+
+
+def test_folder_without_runs_explains_and_writes_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("hi")
+    for folder, message in ((tmp_path / "empty", "it is empty"), (tmp_path / "other", r"1 entries \(notes.txt\)")):
+        with pytest.raises(DataError, match=f"no runs under {folder}.*{message}"):
+            write_report([folder], tmp_path / "out", "cmd")
+    with pytest.raises(DataError, match="no such folder"):
+        write_report([tmp_path / "missing"], tmp_path / "out", "cmd")
+    assert not (tmp_path / "out").exists()
+
+
+def test_runs_of_different_experiments_are_not_mixed(tmp_path):
+    make_run(tmp_path / "a" / "0", ["seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    make_run(tmp_path / "b" / "0", ["seed=0"], {"edit/accuracy": 0.5, "run/wall_s": 1.0}, experiment="knowledge_update")
+    with pytest.raises(DataError, match=r"2 different experiments \(knowledge_update: 1 run.*retrieval: 1 run"):
+        write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out", "cmd")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "x"], "the following arguments are required: folders"),
+        (["{runs}"], "the following arguments are required: --out"),
+        (["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"], "no run measured 'retrieval/nosuch'; available: retrieval/mrr"),
+        (["{empty}", "--out", "{out}"], "no runs under"),
+    ],
+)
+def test_report_cli_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
+    make_run(tmp_path / "runs" / "0", ["seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    (tmp_path / "empty").mkdir()
+    paths = {"runs": tmp_path / "runs", "out": tmp_path / "out", "empty": tmp_path / "empty"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", *(arg.format(**paths) for arg in args)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+
+
+def test_report_cli_writes_the_report(tmp_path, capsys):
+    folder = sweep(tmp_path / "sweep", {("rrf", 0): 0.5, ("bm25", 0): 0.2})
+    main(["report", str(folder), "--out", str(tmp_path / "out"), "--metrics", "retrieval/recall_all@10"])
+    assert "2 configuration(s), 2 run(s), 0 failed" in capsys.readouterr().out
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"- command: `python -m memos_lab report {folder} --out {tmp_path / 'out'} --metrics retrieval/recall_all@10`" in report
