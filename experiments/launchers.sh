@@ -33,6 +33,7 @@ for repeat in $(seq 1 "$REPEATS"); do
   done
 done
 
-"$PYTHON" -m memos_lab report "$ROOT/joblib-1" --out "results/$NAME"
-"$PYTHON" experiments/sweep_timing.py "$ROOT/timing.csv" "results/$NAME/timing.md" \
-  --command "JOB_ARGS='$JOB_ARGS' REPEATS=$REPEATS experiments/$NAME.sh"
+SUITE="JOB_ARGS='$JOB_ARGS' REPEATS=$REPEATS experiments/$NAME.sh"
+"$PYTHON" -m memos_lab report "$ROOT/joblib-1" --out "results/$NAME" \
+  --note "made by experiments/$NAME.sh with JOB_ARGS=[$JOB_ARGS] REPEATS=$REPEATS"
+"$PYTHON" experiments/sweep_timing.py "$ROOT/timing.csv" "results/$NAME/timing.md" --command "$SUITE"
