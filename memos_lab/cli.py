@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
+LOAD_CONFIG_NAME = "load"
 USAGE_EXIT = 2
 HYDRA_OWN_GROUPS = ("hydra", "local")  # not ours to list; hydra/* choices are checked against Hydra's own list
 MAX_GROUP_CHARS = 128  # W&B's limit on group names
@@ -37,7 +38,7 @@ def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
     return groups
 
 
-def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
+def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, config_name: str = CONFIG_NAME) -> None:
     """Raise ConfigError naming the first bad override; sweeps are checked value by value."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -73,7 +74,7 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> N
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             _check_hydra_choices(hydra_choices)
-            compose(CONFIG_NAME, overrides=first_values, return_hydra_config=True)
+            compose(config_name, overrides=first_values, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
 
@@ -168,8 +169,33 @@ def command_line(command: str, args: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "memos_lab", command, *args])
 
 
+def _load(args: Sequence[str]) -> None:
+    """Compose conf/load.yaml and call the chosen memory type's loader; no Hydra run folder is made."""
+    import hydra.utils
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from memos_lab.runner import prepare_environment
+
+    if any(arg.startswith("-") for arg in args):
+        raise ConfigError(f"load takes key=value overrides only, got {next(a for a in args if a.startswith('-'))!r}")
+    validate_overrides(args, config_name=LOAD_CONFIG_NAME)
+    prepare_environment()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(LOAD_CONFIG_NAME, overrides=list(args))
+    try:
+        summary = hydra.utils.get_method(cfg.memory_type.fn)(cfg)
+    except (OmegaConfBaseException, InstantiationException) as error:
+        raise ConfigError(_one_line(error)) from None
+    for key, value in summary.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "run": (_run, "run an experiment: python -m memos_lab run [-m] [group=choice ...] [key=value ...]"),
+    "load": (_load, "load data into a persistent cube: python -m memos_lab load memory_type=declarative "
+             "user=U cube_dir=DIR [dataset=NAME | input=FILE.jsonl] [memory=...] [reader=fast|fine]"),
     "report": (_report, "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT]"),
 }
 

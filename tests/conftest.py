@@ -23,3 +23,14 @@ def embedder() -> HashingEmbedder:
 @pytest.fixture
 def text_memory(embedder: HashingEmbedder) -> GeneralTextMemory:
     return GeneralTextMemory(embedder)
+
+
+@pytest.fixture
+def single_thread():
+    """torch on one thread: on a shared, loaded machine its two-thread kernels run ~10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,7 +25,8 @@ def test_owner_can_do_everything(mos):
 
 
 def test_stranger_is_refused_every_operation(mos):
-    item_id = mos.get_all("alice", "alice-cube")[0].id
+    item_id, other_id = [item.id for item in mos.get_all("alice", "alice-cube")]
+    mos.create_cube("mallory", cube_id="mallory-cube")
     attempts = [
         lambda: mos.add("mallory", "alice-cube", ["injected"]),
         lambda: mos.search("mallory", "alice", cube_ids=["alice-cube"]),
@@ -34,7 +35,11 @@ def test_stranger_is_refused_every_operation(mos):
         lambda: mos.update("mallory", "alice-cube", item_id, "changed"),
         lambda: mos.delete("mallory", "alice-cube", item_id),
         lambda: mos.share_cube("mallory", "alice-cube", "mallory", "write"),
+        lambda: mos.unshare_cube("mallory", "alice-cube", "bob"),
         lambda: mos.cube("mallory", "alice-cube"),
+        lambda: mos.merge("mallory", "alice-cube", [item_id, other_id]),
+        lambda: mos.save("mallory", "alice-cube"),
+        lambda: mos.search("mallory", "alice", cube_ids=["alice-cube", "mallory-cube"]),
     ]
     for attempt in attempts:
         with pytest.raises(AccessDeniedError, match="mallory"):
@@ -50,8 +55,23 @@ def test_stranger_is_refused_every_operation(mos):
 def test_read_share_allows_reading_only(mos):
     mos.share_cube("alice", "alice-cube", "bob", "read")
     assert mos.search("bob", "tea", cube_ids=["alice-cube"])
-    with pytest.raises(AccessDeniedError, match="bob.*write"):
-        mos.add("bob", "alice-cube", ["bob was here"])
+    [first, second] = mos.get_all("bob", "alice-cube")
+    assert mos.get("bob", "alice-cube", first.id) == first
+    for attempt in (
+        lambda: mos.add("bob", "alice-cube", ["bob was here"]),
+        lambda: mos.update("bob", "alice-cube", first.id, "changed"),
+        lambda: mos.delete("bob", "alice-cube", first.id),
+        lambda: mos.merge("bob", "alice-cube", [first.id, second.id]),
+        lambda: mos.save("bob", "alice-cube"),
+    ):
+        with pytest.raises(AccessDeniedError, match="bob.*write"):
+            attempt()
+    for attempt in (lambda: mos.cube("bob", "alice-cube"), lambda: mos.share_cube("bob", "alice-cube", "mallory")):
+        with pytest.raises(AccessDeniedError, match="bob.*does not own"):
+            attempt()
+    mos.unshare_cube("alice", "alice-cube", "bob")
+    with pytest.raises(AccessDeniedError):
+        mos.get_all("bob", "alice-cube")
 
 
 def test_write_share_allows_writing(mos):
@@ -69,3 +89,52 @@ def test_unknown_users_cubes_and_modes(mos):
         mos.share_cube("alice", "alice-cube", "bob", "admin")
     with pytest.raises(MemosError, match="already registered"):
         mos.create_cube("alice", cube_id="alice-cube")
+    for bad in ("../escape", ".hidden", "a/b"):
+        with pytest.raises(MemosError, match="cube id"):
+            mos.create_cube("alice", cube_id=bad)
+
+
+def test_team_cube_is_shared_by_agents_beside_their_private_cubes(embedder):
+    mos = MOS(lambda: GeneralTextMemory(embedder))
+    for agent in ("planner", "coder", "critic", "outsider"):
+        mos.register_user(agent)
+    team = mos.create_team_cube("planner", ["planner", "coder", "critic"], cube_id="team")
+    mos.create_cube("coder", cube_id="coder-private")
+    mos.add("coder", "coder-private", ["coder scratch note about the parser"])
+    mos.add("coder", team.cube_id, ["the parser must accept unicode"])
+    mos.add("critic", team.cube_id, ["the parser rejects emoji: bug"])
+    assert {hit.item.text for hit in mos.search("planner", "parser", cube_ids=["team"])} == {
+        "the parser must accept unicode", "the parser rejects emoji: bug"}  # fmt: skip
+    # An unnamed search covers the team cube and one's own, never another agent's private cube.
+    assert {hit.cube_id for hit in mos.search("critic", "parser")} == {"team"}
+    assert {hit.cube_id for hit in mos.search("coder", "parser")} == {"team", "coder-private"}
+    with pytest.raises(AccessDeniedError):
+        mos.search("outsider", "parser", cube_ids=["team"])
+    with pytest.raises(AccessDeniedError, match="critic.*coder-private"):
+        mos.get_all("critic", "coder-private")
+    with pytest.raises(AccessDeniedError, match="coder.*does not own"):
+        mos.share_cube("coder", "team", "outsider", "read")
+
+
+def test_users_shares_and_cubes_survive_a_restart(tmp_path, embedder):
+    mos = MOS(lambda: GeneralTextMemory(embedder), root=tmp_path)
+    for user in ("alice", "bob", "mallory"):
+        mos.register_user(user)
+    mos.create_cube("alice", cube_id="alice-cube")
+    mos.add("alice", "alice-cube", ["alice likes green tea", "alice lives in Oslo"])
+    mos.share_cube("alice", "alice-cube", "bob", "read")
+    mos.save("alice", "alice-cube")
+    mos.create_cube("bob", cube_id="bob-empty")
+    before = [(h.item.id, h.score) for h in mos.search("alice", "tea")]
+
+    reopened = MOS(lambda: GeneralTextMemory(embedder), root=tmp_path)
+    assert [(h.item.id, h.score) for h in reopened.search("alice", "tea")] == before
+    assert reopened.search("bob", "tea", cube_ids=["alice-cube"])
+    assert reopened.get_all("bob", "bob-empty") == []
+    with pytest.raises(AccessDeniedError):
+        reopened.add("bob", "alice-cube", ["bob was here"])
+    with pytest.raises(AccessDeniedError):
+        reopened.search("mallory", "tea", cube_ids=["alice-cube"])
+    (tmp_path / "registry.json").write_text("{broken")
+    with pytest.raises(MemosError, match="registry.json: unreadable"):
+        MOS(lambda: GeneralTextMemory(embedder), root=tmp_path)

@@ -1,9 +1,22 @@
-"""Turns raw dialogue into memory items."""
+"""Readers turn raw dialogue into memory items: `fast` (one item per turn) or `fine` (facts from the local model)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
 from memos_lab.data.schema import Conversation, Turn
+from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
+from memos_lab.memory.textual.base import MAX_TEXT_CHARS
+
+if TYPE_CHECKING:  # importing transformers costs seconds; the fast reader never needs it
+    from memos_lab.models.llm import LanguageModel
+
+FACT_PROMPT = (
+    "List the facts stated in this conversation as short, self-contained sentences, one per line, "
+    "naming people instead of using pronouns.\n\n{dialogue}"
+)
 
 
 def turn_item(conversation: Conversation, turn: Turn, user: str) -> MemoryItem:
@@ -23,3 +36,77 @@ def turn_item(conversation: Conversation, turn: Turn, user: str) -> MemoryItem:
 
 def conversation_items(conversation: Conversation, user: str) -> list[MemoryItem]:
     return [turn_item(conversation, turn, user) for turn in conversation.turns]
+
+
+class Reader(ABC):
+    name: str
+
+    @abstractmethod
+    def read(self, conversation: Conversation, user: str) -> list[MemoryItem]:
+        """Memory items for one conversation, each with its provenance in `metadata.source`."""
+
+
+class FastReader(Reader):
+    name = "fast"
+
+    def read(self, conversation: Conversation, user: str) -> list[MemoryItem]:
+        return conversation_items(conversation, user)
+
+
+class FineReader(Reader):
+    """Asks the local model for the facts in each window of `window` turns of a session.
+
+    Every fact keeps the ids of the turns it was read from (`extra["source_turns"]`, `;`-separated), so
+    retrieval can still be scored against turn-level evidence.
+    """
+
+    name = "fine"
+
+    def __init__(self, model: LanguageModel, window: int = 8, max_new_tokens: int = 128, max_facts: int = 8) -> None:
+        for key, value in {"window": window, "max_new_tokens": max_new_tokens, "max_facts": max_facts}.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"reader.{key} must be a positive integer, got {value!r}")
+        self.model = model
+        self.window = window
+        self.max_new_tokens = max_new_tokens
+        self.max_facts = max_facts
+
+    def read(self, conversation: Conversation, user: str) -> list[MemoryItem]:
+        items = []
+        for session in conversation.sessions:
+            for start in range(0, len(session.turns), self.window):
+                turns = session.turns[start : start + self.window]
+                dialogue = "\n".join(f"{turn.speaker}: {turn.text}" for turn in turns)
+                turn_ids = [turn.turn_id for turn in turns]
+                for fact in self._facts(dialogue):
+                    items.append(
+                        MemoryItem(
+                            text=fact,
+                            metadata=MemoryMetadata(
+                                user=user,
+                                session=session.session_id,
+                                source=f"{conversation.conversation_id}/{turn_ids[0]}..{turn_ids[-1]}#{len(items)}",
+                                event_time=session.time,
+                                tags=("reader:fine",),
+                                extra={"source_turns": ";".join(turn_ids), "conversation_id": conversation.conversation_id},
+                            ),
+                        )
+                    )
+        return items
+
+    def _facts(self, dialogue: str) -> list[str]:
+        import torch
+
+        ids = self.model.encode_chat([{"role": "user", "content": FACT_PROMPT.format(dialogue=dialogue)}])
+        tokenizer = self.model.tokenizer
+        with torch.no_grad():
+            output = self.model.model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            )
+        text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
+        facts = [line.strip(" -*•\t").strip() for line in text.splitlines()]
+        return [fact[:MAX_TEXT_CHARS] for fact in facts if fact][: self.max_facts]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from memos_lab.errors import ConfigError
-from memos_lab.memory.textual.general_text import GeneralTextMemory, _ranks
+from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.memory.textual.lexical import ranks as _ranks
 from memos_lab.models.embedder import Embedder
 
 
@@ -44,8 +45,8 @@ def test_rrf_fuses_bm25_and_dense_ranks_by_hand():
     assert [hit.item.text for hit in memory.search("red", 1)] == ["apples are red"]
 
 
-def test_ranks_are_one_based_and_stable():
-    assert _ranks(np.array([0.5, 2.0, 0.5])).tolist() == [2.0, 1.0, 3.0]
+def test_ranks_are_one_based_and_ties_share_a_rank():
+    assert _ranks(np.array([0.5, 2.0, 0.5, -np.inf])).tolist() == [2.0, 1.0, 2.0, 4.0]
 
 
 def test_search_after_hard_delete_reindexes(embedder):

@@ -73,3 +73,31 @@ def test_unknown_ids_and_bad_arguments_fail_clearly(text_memory):
         text_memory.search("", 3)
     with pytest.raises(ConfigError, match="top_k"):
         text_memory.search("q", 0)
+
+
+def test_merge_keeps_the_merged_items_archived_with_provenance(text_memory):
+    old, new, other = text_memory.add(
+        [
+            MemoryItem("Maya lives in Lisbon", MemoryMetadata(source="chat/D1:3", event_time="2024-01-01", tags=("home",))),
+            MemoryItem("Maya lives in Porto now", MemoryMetadata(source="chat/D4:7", event_time="2024-05-01")),
+            "Tom likes chess",
+        ]
+    )
+    merged = text_memory.merge([old, new])
+    assert merged.text == "Maya lives in Porto now"  # the newest event wins by default
+    assert merged.metadata.extra["merged_from"] == f"{old};{new}"
+    assert merged.metadata.extra["merged_sources"] == "chat/D1:3;chat/D4:7" and merged.metadata.tags == ("home",)
+    for item_id in (old, new):
+        assert text_memory.get(item_id).metadata.status == ARCHIVED
+        assert text_memory.get(item_id).metadata.successor_id == merged.id
+    assert [hit.item.id for hit in text_memory.search("Maya lives", 5)] == [merged.id, other]
+    with pytest.raises(MemosError, match="not active"):
+        text_memory.merge([old, other])
+    with pytest.raises(MemosError, match="two or more"):
+        text_memory.merge([other])
+
+
+def test_near_duplicates_are_found(text_memory):
+    a, b, _ = text_memory.add(["Maya lives in Lisbon", "Maya lives in Lisbon", "Tom likes chess"])
+    [(x, y, similarity)] = text_memory.near_duplicates(0.99)
+    assert {x, y} == {a, b} and similarity == pytest.approx(1.0)

@@ -6,15 +6,19 @@ keeps its index over them by implementing `_index_add`, `_index_remove` and `_se
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+import numpy as np
 
 from memos_lab.errors import ConfigError, MemosError, NotFoundError
 from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, now_iso
 from memos_lab.models.embedder import Embedder
 
+KEY_FIELD = "key"  # metadata.extra field holding an item's index key, when it differs from its text
 MAX_TEXT_CHARS = 100_000  # longer texts are a bug upstream (a whole file read as one memory), not a memory
 
 
@@ -86,7 +90,7 @@ class TextualMemory(ABC):
                 raise MemosError(f"memory item {item.id!r} already exists; use update() to change it")
         missing = [item for item in batch if item.embedding is None]
         if missing:
-            for item, vector in zip(missing, self.embedder.encode([item.text for item in missing])):
+            for item, vector in zip(missing, self.embedder.encode([self.key(item) for item in missing])):
                 item.embedding = vector
         for item in batch:
             self._items[item.id] = item
@@ -122,6 +126,8 @@ class TextualMemory(ABC):
             raise MemosError(f"memory item {item_id!r} is {old.metadata.status}; only active items can be updated")
         _check_text(text, item_id)
         stamp = now_iso()
+        # A reader's index key describes the old text; the new version is indexed under its own text.
+        metadata_changes.setdefault("extra", {k: v for k, v in old.metadata.extra.items() if k != KEY_FIELD})
         new = MemoryItem(
             text=text,
             metadata=old.evolve(
@@ -137,6 +143,47 @@ class TextualMemory(ABC):
         self._replace(old.evolve(status=ARCHIVED, successor_id=new.id, updated_at=stamp))
         return new
 
+    def merge(self, item_ids: Sequence[str], text: str | None = None, **metadata_changes: object) -> MemoryItem:
+        """Replace duplicates or contradicting items by one item (`text`, default the newest's text).
+
+        The merged items stay, archived, each linked to the result (`successor_id`); the result records
+        them in `extra["merged_from"]` and their sources in `extra["merged_sources"]` (`;`-separated).
+        """
+        if len(set(item_ids)) < 2 or len(set(item_ids)) != len(item_ids):
+            raise MemosError(f"merge needs two or more distinct item ids, got {list(item_ids)}")
+        olds = [self.get(item_id) for item_id in item_ids]
+        inactive = [item.id for item in olds if item.metadata.status != ACTIVE]
+        if inactive:
+            raise MemosError(f"memory item(s) {inactive} are not active; only active items can be merged")
+        newest = max(olds, key=lambda item: (item.metadata.event_time or "", item.metadata.updated_at))
+        text = newest.text if text is None else text
+        _check_text(text, "merged")
+        stamp = now_iso()
+        sources = [item.metadata.source for item in olds if item.metadata.source]
+        extra = {k: v for k, v in newest.metadata.extra.items() if k != KEY_FIELD}
+        extra.update(merged_from=";".join(item_ids), merged_sources=";".join(sources))
+        metadata = replace(
+            newest.metadata, version=max(item.metadata.version for item in olds) + 1, predecessor_id=newest.id,
+            successor_id=None, created_at=stamp, updated_at=stamp, tags=tuple(dict.fromkeys(t for i in olds for t in i.metadata.tags)),
+            extra=extra,
+        )  # fmt: skip
+        merged = MemoryItem(text=text, metadata=replace(metadata, **metadata_changes))
+        self.add([merged])
+        for item in olds:
+            self._replace(item.evolve(status=ARCHIVED, successor_id=merged.id, updated_at=stamp))
+        return merged
+
+    def near_duplicates(self, threshold: float = 0.95) -> list[tuple[str, str, float]]:
+        """Pairs of active items whose embeddings' cosine is at least `threshold`, most similar first."""
+        active = [item for item in self._items.values() if item.metadata.status == ACTIVE]
+        if len(active) < 2:
+            return []
+        vectors = np.stack([item.embedding for item in active])
+        similarity = np.triu(vectors @ vectors.T, k=1)
+        rows, cols = np.nonzero(similarity >= threshold)
+        pairs = [(active[r].id, active[c].id, float(similarity[r, c])) for r, c in zip(rows, cols)]
+        return sorted(pairs, key=lambda pair: -pair[2])
+
     def delete(self, item_id: str, hard: bool = False) -> None:
         """Soft delete by default (status `deleted`, still stored); `hard=True` purges the item."""
         item = self.get(item_id)
@@ -146,8 +193,32 @@ class TextualMemory(ABC):
         else:
             self._replace(item.evolve(status=DELETED, updated_at=now_iso()))
 
+    @staticmethod
+    def key(item: MemoryItem) -> str:
+        """The text an item is indexed under: its own text, or the richer key a reader gave it
+        (`extra["key"]`, e.g. the turn with its neighbours and date), while searches still return the item."""
+        return item.metadata.extra.get(KEY_FIELD) or item.text
+
+    def index_nbytes(self) -> int:
+        """Memory held by the search index (embeddings, postings, graph), for cost comparisons."""
+        return 0
+
     def __len__(self) -> int:
         return len(self._items)
+
+    def config(self) -> dict[str, object]:
+        """The constructor arguments besides the embedder, so a stored memory can be rebuilt as it was.
+
+        Backends keep each constructor argument in an attribute of the same name; arguments a subclass
+        passes on through **kwargs are found in its base classes' constructors.
+        """
+        names: dict[str, None] = {}
+        for cls in type(self).__mro__:
+            if "__init__" in vars(cls) and cls is not TextualMemory and issubclass(cls, TextualMemory):
+                for name, parameter in inspect.signature(cls.__init__).parameters.items():
+                    if name not in ("self", "embedder") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+                        names[name] = None
+        return {name: getattr(self, name) for name in names}
 
     # ---- what a backend implements --------------------------------------------------------------
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
-import bm25s
 import numpy as np
 
 from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
+from memos_lab.memory.textual.lexical import Bm25Index, reciprocal_rank_fusion
 from memos_lab.models.embedder import Embedder
 
 FUSIONS = ("rrf", "bm25", "dense")
-# bm25s sets its own logger to DEBUG on import and logs every index build; keep runs readable.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class GeneralTextMemory(TextualMemory):
@@ -51,19 +48,19 @@ class GeneralTextMemory(TextualMemory):
         self.bm25_b = bm25_b
         self._row_ids: list[str] = []  # row i of the indexes holds item _row_ids[i]
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
-        self._bm25: bm25s.BM25 | None = None  # rebuilt lazily after the corpus changes
+        self._bm25 = Bm25Index(bm25_k1, bm25_b)
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
         self._matrix = np.vstack([self._matrix, np.stack([item.embedding for item in items])])
-        self._bm25 = None
+        self._bm25.invalidate()
 
     def _index_remove(self, item_ids: Sequence[str]) -> None:
         gone = set(item_ids)
         keep = [row for row, item_id in enumerate(self._row_ids) if item_id not in gone]
         self._row_ids = [self._row_ids[row] for row in keep]
         self._matrix = self._matrix[keep]
-        self._bm25 = None
+        self._bm25.invalidate()
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         mask = np.fromiter(
@@ -76,36 +73,29 @@ class GeneralTextMemory(TextualMemory):
         k = min(top_k, int(mask.sum()))
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[np.isfinite(scores[best])]  # rows a subclass ruled out
         return [SearchHit(self._items[self._row_ids[row]], float(scores[row])) for row in best]
 
     def _fused_scores(self, query: str, mask: np.ndarray) -> np.ndarray:
-        if self.fusion == "bm25":
-            return self._bm25_scores(query)
-        if self.fusion == "dense":
-            return self._dense_scores(query)
-        fused = np.zeros(len(self._row_ids), dtype=np.float64)
-        for weight, scores in ((self.lexical_weight, self._bm25_scores(query)), (self.dense_weight, self._dense_scores(query))):
-            fused += weight / (self.rrf_k + _ranks(np.where(mask, scores, -np.inf)))
-        return fused
+        rankings = self._rankings(query, mask)
+        if len(rankings) == 1:
+            return rankings[0][1].astype(np.float64)
+        return reciprocal_rank_fusion(rankings, mask, self.rrf_k)
+
+    def _rankings(self, query: str, mask: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """(weight, one score per row) for each ranking to fuse; subclasses add structural rankings."""
+        rankings = []
+        if self.fusion in ("rrf", "bm25"):
+            rankings.append((self.lexical_weight, self._bm25_scores(query)))
+        if self.fusion in ("rrf", "dense"):
+            rankings.append((self.dense_weight, self._dense_scores(query)))
+        return rankings
 
     def _dense_scores(self, query: str) -> np.ndarray:
         return self._matrix @ self.embedder.encode([query])[0]
 
     def _bm25_scores(self, query: str) -> np.ndarray:
-        if self._bm25 is None:
-            self._bm25 = bm25s.BM25(k1=self.bm25_k1, b=self.bm25_b)
-            corpus = [self._items[item_id].text for item_id in self._row_ids]
-            self._bm25.index(bm25s.tokenize(corpus, show_progress=False), show_progress=False)
-        query_tokens = bm25s.tokenize([query], return_ids=False, show_progress=False)[0]
-        known = [token for token in query_tokens if token in self._bm25.vocab_dict]
-        if not known:
-            return np.zeros(len(self._row_ids), dtype=np.float32)
-        return np.asarray(self._bm25.get_scores(known), dtype=np.float32)
+        return self._bm25.scores(query, lambda: [self.key(self._items[item_id]) for item_id in self._row_ids])
 
-
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of every entry, best first; ties broken by position so fusion is deterministic."""
-    order = np.argsort(-scores, kind="stable")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    return ranks
+    def index_nbytes(self) -> int:
+        return self._matrix.nbytes + self._bm25.nbytes()

@@ -1,0 +1,31 @@
+"""Knowledge-editing metrics (EasyEdit / CounterFact definitions), as pure functions on decoded outputs.
+
+Rates are percentages (0-100), the unit the editing literature reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def starts_with_target(continuation: str, target: str) -> bool:
+    """The continuation starts with the target (what follows it does not matter: greedy decoding runs on).
+
+    Whitespace runs are collapsed and leading whitespace ignored; case matters (names are edits)."""
+    goal = " ".join(target.split())
+    return bool(goal) and " ".join(continuation.split()).startswith(goal)
+
+
+def unchanged(base_ids: Sequence[int], edited_ids: Sequence[int]) -> bool:
+    """Locality of one probe: the edited model's greedy continuation is the base model's, token for token."""
+    return list(base_ids) == list(edited_ids)
+
+
+def more_likely(logprob_new: float, logprob_old: float) -> bool:
+    """Probability-based success (CounterFact's efficacy score): the new target beats the old one."""
+    return logprob_new > logprob_old
+
+
+def rate(flags: Sequence[bool]) -> float:
+    """Percentage of true flags; NaN when there is nothing to rate (the metric does not apply)."""
+    return 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else float("nan")

@@ -1,0 +1,135 @@
+"""Knowledge editing with a parametric memory: train the edits batch by batch, then score them.
+
+Reliability / generalisation: the greedy continuation of the edit prompt / a paraphrase starts with the
+new target. Locality: the greedy continuation of an unrelated prompt is the base model's. Portability:
+a one-hop question continues with its expected answer. The `_prob` versions ask whether the new target
+is more likely than the old one (CounterFact's efficacy / paraphrase scores).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import hydra.utils
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from memos_lab.data.schema import KnowledgeEdit
+from memos_lab.errors import ConfigError
+from memos_lab.eval.editing import more_likely, rate, starts_with_target, unchanged
+from memos_lab.experiments.common import load_records
+from memos_lab.loggers.base import Tracker
+from memos_lab.memory.parametric.base import ParametricMemory
+from memos_lab.models.llm import LanguageModel
+from memos_lab.models.probe import encode_target, greedy_continuations, target_logprobs
+
+PREFIX = "lora/"
+T = TypeVar("T")
+
+
+def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    exp = cfg.experiment
+    edits = load_records(cfg, KnowledgeEdit)[: exp.n_edits]
+    n_batches = int(exp.n_batches)
+    if not 1 <= n_batches <= len(edits):
+        raise ConfigError(f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}")
+    lm: LanguageModel = hydra.utils.instantiate(cfg.model)
+    # partial: Hydra would turn the LanguageModel dataclass into a config if passed as a kwarg
+    memory: ParametricMemory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=lm)
+    size = -(-len(edits) // n_batches)
+    batches = [edits[i:i + size] for i in range(0, len(edits), size)]
+    answer_tokens = 1 + max(len(encode_target(lm, t)) for e in edits for t in [e.target_new, *_answers(e.portability)])
+    generate = _generator(lm, int(exp.eval_batch_size))
+    # Locality is measured against the untouched base model, so its answers are taken before any edit.
+    probes = [probe.prompt for edit in edits for probe in edit.locality]
+    base_locality = generate(probes, int(exp.locality_tokens))
+    base_reliability = _starts(lm, generate([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
+
+    train_s, steps, learned = 0.0, 0, 0
+    for step, batch in enumerate(tqdm(batches, desc="edit batches", unit="batch")):
+        report = memory.edit(batch)
+        train_s += report.seconds
+        steps += report.steps
+        learned += report.learned
+        tracker.log({f"{PREFIX}batch_train_s": report.seconds, f"{PREFIX}batch_steps": report.steps,
+                     f"{PREFIX}batch_loss": report.final_loss}, step=step)
+
+    def said(prompts: list[str], n: int) -> list[list[int]]:
+        return _routed(memory, prompts, lambda idx: generate([prompts[i] for i in idx], n))
+
+    reliability = _starts(lm, said([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
+    paraphrases = [(p, e.target_new) for e in edits for p in e.paraphrases]
+    generalization = _starts(lm, said([p for p, _ in paraphrases], answer_tokens), [t for _, t in paraphrases])
+    locality = [unchanged(b, a) for b, a in zip(base_locality, said(probes, int(exp.locality_tokens)), strict=True)]
+    portable = [(p.prompt, p.answer) for e in edits for p in e.portability if p.answer]
+    portability = _starts(lm, said([p for p, _ in portable], answer_tokens), [a for _, a in portable])
+
+    metrics = {
+        f"{PREFIX}reliability": rate(reliability),
+        f"{PREFIX}generalization": rate(generalization),
+        f"{PREFIX}locality": rate(locality),
+        f"{PREFIX}base_reliability": rate(base_reliability),
+        f"{PREFIX}edits": len(edits),
+        f"{PREFIX}batches": n_batches,
+        f"{PREFIX}steps": steps,
+        f"{PREFIX}batches_learned": 100.0 * learned / n_batches,
+        f"{PREFIX}train_s": train_s,
+        f"{PREFIX}train_s_per_100_edits": 100.0 * train_s / len(edits),
+        f"{PREFIX}adapter_mb": _saved_mb(memory),
+        f"{PREFIX}gate_edit_prompts": rate(memory.applies([e.prompt for e in edits])),
+        f"{PREFIX}gate_locality_prompts": rate(memory.applies(probes)),
+    }
+    if portability:
+        metrics[f"{PREFIX}portability"] = rate(portability)
+    if n_batches > 1:  # the edits of every batch but the last, scored after the last
+        metrics[f"{PREFIX}retention"] = rate(reliability[: len(edits) - len(batches[-1])])
+    scorer = _scorer(lm, int(exp.eval_batch_size))
+    with_old = [e for e in edits if e.target_old]
+    for name, pairs in (
+        ("reliability_prob", [(e.prompt, e) for e in with_old]),
+        ("generalization_prob", [(p, e) for e in with_old for p in e.paraphrases]),
+    ):
+        if pairs:
+            prompts = [p for p, _ in pairs]
+            new = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_new for i in idx]))
+            old = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_old for i in idx]))
+            metrics[f"{PREFIX}{name}"] = rate([more_likely(n, o) for n, o in zip(new, old, strict=True)])
+    return metrics
+
+
+def _answers(probes: Sequence) -> list[str]:
+    return [p.answer for p in probes if p.answer]
+
+
+def _generator(lm: LanguageModel, batch_size: int) -> Callable[[list[str], int], list[list[int]]]:
+    return lambda prompts, n: greedy_continuations(lm, prompts, n, batch_size) if prompts else []
+
+
+def _scorer(lm: LanguageModel, batch_size: int) -> Callable[[list[str], list[str]], list[float]]:
+    return lambda prompts, targets: target_logprobs(lm, prompts, targets, batch_size) if prompts else []
+
+
+def _starts(lm: LanguageModel, continuations: list[list[int]], targets: Sequence[str]) -> list[bool]:
+    return [starts_with_target(lm.tokenizer.decode(ids, skip_special_tokens=True), t)
+            for ids, t in zip(continuations, targets, strict=True)]
+
+
+def _routed(memory: ParametricMemory, prompts: list[str], fn: Callable[[list[int]], list[T]]) -> list[T]:
+    """fn over prompt indices: with the memory applied for the prompts it accepts, the base model for the rest."""
+    accepts = memory.applies(prompts)
+    inside = [i for i, ok in enumerate(accepts) if ok]
+    with memory.applied():
+        answers = dict(zip(inside, fn(inside), strict=True))
+    outside = [i for i, ok in enumerate(accepts) if not ok]
+    answers.update(zip(outside, fn(outside), strict=True))
+    return [answers[i] for i in range(len(prompts))]
+
+
+def _saved_mb(memory: ParametricMemory) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "memory"
+        memory.save(folder)
+        return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6

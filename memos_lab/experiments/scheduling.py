@@ -1,0 +1,186 @@
+"""Scheduling experiment: replay each dialogue session by session through a MemScheduler and ask every
+question once its evidence has been seen.
+
+Every turn is added to the cube (an add event) and, with `turns_as_queries`, is also a user turn the
+scheduler retrieves for. Before a question is handled we record whether its gold evidence already sat
+in working memory (`sched/working_hit_rate`); then MemChat answers it from the assembled working memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import hydra.utils
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from memos_lab.chat import ChatAnswer, MemChat
+from memos_lab.data.reader import turn_item
+from memos_lab.data.schema import Conversation, Question
+from memos_lab.errors import MemosError
+from memos_lab.eval.judge import JudgeError
+from memos_lab.eval.qa import score_answer
+from memos_lab.eval.retrieval import latency_percentiles
+from memos_lab.experiments.common import load_records
+from memos_lab.loggers.base import Tracker
+from memos_lab.models.llm import LanguageModel
+from memos_lab.mos import MOS
+from memos_lab.scheduler.base import Budget, MemScheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuestionRecord:
+    category: str
+    hit_all: bool | None = None  # None: the question has no evidence to hit
+    hit_any: bool | None = None
+    answer: ChatAnswer | None = None
+    f1: float | None = None
+    em: float | None = None
+    judged: bool | None = None
+    judge_failed: bool = False
+    answer_failed: bool = False
+    working_items: int = 0
+    working_tokens: int = 0
+
+
+def question_slots(conversation: Conversation) -> dict[int, list[Question]]:
+    """Session index after which each question is asked: once its last evidence turn was seen.
+
+    Questions without evidence go after the last session that precedes their time, else after the last one.
+    """
+    session_of = {turn.turn_id: s for s, session in enumerate(conversation.sessions) for turn in session.turns}
+    slots: dict[int, list[Question]] = defaultdict(list)
+    for question in conversation.questions:
+        if question.evidence:
+            if any(turn_id not in session_of for turn_id in question.evidence):
+                log.warning("question %s cites evidence outside its conversation; skipped", question.question_id)
+                continue
+            slot = max(session_of[turn_id] for turn_id in question.evidence)
+        elif question.time:
+            earlier = [s for s, session in enumerate(conversation.sessions) if session.time <= question.time]
+            slot = earlier[-1] if earlier else len(conversation.sessions) - 1
+        else:
+            slot = len(conversation.sessions) - 1
+        slots[slot].append(question)
+    return slots
+
+
+def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
+    exp = cfg.experiment
+    conversations = load_records(cfg, Conversation)
+    if exp.get("max_conversations"):
+        conversations = conversations[: int(exp.max_conversations)]
+    budget = Budget(max_items=exp.working_memory.max_items, max_tokens=exp.working_memory.max_tokens)
+    hydra.utils.instantiate(cfg.scheduler)  # a bad policy setting fails here, before any model loads
+    embedder = hydra.utils.instantiate(cfg.embedder)
+    model: LanguageModel = hydra.utils.instantiate(cfg.model)
+    judge = hydra.utils.instantiate(cfg.judge) if cfg.judge.get("_target_") else None
+    tokenizer = model.tokenizer
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    records: list[QuestionRecord] = []
+    interrupted = False
+    try:
+        for step, conversation in enumerate(tqdm(conversations, desc="conversations", unit="conv")):
+            user = conversation.conversation_id
+            mos = MOS(textual_memory_factory=lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder))
+            mos.register_user(user)
+            cube = mos.create_cube(user, cube_id=conversation.conversation_id)
+            scheduler = MemScheduler(
+                mos, user, cube.cube_id, hydra.utils.instantiate(cfg.scheduler), budget,
+                top_k=int(exp.top_k), token_counter=count_tokens,
+            )  # fmt: skip
+            chat = MemChat(scheduler, model, mode=exp.mode, max_new_tokens=int(exp.max_new_tokens))
+            slots = question_slots(conversation)
+            for s, session in enumerate(conversation.sessions):
+                for turn in session.turns:
+                    mos.add(user, cube.cube_id, [turn_item(conversation, turn, user)])
+                    if exp.turns_as_queries:
+                        scheduler.on_user_turn(turn.text)
+                for question in slots.get(s, []):
+                    records.append(_ask(question, scheduler, chat if exp.answer else None, judge))
+            tracker.log(_summary(records, scheduler.evicted), step=step)
+    except KeyboardInterrupt:
+        interrupted = True  # keep what was measured; the runner still writes it
+        log.warning("interrupted after %d questions; writing the metrics measured so far", len(records))
+    metrics = aggregate(records)
+    metrics["run/interrupted"] = float(interrupted)
+    return metrics
+
+
+def _ask(question: Question, scheduler: MemScheduler, chat: MemChat | None, judge) -> QuestionRecord:
+    record = QuestionRecord(question.category)
+    if question.answerable and question.evidence:
+        present = {item.metadata.extra.get("turn_id") for item in scheduler.memories()}
+        record.hit_all = all(turn_id in present for turn_id in question.evidence)
+        record.hit_any = any(turn_id in present for turn_id in question.evidence)
+    if chat is None:
+        memories = scheduler.on_user_turn(question.question)
+    else:
+        try:
+            record.answer = chat.ask(question.question)
+        except MemosError as error:  # e.g. a prompt longer than the model's context: counted, not fatal
+            log.warning("question %s failed: %s", question.question_id, error)
+            record.answer_failed = True
+            return record
+        memories = scheduler.memories()
+        score = score_answer(record.answer.text, question.answer, question.category)
+        record.f1, record.em = score.f1, score.em
+        if judge is not None:
+            try:
+                record.judged = judge.judge(question.question, question.answer, record.answer.text)
+            except JudgeError as error:
+                log.warning("judge failed on %s: %s", question.question_id, error)
+                record.judge_failed = True
+    record.working_items = len(memories)
+    record.working_tokens = scheduler.working.tokens
+    return record
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else 0.0
+
+
+def _summary(records: list[QuestionRecord], evictions: int) -> dict[str, float]:
+    hits = [r.hit_all for r in records if r.hit_all is not None]
+    return {"progress/questions": len(records), "progress/working_hit_rate": _mean(hits), "progress/evictions": evictions}
+
+
+def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
+    """The experiment's metrics from its per-question records (only what was measured)."""
+    metrics: dict[str, float] = {"qa/questions": len(records)}
+    hit_all = [float(r.hit_all) for r in records if r.hit_all is not None]
+    hit_any = [float(r.hit_any) for r in records if r.hit_any is not None]
+    metrics["sched/working_hit_rate"] = _mean(hit_all)
+    metrics["sched/working_hit_rate_any"] = _mean(hit_any)
+    metrics["sched/questions_with_evidence"] = len(hit_all)
+    metrics["sched/working_items_mean"] = _mean([r.working_items for r in records])
+    metrics["sched/working_tokens_mean"] = _mean([r.working_tokens for r in records])
+    answered = [r for r in records if r.answer is not None]
+    metrics["qa/answer_failures"] = sum(r.answer_failed for r in records)
+    if answered:
+        metrics["qa/f1"] = _mean([r.f1 for r in answered])
+        metrics["qa/em"] = _mean([r.em for r in answered])
+        metrics["qa/context_tokens_mean"] = _mean([r.answer.context_tokens for r in answered])
+        metrics.update(latency_percentiles([r.answer.answer_ms for r in answered], "latency/answer_ms"))
+        metrics.update(latency_percentiles([r.answer.ttft_ms for r in answered], "latency/ttft_ms"))
+        by_category: dict[str, list[QuestionRecord]] = defaultdict(list)
+        for r in answered:
+            by_category[r.category].append(r)
+        for category, group in sorted(by_category.items()):
+            metrics[f"qa/{category}/f1"] = _mean([r.f1 for r in group])
+            metrics[f"qa/{category}/questions"] = len(group)
+    judged = [float(r.judged) for r in records if r.judged is not None]
+    if judged or any(r.judge_failed for r in records):
+        metrics["qa/judge_failures"] = sum(r.judge_failed for r in records)
+        if judged:
+            metrics["qa/judge"] = _mean(judged)
+    return metrics
+

@@ -1,0 +1,39 @@
+"""Opening the target cube of a `load`: an existing one (checked, and owned by the caller) or a new one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra.utils
+from omegaconf import DictConfig
+
+from memos_lab.cube import MANIFEST_FILE, MemCube, read_manifest
+from memos_lab.errors import AccessDeniedError, ConfigError
+from memos_lab.models.embedder import Embedder
+
+
+def required(cfg: DictConfig, key: str) -> str:
+    """A top-level setting the user must give on the command line (`???` in conf/load.yaml)."""
+    value = cfg.get(key) if not cfg._get_node(key)._is_missing() else None
+    if value is None or not str(value).strip():
+        raise ConfigError(f"load needs {key}=...")
+    return str(value)
+
+
+def open_cube(cfg: DictConfig, embedder: Embedder) -> tuple[MemCube, bool]:
+    """The cube at `cfg.cube_dir` (loaded, or new with backend `cfg.memory`), and whether it is new.
+
+    A cube owned by another user is refused before anything is read into it; a folder that holds
+    something other than a cube is never overwritten.
+    """
+    user = required(cfg, "user")
+    folder = Path(required(cfg, "cube_dir"))
+    if folder.exists() and (any(folder.iterdir()) or (folder / MANIFEST_FILE).exists()):
+        manifest = read_manifest(folder)
+        if manifest["owner"] != user:
+            raise AccessDeniedError(
+                f"cube at {folder} belongs to {manifest['owner']!r}; user {user!r} may not write into it"
+            )
+        model = hydra.utils.instantiate(cfg.model) if manifest["slots"] else None
+        return MemCube.load(folder, embedder, model=model), False
+    return MemCube.create(user, hydra.utils.instantiate(cfg.memory, embedder=embedder)), True

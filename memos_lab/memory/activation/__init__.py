@@ -1,0 +1,1 @@
+"""Activation memory: precomputed KV caches reused as prompt prefixes (`base.ActivationMemory`)."""

@@ -1,0 +1,118 @@
+"""The one interface of activation memory (precomputed model activations, e.g. KV caches), and the byte
+budget with pluggable eviction that bounds it.
+
+An `ActivationMemory` is tied to one model: what it stores is only valid for the model that computed it,
+so `load` refuses (IncompatibleError) an artefact whose model fingerprint differs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from memos_lab.errors import ConfigError
+from memos_lab.models.llm import LanguageModel
+
+
+@dataclass
+class EntryStats:
+    """What an eviction policy may look at; times are a logical clock (one tick per store or use)."""
+
+    key: str
+    nbytes: int
+    tokens: int
+    created: int
+    last_used: int
+    uses: int = 0
+
+
+class EvictionPolicy(ABC):
+    """Chooses which entries to drop when the budget is exceeded (the scheduler plugs policies in here)."""
+
+    @abstractmethod
+    def victims(self, entries: Sequence[EntryStats], bytes_to_free: int) -> list[str]:
+        """Keys to evict, in order, freeing at least `bytes_to_free` bytes if the entries allow it."""
+
+
+class LRUEviction(EvictionPolicy):
+    """Least recently used first."""
+
+    def victims(self, entries: Sequence[EntryStats], bytes_to_free: int) -> list[str]:
+        chosen, freed = [], 0
+        for entry in sorted(entries, key=lambda e: (e.last_used, e.created)):
+            if freed >= bytes_to_free:
+                break
+            chosen.append(entry.key)
+            freed += entry.nbytes
+        return chosen
+
+
+class ByteBudget:
+    """Keeps the total size of an activation memory under `max_bytes` (None: unbounded)."""
+
+    def __init__(self, max_bytes: int | None = None, policy: EvictionPolicy | None = None) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ConfigError(f"activation budget must be positive, got {max_bytes} bytes")
+        self.max_bytes = max_bytes
+        self.policy = policy or LRUEviction()
+
+    @classmethod
+    def from_mb(cls, budget_mb: float | None, policy: EvictionPolicy | None = None) -> ByteBudget:
+        return cls(None if budget_mb is None else int(budget_mb * 2**20), policy)
+
+    def check_fits(self, key: str, nbytes: int) -> None:
+        if self.max_bytes is not None and nbytes > self.max_bytes:
+            raise ConfigError(
+                f"activation entry {key!r} needs {nbytes} bytes, more than the whole budget of {self.max_bytes} bytes"
+            )
+
+    def overflow(self, entries: Sequence[EntryStats], keep: str | None = None) -> list[str]:
+        """Keys the policy evicts so that the entries fit the budget (never `keep`, the entry just stored)."""
+        if self.max_bytes is None:
+            return []
+        excess = sum(e.nbytes for e in entries) - self.max_bytes
+        if excess <= 0:
+            return []
+        candidates = [e for e in entries if e.key != keep]
+        victims = self.policy.victims(candidates, excess)
+        sizes = {e.key: e.nbytes for e in candidates}
+        if any(key not in sizes for key in victims) or sum(sizes[key] for key in victims) < excess:
+            raise ConfigError(f"eviction policy {type(self.policy).__name__} did not free {excess} bytes")
+        return victims
+
+
+class ActivationMemory(ABC):
+    """Activations of memory texts, keyed by name, computed once with `model` and reused as prompt prefixes."""
+
+    def __init__(self, model: LanguageModel, budget: ByteBudget | None = None) -> None:
+        self.model = model
+        self.budget = budget or ByteBudget()
+
+    @abstractmethod
+    def add(self, key: str, text: str) -> int:
+        """Compute and store the activations of a memory text; returns the number of tokens stored."""
+
+    @abstractmethod
+    def remove(self, key: str) -> None:
+        """Drop one entry (NotFoundError if unknown)."""
+
+    @abstractmethod
+    def keys(self) -> list[str]:
+        """Stored entry keys, oldest first."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Total bytes of stored activations."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write everything into the fresh folder `folder` (no pickle)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path, model: LanguageModel) -> Self:
+        """Read what `save` wrote; IncompatibleError if it was made with another model or is damaged."""

@@ -1,0 +1,77 @@
+"""The one interface of parametric memory: knowledge written into weights (adapters) of a shared base model.
+
+A parametric memory never changes the base weights it is attached to: outside `applied()` the model
+answers exactly as loaded, so several memories (users, cubes) can share one `LanguageModel`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from memos_lab.data.schema import KnowledgeEdit
+from memos_lab.errors import DataError
+from memos_lab.models.llm import LanguageModel
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """What one call of `edit` did."""
+
+    edits: int
+    steps: int
+    seconds: float
+    final_loss: float
+    learned: bool  # every trained target is the teacher-forced argmax at the end
+
+
+class ParametricMemory(ABC):
+    model: LanguageModel
+
+    @abstractmethod
+    def edit(self, edits: Sequence[KnowledgeEdit]) -> EditReport:
+        """Write a batch of knowledge updates into the memory (later batches add to earlier ones)."""
+
+    @abstractmethod
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Within the block the shared model answers with this memory; outside it, as the base model."""
+
+    def applies(self, prompts: Sequence[str]) -> list[bool]:
+        """Which prompts the memory should answer (a gated memory declines unrelated ones)."""
+        return [True] * len(prompts)
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write everything into the fresh `folder` (no pickle)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path, model: LanguageModel) -> Self:
+        """Rebuild a saved memory on `model`; IncompatibleError for another model's artefact."""
+
+
+def check_batch(edits: Sequence[KnowledgeEdit]) -> None:
+    """DataError for an empty batch, a repeated edit id, or one prompt asked to say two different things."""
+    if not edits:
+        raise DataError("empty batch of edits: nothing to learn")
+    seen_ids: set[str] = set()
+    target_of: dict[str, tuple[str, str]] = {}
+    for edit in edits:
+        if edit.edit_id in seen_ids:
+            raise DataError(f"edit id {edit.edit_id!r} appears twice in one batch")
+        seen_ids.add(edit.edit_id)
+        key = " ".join(edit.prompt.split()).casefold()
+        if not key:
+            raise DataError(f"edit {edit.edit_id!r}: empty prompt")
+        if key in target_of and target_of[key][1] != edit.target_new:
+            other, target = target_of[key]
+            raise DataError(
+                f"contradictory edits {other!r} and {edit.edit_id!r}: prompt {edit.prompt!r} -> "
+                f"{target!r} and {edit.target_new!r}"
+            )
+        target_of[key] = (edit.edit_id, edit.target_new)

@@ -1,0 +1,513 @@
+"""LoRA parametric memory: knowledge edits trained into named peft adapters on a shared base model.
+
+Each memory owns one or more named adapters (one per user or cube) injected into the shared model under
+a unique internal name, so memories of different cubes can sit on one model side by side. Adapters are
+off except inside `applied()`, so the base model answers as loaded everywhere else. Stored layout:
+
+    manifest.json                      schema, base-model fingerprint, settings, gate, edits per adapter
+    adapters/<name>/adapter_config.json + adapter_model.safetensors     a plain peft adapter folder
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from memos_lab.atomic import atomic_write_text
+from memos_lab.data.knowledge import edit_from_record, edit_to_record
+from memos_lab.data.schema import KnowledgeEdit
+from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, NotFoundError
+from memos_lab.memory.item import new_id
+from memos_lab.memory.parametric.base import EditReport, ParametricMemory, check_batch
+from memos_lab.memory.parametric.gate import EditGate
+from memos_lab.models.llm import LanguageModel
+from memos_lab.models.probe import encode_prompt, encode_target
+
+SCHEMA_VERSION = 1
+KIND = "lora"
+MANIFEST = "manifest.json"
+ADAPTERS_DIR = "adapters"
+WEIGHTS = "adapter_model.safetensors"
+LOSSES = ("target", "sequence")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+IGNORE = -100  # label of tokens outside the loss
+
+Example = tuple[list[int], list[int]]  # (prompt ids, target ids)
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
+    `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    layers: tuple[int, ...] | None = None  # None: every layer
+    steps: int = 200  # upper bound per `edit` call
+    lr: float = 1e-3
+    batch_size: int = 8
+    loss: str = "target"
+    # KL(base || edited) on unrelated anchor prompts, weighted into the loss; 0 disables it
+    locality_weight: float = 0.0
+    locality_prompts: tuple[str, ...] = ()
+    replay: int = 0  # earlier edits of this adapter mixed into a later batch (sequential editing)
+    stop_when_learned: bool = True  # stop once every target is the teacher-forced argmax
+    check_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = {"rank": self.rank, "steps": self.steps, "batch_size": self.batch_size, "check_every": self.check_every}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"parametric.{key} must be positive, got {value}")
+        if self.lr <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError("parametric: lr and alpha must be positive and dropout in [0, 1)")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"parametric.loss: unknown {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.locality_weight < 0 or self.replay < 0:
+            raise ConfigError("parametric.locality_weight and parametric.replay must be >= 0")
+        if self.locality_weight > 0 and not self.locality_prompts:
+            raise ConfigError("parametric.locality_weight > 0 needs parametric.locality_prompts")
+        if not self.target_modules:
+            raise ConfigError("parametric.target_modules is empty")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> LoRASettings:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ConfigError(f"parametric: unknown setting(s) {unknown}; valid: {sorted(valid)}")
+        tuples = ("target_modules", "layers", "locality_prompts")
+        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
+
+    def lora_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            layers_to_transform=list(self.layers) if self.layers is not None else None,
+            bias="none",
+        )
+
+
+@dataclass
+class _Adapter:
+    key: str  # its name on the shared model
+    edits: list[KnowledgeEdit] = field(default_factory=list)
+    gate: EditGate | None = None
+
+
+class LoRAMemory(ParametricMemory):
+    def __init__(
+        self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
+    ) -> None:
+        self.model = model
+        self.settings = LoRASettings.from_mapping(settings)
+        self.gate = gate  # the prototype every adapter's own gate copies its settings from
+        self.enabled = True
+        self._adapters: dict[str, _Adapter] = {}
+        self._active: str | None = None
+        self._uid = new_id()[:8]
+        if adapter is not None:
+            self.create_adapter(adapter)
+
+    # -- adapters ---------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def active_adapter(self) -> str:
+        if self._active is None:
+            raise NotFoundError("this parametric memory has no adapter; create_adapter(name) first")
+        return self._active
+
+    def edits(self, name: str | None = None) -> list[KnowledgeEdit]:
+        return list(self._adapter(name).edits)
+
+    def create_adapter(self, name: str) -> None:
+        """A fresh adapter (LoRA B starts at zero: no change yet), made the active one."""
+        if not _NAME.match(name):
+            raise ConfigError(f"adapter name {name!r}: use 1-64 letters, digits, '_' or '-'")
+        if name in self._adapters:
+            raise ConfigError(f"adapter {name!r} already exists; switch({name!r}) to use it")
+        self._attach(name, self.settings.lora_config(), state=None)
+        self._active = name
+
+    def switch(self, name: str) -> None:
+        self._adapter(name)
+        self._active = name
+
+    def remove_adapter(self, name: str) -> None:
+        adapter = self._adapter(name)
+        self.model.model.delete_adapter(adapter.key)
+        del self._adapters[name]
+        if self._active == name:
+            self._active = next(iter(self._adapters), None)
+        self._base_only()
+
+    def close(self) -> None:
+        """Take every adapter of this memory off the shared model."""
+        for name in list(self._adapters):
+            self.remove_adapter(name)
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def _adapter(self, name: str | None = None) -> _Adapter:
+        name = self.active_adapter if name is None else name
+        if name not in self._adapters:
+            raise NotFoundError(f"no adapter {name!r}; this memory has {self.adapters}")
+        return self._adapters[name]
+
+    def _attach(self, name: str, config: LoraConfig, state: dict[str, torch.Tensor] | None) -> None:
+        key = f"{name.replace('-', '_')}_{self._uid}"
+        model = self.model.model
+        try:
+            with warnings.catch_warnings():  # peft warns whenever a model gets a second adapter
+                warnings.simplefilter("ignore")
+                model.add_adapter(config, adapter_name=key)
+        except (ValueError, KeyError) as error:  # e.g. target modules this model does not have
+            self._base_only()
+            raise IncompatibleError(f"adapter {name!r} does not fit model {self.model.name}: {error}") from error
+        try:
+            if state is not None:
+                _load_state(model, key, state, name)
+        except BaseException:
+            model.delete_adapter(key)
+            raise
+        finally:
+            self._base_only()
+        self._adapters[name] = _Adapter(key=key, gate=self._new_gate())
+
+    def _new_gate(self) -> EditGate | None:
+        if self.gate is None:
+            return None
+        gate = EditGate(**self.gate.settings())
+        gate._embedder = self.gate._embedder  # share one loaded embedder between the adapters' gates
+        return gate
+
+    def _base_only(self) -> None:
+        if getattr(self.model.model, "_hf_peft_config_loaded", False):
+            self.model.model.disable_adapters()
+
+    # -- use --------------------------------------------------------------------------------------
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        if not self.enabled or self._active is None:
+            yield
+            return
+        model = self.model.model
+        model.set_adapter(self._adapter().key)
+        model.enable_adapters()
+        try:
+            yield
+        finally:
+            model.disable_adapters()
+
+    def applies(self, prompts: Sequence[str]) -> list[bool]:
+        adapter = self._adapter()
+        if adapter.gate is None:
+            return [True] * len(prompts)
+        return adapter.gate.applies(prompts)
+
+    def merged(self) -> LanguageModel:
+        """A new model with the active adapter merged into a copy of the base weights.
+
+        A copy, because merging in place would silently change the model every other adapter (and the
+        fingerprint in their manifests) was trained on."""
+        key = self._adapter().key
+        clone = copy.deepcopy(self.model.model)
+        for module in clone.modules():
+            if isinstance(module, LoraLayer) and key in module.lora_A:
+                module.merge(safe_merge=True, adapter_names=[key])
+        for name, module in list(clone.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, child = name.rpartition(".")
+                setattr(clone.get_submodule(parent_name), child, module.get_base_layer())
+        del clone.peft_config
+        clone._hf_peft_config_loaded = False
+        return LanguageModel(model=clone, tokenizer=self.model.tokenizer, name=f"{self.model.name}+{self._active}")
+
+    # -- training ---------------------------------------------------------------------------------
+    def edit(self, edits: Sequence[KnowledgeEdit]) -> EditReport:
+        check_batch(edits)
+        adapter = self._adapter()
+        examples = [self._encode(edit) for edit in edits]
+        prompts = {_norm(edit.prompt) for edit in edits}
+        kept = [edit for edit in adapter.edits if _norm(edit.prompt) not in prompts]  # a new edit overrides
+        rng = random.Random(self.settings.seed + len(adapter.edits))
+        replayed = rng.sample(kept, min(self.settings.replay, len(kept)))
+        examples += [self._encode(edit) for edit in replayed]
+        params = self._parameters(adapter.key)
+        snapshot = [p.detach().clone() for p in params]
+        try:
+            report = self._train(adapter.key, params, examples, len(edits))
+        except BaseException:
+            with torch.no_grad():  # a failed edit leaves the adapter as it was
+                for param, saved in zip(params, snapshot, strict=True):
+                    param.copy_(saved)
+            raise
+        adapter.edits = kept + list(edits)
+        if adapter.gate is not None:
+            adapter.gate.add(edits)
+        return report
+
+    def _encode(self, edit: KnowledgeEdit) -> Example:
+        try:
+            return encode_prompt(self.model, edit.prompt), encode_target(self.model, edit.target_new)
+        except DataError as error:
+            raise DataError(f"edit {edit.edit_id!r}: {error}") from None
+
+    def _parameters(self, key: str) -> list[torch.nn.Parameter]:
+        params = [p for name, p in self.model.model.named_parameters() if f".{key}." in name]
+        for param in params:
+            param.requires_grad_(True)
+        return params
+
+    def _train(self, key: str, params: list[torch.nn.Parameter], examples: list[Example], n_edits: int) -> EditReport:
+        s = self.settings
+        model = self.model.model
+        anchors = self._anchors() if s.locality_weight > 0 else None
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+        rng = random.Random(s.seed)
+        order: list[int] = []
+        started = time.perf_counter()
+        steps, loss_value, learned = 0, float("nan"), False
+        model.set_adapter(key)
+        model.enable_adapters()
+        try:
+            while steps < s.steps:
+                if not order:
+                    order = list(range(len(examples)))
+                    rng.shuffle(order)
+                batch = [examples[order.pop()] for _ in range(min(s.batch_size, len(order)))]
+                loss = self._edit_loss(batch)
+                if anchors is not None:
+                    loss = loss + s.locality_weight * self._locality_loss(anchors, rng)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise ConfigError(f"LoRA training diverged (loss {loss_value}) at step {steps}; lower parametric.lr")
+                if s.stop_when_learned and steps % s.check_every == 0 and self._all_learned(examples):
+                    learned = True
+                    break
+            learned = learned or self._all_learned(examples)
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            model.disable_adapters()
+        return EditReport(n_edits, steps, time.perf_counter() - started, loss_value, learned)
+
+    def _batch(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded ids, attention mask and labels (IGNORE outside the loss)."""
+        pad = self.model.tokenizer.pad_token_id or 0
+        width = max(len(p) + len(t) for p, t in examples)
+        ids = torch.full((len(examples), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, IGNORE)
+        for row, (prompt, target) in enumerate(examples):
+            seq = prompt + target
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            first = len(prompt) if self.settings.loss == "target" else 1
+            labels[row, first: len(seq)] = ids[row, first: len(seq)]
+        return ids, mask, labels
+
+    def _edit_loss(self, examples: Sequence[Example]) -> torch.Tensor:
+        ids, mask, labels = self._batch(examples)
+        logits = self.model.model(input_ids=ids, attention_mask=mask).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+        )
+
+    @torch.no_grad()
+    def _all_learned(self, examples: Sequence[Example]) -> bool:
+        """Every target token is the argmax after its teacher-forced prefix: greedy decoding says the target."""
+        for start in range(0, len(examples), 32):
+            ids, mask, labels = self._batch([(p, t) for p, t in examples[start:start + 32]])
+            logits = self.model.model(input_ids=ids, attention_mask=mask).logits
+            predicted, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
+            # only the target tokens count, even when the loss covers the whole sequence
+            for row, (prompt, target) in enumerate(examples[start:start + 32]):
+                span = slice(len(prompt) - 1, len(prompt) + len(target) - 1)
+                if not torch.equal(predicted[row, span], gold[row, span]):
+                    return False
+        return True
+
+    def _anchors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Anchor prompts with the frozen base model's next-token log-probabilities at every position."""
+        encoded = [(encode_prompt(self.model, p), []) for p in self.settings.locality_prompts]
+        ids, mask, _ = self._batch(encoded)
+        self._base_only()
+        with torch.no_grad():
+            base = self.model.model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
+        return ids, mask, base
+
+    def _locality_loss(self, anchors: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rng: random.Random) -> torch.Tensor:
+        ids, mask, base = anchors
+        rows = torch.tensor(rng.sample(range(len(ids)), min(self.settings.batch_size, len(ids))))
+        edited = self.model.model(input_ids=ids[rows], attention_mask=mask[rows]).logits.log_softmax(-1)
+        kl = torch.nn.functional.kl_div(edited, base[rows], log_target=True, reduction="none").sum(-1)
+        weights = mask[rows].float()
+        return (kl * weights).sum() / weights.sum()
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write the memory into `folder` (absent or empty), all at once: built beside it, then renamed."""
+        folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ConfigError(f"cannot save parametric memory: {folder} exists and is not an empty folder")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.tmp-{new_id()[:8]}"
+        tmp.mkdir()
+        try:
+            entries = []
+            for name, adapter in self._adapters.items():
+                target = tmp / ADAPTERS_DIR / name
+                target.mkdir(parents=True)
+                state = get_peft_model_state_dict(self.model.model, adapter_name=adapter.key)
+                save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(target / WEIGHTS))
+                self.model.model.peft_config[adapter.key].save_pretrained(str(target))
+                entries.append({"name": name, "edits": [edit_to_record(edit) for edit in adapter.edits]})
+            manifest = {
+                "kind": KIND,
+                "schema_version": SCHEMA_VERSION,
+                "fingerprint": self.model.fingerprint(),
+                "settings": asdict(self.settings),
+                "gate": self.gate.settings() if self.gate is not None else None,
+                "active": self._active,
+                "enabled": self.enabled,
+                "adapters": entries,
+            }
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+            if folder.exists():
+                folder.rmdir()
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder: Path, model: LanguageModel) -> Self:
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        _check_fingerprint(folder, manifest.get("fingerprint"), model)
+        try:
+            settings = LoRASettings.from_mapping(manifest["settings"])
+            gate = EditGate(**manifest["gate"]) if manifest.get("gate") else None
+            entries = [
+                (entry["name"], [edit_from_record(r, f"{folder} edit {i}") for i, r in enumerate(entry["edits"])])
+                for entry in manifest["adapters"]
+            ]
+        except (KeyError, TypeError, MemosError) as error:
+            raise IncompatibleError(f"corrupt parametric memory at {folder}: bad manifest ({error})") from None
+        # Read every adapter before touching the model, so a bad file leaves the model as it was.
+        loaded = []
+        for name, edits in entries:
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise IncompatibleError(f"corrupt parametric memory at {folder}: bad adapter name {name!r}")
+            loaded.append((name, *_read_adapter(folder / ADAPTERS_DIR / name), edits))
+        memory = cls(model, gate=gate, adapter=None, **asdict(settings))
+        try:
+            for name, config, state, edits in loaded:
+                memory._attach(name, config, state)
+                memory._adapters[name].edits = edits
+                if memory._adapters[name].gate is not None and edits:
+                    memory._adapters[name].gate.add(edits)
+        except BaseException:
+            memory.close()
+            raise
+        active = manifest.get("active")
+        memory._active = active if active in memory._adapters else next(iter(memory._adapters), None)
+        memory.enabled = bool(manifest.get("enabled", True))
+        return memory
+
+
+def _norm(prompt: str) -> str:
+    return " ".join(prompt.split()).casefold()
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise IncompatibleError(f"no parametric memory at {folder}: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise IncompatibleError(f"corrupt parametric memory at {folder}: unreadable {MANIFEST} ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise IncompatibleError(f"{folder} does not hold a LoRA memory ({MANIFEST} kind is not {KIND!r})")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise IncompatibleError(
+            f"{folder}: LoRA memory schema {manifest.get('schema_version')!r}, this version reads {SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def _check_fingerprint(folder: Path, stored: Any, model: LanguageModel) -> None:
+    ours = model.fingerprint()
+    if not isinstance(stored, dict):
+        raise IncompatibleError(f"corrupt parametric memory at {folder}: no base-model fingerprint")
+    differing = sorted(k for k in set(ours) | set(stored) if ours.get(k) != stored.get(k))
+    if differing:
+        raise IncompatibleError(
+            f"the adapters at {folder} were trained on base model {stored.get('name')!r}; the loaded model "
+            f"{ours['name']!r} differs in {', '.join(differing)}"
+        )
+
+
+def _read_adapter(folder: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as error:
+        raise IncompatibleError(f"corrupt adapter at {folder}: bad adapter_config.json ({error})") from None
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (OSError, SafetensorError) as error:
+        raise IncompatibleError(f"corrupt adapter at {folder}: unreadable {WEIGHTS} ({error})") from None
+    return config, state
+
+
+def _load_state(model: torch.nn.Module, key: str, state: dict[str, torch.Tensor], name: str) -> None:
+    """Copy saved LoRA weights into adapter `key`, checking names and shapes first."""
+    expected = get_peft_model_state_dict(model, adapter_name=key)
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise IncompatibleError(f"adapter {name!r}: weights do not match its config (missing {missing[:3]}, extra {extra[:3]})")
+    for tensor_name, tensor in state.items():
+        if tensor.shape != expected[tensor_name].shape:
+            raise IncompatibleError(
+                f"adapter {name!r}: {tensor_name} has shape {tuple(tensor.shape)}, "
+                f"the model needs {tuple(expected[tensor_name].shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise IncompatibleError(f"adapter {name!r}: {tensor_name} holds non-finite values")
+    set_peft_model_state_dict(model, state, adapter_name=key)

@@ -1,0 +1,173 @@
+"""`graph`: entities and relations linked to the items that mention them, in a networkx graph.
+
+Nodes are items (`item:<id>`) and entities (`entity:<name>`, capitalised names found in the item's key,
+plus, with `terms`, its content words). Edges: an item `mentions` an entity; two entities mentioned by
+one item `co_occur` (weighted by count); consecutive items of a session are linked by `next`.
+Search fuses BM25 and dense rankings with an entity ranking: the query's entities score the items that
+mention them (weighted by rarity), their co-occurring neighbours score `expansion_weight` as much; then
+every item gains `neighbour_weight` times the best score of its `next`-linked items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from memos_lab.errors import DataError
+from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.models.embedder import Embedder
+
+GRAPH_FILE = "graph.json"
+_NAME = re.compile(r"\b[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*")
+_SENTENCE_START = re.compile(r"(^|[.!?:]\s*|\n)\s*$")
+_WORD = re.compile(r"[a-z][a-z'-]{3,}")
+
+
+def extract_entities(text: str, terms: bool = False) -> set[str]:
+    """Capitalised names ("Caroline", "New York"), lower-cased; with `terms`, content words too."""
+    found = set()
+    for match in _NAME.finditer(text):
+        words = [w for w in match.group().lower().split() if w not in ENGLISH_STOP_WORDS]
+        runs = [words]
+        if len(words) > 1 and _SENTENCE_START.search(text[: match.start()]):
+            runs.append(words[1:])  # "Yesterday Caroline ...": the first word may be capitalised only by position
+        found.update(" ".join(run) for run in runs if run and len(" ".join(run)) > 1)
+    if terms:
+        found.update(w.removesuffix("'s") for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS)
+    return found
+
+
+class GraphMemory(GeneralTextMemory):
+    def __init__(
+        self,
+        embedder: Embedder,
+        entity_weight: float = 1.0,
+        expansion_weight: float = 0.3,
+        neighbour_weight: float = 0.0,
+        terms: bool = False,
+        **fusion_settings: object,  # general_text's: fusion, rrf_k, lexical_weight, dense_weight, bm25_*
+    ) -> None:
+        super().__init__(embedder, **fusion_settings)
+        self.entity_weight = entity_weight
+        self.expansion_weight = expansion_weight
+        self.neighbour_weight = neighbour_weight
+        self.terms = terms
+        self.graph = nx.Graph()
+        self._last_of_session: dict[str, str] = {}  # session -> its latest item, to link the next one
+        self._row_of: dict[str, int] | None = None
+
+    # ---- building the graph ---------------------------------------------------------------------
+
+    def _index_add(self, items: Sequence[MemoryItem]) -> None:
+        super()._index_add(items)
+        for item in items:
+            node = f"item:{item.id}"
+            self.graph.add_node(node, kind="item")
+            entities = sorted(extract_entities(self.key(item), self.terms))
+            for entity in entities:
+                self.graph.add_node(f"entity:{entity}", kind="entity")
+                self.graph.add_edge(node, f"entity:{entity}", relation="mentions")
+            for i, a in enumerate(entities):
+                for b in entities[i + 1 :]:
+                    edge = self.graph.get_edge_data(f"entity:{a}", f"entity:{b}", {"weight": 0})
+                    self.graph.add_edge(f"entity:{a}", f"entity:{b}", relation="co_occurs", weight=edge["weight"] + 1)
+            session = item.metadata.session
+            if session is not None:
+                previous = self._last_of_session.get(session)
+                if previous is not None and self.graph.has_node(f"item:{previous}"):
+                    self.graph.add_edge(f"item:{previous}", node, relation="next")
+                self._last_of_session[session] = item.id
+        self._row_of = None
+
+    def _index_remove(self, item_ids: Sequence[str]) -> None:
+        super()._index_remove(item_ids)
+        for item_id in item_ids:
+            entities = [n for n in self.graph.neighbors(f"item:{item_id}") if n.startswith("entity:")]
+            self.graph.remove_node(f"item:{item_id}")
+            # Entities no item mentions any more go too (co-occurrence counts are kept as history).
+            self.graph.remove_nodes_from(
+                [e for e in entities if not any(n.startswith("item:") for n in self.graph.neighbors(e))]
+            )
+        self._row_of = None
+
+    # ---- search ---------------------------------------------------------------------------------
+
+    def _rankings(self, query: str, mask: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        rankings = super()._rankings(query, mask)
+        if self.entity_weight:
+            rankings.append((self.entity_weight, self._entity_scores(query)))
+        return rankings
+
+    def _fused_scores(self, query: str, mask: np.ndarray) -> np.ndarray:
+        scores = super()._fused_scores(query, mask)
+        if not self.neighbour_weight:
+            return scores
+        masked = np.where(mask, scores, -np.inf)
+        boosted = scores.copy()
+        rows = self._rows()
+        for row, item_id in enumerate(self._row_ids):
+            neighbours = [rows[n[5:]] for n in self.graph.neighbors(f"item:{item_id}") if n.startswith("item:")]
+            if neighbours:
+                boosted[row] += self.neighbour_weight * max(0.0, float(masked[neighbours].max()))
+        return boosted
+
+    def query_entities(self, query: str) -> dict[str, float]:
+        """Entities of the query (weight 1) and their co-occurring neighbours (`expansion_weight`)."""
+        words = set(re.findall(r"[a-z0-9][\w-]*", query.lower()))
+        named = {e for e in extract_entities(query, self.terms) if self.graph.has_node(f"entity:{e}")}
+        named |= {e for e in words if self.graph.has_node(f"entity:{e}")}
+        weights = {f"entity:{e}": 1.0 for e in named}
+        if self.expansion_weight:
+            for entity in list(weights):
+                edges = [(n, d["weight"]) for n, d in self.graph[entity].items() if n.startswith("entity:")]
+                total = sum(weight for _, weight in edges) or 1
+                for neighbour, weight in edges:
+                    if neighbour not in weights or weights[neighbour] < 1.0:
+                        weights[neighbour] = weights.get(neighbour, 0.0) + self.expansion_weight * weight / total
+        return weights
+
+    def _entity_scores(self, query: str) -> np.ndarray:
+        scores = np.zeros(len(self._row_ids), dtype=np.float64)
+        rows = self._rows()
+        for entity, weight in self.query_entities(query).items():
+            mentions = [n[5:] for n in self.graph.neighbors(entity) if n.startswith("item:")]
+            rarity = math.log(1 + len(rows) / max(1, len(mentions)))
+            for item_id in mentions:
+                scores[rows[item_id]] += weight * rarity
+        return np.where(scores > 0, scores, -np.inf)  # items without query entities get no credit
+
+    def _rows(self) -> dict[str, int]:
+        if self._row_of is None:
+            self._row_of = {item_id: row for row, item_id in enumerate(self._row_ids)}
+        return self._row_of
+
+    # ---- persistence and cost -------------------------------------------------------------------
+
+    def _save_index(self, folder: Path) -> None:
+        data = {"graph": nx.node_link_data(self.graph, edges="edges"), "last_of_session": self._last_of_session}
+        (folder / GRAPH_FILE).write_text(json.dumps(data))
+
+    def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
+        try:
+            data = json.loads((folder / GRAPH_FILE).read_text())
+            graph = nx.node_link_graph(data["graph"], edges="edges")
+            last_of_session = {str(k): str(v) for k, v in data["last_of_session"].items()}
+        except (OSError, ValueError, KeyError, TypeError, nx.NetworkXError) as error:
+            raise DataError(f"{folder / GRAPH_FILE}: unreadable graph ({error})") from None
+        if {n[5:] for n in graph if n.startswith("item:")} != {item.id for item in items}:
+            raise DataError(f"{folder / GRAPH_FILE}: does not match the cube's items")
+        if items:
+            GeneralTextMemory._index_add(self, items)  # rows only: the stored graph is kept
+        self.graph, self._last_of_session, self._row_of = graph, last_of_session, None
+
+    def index_nbytes(self) -> int:
+        graph_json = json.dumps(nx.node_link_data(self.graph, edges="edges"))  # the graph as stored
+        return super().index_nbytes() + len(graph_json.encode())

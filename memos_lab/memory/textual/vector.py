@@ -1,0 +1,216 @@
+"""`vector`: dense vectors in a faiss index (flat, HNSW or IVF), built for stores of millions of items.
+
+Every item gets a stable int64 faiss id (IndexIDMap2), so purging items never renumbers the others.
+HNSW cannot remove vectors; purged ids become tombstones, skipped in results and dropped when the
+index is rebuilt (once they outnumber the live vectors). With fusion="rrf" the dense candidates are
+fused with BM25's best candidates by reciprocal rank, as in general_text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from memos_lab.errors import ConfigError, DataError
+from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
+from memos_lab.memory.textual.lexical import Bm25Index, fuse_ranked_lists
+from memos_lab.models.embedder import Embedder
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+FUSIONS = ("dense", "rrf")
+INDEX_FILE = "vectors.faiss"
+IDS_FILE = "vector_ids.json"
+_IVF_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
+
+
+class VectorMemory(TextualMemory):
+    def __init__(
+        self,
+        embedder: Embedder,
+        index_type: str = "hnsw",
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        ivf_nlist: int = 1024,
+        ivf_nprobe: int = 16,
+        fusion: str = "rrf",
+        candidates: int = 100,
+        rrf_k: int = 60,
+        lexical_weight: float = 1.0,
+        dense_weight: float = 1.0,
+        bm25_k1: float = 1.5,
+        bm25_b: float = 0.75,
+    ) -> None:
+        if index_type not in INDEX_TYPES:
+            raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
+        if fusion not in FUSIONS:
+            raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
+        positive = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search,
+                    "ivf_nlist": ivf_nlist, "ivf_nprobe": ivf_nprobe, "candidates": candidates}  # fmt: skip
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
+        super().__init__(embedder)
+        self.index_type = index_type
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.ivf_nlist = ivf_nlist
+        self.ivf_nprobe = ivf_nprobe
+        self.fusion = fusion
+        self.candidates = candidates
+        self.rrf_k = rrf_k
+        self.lexical_weight = lexical_weight
+        self.dense_weight = dense_weight
+        self.bm25_k1 = bm25_k1
+        self.bm25_b = bm25_b
+        self._faiss_id: dict[str, int] = {}  # item id -> faiss id
+        self._item_id: dict[int, str] = {}  # faiss id -> item id
+        self._next_id = 0
+        self._tombstones: set[int] = set()
+        self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
+        self._index = self._new_index()
+        self._bm25 = Bm25Index(bm25_k1, bm25_b)
+        self._bm25_rows: list[str] = []  # item ids in BM25 row order; emptied when the store changes
+
+    # ---- index maintenance ----------------------------------------------------------------------
+
+    def _new_index(self, n_train: int = 0) -> faiss.Index:
+        dim = self.embedder.dim
+        if self.index_type == "flat":
+            base = faiss.IndexFlatIP(dim)
+        elif self.index_type == "hnsw":
+            base = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = self.ef_construction
+            base.hnsw.efSearch = self.ef_search
+        else:
+            # Fewer lists than asked when the store is small, so every list gets enough training points.
+            nlist = max(1, min(self.ivf_nlist, n_train // _IVF_POINTS_PER_LIST))
+            base = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            base.nprobe = min(self.ivf_nprobe, nlist)
+        return faiss.IndexIDMap2(base)
+
+    def _index_add(self, items: Sequence[MemoryItem]) -> None:
+        ids = []
+        for item in items:
+            self._faiss_id[item.id] = self._next_id
+            self._item_id[self._next_id] = item.id
+            ids.append(self._next_id)
+            self._next_id += 1
+        if self._index.is_trained:
+            self._index.add_with_ids(np.stack([item.embedding for item in items]), np.asarray(ids, dtype=np.int64))
+        else:
+            self._pending.extend(ids)  # IVF trains on the first search, once it has seen the data
+        self._bm25_rows = []
+
+    def _index_remove(self, item_ids: Sequence[str]) -> None:
+        removed = [self._faiss_id.pop(item_id) for item_id in item_ids]
+        for faiss_id in removed:
+            del self._item_id[faiss_id]
+        pending = set(self._pending)
+        stored = np.asarray([i for i in removed if i not in pending], dtype=np.int64)
+        self._pending = [i for i in self._pending if i in self._item_id]
+        if self.index_type == "hnsw":
+            self._tombstones.update(stored.tolist())
+            if len(self._tombstones) > len(self._item_id):
+                self._rebuild()
+        elif len(stored):
+            self._index.remove_ids(stored)
+        self._bm25_rows = []
+
+    def _rebuild(self) -> None:
+        """A fresh index over the live items, keeping their faiss ids."""
+        ids = sorted(self._item_id)
+        self._index = self._new_index(n_train=len(ids))
+        self._tombstones.clear()
+        self._pending = []
+        if ids:
+            vectors = np.stack([self._items[self._item_id[i]].embedding for i in ids])
+            if not self._index.is_trained:
+                self._index.train(vectors)
+            self._index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def _ensure_trained(self) -> None:
+        if self._pending:
+            self._rebuild()
+
+    # ---- search ---------------------------------------------------------------------------------
+
+    def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        self._ensure_trained()
+        query_vector = self.embedder.encode([query])[0:1].astype(np.float32)
+        # Over-fetch until enough candidates pass the filter (or the whole store was seen).
+        want = max(top_k, self.candidates)
+        while True:
+            dense = self._dense_candidates(query_vector, want, search_filter)
+            if len(dense) >= want or want >= len(self._item_id) + len(self._tombstones):
+                break
+            want *= 4
+        if self.fusion == "dense":
+            return [SearchHit(self._items[item_id], score) for item_id, score in dense[:top_k]]
+        return self._fuse(query, dense, top_k, search_filter)
+
+    def _dense_candidates(self, query_vector: np.ndarray, k: int, search_filter: SearchFilter) -> list[tuple[str, float]]:
+        k = min(k, self._index.ntotal)
+        if k == 0:
+            return []
+        scores, ids = self._index.search(query_vector, k)
+        found = []
+        for score, faiss_id in zip(scores[0], ids[0]):
+            item_id = self._item_id.get(int(faiss_id))  # -1 (not enough neighbours) and tombstones map to None
+            if item_id is not None and search_filter.matches(self._items[item_id]):
+                found.append((item_id, float(score)))
+        return found
+
+    def _fuse(self, query: str, dense: list[tuple[str, float]], top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        if not self._bm25_rows:
+            self._bm25_rows = list(self._faiss_id)
+            self._bm25.invalidate()
+        lexical = self._bm25.scores(query, lambda: [self.key(self._items[i]) for i in self._bm25_rows])
+        lexical_top = []
+        for row in np.argsort(-lexical, kind="stable"):
+            if lexical[row] <= 0 or len(lexical_top) >= len(dense):
+                break
+            if search_filter.matches(self._items[self._bm25_rows[row]]):
+                lexical_top.append(self._bm25_rows[row])
+        fused = fuse_ranked_lists(
+            [(self.dense_weight, [item_id for item_id, _ in dense]), (self.lexical_weight, lexical_top)], self.rrf_k
+        )
+        return [SearchHit(self._items[item_id], score) for item_id, score in fused[:top_k]]
+
+    # ---- persistence and cost -------------------------------------------------------------------
+
+    def _save_index(self, folder: Path) -> None:
+        self._ensure_trained()
+        faiss.write_index(self._index, str(folder / INDEX_FILE))
+        ids = {"next_id": self._next_id, "ids": sorted(self._item_id.items()), "tombstones": sorted(self._tombstones)}
+        (folder / IDS_FILE).write_text(json.dumps(ids))
+
+    def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE))
+            ids = json.loads((folder / IDS_FILE).read_text())
+            item_id = {int(faiss_id): str(item) for faiss_id, item in ids["ids"]}
+            next_id, tombstones = int(ids["next_id"]), {int(i) for i in ids["tombstones"]}
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{folder}: unreadable vector index ({error})") from None
+        if set(item_id.values()) != {item.id for item in items} or index.ntotal != len(item_id) + len(tombstones):
+            raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
+        if index.d != self.embedder.dim:
+            raise DataError(f"{folder / INDEX_FILE}: vectors of dim {index.d}, the embedder makes {self.embedder.dim}")
+        self._index, self._item_id, self._next_id, self._tombstones = index, item_id, next_id, tombstones
+        self._faiss_id = {item: faiss_id for faiss_id, item in item_id.items()}
+        if self.index_type == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = self.ef_search
+        elif self.index_type == "ivf":
+            faiss.extract_index_ivf(index).nprobe = self.ivf_nprobe
+
+    def index_nbytes(self) -> int:
+        self._ensure_trained()
+        return int(faiss.serialize_index(self._index).nbytes) + self._bm25.nbytes()
+

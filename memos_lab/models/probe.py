@@ -1,0 +1,89 @@
+"""Raw-text probing of a causal LM: greedy continuations and the log-probability of a given continuation.
+
+Knowledge-edit prompts are sentence prefixes ("X lives in the city of"), so they are fed as plain text,
+not through the chat template. A target is always encoded as " " + target after the prompt's own ids, the
+same split for training and scoring, so a learned target is exactly what greedy decoding reproduces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from memos_lab.errors import DataError
+from memos_lab.models.llm import LanguageModel
+
+
+def encode_prompt(lm: LanguageModel, prompt: str) -> list[int]:
+    ids = lm.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise DataError(f"prompt {prompt!r} encodes to no tokens")
+    return [int(i) for i in ids]
+
+
+def encode_target(lm: LanguageModel, target: str) -> list[int]:
+    """Ids of " " + target; DataError when the tokenizer cannot represent it faithfully."""
+    if not target.strip():
+        raise DataError("empty target")
+    ids = [int(i) for i in lm.tokenizer(" " + target, add_special_tokens=False)["input_ids"]]
+    special = set(lm.tokenizer.all_special_ids)  # includes the unknown token, where there is one
+    decoded = lm.tokenizer.decode(ids, skip_special_tokens=False).strip()
+    if not ids or special & set(ids) or decoded != target.strip():
+        raise DataError(f"target {target!r} cannot be encoded by the {lm.name} tokenizer (decodes to {decoded!r})")
+    return ids
+
+
+def _left_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    ids = torch.full((len(sequences), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def greedy_continuations(
+    lm: LanguageModel, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 32
+) -> list[list[int]]:
+    """The greedy continuation ids of each raw-text prompt (exactly max_new_tokens each)."""
+    results: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [encode_prompt(lm, p) for p in prompts[start:start + batch_size]]
+        ids, mask = _left_padded(lm, encoded)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        past = None
+        generated = []
+        for _ in range(max_new_tokens):
+            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                           use_cache=True)
+            past = out.past_key_values
+            ids = out.logits[:, -1].argmax(-1, keepdim=True)
+            generated.append(ids)
+            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
+            positions = positions[:, -1:] + 1
+        results.extend(torch.cat(generated, dim=1).tolist())
+    return results
+
+
+@torch.no_grad()
+def target_logprobs(
+    lm: LanguageModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32
+) -> list[float]:
+    """Sum of log P(token) over the ids of " " + target, teacher-forced after each prompt."""
+    pairs = [(encode_prompt(lm, p), encode_target(lm, t)) for p, t in zip(prompts, targets, strict=True)]
+    scores: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        ids, mask = _left_padded(lm, [p + t for p, t in chunk])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logprobs = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.log_softmax(-1)
+        width = ids.shape[1]
+        for row, (_, target) in enumerate(chunk):
+            # the logits at position i predict token i + 1
+            at = torch.arange(width - len(target) - 1, width - 1)
+            scores.append(float(logprobs[row, at, torch.tensor(target)].sum()))
+    return scores

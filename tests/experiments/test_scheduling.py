@@ -1,0 +1,86 @@
+"""The scheduling experiment end to end on tiny_llama with the hashing embedder."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from memos_lab.chat import MemChat
+from memos_lab.cli import CONF_DIR
+from memos_lab.data.synthetic import generate_dialogues
+from memos_lab.experiments import scheduling
+from memos_lab.loggers.base import Tracker
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SMALL = [
+    "experiment=scheduling", "model=tiny_llama", "embedder=hashing", "logger=none",
+    "dataset.n_conversations=1", "dataset.n_sessions=3", "experiment.working_memory.max_items=4",
+    "experiment.max_new_tokens=2", "experiment.top_k=2",
+]  # fmt: skip
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*SMALL, *overrides])
+
+
+def test_questions_are_asked_after_their_evidence():
+    [conversation] = generate_dialogues(seed=0, n_conversations=1)
+    slots = scheduling.question_slots(conversation)
+    session_of = {t.turn_id: s for s, session in enumerate(conversation.sessions) for t in session.turns}
+    asked = [q for questions in slots.values() for q in questions]
+    assert sorted(q.question_id for q in asked) == sorted(q.question_id for q in conversation.questions)
+    for slot, questions in slots.items():
+        for question in questions:
+            assert all(session_of[turn_id] <= slot for turn_id in question.evidence)
+            if question.evidence:
+                assert max(session_of[turn_id] for turn_id in question.evidence) == slot
+
+
+def test_text_mode_run_reports_every_metric():
+    metrics = scheduling.run(config(), Tracker())
+    for name in ("sched/working_hit_rate", "qa/f1", "qa/em", "latency/answer_ms_p50", "latency/answer_ms_p95",
+                 "qa/context_tokens_mean"):  # fmt: skip
+        assert name in metrics, name
+    assert 0 <= metrics["sched/working_hit_rate"] <= metrics["sched/working_hit_rate_any"] <= 1
+    assert metrics["sched/working_items_mean"] <= 4
+    assert metrics["qa/questions"] > 0 and metrics["run/interrupted"] == 0.0
+    assert "qa/judge" not in metrics  # judge=none by default
+
+
+def test_a_working_memory_that_holds_everything_always_hits():
+    metrics = scheduling.run(config("experiment.answer=false", "experiment.working_memory.max_items=1000"), Tracker())
+    assert metrics["sched/working_hit_rate"] == 1.0
+    assert "qa/f1" not in metrics  # nothing was answered
+
+
+def test_a_dead_judge_is_a_counted_failure_per_question():
+    cfg = config("judge=openai_compatible", "judge.base_url=http://127.0.0.1:9/v1", "judge.model=none",
+                 "judge.timeout_s=1")  # fmt: skip
+    metrics = scheduling.run(cfg, Tracker())
+    assert metrics["qa/judge_failures"] == metrics["qa/questions"] > 0
+    assert "qa/judge" not in metrics and "qa/f1" in metrics
+
+
+def test_an_interrupted_run_returns_what_it_measured(monkeypatch):
+    real_ask, calls = MemChat.ask, []
+
+    def ask_then_interrupt(self, question):
+        calls.append(question)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_ask(self, question)
+
+    monkeypatch.setattr(MemChat, "ask", ask_then_interrupt)
+    metrics = scheduling.run(config(), Tracker())
+    assert metrics["run/interrupted"] == 1.0 and metrics["qa/questions"] == 3
+    assert "qa/f1" in metrics
+
+
+@pytest.mark.parametrize("override, message", [("experiment.working_memory.max_items=0", "max_items must be"),
+                                               ("experiment.top_k=-1", "top_k must be"),
+                                               ("experiment.mode=telepathy", "chat mode 'telepathy'")])
+def test_bad_settings_fail_clearly(override, message):
+    from memos_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        scheduling.run(config(override), Tracker())

@@ -1,0 +1,23 @@
+"""Every backend under conf/memory/ must pass the same contract: `text_memory` runs each test on each."""
+
+from __future__ import annotations
+
+import hydra.utils
+import pytest
+from omegaconf import OmegaConf
+
+from memos_lab.cli import CONF_DIR, config_groups
+from memos_lab.memory.textual.base import TextualMemory
+
+BACKENDS = config_groups()["memory"]
+
+
+def build_backend(name: str, embedder, **overrides) -> TextualMemory:
+    group = OmegaConf.merge(OmegaConf.load(CONF_DIR / "memory" / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.create({"seed": 0, "memory": group})  # the root keys a group may interpolate
+    return hydra.utils.instantiate(cfg.memory, embedder=embedder)
+
+
+@pytest.fixture(params=BACKENDS)
+def text_memory(request, embedder) -> TextualMemory:
+    return build_backend(request.param, embedder)
