@@ -2,9 +2,9 @@
 # Memory-scheduling policies compared at equal working-memory size (16 items, top-5 retrieval per turn).
 #   1. working-memory hit rate on the synthetic dialogues: 5 policies x 3 seeds x 4 conversations, MiniLM,
 #      no generation (the hit rate does not depend on the answers)          -> results/scheduling/
-#   2. answers with SmolLM2-135M on 2 synthetic conversations (50 questions): every policy in kv mode
-#      (memories as a cached prefix: the same tokens as text mode, plus KV-tier hit rate and prefill
-#      savings), and the best policy once more in text mode as the latency reference
+#   2. answers with SmolLM2-135M on 1 synthetic conversation (25 questions), working memory of 8 items:
+#      lru and recency in kv mode (memories as a cached prefix: the same tokens as text mode, plus the
+#      KV-tier hit rate and prefill savings), recency once more in text mode as the latency reference
 #                                                                             -> results/scheduling/qa_smollm2/
 #   3. hit rate on the LoCoMo dev slice (2 conversations, ~400 turns each)  -> results/scheduling/locomo/
 # Usage: experiments/scheduling.sh [part ...]   (default: all parts, e.g. `experiments/scheduling.sh 2 3`)
@@ -28,9 +28,10 @@ part1() {
 
 part2() {
   rm -rf "$SUITE/qa_smollm2" "$SUITE/qa_smollm2_text"
-  $PY -m memos_lab run -m "${COMMON[@]}" "scheduler=$POLICIES" experiment.mode=kv dataset.n_conversations=2 \
+  local small=(dataset.n_conversations=1 experiment.working_memory.max_items=8)
+  $PY -m memos_lab run -m "${COMMON[@]}" scheduler=lru,recency experiment.mode=kv "${small[@]}" \
     hydra.sweep.dir="$SUITE/qa_smollm2"
-  $PY -m memos_lab run -m "${COMMON[@]}" scheduler=recency experiment.mode=text dataset.n_conversations=2 \
+  $PY -m memos_lab run -m "${COMMON[@]}" scheduler=recency experiment.mode=text "${small[@]}" \
     hydra.sweep.dir="$SUITE/qa_smollm2_text"
   $PY -m memos_lab report "$SUITE/qa_smollm2" "$SUITE/qa_smollm2_text" --out results/scheduling/qa_smollm2 \
     --metrics sched/working_hit_rate,qa/f1,qa/em,sched/kv_hit_rate,sched/prefill_saved_frac,latency/answer_ms_p50,latency/answer_ms_p95,latency/ttft_ms_p50,qa/context_tokens_mean

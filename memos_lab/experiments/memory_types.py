@@ -77,10 +77,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     context = context_text(edits)
     context_ids = encode(context)
-    questions = [(edit.prompt, edit.target_new, "accuracy") for edit in edits]
-    questions += [(edit.paraphrases[0], edit.target_new, "generalization") for edit in edits if edit.paraphrases]
+    # Every fact is stored; the questions probe an evenly spread subset (each costs a full prefill in text mode).
+    asked = edits[:: max(1, len(edits) // int(exp.n_questions))][: int(exp.n_questions)] if exp.n_questions else edits
+    questions = [(edit.prompt, edit.target_new, "accuracy") for edit in asked]
+    questions += [(edit.paraphrases[0], edit.target_new, "generalization") for edit in asked if edit.paraphrases]
     n_new = int(exp.max_new_tokens)
-    metrics: dict[str, float] = {f"{PREFIX}facts": len(edits), f"{PREFIX}context_tokens": len(context_ids)}
+    metrics: dict[str, float] = {
+        f"{PREFIX}facts": len(edits), f"{PREFIX}questions": len(questions), f"{PREFIX}context_tokens": len(context_ids)
+    }
 
     parametric: ParametricMemory | None = None
     cache: KVCache | None = None
