@@ -31,6 +31,7 @@ class GeneralTextMemory(TextualMemory):
         dense_weight: float = 1.0,
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
+        bm25_stemming: bool = False,
     ) -> None:
         if fusion not in FUSIONS:
             raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
@@ -46,9 +47,10 @@ class GeneralTextMemory(TextualMemory):
         self.dense_weight = dense_weight
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
+        self.bm25_stemming = bm25_stemming
         self._row_ids: list[str] = []  # row i of the indexes holds item _row_ids[i]
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
-        self._bm25 = Bm25Index(bm25_k1, bm25_b)
+        self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)

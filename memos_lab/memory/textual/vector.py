@@ -45,6 +45,7 @@ class VectorMemory(TextualMemory):
         dense_weight: float = 1.0,
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
+        bm25_stemming: bool = False,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
@@ -69,13 +70,14 @@ class VectorMemory(TextualMemory):
         self.dense_weight = dense_weight
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
+        self.bm25_stemming = bm25_stemming
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
         self._tombstones: set[int] = set()
         self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
         self._index = self._new_index()
-        self._bm25 = Bm25Index(bm25_k1, bm25_b)
+        self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
         self._bm25_rows: list[str] = []  # item ids in BM25 row order; emptied when the store changes
 
     # ---- index maintenance ----------------------------------------------------------------------
