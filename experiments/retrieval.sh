@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 LOCOMO=${1:-../shared/data/locomo/locomo10_dev.json}
 ROOT=outputs/suites/retrieval
-COMMON=(experiment=retrieval embedder=minilm logger=none threads=2)
+COMMON=(experiment=retrieval embedder=minilm embedder.cache_dir=outputs/suites/embedding_cache logger=none threads=2)
 # The reader settings every backend uses: each turn indexed with its neighbours and its session date.
 READER=(reader.context_turns=1 reader.date_in_key=true)
-rm -rf "$ROOT"
+rm -rf "$ROOT"  # the embedding cache beside it is kept: same texts, same vectors
 
 $PY -m memos_lab run -m "${COMMON[@]}" "${READER[@]}" memory=general_text,tree_text,vector,graph \
   dataset=synthetic_dialogues hydra.sweep.dir=$ROOT/synthetic
