@@ -174,16 +174,22 @@ class VectorMemory(TextualMemory):
             self._bm25_rows = list(self._faiss_id)
             self._bm25.invalidate()
         lexical = self._bm25.scores(query, lambda: [self.key(self._items[i]) for i in self._bm25_rows])
-        lexical_top = []
-        for row in np.argsort(-lexical, kind="stable"):
-            if lexical[row] <= 0 or len(lexical_top) >= len(dense):
-                break
-            if search_filter.matches(self._items[self._bm25_rows[row]]):
-                lexical_top.append(self._bm25_rows[row])
+        positive = np.flatnonzero(lexical > 0)
+        limit = 4 * self.candidates
+        shortlist = positive
+        if len(positive) > limit:  # sort only the best few: cheap even at a million items
+            shortlist = positive[np.argpartition(-lexical[positive], limit - 1)[:limit]]
+        lexical_top = self._lexical_ranked(shortlist, lexical, search_filter, len(dense))
+        if len(lexical_top) < len(dense) and len(shortlist) < len(positive):  # a tight filter: sort them all
+            lexical_top = self._lexical_ranked(positive, lexical, search_filter, len(dense))
         fused = fuse_ranked_lists(
             [(self.dense_weight, [item_id for item_id, _ in dense]), (self.lexical_weight, lexical_top)], self.rrf_k
         )
         return [SearchHit(self._items[item_id], score) for item_id, score in fused[:top_k]]
+
+    def _lexical_ranked(self, rows: np.ndarray, lexical: np.ndarray, search_filter: SearchFilter, k: int) -> list[str]:
+        ranked = (self._bm25_rows[row] for row in rows[np.argsort(-lexical[rows], kind="stable")])
+        return [item_id for item_id in ranked if search_filter.matches(self._items[item_id])][:k]
 
     # ---- persistence and cost -------------------------------------------------------------------
 
