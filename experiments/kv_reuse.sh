@@ -19,6 +19,11 @@ rm -rf "$SUITE"
   experiment.memory_tokens=${MEMORY_TOKENS:-128,512,800,2048,4096} experiment.question_tokens=${QUESTION_TOKENS:-32,256} \
   experiment.max_new_tokens=8 experiment.compose_memories=0 hydra.sweep.dir="$SUITE/sweep" "$@"
 
-"$PYTHON" -m memos_lab report "$SUITE/dialogue" --out results/kv_reuse/dialogue
+"$PYTHON" -m memos_lab report "$SUITE/dialogue" --out results/kv_reuse/dialogue --metrics \
+kv/prefill_tokens_full,kv/prefill_tokens_reuse,kv/saved_frac,kv/theoretical_saved_frac,kv/flops_saved_frac,\
+kv/ttft_ms_full_p50,kv/ttft_ms_reuse_p50,kv/ttft_speedup,kv/max_logit_diff,kv/greedy_match_frac,kv/cache_mb,\
+kv/cache_kib_per_token,kv/memory_tokens,kv/compose/exact_max_logit_diff,kv/compose/rerotate_max_logit_diff,\
+kv/compose/blend_max_logit_diff,kv/compose/naive_max_logit_diff,kv/compose/exact_top1_match_frac,\
+kv/compose/rerotate_top1_match_frac,kv/compose/blend_top1_match_frac,kv/compose/naive_top1_match_frac
 "$PYTHON" -m memos_lab report "$SUITE/sweep" --out results/kv_reuse/sweep --metrics \
 kv/memory_tokens,kv/question_tokens,kv/ttft_ms_full_p50,kv/ttft_ms_reuse_p50,kv/ttft_speedup,kv/saved_frac,kv/flops_saved_frac,kv/max_logit_diff,kv/greedy_match_frac,kv/cache_mb
