@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from memos_lab.errors import ConfigError
 from memos_lab.loggers.base import Tracker
 
 
@@ -29,17 +30,20 @@ class WandbTracker(Tracker):
     def start(self, run_dir: str, config: Mapping[str, Any]) -> None:
         import wandb
 
-        self._run = wandb.init(
-            project=self.project,
-            entity=self.entity,
-            mode=self.mode,
-            group=self.group,
-            tags=self.tags,
-            dir=run_dir,
-            config=dict(config),
-            reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+        try:
+            self._run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                mode=self.mode,
+                group=self.group,
+                tags=self.tags,
+                dir=run_dir,
+                config=dict(config),
+                reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
+        except wandb.errors.UsageError as error:  # online without `wandb login`, a bad entity...
+            raise ConfigError(f"W&B ({self.mode} mode): {error}; offline runs need nothing: logger.mode=offline") from None
 
     def log(self, values: Mapping[str, float], step: int | None = None) -> None:
         self._run.log(dict(values), step=step)

@@ -39,7 +39,9 @@ class ReportSummary:
     configurations: int
 
 
-def write_report(folders: Sequence[Path], out: Path, command: str, metrics: Sequence[str] | None = None) -> ReportSummary:
+def write_report(
+    folders: Sequence[Path], out: Path, command: str, metrics: Sequence[str] | None = None, note: str | None = None
+) -> ReportSummary:
     """Aggregate the runs under `folders` into out/report.md, table.csv, runs.csv and PNG plots."""
     runs = collect_runs(list(folders))  # raises before anything is written when there is nothing sound to report
     chosen = choose_metrics(runs, metrics)
@@ -55,7 +57,7 @@ def write_report(folders: Sequence[Path], out: Path, command: str, metrics: Sequ
         plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
     atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
     atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
-    markdown = render(runs, folders, command, common, shown, comparisons, [p for p in plots if p], out)
+    markdown = render(runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out)
     atomic_write_text(out / REPORT_FILE, markdown)
     failed = sum(not run.ok for run in runs)
     return ReportSummary(out, len(runs), failed, len(configurations))
@@ -87,6 +89,7 @@ def render(
     runs: Sequence[RunRecord],
     folders: Sequence[Path],
     command: str,
+    note: str | None,
     common: dict[str, str],
     table: pd.DataFrame,
     comparisons: Sequence[Comparison],
@@ -99,6 +102,7 @@ def render(
         f"# memos_lab report: {runs[0].experiment}",
         "",
         f"- command: `{command}`",
+        *([f"- note: {note}"] if note else []),
         f"- date: {date}",
         f"- folders: {', '.join(f'`{folder}`' for folder in folders)}",
         f"- runs: {len(runs)} ({len(runs) - len(failed)} finished, {len(failed)} failed)",

@@ -14,6 +14,7 @@ from memos_lab.atomic import atomic_write_bytes
 from memos_lab.reporting.table import Configuration
 
 COLUMNS = 3
+MAX_LINES = 8  # beyond this (e.g. an Optuna study) the other settings are not split into lines: points only
 LATENCY = re.compile(r"(_ms\b|_ms_|latency|wall_s$)")
 
 
@@ -43,7 +44,7 @@ def _grid(count: int):
 
     columns = min(COLUMNS, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), squeeze=False, layout="constrained")
     for axis in axes.flat[count:]:
         axis.set_visible(False)
     return figure, list(axes.flat[:count])
@@ -53,7 +54,6 @@ def _save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
@@ -80,6 +80,9 @@ def plot_against_setting(
     for configuration in configurations:
         rest = ", ".join(f"{k}={v}" for k, v in configuration.settings.items() if k != key)
         lines.setdefault(rest, []).append(configuration)
+    style = {"marker": "o", "capsize": 3}
+    if len(lines) > MAX_LINES:
+        lines, style = {"": list(configurations)}, {**style, "linestyle": "none"}
     figure, axes = _grid(len(metrics))
     for axis, metric in zip(axes, metrics):
         for label, members in lines.items():
@@ -90,13 +93,13 @@ def plot_against_setting(
             )
             if points:
                 xs, ys, errors = zip(*points)
-                axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label or None)
+                axis.errorbar(xs, ys, yerr=errors, label=label or None, **style)
         axis.set_title(metric, fontsize=9)
         axis.set_xlabel(key)
         if not numbers:
             axis.set_xticks(range(len(x_values)), x_values, rotation=20, fontsize=8)
-        if len(lines) > 1:
-            axis.legend(fontsize=6)
+    if len(lines) > 1:  # one legend for all panels, below them: the labels can be long
+        figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7)
     path = out / f"{file_stem(key)}.png"
     _save(figure, path)
     return path
@@ -105,19 +108,20 @@ def plot_against_setting(
 def plot_latency_vs_quality(
     configurations: Sequence[Configuration], latency: str, quality: Sequence[str], out: Path
 ) -> Path | None:
-    """One panel per quality metric; each configuration is a point (mean ± std over seeds)."""
+    """One panel per quality metric; each configuration is a point (mean ± std over seeds) labelled with
+    its row number (#) in the table."""
     if not quality:
         return None
     figure, axes = _grid(len(quality))
     for axis, metric in zip(axes, quality):
-        for configuration in configurations:
+        for number, configuration in enumerate(configurations, 1):
             x, y = configuration.values(latency), configuration.values(metric)
             if len(x) and len(y):
                 axis.errorbar(
                     x.mean(), y.mean(), xerr=x.std(ddof=1) if len(x) > 1 else 0.0,
                     yerr=y.std(ddof=1) if len(y) > 1 else 0.0, marker="o", capsize=3,
                 )  # fmt: skip
-                axis.annotate(configuration.label, (x.mean(), y.mean()), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                axis.annotate(f"#{number}", (x.mean(), y.mean()), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axis.set_xlabel(latency)
         axis.set_ylabel(metric)
     path = out / "latency_vs_quality.png"

@@ -16,6 +16,9 @@ from memos_lab.errors import DataError
 from memos_lab.runner import CONFIG_FILE, PER_QUERY_ARTIFACT, PROVENANCE_FILE, read_metrics
 
 HYDRA_DIR = ".hydra"
+MULTIRUN_FILE = "multirun.yaml"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+JOB_SUBDIR = "${hydra.job.num}"
 # Overrides that do not make a different configuration: seeds are averaged over, resume only skips work.
 NOT_A_SETTING = frozenset({"seed", "resume"})
 DEFAULT = "(default)"
@@ -103,6 +106,35 @@ def read_run(path: Path) -> RunRecord:
     return record
 
 
+def unstarted_jobs(folder: Path) -> list[RunRecord]:
+    """The jobs a multirun under `folder` planned but never started (no job folder: the sweep was stopped).
+
+    Only Hydra's basic sweeper plans every job up front; other sweepers (Optuna) choose them as they go.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    missing = []
+    for record_path in sorted(folder.rglob(MULTIRUN_FILE)):
+        config = _load_yaml(record_path) or {}
+        hydra_record = config.pop("hydra", None) or {}
+        sweep = hydra_record.get("sweep") or {}
+        if (hydra_record.get("sweeper") or {}).get("_target_") != BASIC_SWEEPER or sweep.get("subdir") != JOB_SUBDIR:
+            continue
+        task = [str(line) for line in (hydra_record.get("overrides") or {}).get("task") or []]
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task), None)
+        for number, job in enumerate(job for batch in batches for job in batch):
+            path = record_path.parent / str(number)
+            if not path.exists():
+                seed = next((line.split("=", 1)[1] for line in job if line.startswith("seed=")), config.get("seed"))
+                missing.append(RunRecord(
+                    path=path, experiment=str((config.get("experiment") or {}).get("name", "(unknown)")),
+                    seed=int(seed) if str(seed).lstrip("-").isdigit() else None, overrides=parse_overrides(job),
+                    config=config, choices={}, failure="never started (the sweep was stopped before this job)",
+                ))  # fmt: skip
+    return missing
+
+
 def parse_overrides(lines: list[str]) -> dict[str, str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -122,7 +154,8 @@ def collect_runs(folders: list[Path]) -> list[RunRecord]:
         if not folder.is_dir():
             raise DataError(f"no such folder: {folder}")
         found = [path for path in find_run_dirs(folder) if path.resolve() not in seen]
-        if not found:
+        unstarted = [run for run in unstarted_jobs(folder) if run.path.resolve() not in seen]
+        if not found and not unstarted:
             entries = sorted(entry.name for entry in folder.iterdir())
             held = f"it holds {len(entries)} entries ({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''})"
             raise DataError(
@@ -130,7 +163,8 @@ def collect_runs(folders: list[Path]) -> list[RunRecord]:
                 + (held if entries else "it is empty")
             )
         seen.update(path.resolve() for path in found)
-        runs += [read_run(path) for path in found]
+        seen.update(run.path.resolve() for run in unstarted)
+        runs += sorted([read_run(path) for path in found] + unstarted, key=lambda run: natural_key(str(run.path)))
     experiments = Counter(run.experiment for run in runs)
     if len(experiments) > 1:
         where = "; ".join(

@@ -104,8 +104,8 @@ def format_cell(values: np.ndarray) -> str:
 def summary_frames(configurations: Sequence[Configuration], metrics: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Markdown view with 'mean ± std' cells, CSV view with separate mean and std columns)."""
     shown, numeric = [], []
-    for configuration in configurations:
-        base = {**configuration.settings, "seeds": len(configuration.finished), "failed": len(configuration.failed)}
+    for number, configuration in enumerate(configurations, 1):
+        base = {"#": number, **configuration.settings, "seeds": len(configuration.finished), "failed": len(configuration.failed)}
         shown.append({**base, **{name: format_cell(configuration.values(name)) for name in metrics}})
         row = dict(base)
         for name in metrics:
@@ -121,9 +121,9 @@ def paired_tests(configurations: Sequence[Configuration], metrics: Sequence[str]
     query under the same seed; only metrics whose per-query scores every finished run saved."""
     from ranx.statistical_tests import paired_student_t_test
 
-    scores = {
-        configuration.label: {run.seed: run.per_query() for run in configuration.finished}
-        for configuration in configurations
+    scores = {  # configurations are named by their row number in the table
+        f"#{number}": {run.seed: run.per_query() for run in configuration.finished}
+        for number, configuration in enumerate(configurations, 1)
     }
     comparisons = []
     for metric in metrics:

@@ -93,6 +93,28 @@ def test_incomplete_metrics_and_missing_chosen_metric_count_as_failed(tmp_path):
     assert "| 0.5 " in report  # the one finished run, alone
 
 
+def test_jobs_an_interrupted_sweep_never_started_are_reported_as_failed(tmp_path):
+    record = {
+        "hydra": {
+            "sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+            "overrides": {"task": ["embedder=hashing", "memory.fusion=rrf,bm25", "seed=0,1"]},
+        },
+        "seed": 0,
+        "experiment": {"name": "retrieval"},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    for number, seed in ((0, 0), (1, 1)):  # jobs 2 and 3 (bm25) never started
+        make_run(tmp_path / str(number), ["embedder=hashing", "memory.fusion=rrf", f"seed={seed}"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/mrr"])
+    assert (summary.runs, summary.failed, summary.configurations) == (4, 2, 2)
+    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    assert table.set_index("memory.fusion")["failed"].to_dict() == {"rrf": 0, "bm25": 2}
+    report = (tmp_path / "out" / "report.md").read_text()
+    line = next(line for line in report.splitlines() if line.startswith(f"| {tmp_path / '3'} "))
+    assert [cell.strip() for cell in line.split("|")[2:5]] == ["1", "embedder=hashing memory.fusion=bm25", "never started (the sweep was stopped before this job)"]
+
+
 def test_all_runs_failed_is_still_a_report(tmp_path):
     folder = sweep(tmp_path / "sweep", {("rrf", 0): None, ("bm25", 0): None})
     write_report([folder], tmp_path / "out", "cmd", metrics=["retrieval/recall_all@10"])
@@ -134,10 +156,11 @@ def test_paired_test_pairs_queries_per_seed_and_flags_a_real_difference(tmp_path
     write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/recall_all@10"])
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Paired significance tests")[1].split("##")[0]
-    rows = {tuple(cell.strip() for cell in line.split("|")[2:4]): line for line in section.splitlines() if "memory.fusion" in line}
-    assert "| 80 " in rows[("memory.fusion=bm25", "memory.fusion=dense")]  # 40 queries x 2 seeds, paired
-    assert rows[("memory.fusion=bm25", "memory.fusion=dense")].rstrip(" |").endswith("yes")
-    identical = rows[("memory.fusion=dense", "memory.fusion=rrf")]
+    rows = {tuple(cell.strip() for cell in line.split("|")[2:4]): line for line in section.splitlines() if "| #" in line}
+    assert len(rows) == 3  # configurations #1 bm25, #2 dense, #3 rrf (table order)
+    assert "| 80 " in rows[("#1", "#2")]  # 40 queries x 2 seeds, paired
+    assert rows[("#1", "#2")].rstrip(" |").endswith("yes")
+    identical = rows[("#2", "#3")]
     assert "| 1 " in identical and identical.rstrip(" |").endswith("no")
 
 
@@ -183,7 +206,9 @@ def test_report_cli_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
 
 def test_report_cli_writes_the_report(tmp_path, capsys):
     folder = sweep(tmp_path / "sweep", {("rrf", 0): 0.5, ("bm25", 0): 0.2})
-    main(["report", str(folder), "--out", str(tmp_path / "out"), "--metrics", "retrieval/recall_all@10"])
+    args = [str(folder), "--out", str(tmp_path / "out"), "--metrics", "retrieval/recall_all@10", "--note", "suite x.sh"]
+    main(["report", *args])
     assert "2 configuration(s), 2 run(s), 0 failed" in capsys.readouterr().out
-    report = (tmp_path / "out" / "report.md").read_text()
-    assert f"- command: `python -m memos_lab report {folder} --out {tmp_path / 'out'} --metrics retrieval/recall_all@10`" in report
+    report = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert report[2] == f"- command: `python -m memos_lab report {' '.join(args[:5])} --note 'suite x.sh'`"
+    assert report[3] == "- note: suite x.sh"
