@@ -12,7 +12,7 @@ from memos_lab.experiments.lora_update import run
 from memos_lab.loggers.base import Tracker
 
 TINY = ["experiment=lora_update", "dataset=synthetic_facts", "dataset.n_edits=6", "model=tiny_llama",
-        "embedder=hashing", "logger=none", "parametric.lr=1e-2", "parametric.batch_size=6"]
+        "embedder=hashing", "logger=none", "parametric.lr=1e-2", "parametric.batch_size=6", "parametric.layers=null"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,8 @@ from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.models.embedder import HashingEmbedder
 from memos_lab.models.llm import build_tiny_llama
 
-FAST = ["model=tiny_llama", "embedder=hashing", "threads=1", "parametric.lr=1e-2", "parametric.batch_size=4"]
+FAST = ["model=tiny_llama", "embedder=hashing", "threads=1", "parametric.lr=1e-2", "parametric.batch_size=4",
+        "parametric.layers=null"]
 
 
 @pytest.fixture(autouse=True)
