@@ -29,6 +29,8 @@ PROVENANCE_FILE = "provenance.json"
 PER_QUERY_ARTIFACT = "per_query"
 # The runner adds this metric last, so a metrics.json holding it was written by a finished run.
 COMPLETE_MARKER = "run/wall_s"
+# An experiment stopped early (Ctrl-C) may still return what it measured, flagged with this metric.
+INTERRUPTED_MARKER = "run/interrupted"
 log = logging.getLogger(__name__)
 NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
 ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -131,6 +133,8 @@ def read_metrics(run_dir: Path) -> dict[str, float]:
         raise DataError(f"{METRICS_FILE}: {error}") from None
     if COMPLETE_MARKER not in metrics:
         raise DataError(f"incomplete {METRICS_FILE}: no {COMPLETE_MARKER!r}")
+    if metrics.get(INTERRUPTED_MARKER):
+        raise DataError(f"interrupted: {METRICS_FILE} covers only part of the run ({INTERRUPTED_MARKER}=1)")
     return metrics
 
 

@@ -19,7 +19,6 @@ from memos_lab.reporting.table import (
     Comparison,
     choose_metrics,
     group_configurations,
-    mark_missing_metrics,
     paired_tests,
     summary_frames,
     swept_keys,
@@ -45,7 +44,6 @@ def write_report(
     """Aggregate the runs under `folders` into out/report.md, table.csv, runs.csv and PNG plots."""
     runs = collect_runs(list(folders))  # raises before anything is written when there is nothing sound to report
     chosen = choose_metrics(runs, metrics)
-    mark_missing_metrics(runs, chosen)
     keys, common = swept_keys(runs)
     configurations = group_configurations(runs, keys)
     shown, numeric = summary_frames(configurations, chosen)
