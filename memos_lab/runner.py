@@ -81,7 +81,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
         finished = finished_metrics(run_dir, config_text)
         if finished is not None:
             log.info("resume: %s already holds the finished run of this config; skipped", run_dir)
-            return finished
+            return _checked_objective(cfg, finished)
     seed_everything(int(cfg.seed))
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -110,8 +110,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, env, wall_s))
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last: marks done
     inner.finish(metrics)
+    return _checked_objective(cfg, metrics)  # checked after writing: the run itself is sound and kept
+
+
+def _checked_objective(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """`objective` names the metric a run returns to a sweeper; a typo must not pass as a missing value."""
     objective = cfg.get("objective")
-    if objective and objective not in metrics:  # checked after writing: the run itself is sound and kept
+    if objective and objective not in metrics:
         raise ConfigError(f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}")
     return metrics
 

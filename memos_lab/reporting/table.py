@@ -24,10 +24,6 @@ class Configuration:
     runs: list[RunRecord]
 
     @property
-    def label(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in self.settings.items()) or "(defaults)"
-
-    @property
     def finished(self) -> list[RunRecord]:
         return [run for run in self.runs if run.ok]
 
