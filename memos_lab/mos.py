@@ -178,7 +178,11 @@ class MOS:
 
     def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
-        return self._cubes[cube_id].text.merge(item_ids, text)
+        merged = self._cubes[cube_id].text.merge(item_ids, text)
+        for listener in self._listeners:
+            for old_id in item_ids:  # each merged item now has the merged one as its successor
+                listener.on_update(cube_id, old_id, merged)
+        return merged
 
     def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
         self._check(caller, cube_id, WRITE)

@@ -86,7 +86,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.get("threads"):
+        import faiss
+
         torch.set_num_threads(int(cfg.threads))
+        faiss.omp_set_num_threads(int(cfg.threads))  # faiss spins OpenMP threads per search otherwise
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     env = environment()
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's

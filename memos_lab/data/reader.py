@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from memos_lab.data.schema import Conversation, Turn
 from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
-from memos_lab.memory.textual.base import MAX_TEXT_CHARS
+from memos_lab.memory.textual.base import KEY_FIELD, MAX_TEXT_CHARS
 
 if TYPE_CHECKING:  # importing transformers costs seconds; the fast reader never needs it
     from memos_lab.models.llm import LanguageModel
@@ -19,8 +20,11 @@ FACT_PROMPT = (
 )
 
 
-def turn_item(conversation: Conversation, turn: Turn, user: str) -> MemoryItem:
-    """`fast` reading: one item per turn, keeping speaker, date and provenance."""
+def turn_item(conversation: Conversation, turn: Turn, user: str, key: str | None = None) -> MemoryItem:
+    """`fast` reading: one item per turn, keeping speaker, date and provenance (and an index key, if given)."""
+    extra = {"turn_id": turn.turn_id, "conversation_id": conversation.conversation_id}
+    if key is not None:
+        extra[KEY_FIELD] = key
     return MemoryItem(
         text=f"{turn.speaker}: {turn.text}",
         metadata=MemoryMetadata(
@@ -29,7 +33,7 @@ def turn_item(conversation: Conversation, turn: Turn, user: str) -> MemoryItem:
             source=f"{conversation.conversation_id}/{turn.turn_id}",
             event_time=turn.time,
             tags=(f"speaker:{turn.speaker}",),
-            extra={"turn_id": turn.turn_id, "conversation_id": conversation.conversation_id},
+            extra=extra,
         ),
     )
 
@@ -47,10 +51,31 @@ class Reader(ABC):
 
 
 class FastReader(Reader):
+    """One item per turn. Its index key can carry context the turn alone lacks: `context_turns` turns
+    before and after it in its session (answers often need the question they reply to), and with
+    `date_in_key` the session date in words (so "in May 2023" can match)."""
+
     name = "fast"
 
+    def __init__(self, context_turns: int = 0, date_in_key: bool = False) -> None:
+        if isinstance(context_turns, bool) or not isinstance(context_turns, int) or context_turns < 0:
+            raise ConfigError(f"reader.context_turns must be a non-negative integer, got {context_turns!r}")
+        self.context_turns = context_turns
+        self.date_in_key = date_in_key
+
     def read(self, conversation: Conversation, user: str) -> list[MemoryItem]:
-        return conversation_items(conversation, user)
+        if not self.context_turns and not self.date_in_key:
+            return conversation_items(conversation, user)
+        items = []
+        for session in conversation.sessions:
+            turns = session.turns
+            for i, turn in enumerate(turns):
+                window = turns[max(0, i - self.context_turns) : i + self.context_turns + 1]
+                key = "\n".join(f"{t.speaker}: {t.text}" for t in window)
+                if self.date_in_key:
+                    key = f"[{_spoken_date(session.time)}]\n{key}"
+                items.append(turn_item(conversation, turn, user, key=key[:MAX_TEXT_CHARS]))
+        return items
 
 
 class FineReader(Reader):
@@ -110,3 +135,12 @@ class FineReader(Reader):
         text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
         facts = [line.strip(" -*•\t").strip() for line in text.splitlines()]
         return [fact[:MAX_TEXT_CHARS] for fact in facts if fact][: self.max_facts]
+
+
+def _spoken_date(iso_time: str) -> str:
+    """"2023-05-08T13:56" -> "8 May 2023"; anything unparseable is kept as it is."""
+    try:
+        moment = datetime.fromisoformat(iso_time)
+    except ValueError:
+        return iso_time
+    return f"{moment.day} {moment:%B %Y}"

@@ -21,6 +21,7 @@ import hydra.utils
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from memos_lab.data.schema import Conversation, Turn
 from memos_lab.errors import ConfigError, DataError
@@ -77,7 +78,7 @@ def _dialogues(lm: LanguageModel, conversations: list[Conversation], exp: DictCo
         stored = memory.add_set("memory", texts)  # precomputed, as `load memory_type=activation` does
         cached_sequences.append(stored.token_ids)
         session = ChatSession(lm, memory, memory_messages(texts))
-        for t in range(int(exp.turns)):
+        for t in tqdm(range(int(exp.turns)), desc=f"dialogue {index + 1}/{len(conversations)}", unit="turn"):
             session.add("user", history[2 * t].text)
             ids = session.prompt_ids()
             _measure(lm, ids, session.prefix(ids), session.prefill, exp, tally)

@@ -67,24 +67,23 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     portable = [(p.prompt, p.answer) for e in edits for p in e.portability if p.answer]
     portability = _starts(lm, said([p for p, _ in portable], answer_tokens), [a for _, a in portable])
 
-    metrics = {
-        f"{PREFIX}reliability": rate(reliability),
-        f"{PREFIX}generalization": rate(generalization),
-        f"{PREFIX}locality": rate(locality),
-        f"{PREFIX}base_reliability": rate(base_reliability),
+    scored = {"reliability": reliability, "generalization": generalization, "locality": locality,
+              "portability": portability, "base_reliability": base_reliability}
+    # a metric the data gives nothing to score on (no paraphrases, no portability questions) is left out
+    metrics = {f"{PREFIX}{name}": rate(flags) for name, flags in scored.items() if flags}
+    metrics |= {
         f"{PREFIX}edits": len(edits),
-        f"{PREFIX}batches": n_batches,
+        f"{PREFIX}batches": len(batches),
         f"{PREFIX}steps": steps,
-        f"{PREFIX}batches_learned": 100.0 * learned / n_batches,
+        f"{PREFIX}batches_learned": 100.0 * learned / len(batches),
         f"{PREFIX}train_s": train_s,
         f"{PREFIX}train_s_per_100_edits": 100.0 * train_s / len(edits),
         f"{PREFIX}adapter_mb": _saved_mb(memory),
         f"{PREFIX}gate_edit_prompts": rate(memory.applies([e.prompt for e in edits])),
-        f"{PREFIX}gate_locality_prompts": rate(memory.applies(probes)),
     }
-    if portability:
-        metrics[f"{PREFIX}portability"] = rate(portability)
-    if n_batches > 1:  # the edits of every batch but the last, scored after the last
+    if probes:
+        metrics[f"{PREFIX}gate_locality_prompts"] = rate(memory.applies(probes))
+    if len(batches) > 1:  # the edits of every batch but the last, scored after the last
         metrics[f"{PREFIX}retention"] = rate(reliability[: len(edits) - len(batches[-1])])
     scorer = _scorer(lm, int(exp.eval_batch_size))
     with_old = [e for e in edits if e.target_old]

@@ -10,12 +10,11 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from memos_lab.data.reader import conversation_items
 from memos_lab.data.schema import Conversation
 from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_query_metrics
 from memos_lab.experiments.common import load_records
 from memos_lab.loggers.base import Tracker
-from memos_lab.mos import MOS
+from memos_lab.mos import MOS, CubeHit
 from memos_lab.runner import PER_QUERY_ARTIFACT
 
 PREFIX = "retrieval/"
@@ -25,7 +24,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     conversations = load_records(cfg, Conversation)
     embedder = hydra.utils.instantiate(cfg.embedder)
     mos = MOS(textual_memory_factory=lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder))
+    reader = hydra.utils.instantiate(cfg.reader)
     top_k = int(cfg.experiment.top_k)
+    index_bytes = 0
 
     qrels: dict[str, list[str]] = {}
     run_scores: dict[str, dict[str, float]] = {}
@@ -38,7 +39,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         user = conversation.conversation_id
         mos.register_user(user)
         cube = mos.create_cube(user, cube_id=conversation.conversation_id)
-        items = conversation_items(conversation, user)
+        items = reader.read(conversation, user)
         started = time.perf_counter()
         mos.add(user, cube.cube_id, items)
         ingest_s += time.perf_counter() - started
@@ -53,8 +54,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             hits = mos.search(user, question.question, top_k=top_k, cube_ids=[cube.cube_id])
             search_ms.append((time.perf_counter() - started) * 1000)
             qrels[question.question_id] = evidence
-            run_scores[question.question_id] = {hit.item.metadata.extra["turn_id"]: hit.score for hit in hits}
+            run_scores[question.question_id] = turn_scores(hits)
             category_of[question.question_id] = question.category
+        index_bytes += cube.text.index_nbytes()
         tracker.log({"ingest/items": items_stored, "ingest/questions": len(qrels)}, step=step)
 
     per_query = per_query_metrics(qrels, run_scores, cutoffs=tuple(cfg.experiment.cutoffs))
@@ -80,4 +82,16 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     metrics[f"{PREFIX}questions"] = len(qrels)
     metrics[f"{PREFIX}questions_skipped"] = skipped
     metrics[f"{PREFIX}items"] = items_stored
+    metrics[f"{PREFIX}index_mb"] = index_bytes / 1e6  # all conversations' indexes together
     return metrics
+
+
+def turn_scores(hits: list[CubeHit]) -> dict[str, float]:
+    """Evidence turn id -> score of the best hit holding it (a `fine` fact may stand for several turns)."""
+    scores: dict[str, float] = {}
+    for hit in hits:
+        extra = hit.item.metadata.extra
+        turn_ids = [extra["turn_id"]] if "turn_id" in extra else extra.get("source_turns", "").split(";")
+        for turn_id in filter(None, turn_ids):
+            scores.setdefault(turn_id, hit.score)
+    return scores

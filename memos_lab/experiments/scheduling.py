@@ -28,6 +28,7 @@ from memos_lab.experiments.common import load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
+from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.base import Budget, MemScheduler
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QuestionRecord:
+    question_id: str
     category: str
     hit_all: bool | None = None  # None: the question has no evidence to hit
     hit_any: bool | None = None
@@ -101,22 +103,24 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             slots = question_slots(conversation)
             for s, session in enumerate(conversation.sessions):
                 for turn in session.turns:
-                    mos.add(user, cube.cube_id, [turn_item(conversation, turn, user)])
-                    if exp.turns_as_queries:
-                        scheduler.on_user_turn(turn.text)
+                    item = turn_item(conversation, turn, user)
+                    mos.add(user, cube.cube_id, [item])
+                    if exp.turns_as_queries:  # the stored item's embedding stands for the turn: one encode less
+                        scheduler.on_user_turn(turn.text, vector=item.embedding)
                 for question in slots.get(s, []):
                     records.append(_ask(question, scheduler, chat if exp.answer else None, judge))
             tracker.log(_summary(records, scheduler.evicted), step=step)
     except KeyboardInterrupt:
         interrupted = True  # keep what was measured; the runner still writes it
         log.warning("interrupted after %d questions; writing the metrics measured so far", len(records))
+    tracker.log_artifact(PER_QUERY_ARTIFACT, per_query(records))
     metrics = aggregate(records)
     metrics["run/interrupted"] = float(interrupted)
     return metrics
 
 
 def _ask(question: Question, scheduler: MemScheduler, chat: MemChat | None, judge) -> QuestionRecord:
-    record = QuestionRecord(question.category)
+    record = QuestionRecord(question.question_id, question.category)
     if question.answerable and question.evidence:
         present = {item.metadata.extra.get("turn_id") for item in scheduler.memories()}
         record.hit_all = all(turn_id in present for turn_id in question.evidence)
@@ -151,6 +155,18 @@ def _mean(values: list[float]) -> float:
 def _summary(records: list[QuestionRecord], evictions: int) -> dict[str, float]:
     hits = [r.hit_all for r in records if r.hit_all is not None]
     return {"progress/questions": len(records), "progress/working_hit_rate": _mean(hits), "progress/evictions": evictions}
+
+
+def per_query(records: list[QuestionRecord]) -> dict[str, dict[str, float]]:
+    """metric -> question id -> score, for the report's paired tests between policies."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in records:
+        if r.hit_all is not None:
+            scores["sched/working_hit_rate"][r.question_id] = float(r.hit_all)
+        if r.f1 is not None:
+            scores["qa/f1"][r.question_id] = r.f1
+            scores["qa/em"][r.question_id] = r.em
+    return dict(scores)
 
 
 def aggregate(records: list[QuestionRecord]) -> dict[str, float]:

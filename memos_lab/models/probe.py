@@ -34,7 +34,8 @@ def encode_target(lm: LanguageModel, target: str) -> list[int]:
     return ids
 
 
-def _left_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ids, attention mask and position ids of left-padded sequences: every sequence ends at the last column."""
     width = max(len(s) for s in sequences)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     ids = torch.full((len(sequences), width), int(pad), dtype=torch.long)
@@ -42,7 +43,7 @@ def _left_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple
     for row, seq in enumerate(sequences):
         ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         mask[row, width - len(seq):] = 1
-    return ids, mask
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.no_grad()
@@ -53,8 +54,7 @@ def greedy_continuations(
     results: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         encoded = [encode_prompt(lm, p) for p in prompts[start:start + batch_size]]
-        ids, mask = _left_padded(lm, encoded)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(lm, encoded)
         past = None
         generated = []
         for _ in range(max_new_tokens):
@@ -78,8 +78,7 @@ def target_logprobs(
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        ids, mask = _left_padded(lm, [p + t for p, t in chunk])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(lm, [p + t for p, t in chunk])
         logprobs = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.log_softmax(-1)
         width = ids.shape[1]
         for row, (_, target) in enumerate(chunk):

@@ -245,10 +245,13 @@ class MemScheduler:
         if cube_id == self.cube_id:
             self.working.drop(item_id)
 
-    def on_user_turn(self, text: str) -> list[MemoryItem]:
-        """Retrieve for this turn, admit the hits, evict by policy; the working memory for the prompt."""
+    def on_user_turn(self, text: str, vector: np.ndarray | None = None) -> list[MemoryItem]:
+        """Retrieve for this turn, admit the hits, evict by policy; the working memory for the prompt.
+
+        `vector` is the turn's embedding when the caller already has it (a turn that was just added).
+        """
         hits = self.mos.search(self.user, text, top_k=self.top_k, cube_ids=[self.cube_id])
-        self._step([hit.item for hit in hits], text, self._query_vector(text))
+        self._step([hit.item for hit in hits], text, self._query_vector(text) if vector is None else vector)
         return self.memories()
 
     def on_answer(self, text: str) -> list[str]:

@@ -10,7 +10,7 @@ from memos_lab.scheduler.base import Entry, SchedulingPolicy, TurnContext
 class RecencyPolicy(SchedulingPolicy):
     name = "recency"
 
-    def __init__(self, half_life: float = 8.0) -> None:
+    def __init__(self, half_life: float = 16.0) -> None:
         if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or half_life <= 0:
             raise ConfigError(f"scheduler.half_life must be a positive number of steps, got {half_life!r}")
         self.half_life = float(half_life)

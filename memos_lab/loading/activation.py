@@ -1,0 +1,65 @@
+"""Precompute the KV caches of a user's memories and store them in the activation slot of their cube."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from memos_lab.errors import ConfigError
+from memos_lab.loading.common import open_cube, required
+from memos_lab.memory.activation.base import ByteBudget
+from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.memory.item import MemoryItem
+
+SET_KEY = "set:recent"  # the cache of the assembled recent memories, in time order
+
+
+def load(cfg: DictConfig) -> dict[str, Any]:
+    required(cfg, "user")
+    if cfg.get("dataset") is not None or cfg.get("input") is not None:
+        raise ConfigError("activation loading caches the memories already in the cube; load text first with memory_type=declarative")
+    options = cfg.memory_type
+    if int(options.max_items) <= 0:
+        raise ConfigError(f"memory_type.max_items must be positive, got {options.max_items}")
+    embedder = hydra.utils.instantiate(cfg.embedder)
+    cube, created = open_cube(cfg, embedder)
+    if created:
+        raise ConfigError(f"no cube at {cfg.cube_dir}; load its memories first with memory_type=declarative")
+    started = time.perf_counter()
+    memory = cube.activation  # loading the cube already refused caches of another model
+    if memory is None:
+        memory = KVCacheMemory(hydra.utils.instantiate(cfg.model))
+    memory.budget = ByteBudget.from_mb(options.budget_mb, memory.budget.policy)
+    items = _recent(cube.text.get_all({"user": str(cfg.user)}), int(options.max_items))
+    new = [item for item in items if item.id not in memory.keys()] if options.items else []
+    for item in tqdm(new, desc="caching memories", unit="item"):
+        memory.add(item.id, item.text)
+    if options.assembled and items:
+        texts = [item.text for item in items]
+        if SET_KEY not in memory.keys() or memory.texts(SET_KEY) != texts:
+            memory.add_set(SET_KEY, texts)
+    cube.activation = memory
+    cube.dump(Path(cfg.cube_dir))
+    entries = memory.stats()
+    return {
+        "cube_dir": str(cfg.cube_dir),
+        "owner": cube.owner,
+        "model": memory.model.name,
+        "memories": len(items),
+        "caches_added": len(new),
+        "caches_total": len(entries),
+        "cached_tokens": sum(e.tokens for e in entries),
+        "cache_mb": memory.nbytes / 2**20,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _recent(items: list[MemoryItem], limit: int) -> list[MemoryItem]:
+    """The `limit` most recent items, oldest first (items without a time count as oldest)."""
+    ordered = sorted(items, key=lambda item: (item.metadata.event_time or "", item.metadata.created_at))
+    return ordered[-limit:]
