@@ -13,6 +13,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from memos_lab.atomic import atomic_write_text
+from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
 from memos_lab.reporting.runs import RunRecord, collect_runs
 from memos_lab.reporting.table import (
@@ -50,8 +51,8 @@ def write_report(
     comparisons = paired_tests(configurations, chosen)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_against_setting(configurations, chosen, key, out) for key in keys]
-    latency = latency_metric(chosen) or latency_metric(["run/wall_s"])
-    if latency and any(len(c.values(latency)) for c in configurations):
+    latency = latency_metric(chosen) or WALL_TIME  # a run's wall time when no latency metric was chosen
+    if any(len(c.values(latency)) for c in configurations):
         plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
     atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
     atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
