@@ -199,8 +199,10 @@ class LoRAMemory(ParametricMemory):
         key = f"{name.replace('-', '_')}_{self._uid}"
         model = self.model.model
         try:
-            with warnings.catch_warnings():  # peft warns whenever a model gets a second adapter
-                warnings.simplefilter("ignore")
+            # LoRA's A matrices are drawn from the global generator: seed a fork so edits are reproducible.
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+                warnings.simplefilter("ignore")  # peft warns whenever a model gets a second adapter
+                torch.manual_seed(self.settings.seed)
                 model.add_adapter(config, adapter_name=key)
         except (ValueError, KeyError) as error:  # e.g. target modules this model does not have
             self._base_only()
