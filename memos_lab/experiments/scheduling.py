@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from memos_lab.chat import ChatAnswer, MemChat
+from memos_lab.chat import TEMPLATE, ChatAnswer, MemChat
 from memos_lab.data.reader import turn_item
 from memos_lab.data.schema import Conversation, Question
 from memos_lab.errors import MemosError
@@ -29,7 +29,10 @@ from memos_lab.loggers.base import Tracker
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
 from memos_lab.runner import PER_QUERY_ARTIFACT
+from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
+from memos_lab.scheduler.parametric import Consolidator
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     records: list[QuestionRecord] = []
     interrupted = False
+    consolidated, consolidation_s = 0, 0.0
     try:
         for step, conversation in enumerate(tqdm(conversations, desc="conversations", unit="conv")):
             user = conversation.conversation_id
@@ -99,7 +103,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
                 mos, user, cube.cube_id, hydra.utils.instantiate(cfg.scheduler), budget,
                 top_k=int(exp.top_k), token_counter=count_tokens,
             )  # fmt: skip
-            chat = MemChat(scheduler, model, mode=exp.mode, max_new_tokens=int(exp.max_new_tokens))
+            activation = parametric = consolidator = None
+            if exp.mode == "kv":
+                eviction = PolicyEviction(scheduler.working)
+                activation = KVCacheMemory(model, exp.activation.max_mb, eviction, template=TEMPLATE)
+            if exp.mode == "parametric":
+                parametric = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model)
+                consolidator = Consolidator(parametric, **exp.consolidation)
+            chat = MemChat(scheduler, model, exp.mode, int(exp.max_new_tokens), activation, parametric)
             slots = question_slots(conversation)
             for s, session in enumerate(conversation.sessions):
                 for turn in session.turns:
@@ -107,8 +118,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
                     mos.add(user, cube.cube_id, [item])
                     if exp.turns_as_queries:  # the stored item's embedding stands for the turn: one encode less
                         scheduler.on_user_turn(turn.text, vector=item.embedding)
+                if consolidator is not None:  # sleep on it: the session's well-used memories go into the weights
+                    report = consolidator.consolidate(scheduler)
+                    consolidation_s += report.seconds if report else 0.0
                 for question in slots.get(s, []):
                     records.append(_ask(question, scheduler, chat if exp.answer else None, judge))
+            if parametric is not None:
+                consolidated += len(consolidator.consolidated)
+                parametric.close()  # its adapter leaves the shared model with its conversation
             tracker.log(_summary(records, scheduler.evicted), step=step)
     except KeyboardInterrupt:
         interrupted = True  # keep what was measured; the runner still writes it
@@ -116,6 +133,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_artifact(PER_QUERY_ARTIFACT, per_query(records))
     metrics = aggregate(records)
     metrics["run/interrupted"] = float(interrupted)
+    if exp.mode == "parametric":
+        metrics["sched/consolidated_items"] = consolidated
+        metrics["sched/consolidation_s"] = consolidation_s
     return metrics
 
 
@@ -185,6 +205,11 @@ def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
         metrics["qa/f1"] = _mean([r.f1 for r in answered])
         metrics["qa/em"] = _mean([r.em for r in answered])
         metrics["qa/context_tokens_mean"] = _mean([r.answer.context_tokens for r in answered])
+        prompt_tokens = sum(r.answer.prompt_tokens for r in answered)
+        metrics["sched/prefill_saved_frac"] = 1 - sum(r.answer.prefilled_tokens for r in answered) / prompt_tokens
+        kv = [float(r.answer.kv_hit) for r in answered if r.answer.kv_hit is not None]
+        if kv:
+            metrics["sched/kv_hit_rate"] = _mean(kv)
         metrics.update(latency_percentiles([r.answer.answer_ms for r in answered], "latency/answer_ms"))
         metrics.update(latency_percentiles([r.answer.ttft_ms for r in answered], "latency/ttft_ms"))
         by_category: dict[str, list[QuestionRecord]] = defaultdict(list)

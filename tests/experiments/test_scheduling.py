@@ -84,3 +84,17 @@ def test_bad_settings_fail_clearly(override, message):
 
     with pytest.raises(ConfigError, match=message):
         scheduling.run(config(override), Tracker())
+
+
+def test_kv_mode_reports_cache_hits_and_prefill_savings():
+    metrics = scheduling.run(config("experiment.mode=kv", "experiment.activation.max_mb=1"), Tracker())
+    assert 0 <= metrics["sched/kv_hit_rate"] <= 1
+    assert 0 < metrics["sched/prefill_saved_frac"] < 1  # the question part is always prefilled
+
+
+def test_parametric_mode_consolidates_well_used_memories():
+    cfg = config("experiment.mode=parametric", "experiment.consolidation.min_uses=2", "experiment.consolidation.min_age=0",
+                 "experiment.consolidation.max_items=2", "parametric.steps=2", "parametric.rank=2")  # fmt: skip
+    metrics = scheduling.run(cfg, Tracker())
+    assert metrics["sched/consolidated_items"] > 0 and metrics["sched/consolidation_s"] > 0
+    assert metrics["sched/prefill_saved_frac"] == 0.0 and "qa/f1" in metrics

@@ -1,0 +1,78 @@
+"""The parametric tier: consolidate stable, often-used memories into the weights (a LoRA adapter).
+
+A memory qualifies once it was used at least `min_uses` times while in working memory and has not
+changed for `min_age` scheduler steps (an active item, never updated since). It is written as a
+recitation edit: the first half of its text is the prompt, the rest the target, so the adapter learns
+the memory's own words. The item stays in the declarative store; consolidation only adds a copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memos_lab.data.schema import KnowledgeEdit
+from memos_lab.errors import ConfigError
+from memos_lab.memory.parametric.base import EditReport, ParametricMemory
+from memos_lab.scheduler.base import Entry, MemScheduler
+
+MIN_PROMPT_WORDS = 3
+
+
+@dataclass
+class Consolidator:
+    parametric: ParametricMemory
+    min_uses: int = 3
+    min_age: int = 32
+    max_items: int = 8  # per consolidation call: training time grows with the batch
+    consolidated: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for name in ("min_uses", "min_age", "max_items"):
+            value = getattr(self, name)
+            least = 0 if name == "min_age" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"consolidation.{name} must be an integer >= {least}, got {value!r}")
+
+    def candidates(self, scheduler: MemScheduler) -> list[Entry]:
+        """Working-memory entries that proved stable and often used, most used first."""
+        now = scheduler.working.now
+        ready = [
+            entry
+            for entry in scheduler.working.entries()
+            if entry.item.id not in self.consolidated
+            and entry.uses >= self.min_uses
+            and now - entry.admitted_at >= self.min_age
+            and entry.item.metadata.successor_id is None
+        ]
+        return sorted(ready, key=lambda entry: (-entry.uses, entry.order))[: self.max_items]
+
+    def consolidate(self, scheduler: MemScheduler) -> EditReport | None:
+        """Train the current candidates into the adapter; None when there were none."""
+        edits, seen = [], set()
+        for entry in self.candidates(scheduler):
+            edit = recitation_edit(entry)
+            if edit is not None and edit.prompt not in seen:
+                seen.add(edit.prompt)
+                edits.append(edit)
+        if not edits:
+            return None
+        report = self.parametric.edit(edits)
+        self.consolidated.update(edit.edit_id for edit in edits)
+        return report
+
+
+def recitation_edit(entry: Entry) -> KnowledgeEdit | None:
+    """The memory's first half as the prompt, the rest as the target; None for texts too short to split."""
+    words = entry.item.text.split()
+    if len(words) < 2 * MIN_PROMPT_WORDS:
+        return None
+    cut = max(MIN_PROMPT_WORDS, len(words) // 2)
+    speaker = entry.item.text.split(":", 1)[0] if ":" in entry.item.text else ""
+    return KnowledgeEdit(
+        edit_id=entry.item.id,
+        subject=speaker,
+        relation="memory",
+        prompt=" ".join(words[:cut]),
+        target_new=" ".join(words[cut:]),
+        metadata={"source": entry.item.metadata.source or ""},
+    )
