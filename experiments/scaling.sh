@@ -10,8 +10,10 @@ ROOT=outputs/suites/scaling
 COMMON=(experiment=scaling embedder=hashing embedder.dim=384 logger=none threads=1)
 rm -rf "$ROOT"
 
-$PY -m memos_lab run -m "${COMMON[@]}" memory=vector memory.index_type=hnsw memory.fusion=dense,rrf \
-  experiment.size=1000,3000,10000,30000,100000 hydra.sweep.dir=$ROOT/vector_hnsw
+# HNSW with M=16, efConstruction=100 (a quicker build than the retrieval default of 32/200), efSearch=128.
+HNSW=(memory=vector memory.index_type=hnsw memory.hnsw_m=16 memory.ef_construction=100)
+$PY -m memos_lab run -m "${COMMON[@]}" "${HNSW[@]}" memory.fusion=dense,rrf experiment.size=1000,10000,100000 \
+  hydra.sweep.dir=$ROOT/vector_hnsw
 $PY -m memos_lab run -m "${COMMON[@]}" memory=vector memory.index_type=flat,ivf memory.fusion=dense \
   experiment.size=1000,10000,100000 hydra.sweep.dir=$ROOT/vector_flat_ivf
 $PY -m memos_lab run -m "${COMMON[@]}" memory=general_text experiment.size=1000,10000,100000 hydra.sweep.dir=$ROOT/general_text

@@ -203,9 +203,12 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
 def usage() -> str:
     lines = ["usage: python -m memos_lab COMMAND [hydra overrides]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
+    groups = config_groups()
+    width = max(map(len, groups))
     lines += ["", "config groups (group=choice):"]
-    lines += [f"  {group:<11} {', '.join(choices)}" for group, choices in config_groups().items()]
-    lines += ["", "Hydra flags: -m/--multirun for sweeps, --cfg job to print the composed config."]
+    lines += [f"  {group:<{width}} {', '.join(choices)}" for group, choices in groups.items()]
+    lines += ["", "Hydra flags: -m/--multirun for sweeps, --cfg job to print the composed config.",
+              "Sweeps run elsewhere with hydra/launcher=joblib|ray|ray_cluster|slurm; hydra/sweeper=optuna searches."]
     return "\n".join(lines)
 
 

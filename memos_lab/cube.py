@@ -33,7 +33,10 @@ FORMAT = "memos_lab.cube"
 MANIFEST_FILE = "manifest.json"
 ITEMS_FILE = "items.sqlite"
 INDEX_DIR = "index"
-SLOTS = ("activation", "parametric")
+SLOT_BASES = {  # slot -> the interface its class must implement
+    "activation": "memos_lab.memory.activation.base.ActivationMemory",
+    "parametric": "memos_lab.memory.parametric.base.ParametricMemory",
+}
 TRUSTED_PREFIX = "memos_lab."  # the only classes a stored cube may name
 
 
@@ -79,7 +82,7 @@ class MemCube:
         (folder / INDEX_DIR).mkdir()
         self.text._save_index(folder / INDEX_DIR)
         slots = {}
-        for slot in SLOTS:
+        for slot in SLOT_BASES:
             memory = getattr(self, slot)
             if memory is not None:
                 slots[slot] = _trusted_class_path(memory, slot)
@@ -128,9 +131,14 @@ class MemCube:
         fields_ = {key: manifest[key] for key in ("cube_id", "owner", "schema_version", "created_at", "memory_config")}
         cube = cls(CubeManifest(**fields_), text)
         for slot, path in manifest["slots"].items():
+            if slot not in SLOT_BASES:
+                raise IncompatibleError(f"{folder / MANIFEST_FILE}: unknown slot {slot!r}; valid: {list(SLOT_BASES)}")
+            slot_class = _trusted_class(path, f"slots.{slot}", folder)
+            if not issubclass(slot_class, _trusted_class(SLOT_BASES[slot], "slot base", folder)):
+                raise IncompatibleError(f"{folder / MANIFEST_FILE}: slots.{slot} names {path}, not a {SLOT_BASES[slot]}")
             if model is None:
                 raise ConfigError(f"{folder}: the cube has {slot} memory, which needs a model to load (pass model=...)")
-            setattr(cube, slot, _trusted_class(path, f"slots.{slot}", folder).load(folder / slot, model))
+            setattr(cube, slot, slot_class.load(folder / slot, model))
         return cube
 
 

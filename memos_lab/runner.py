@@ -29,6 +29,8 @@ PROVENANCE_FILE = "provenance.json"
 PER_QUERY_ARTIFACT = "per_query"
 # The runner adds this metric last, so a metrics.json holding it was written by a finished run.
 COMPLETE_MARKER = "run/wall_s"
+# An experiment stopped early (Ctrl-C) may still return what it measured, flagged with this metric.
+INTERRUPTED_MARKER = "run/interrupted"
 log = logging.getLogger(__name__)
 NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
 ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -79,7 +81,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
         finished = finished_metrics(run_dir, config_text)
         if finished is not None:
             log.info("resume: %s already holds the finished run of this config; skipped", run_dir)
-            return finished
+            return _checked_objective(cfg, finished)
     seed_everything(int(cfg.seed))
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -111,8 +113,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, env, wall_s))
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last: marks done
     inner.finish(metrics)
+    return _checked_objective(cfg, metrics)  # checked after writing: the run itself is sound and kept
+
+
+def _checked_objective(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """`objective` names the metric a run returns to a sweeper; a typo must not pass as a missing value."""
     objective = cfg.get("objective")
-    if objective and objective not in metrics:  # checked after writing: the run itself is sound and kept
+    if objective and objective not in metrics:
         raise ConfigError(f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}")
     return metrics
 
@@ -134,6 +141,8 @@ def read_metrics(run_dir: Path) -> dict[str, float]:
         raise DataError(f"{METRICS_FILE}: {error}") from None
     if COMPLETE_MARKER not in metrics:
         raise DataError(f"incomplete {METRICS_FILE}: no {COMPLETE_MARKER!r}")
+    if metrics.get(INTERRUPTED_MARKER):
+        raise DataError(f"interrupted: {METRICS_FILE} covers only part of the run ({INTERRUPTED_MARKER}=1)")
     return metrics
 
 

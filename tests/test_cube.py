@@ -149,9 +149,17 @@ def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
         MemCube.load(dumped, embedder)
 
 
-def test_slot_class_outside_memos_lab_is_refused(dumped, embedder):
-    edit_manifest(dumped, slots={"activation": "builtins.object"})
-    with pytest.raises(IncompatibleError, match="slots.activation"):
+@pytest.mark.parametrize(
+    "slots, message",
+    [
+        ({"activation": "builtins.object"}, "slots.activation names 'builtins.object'"),
+        ({"activation": "memos_lab.cube.MemCube"}, "slots.activation names memos_lab.cube.MemCube, not a"),
+        ({"plugins": "memos_lab.cube.MemCube"}, "unknown slot 'plugins'"),
+    ],
+)
+def test_slot_classes_must_be_memos_lab_memories(dumped, embedder, slots, message):
+    edit_manifest(dumped, slots=slots)
+    with pytest.raises(IncompatibleError, match=message):
         MemCube.load(dumped, embedder, model=object())
 
 
@@ -177,7 +185,10 @@ class _FakeSlot:
 def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, monkeypatch):
     import memos_lab.cube as cube_module
 
+    from memos_lab.memory.activation.base import ActivationMemory
+
     monkeypatch.setattr(_FakeSlot, "__module__", "memos_lab.cube")  # pose as a memos_lab class
+    ActivationMemory.register(_FakeSlot)  # and as an activation memory
     monkeypatch.setattr(cube_module, "_FakeSlot", _FakeSlot, raising=False)
     cube = filled_cube(embedder)
     cube.activation = _FakeSlot("kv")

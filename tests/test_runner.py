@@ -3,9 +3,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from memos_lab.errors import ConfigError
+from memos_lab.errors import ConfigError, DataError
 from memos_lab.loggers.base import Tracker
-from memos_lab.runner import _checked_metrics, run_experiment
+from memos_lab.runner import _checked_metrics, read_metrics, run_experiment
 
 
 class RecordingTracker(Tracker):
@@ -119,3 +119,9 @@ def test_an_objective_that_is_not_a_metric_is_named_and_the_run_kept(tmp_path):
     with pytest.raises(ConfigError, match="objective 'toy/nosuch' is not a metric of this experiment; valid: run/wall_s, toy/count"):
         run_experiment(cfg, tmp_path, {})
     assert json.loads((tmp_path / "metrics.json").read_text())["toy/score"] == 0.5
+
+
+def test_metrics_of_an_interrupted_experiment_do_not_count_as_finished(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"toy/score": 0.5, "run/interrupted": 1.0, "run/wall_s": 3.0}))
+    with pytest.raises(DataError, match="interrupted"):
+        read_metrics(tmp_path)

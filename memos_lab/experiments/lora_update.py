@@ -104,7 +104,12 @@ def _answers(probes: Sequence) -> list[str]:
 
 
 def _generator(lm: LanguageModel, batch_size: int) -> Callable[[list[str], int], list[list[int]]]:
-    return lambda prompts, n: greedy_continuations(lm, prompts, n, batch_size) if prompts else []
+    def generate(prompts: list[str], n: int) -> list[list[int]]:
+        unique = list(dict.fromkeys(prompts))  # locality probes repeat across edits: decode each once
+        said = dict(zip(unique, greedy_continuations(lm, unique, n, batch_size), strict=True)) if unique else {}
+        return [said[p] for p in prompts]
+
+    return generate
 
 
 def _scorer(lm: LanguageModel, batch_size: int) -> Callable[[list[str], list[str]], list[float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra.utils
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.cube import MANIFEST_FILE, MemCube, read_manifest
 from memos_lab.errors import AccessDeniedError, ConfigError
@@ -14,7 +14,7 @@ from memos_lab.models.embedder import Embedder
 
 def required(cfg: DictConfig, key: str) -> str:
     """A top-level setting the user must give on the command line (`???` in conf/load.yaml)."""
-    value = cfg.get(key) if not cfg._get_node(key)._is_missing() else None
+    value = None if OmegaConf.is_missing(cfg, key) else cfg.get(key)
     if value is None or not str(value).strip():
         raise ConfigError(f"load needs {key}=...")
     return str(value)

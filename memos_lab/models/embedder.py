@@ -3,9 +3,13 @@ and a hashing embedder for fast tests."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +34,7 @@ class SentenceTransformerEmbedder(Embedder):
         device: str = "cpu",
         batch_size: int = 64,
         show_progress: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         if model_path is None:
             model_path = _minilm_path()
@@ -42,10 +47,16 @@ class SentenceTransformerEmbedder(Embedder):
         self.dim = int(self._model.get_embedding_dimension())
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self._cache = None if cache_dir is None else EmbeddingCache(Path(cache_dir) / f"{self.name}-{self.dim}.sqlite", self.dim)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._cache is not None:
+            return self._cache.encode(texts, self._encode)
+        return self._encode(texts)
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
         vectors = self._model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -54,6 +65,37 @@ class SentenceTransformerEmbedder(Embedder):
             show_progress_bar=self.show_progress and len(texts) > self.batch_size,
         )
         return vectors.astype(np.float32, copy=False)
+
+
+class EmbeddingCache:
+    """Vectors of texts already embedded, in SQLite keyed by the text's sha256, shared by the jobs of a
+    sweep (one file per model): re-running experiments over the same texts skips the model."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.dim = path, dim
+        with closing(sqlite3.connect(path, timeout=60)) as db, db:
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    def encode(self, texts: Sequence[str], encode: Callable[[Sequence[str]], np.ndarray]) -> np.ndarray:
+        keys = [hashlib.sha256(text.encode("utf-8")).hexdigest() for text in texts]
+        found: dict[str, np.ndarray] = {}
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
+                chunk = unique[start : start + 500]
+                rows = db.execute(f"SELECT sha256, vector FROM vectors WHERE sha256 IN ({','.join('?' * len(chunk))})", chunk)
+                for key, blob in rows:
+                    if len(blob) == 4 * self.dim:  # anything else is damage: embed again
+                        found[key] = np.frombuffer(blob, "<f4")
+            missing = {key: text for key, text in zip(keys, texts) if key not in found}
+            if missing:
+                vectors = encode(list(missing.values()))
+                found.update(zip(missing, vectors))
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                   ((key, np.asarray(found[key], "<f4").tobytes()) for key in missing))  # fmt: skip
+        return np.stack([found[key] for key in keys]).astype(np.float32)
 
 
 def _minilm_path() -> str:

@@ -13,13 +13,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from memos_lab.atomic import atomic_write_text
+from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
 from memos_lab.reporting.runs import RunRecord, collect_runs
 from memos_lab.reporting.table import (
     Comparison,
     choose_metrics,
     group_configurations,
-    mark_missing_metrics,
     paired_tests,
     summary_frames,
     swept_keys,
@@ -45,15 +45,14 @@ def write_report(
     """Aggregate the runs under `folders` into out/report.md, table.csv, runs.csv and PNG plots."""
     runs = collect_runs(list(folders))  # raises before anything is written when there is nothing sound to report
     chosen = choose_metrics(runs, metrics)
-    mark_missing_metrics(runs, chosen)
     keys, common = swept_keys(runs)
     configurations = group_configurations(runs, keys)
     shown, numeric = summary_frames(configurations, chosen)
     comparisons = paired_tests(configurations, chosen)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_against_setting(configurations, chosen, key, out) for key in keys]
-    latency = latency_metric(chosen) or latency_metric(["run/wall_s"])
-    if latency and any(len(c.values(latency)) for c in configurations):
+    latency = latency_metric(chosen) or WALL_TIME  # a run's wall time when no latency metric was chosen
+    if any(len(c.values(latency)) for c in configurations):
         plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
     atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
     atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))

@@ -80,7 +80,8 @@ def plot_against_setting(
     for configuration in configurations:
         rest = ", ".join(f"{k}={v}" for k, v in configuration.settings.items() if k != key)
         lines.setdefault(rest, []).append(configuration)
-    style = {"marker": "o", "capsize": 3}
+    # Lines only join numeric values (a trend); categories (fusion=rrf, bm25...) get points.
+    style = {"marker": "o", "capsize": 3, **({} if numbers else {"linestyle": "none"})}
     if len(lines) > MAX_LINES:
         lines, style = {"": list(configurations)}, {**style, "linestyle": "none"}
     figure, axes = _grid(len(metrics))

@@ -82,7 +82,8 @@ def find_run_dirs(folder: Path) -> list[Path]:
 
 
 def read_run(path: Path) -> RunRecord:
-    config = _load_yaml(path / CONFIG_FILE) or _load_yaml(path / HYDRA_DIR / "config.yaml") or {}
+    config = _load_yaml(path / CONFIG_FILE) or _load_yaml(path / HYDRA_DIR / "config.yaml")
+    config = config if isinstance(config, dict) else {}
     experiment = (config.get("experiment") or {}).get("name") if isinstance(config.get("experiment"), dict) else None
     hydra_record = (_load_yaml(path / HYDRA_DIR / "hydra.yaml") or {}).get("hydra") or {}
     choices = {key: value for key, value in (hydra_record.get("runtime") or {}).get("choices", {}).items() if value}

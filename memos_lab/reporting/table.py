@@ -24,10 +24,6 @@ class Configuration:
     runs: list[RunRecord]
 
     @property
-    def label(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in self.settings.items()) or "(defaults)"
-
-    @property
     def finished(self) -> list[RunRecord]:
         return [run for run in self.runs if run.ok]
 
@@ -83,22 +79,14 @@ def choose_metrics(runs: Sequence[RunRecord], requested: Sequence[str] | None) -
     return sorted(name for name in available if name.count("/") <= MAX_DEFAULT_DEPTH)
 
 
-def mark_missing_metrics(runs: Sequence[RunRecord], metrics: Sequence[str]) -> None:
-    """A finished run without a chosen metric is incomplete: it is reported as failed, not averaged around."""
-    for run in runs:
-        if run.metrics is not None:
-            missing = [name for name in metrics if name not in run.metrics]
-            if missing:
-                run.failure = f"metrics.json lacks {', '.join(missing)}"
-                run.metrics = None
-
-
-def format_cell(values: np.ndarray) -> str:
+def format_cell(configuration: Configuration, metric: str) -> str:
+    """'mean ± std' over seeds; 'failed' when no run finished, 'n/a' when the finished runs lack the metric
+    (e.g. a per-category score of a category this configuration never saw); '(n=k)' when only some have it."""
+    values = configuration.values(metric)
     if len(values) == 0:
-        return "failed"
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+        return "n/a" if configuration.finished else "failed"
+    text = f"{values[0]:.4g}" if len(values) == 1 else f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+    return text if len(values) == len(configuration.finished) else f"{text} (n={len(values)})"
 
 
 def summary_frames(configurations: Sequence[Configuration], metrics: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -106,7 +94,7 @@ def summary_frames(configurations: Sequence[Configuration], metrics: Sequence[st
     shown, numeric = [], []
     for number, configuration in enumerate(configurations, 1):
         base = {"#": number, **configuration.settings, "seeds": len(configuration.finished), "failed": len(configuration.failed)}
-        shown.append({**base, **{name: format_cell(configuration.values(name)) for name in metrics}})
+        shown.append({**base, **{name: format_cell(configuration, name) for name in metrics}})
         row = dict(base)
         for name in metrics:
             values = configuration.values(name)

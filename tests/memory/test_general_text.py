@@ -65,3 +65,17 @@ def test_query_with_only_unknown_words_still_ranks_densely(embedder):
 def test_unknown_fusion_is_refused(embedder):
     with pytest.raises(ConfigError, match="fusion.*rrf"):
         GeneralTextMemory(embedder, fusion="max")
+
+
+def test_text_weight_adds_rankings_over_the_items_own_text(embedder, tmp_path):
+    from memos_lab.cube import MemCube
+    from memos_lab.memory.item import MemoryItem, MemoryMetadata
+
+    memory = GeneralTextMemory(embedder, text_weight=0.5)
+    memory.add([MemoryItem("Maya: yes!", MemoryMetadata(extra={"key": "Tom: did you see Lisbon? Maya: yes!"})), "Lisbon trip"])
+    mask = np.ones(2, bool)
+    assert len(memory._rankings("Lisbon", mask)) == 4
+    np.testing.assert_allclose(memory._text_matrix[0], embedder.encode(["Maya: yes!"])[0])
+    MemCube.create("a", memory).dump(tmp_path / "c")
+    loaded = MemCube.load(tmp_path / "c", embedder).text
+    assert [(h.item.id, h.score) for h in loaded.search("Lisbon", 2)] == [(h.item.id, h.score) for h in memory.search("Lisbon", 2)]

@@ -259,3 +259,21 @@ def test_training_upper_layers_skips_the_frozen_ones_and_still_learns(lm):
         assert all(".layers.1." in name for name in memory.model.model.state_dict() if "lora_A" in name and "top_" in name)
     finally:
         memory.close()
+
+
+@pytest.mark.integration
+def test_smollm2_learns_two_invented_facts_in_its_upper_layers(tmp_path):
+    from memos_lab.models.llm import load_smollm2
+
+    smol = load_smollm2("~/.cache/memos_lab")
+    edits = [fact(0, "Anouk Elphick", "Lisbon", "Anouk Elphick lives in the city of"),
+             fact(1, "Lazlo Voss", "Oslo", "Lazlo Voss lives in the city of")]
+    memory = LoRAMemory(smol, adapter="smol", layers=list(range(24, 30)), loss="target", lr=1e-2, steps=60)
+    try:
+        report = memory.edit(edits)
+        assert report.learned
+        assert learned(smol, memory, edits) == [True, True]
+        memory.save(tmp_path / "memory")
+        assert (tmp_path / "memory" / "adapters" / "smol" / "adapter_model.safetensors").stat().st_size < 5e6
+    finally:
+        memory.close()

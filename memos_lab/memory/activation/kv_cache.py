@@ -200,22 +200,14 @@ class KVCacheMemory(ActivationMemory):
 
     def add_set(self, key: str, texts: Sequence[str]) -> KVCache:
         """Cache the concatenation of `texts` (exact composition), extending the longest stored prefix."""
-        ids = self.prompt_ids(texts)
-        result = prefill(self.model, ids, self.best_prefix(ids)[1])
-        # prefill leaves the last token's KV in the cache too, so the snapshot covers all of `ids`.
-        cache = result.snapshot()
-        self._put(key, cache, list(texts))
-        return cache
+        return self.add_tokens(key, self.prompt_ids(texts), texts)
 
-    def add_tokens(self, key: str, token_ids: Sequence[int]) -> KVCache:
-        """Cache an arbitrary token sequence (a session's history, a precomputed prompt)."""
+    def add_tokens(self, key: str, token_ids: Sequence[int], texts: Sequence[str] = ()) -> KVCache:
+        """Cache a token sequence (a memory message, a session's history), extending the longest stored prefix."""
+        # prefill leaves the last token's KV in the cache too, so the snapshot covers all of `token_ids`.
         cache = prefill(self.model, token_ids, self.best_prefix(token_ids)[1]).snapshot()
-        self._put(key, cache, [])
-        return cache
-
-    def put(self, key: str, cache: KVCache, texts: Sequence[str] = ()) -> None:
-        """Store a cache computed elsewhere with this memory's model (the caller hands it over)."""
         self._put(key, cache, list(texts))
+        return cache
 
     def _put(self, key: str, cache: KVCache, texts: list[str]) -> None:
         self.budget.check_fits(key, cache.nbytes)

@@ -31,11 +31,13 @@ class GeneralTextMemory(TextualMemory):
         dense_weight: float = 1.0,
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
+        bm25_stemming: bool = False,
+        text_weight: float = 0.0,
     ) -> None:
         if fusion not in FUSIONS:
             raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
         numbers = {"rrf_k": rrf_k, "lexical_weight": lexical_weight, "dense_weight": dense_weight,
-                   "bm25_k1": bm25_k1, "bm25_b": bm25_b}  # fmt: skip
+                   "bm25_k1": bm25_k1, "bm25_b": bm25_b, "text_weight": text_weight}  # fmt: skip
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
@@ -46,14 +48,28 @@ class GeneralTextMemory(TextualMemory):
         self.dense_weight = dense_weight
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
+        self.bm25_stemming = bm25_stemming
+        self.text_weight = text_weight
         self._row_ids: list[str] = []  # row i of the indexes holds item _row_ids[i]
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
-        self._bm25 = Bm25Index(bm25_k1, bm25_b)
+        self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
+        # With text_weight > 0, items whose key differs from their text are also ranked by the text alone.
+        self._text_matrix = np.zeros((0, embedder.dim), dtype=np.float32)
+        self._text_bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
+        self._has_keys = False
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
         self._matrix = np.vstack([self._matrix, np.stack([item.embedding for item in items])])
         self._bm25.invalidate()
+        if self.text_weight:
+            keyed = [i for i, item in enumerate(items) if self.key(item) != item.text]
+            self._has_keys = self._has_keys or bool(keyed)
+            vectors = np.stack([item.embedding for item in items])
+            if keyed:
+                vectors[keyed] = self.embedder.encode([items[i].text for i in keyed])
+            self._text_matrix = np.vstack([self._text_matrix, vectors])
+            self._text_bm25.invalidate()
 
     def _index_remove(self, item_ids: Sequence[str]) -> None:
         gone = set(item_ids)
@@ -61,6 +77,9 @@ class GeneralTextMemory(TextualMemory):
         self._row_ids = [self._row_ids[row] for row in keep]
         self._matrix = self._matrix[keep]
         self._bm25.invalidate()
+        if self.text_weight:
+            self._text_matrix = self._text_matrix[keep]
+            self._text_bm25.invalidate()
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         mask = np.fromiter(
@@ -89,6 +108,13 @@ class GeneralTextMemory(TextualMemory):
             rankings.append((self.lexical_weight, self._bm25_scores(query)))
         if self.fusion in ("rrf", "dense"):
             rankings.append((self.dense_weight, self._dense_scores(query)))
+        if self.text_weight and self._has_keys:  # without keys the text rankings would repeat the others
+            if self.fusion in ("rrf", "bm25"):
+                texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
+                rankings.append((self.text_weight * self.lexical_weight, self._text_bm25.scores(query, texts)))
+            if self.fusion in ("rrf", "dense"):
+                dense = self._text_matrix @ self.embedder.encode([query])[0]
+                rankings.append((self.text_weight * self.dense_weight, dense))
         return rankings
 
     def _dense_scores(self, query: str) -> np.ndarray:
@@ -98,4 +124,4 @@ class GeneralTextMemory(TextualMemory):
         return self._bm25.scores(query, lambda: [self.key(self._items[item_id]) for item_id in self._row_ids])
 
     def index_nbytes(self) -> int:
-        return self._matrix.nbytes + self._bm25.nbytes()
+        return self._matrix.nbytes + self._bm25.nbytes() + self._text_matrix.nbytes + self._text_bm25.nbytes()

@@ -15,9 +15,10 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 class Bm25Index:
     """BM25 scores over a list of texts, rebuilt lazily after the corpus changes."""
 
-    def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
+    def __init__(self, k1: float = 1.5, b: float = 0.75, stemming: bool = False) -> None:
         self.k1 = k1
         self.b = b
+        self._stemmer = light_stem if stemming else None
         self._bm25: bm25s.BM25 | None = None
         self._size = 0
 
@@ -29,9 +30,10 @@ class Bm25Index:
         if self._bm25 is None:
             texts = corpus()
             self._bm25 = bm25s.BM25(k1=self.k1, b=self.b)
-            self._bm25.index(bm25s.tokenize(list(texts), show_progress=False), show_progress=False)
+            tokens = bm25s.tokenize(list(texts), stemmer=self._stemmer, show_progress=False)
+            self._bm25.index(tokens, show_progress=False)
             self._size = len(texts)
-        query_tokens = bm25s.tokenize([query], return_ids=False, show_progress=False)[0]
+        query_tokens = bm25s.tokenize([query], return_ids=False, stemmer=self._stemmer, show_progress=False)[0]
         known = [token for token in query_tokens if token in self._bm25.vocab_dict]
         if not known:
             return np.zeros(self._size, dtype=np.float32)
@@ -41,6 +43,20 @@ class Bm25Index:
         if self._bm25 is None:
             return 0
         return sum(np.asarray(array).nbytes for array in self._bm25.scores.values() if hasattr(array, "nbytes"))
+
+
+def light_stem(tokens: Sequence[str]) -> list[str]:
+    """A small English suffix stripper (plurals, -ing, -ed), so "painting" meets "painted" and "paints"."""
+    return [_stem(token) for token in tokens]
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    for suffix, keep in (("ing", 4), ("ed", 4), ("es", 4), ("s", 3)):
+        if word.endswith(suffix) and len(word) - len(suffix) >= keep and not word.endswith("ss"):
+            return word[: -len(suffix)]
+    return word
 
 
 def ranks(scores: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ class VectorMemory(TextualMemory):
         dense_weight: float = 1.0,
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
+        bm25_stemming: bool = False,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
@@ -69,13 +70,14 @@ class VectorMemory(TextualMemory):
         self.dense_weight = dense_weight
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
+        self.bm25_stemming = bm25_stemming
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
         self._tombstones: set[int] = set()
         self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
         self._index = self._new_index()
-        self._bm25 = Bm25Index(bm25_k1, bm25_b)
+        self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
         self._bm25_rows: list[str] = []  # item ids in BM25 row order; emptied when the store changes
 
     # ---- index maintenance ----------------------------------------------------------------------
@@ -172,16 +174,22 @@ class VectorMemory(TextualMemory):
             self._bm25_rows = list(self._faiss_id)
             self._bm25.invalidate()
         lexical = self._bm25.scores(query, lambda: [self.key(self._items[i]) for i in self._bm25_rows])
-        lexical_top = []
-        for row in np.argsort(-lexical, kind="stable"):
-            if lexical[row] <= 0 or len(lexical_top) >= len(dense):
-                break
-            if search_filter.matches(self._items[self._bm25_rows[row]]):
-                lexical_top.append(self._bm25_rows[row])
+        positive = np.flatnonzero(lexical > 0)
+        limit = 4 * self.candidates
+        shortlist = positive
+        if len(positive) > limit:  # sort only the best few: cheap even at a million items
+            shortlist = positive[np.argpartition(-lexical[positive], limit - 1)[:limit]]
+        lexical_top = self._lexical_ranked(shortlist, lexical, search_filter, len(dense))
+        if len(lexical_top) < len(dense) and len(shortlist) < len(positive):  # a tight filter: sort them all
+            lexical_top = self._lexical_ranked(positive, lexical, search_filter, len(dense))
         fused = fuse_ranked_lists(
             [(self.dense_weight, [item_id for item_id, _ in dense]), (self.lexical_weight, lexical_top)], self.rrf_k
         )
         return [SearchHit(self._items[item_id], score) for item_id, score in fused[:top_k]]
+
+    def _lexical_ranked(self, rows: np.ndarray, lexical: np.ndarray, search_filter: SearchFilter, k: int) -> list[str]:
+        ranked = (self._bm25_rows[row] for row in rows[np.argsort(-lexical[rows], kind="stable")])
+        return [item_id for item_id in ranked if search_filter.matches(self._items[item_id])][:k]
 
     # ---- persistence and cost -------------------------------------------------------------------
 

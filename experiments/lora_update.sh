@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Knowledge editing with LoRA parametric memory on SmolLM2-135M (fp32) -> results/lora_update/.
+#   methods: lora (plain FT-L: whole-text loss, every layer), lora_ftm (target-only loss, upper layers),
+#            lora_kl (lora_ftm + KL to the frozen model on anchor prompts), gated_lora (lora_ftm applied
+#            only when a MiniLM retrieval over the edited subjects fires)
+#   data:    100 synthetic edits, and a SELF-MADE zsRE-format slice of 100 edits
+#            (scripts/make_zsre_format_slice.py; not real zsRE: there is no network here)
+#   sequential: the 100 synthetic edits in 10 batches of 10, lora/retention = batches 1-9 after batch 10
+# Usage: experiments/lora_update.sh [extra hydra overrides]   (THREADS=1 on a crowded machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+ROOT=outputs/suites/lora_update
+ZSRE=outputs/data/zsre_format_selfmade.json
+COMMON=(experiment=lora_update logger=none threads=${THREADS:-2} "$@")
+rm -rf "$ROOT"
+$PY scripts/make_zsre_format_slice.py "$ZSRE" 100 0
+
+$PY -m memos_lab run -m "${COMMON[@]}" dataset=synthetic_facts parametric=gated_lora,lora_kl,lora_ftm,lora \
+  hydra.sweep.dir=$ROOT/synthetic
+$PY -m memos_lab run -m "${COMMON[@]}" dataset=zsre dataset.path=$ZSRE parametric=gated_lora,lora_kl,lora_ftm,lora \
+  hydra.sweep.dir=$ROOT/zsre_selfmade
+$PY -m memos_lab run -m "${COMMON[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=20 \
+  parametric=gated_lora,lora_kl hydra.sweep.dir=$ROOT/sequential
+
+METRICS=lora/reliability,lora/generalization,lora/locality,lora/reliability_prob,lora/generalization_prob,lora/train_s_per_100_edits,lora/adapter_mb,lora/steps
+$PY -m memos_lab report $ROOT/synthetic --out results/lora_update/synthetic --metrics $METRICS,lora/portability
+$PY -m memos_lab report $ROOT/zsre_selfmade --out results/lora_update/zsre_selfmade --metrics $METRICS
+$PY -m memos_lab report $ROOT/sequential --out results/lora_update/sequential --metrics lora/retention,$METRICS,lora/portability
