@@ -11,6 +11,6 @@ PY=${PYTHON:-python}
 SUITE=outputs/suites/memory_types
 rm -rf "$SUITE"
 $PY -m memos_lab run -m experiment=memory_types dataset=synthetic_facts experiment.memory=text,kv,lora \
-  experiment.n_facts=40 experiment.n_questions=8 parametric.steps=120 logger=none threads=1 hydra.sweep.dir="$SUITE"
+  experiment.n_facts=40 experiment.n_questions=8 parametric.steps=120 parametric.layers=null parametric.lr=1.0e-3 parametric.batch_size=8 logger=none threads=1 hydra.sweep.dir="$SUITE"
 $PY -m memos_lab report "$SUITE" --out results/memory_types \
   --metrics memtypes/accuracy,memtypes/generalization,memtypes/ttft_ms_p50,memtypes/storage_bytes,memtypes/write_s,memtypes/update_s,memtypes/prompt_tokens_mean
