@@ -23,7 +23,7 @@ $PY -m memos_lab run -m "${COMMON[@]}" dataset=zsre dataset.path=$ZSRE parametri
 $PY -m memos_lab run -m "${COMMON[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=20 \
   parametric=gated_lora,lora_kl hydra.sweep.dir=$ROOT/sequential
 
-METRICS=lora/reliability,lora/generalization,lora/locality,lora/portability,lora/reliability_prob,lora/generalization_prob,lora/train_s_per_100_edits,lora/adapter_mb,lora/steps
-$PY -m memos_lab report $ROOT/synthetic --out results/lora_update/synthetic --metrics $METRICS
+METRICS=lora/reliability,lora/generalization,lora/locality,lora/reliability_prob,lora/generalization_prob,lora/train_s_per_100_edits,lora/adapter_mb,lora/steps
+$PY -m memos_lab report $ROOT/synthetic --out results/lora_update/synthetic --metrics $METRICS,lora/portability
 $PY -m memos_lab report $ROOT/zsre_selfmade --out results/lora_update/zsre_selfmade --metrics $METRICS
-$PY -m memos_lab report $ROOT/sequential --out results/lora_update/sequential --metrics lora/retention,$METRICS
+$PY -m memos_lab report $ROOT/sequential --out results/lora_update/sequential --metrics lora/retention,$METRICS,lora/portability

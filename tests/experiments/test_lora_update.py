@@ -42,7 +42,7 @@ def test_sequential_gated_editing_writes_every_metric():
 
 
 def test_ungated_lora_changes_the_unrelated_answers_of_a_tiny_model():
-    metrics = run(compose_run("parametric=lora"), Tracker())
+    metrics = run(compose_run("parametric=lora_ftm"), Tracker())
     assert metrics["lora/reliability"] == 100.0
     assert metrics["lora/gate_locality_prompts"] == 100.0 and metrics["lora/locality"] < 100.0
     assert "lora/retention" not in metrics

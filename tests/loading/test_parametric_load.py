@@ -46,7 +46,7 @@ def test_facts_train_the_users_adapter_into_the_cube_and_reloading_trains_nothin
     assert not again["created"] and again["edits_trained"] == 0 and again["edits_already_stored"] == 1
     more = load(compose_load("memory_type=parametric", "user=alice", f"cube_dir={cube_dir}",
                             "dataset=synthetic_facts", "dataset.n_edits=2", *FAST))
-    assert more["edits_trained"] == 2 and bob["edits_total"] == 3
+    assert more["edits_trained"] == 2 and more["edits_total"] == 3
 
     cube = MemCube.load(cube_dir, HashingEmbedder(dim=512), model=build_tiny_llama(seed=0))
     assert isinstance(cube.parametric, LoRAMemory) and cube.parametric.adapters == ["alice"]

@@ -199,7 +199,7 @@ class LoRAMemory(ParametricMemory):
         key = f"{name.replace('-', '_')}_{self._uid}"
         model = self.model.model
         try:
-            # LoRA's A matrices are drawn from the global generator: seed a fork so edits are reproducible.
+            # LoRA A is drawn from the global generator: fork it, so the seed alone decides the init
             with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
                 warnings.simplefilter("ignore")  # peft warns whenever a model gets a second adapter
                 torch.manual_seed(self.settings.seed)
@@ -305,6 +305,7 @@ class LoRAMemory(ParametricMemory):
     def _train(self, key: str, params: list[torch.nn.Parameter], examples: list[_Example], n_edits: int) -> EditReport:
         s = self.settings
         model = self.model.model
+        started = time.perf_counter()  # the time includes caching the frozen layers' outputs
         self._cache_frozen_prefix(examples)
         anchors = self._anchors() if s.locality_weight > 0 else None
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
@@ -313,7 +314,6 @@ class LoRAMemory(ParametricMemory):
         # Whether each example's targets were the argmax in its latest batch: a free check, since the
         # training forward pass computes those logits anyway (one full check runs at the end).
         correct = [False] * len(examples)
-        started = time.perf_counter()
         steps, loss_value = 0, float("nan")
         model.set_adapter(key)
         model.enable_adapters()
