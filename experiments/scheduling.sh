@@ -7,6 +7,8 @@
 #      KV-tier hit rate and prefill savings), recency once more in text mode as the latency reference
 #                                                                             -> results/scheduling/qa_smollm2/
 #   3. hit rate on the LoCoMo dev slice (2 conversations, ~400 turns each)  -> results/scheduling/locomo/
+#   4. part 1 with the model-free hashing embedder instead of MiniLM (all 8 conversations; seconds per run)
+#                                                                             -> results/scheduling/hashing/
 # Usage: experiments/scheduling.sh [part ...]   (default: all parts, e.g. `experiments/scheduling.sh 2 3`)
 # LOCOMO=FILE points part 3 at the LoCoMo json (default: the shared dev slice).
 # On a larger model: add `model=hf model.name_or_path=<folder or hub id>` to part 2.
@@ -45,11 +47,19 @@ part3() {
     --metrics sched/working_hit_rate,sched/working_hit_rate_any
 }
 
-for part in "${@:-1 2 3}"; do
+part4() {
+  rm -rf "$SUITE/hashing"
+  $PY -m memos_lab run -m "${COMMON[@]}" "scheduler=$POLICIES" experiment.answer=false embedder=hashing \
+    seed=0,1,2 hydra.sweep.dir="$SUITE/hashing"
+  $PY -m memos_lab report "$SUITE/hashing" --out results/scheduling/hashing \
+    --metrics sched/working_hit_rate,sched/working_hit_rate_any,sched/working_tokens_mean
+}
+
+for part in "${@:-1 2 3 4}"; do
   for p in $part; do
     case $p in
-      1|2|3) "part$p" ;;
-      *) echo "unknown part $p (1, 2 or 3)" >&2; exit 2 ;;
+      1|2|3|4) "part$p" ;;
+      *) echo "unknown part $p (1 to 4)" >&2; exit 2 ;;
     esac
   done
 done

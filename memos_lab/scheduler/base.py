@@ -237,7 +237,7 @@ class MemScheduler:
         self._step(list(items), " ".join(item.text for item in items), vector)
 
     def on_update(self, cube_id: str, old_id: str, new_item: MemoryItem) -> None:
-        """The new version replaces the archived one in place of it, keeping its place in the budget."""
+        """The new version replaces the archived one in working memory (as a fresh entry)."""
         if cube_id == self.cube_id and self.working.drop(old_id):
             self.on_add(cube_id, [new_item])
 

@@ -56,6 +56,7 @@ class GeneralTextMemory(TextualMemory):
         # With text_weight > 0, items whose key differs from their text are also ranked by the text alone.
         self._text_matrix = np.zeros((0, embedder.dim), dtype=np.float32)
         self._text_bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
+        self._has_keys = False
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
@@ -63,6 +64,7 @@ class GeneralTextMemory(TextualMemory):
         self._bm25.invalidate()
         if self.text_weight:
             keyed = [i for i, item in enumerate(items) if self.key(item) != item.text]
+            self._has_keys = self._has_keys or bool(keyed)
             vectors = np.stack([item.embedding for item in items])
             if keyed:
                 vectors[keyed] = self.embedder.encode([items[i].text for i in keyed])
@@ -106,7 +108,7 @@ class GeneralTextMemory(TextualMemory):
             rankings.append((self.lexical_weight, self._bm25_scores(query)))
         if self.fusion in ("rrf", "dense"):
             rankings.append((self.dense_weight, self._dense_scores(query)))
-        if self.text_weight:
+        if self.text_weight and self._has_keys:  # without keys the text rankings would repeat the others
             if self.fusion in ("rrf", "bm25"):
                 texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
                 rankings.append((self.text_weight * self.lexical_weight, self._text_bm25.scores(query, texts)))

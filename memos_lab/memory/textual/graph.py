@@ -4,7 +4,8 @@ Nodes are items (`item:<id>`) and entities (`entity:<name>`, capitalised names f
 plus, with `terms`, its content words). Edges: an item `mentions` an entity; two entities mentioned by
 one item `co_occur` (weighted by count); consecutive items of a session are linked by `next`.
 Search fuses BM25 and dense rankings with an entity ranking: the query's entities score the items that
-mention them (weighted by rarity), their co-occurring neighbours score `expansion_weight` as much; then
+mention them (weighted by rarity; entities in more than `max_entity_share` of the items, like the
+speakers of a dialogue, are skipped), their co-occurring neighbours score `expansion_weight` as much; then
 every item gains `neighbour_weight` times the best score of its `next`-linked items.
 """
 
@@ -52,6 +53,7 @@ class GraphMemory(GeneralTextMemory):
         entity_weight: float = 1.0,
         expansion_weight: float = 0.3,
         neighbour_weight: float = 0.0,
+        max_entity_share: float = 0.05,
         terms: bool = False,
         **fusion_settings: object,  # general_text's: fusion, rrf_k, lexical_weight, dense_weight, bm25_*
     ) -> None:
@@ -59,6 +61,7 @@ class GraphMemory(GeneralTextMemory):
         self.entity_weight = entity_weight
         self.expansion_weight = expansion_weight
         self.neighbour_weight = neighbour_weight
+        self.max_entity_share = max_entity_share
         self.terms = terms
         self.graph = nx.Graph()
         self._last_of_session: dict[str, str] = {}  # session -> its latest item, to link the next one
@@ -137,8 +140,11 @@ class GraphMemory(GeneralTextMemory):
     def _entity_scores(self, query: str) -> np.ndarray:
         scores = np.zeros(len(self._row_ids), dtype=np.float64)
         rows = self._rows()
+        common = max(1.0, self.max_entity_share * len(rows))
         for entity, weight in self.query_entities(query).items():
             mentions = [n[5:] for n in self.graph.neighbors(entity) if n.startswith("item:")]
+            if len(mentions) > common:
+                continue  # named in most items (the speakers of a dialogue): no evidence either way
             rarity = math.log(1 + len(rows) / max(1, len(mentions)))
             for item_id in mentions:
                 scores[rows[item_id]] += weight * rarity
