@@ -13,4 +13,4 @@ rm -rf "$SUITE"
 $PY -m memos_lab run -m experiment=memory_types dataset=synthetic_facts experiment.memory=text,kv,lora \
   experiment.n_facts=40 experiment.n_questions=8 parametric.steps=120 logger=none threads=1 hydra.sweep.dir="$SUITE"
 $PY -m memos_lab report "$SUITE" --out results/memory_types \
-  --metrics memtypes/accuracy,memtypes/generalization,memtypes/ttft_ms_p50,memtypes/storage_bytes,memtypes/write_s,memtypes/update_s,memtypes/prompt_tokens_mean,memtypes/text_match_frac,memtypes/ttft_speedup_vs_text
+  --metrics memtypes/accuracy,memtypes/generalization,memtypes/ttft_ms_p50,memtypes/storage_bytes,memtypes/write_s,memtypes/update_s,memtypes/prompt_tokens_mean
