@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Knowledge editing with LoRA parametric memory on SmolLM2-135M (fp32) -> results/lora_update/.
-#   methods: lora (plain FT-L: whole-text loss, every layer), lora_ftm (target-only loss, upper layers),
-#            lora_kl (lora_ftm + KL to the frozen model on anchor prompts), gated_lora (lora_ftm applied
+#   methods: lora (plain FT-L: whole-text loss, every layer), lora_ftm (target-only loss, every layer),
+#            lora_kl (target-only, layers 20-29, + KL to the frozen model on anchor prompts), gated_lora (same, applied
 #            only when a MiniLM retrieval over the edited subjects fires)
 #   data:    100 synthetic edits, and a SELF-MADE zsRE-format slice of 100 edits
 #            (scripts/make_zsre_format_slice.py; not real zsRE: there is no network here)

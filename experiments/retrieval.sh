@@ -21,4 +21,4 @@ $PY -m memos_lab run -m "${COMMON[@]}" "${READER[@]}" memory=general_text,tree_t
   dataset=synthetic_dialogues hydra.sweep.dir=$ROOT/synthetic
 
 $PY -m memos_lab report $ROOT/synthetic $ROOT/locomo_dev $ROOT/locomo_dev_baselines --out results/retrieval \
-  --metrics retrieval/recall_all@10,retrieval/multi-hop/recall_all@10,retrieval/temporal/recall_all@10,retrieval/open-domain/recall_all@10,retrieval/single-hop/recall_all@10,retrieval/recall_any@10,retrieval/ndcg@10,retrieval/search_ms_p50,retrieval/index_mb
+  --metrics retrieval/recall_all@10,retrieval/multi-hop/recall_all@10,retrieval/temporal/recall_all@10,retrieval/single-hop/recall_all@10,retrieval/recall_any@10,retrieval/ndcg@10,retrieval/search_ms_p50,retrieval/index_mb
