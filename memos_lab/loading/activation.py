@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -11,7 +10,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from memos_lab.errors import ConfigError
-from memos_lab.loading.common import open_cube, required
+from memos_lab.loading.common import open_cube, required, save_cube
 from memos_lab.memory.activation.base import ByteBudget
 from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.memory.item import MemoryItem
@@ -44,11 +43,10 @@ def load(cfg: DictConfig) -> dict[str, Any]:
         if SET_KEY not in memory.keys() or memory.texts(SET_KEY) != texts:
             memory.add_set(SET_KEY, texts)
     cube.activation = memory
-    cube.dump(Path(cfg.cube_dir))
+    summary = save_cube(cfg, cube, created)
     entries = memory.stats()
     return {
-        "cube_dir": str(cfg.cube_dir),
-        "owner": cube.owner,
+        **summary,
         "model": memory.model.name,
         "memories": len(items),
         "caches_added": len(new),

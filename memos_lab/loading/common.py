@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
@@ -37,3 +38,9 @@ def open_cube(cfg: DictConfig, embedder: Embedder) -> tuple[MemCube, bool]:
         model = hydra.utils.instantiate(cfg.model) if manifest["slots"] else None
         return MemCube.load(folder, embedder, model=model), False
     return MemCube.create(user, hydra.utils.instantiate(cfg.memory, embedder=embedder)), True
+
+
+def save_cube(cfg: DictConfig, cube: MemCube, created: bool) -> dict[str, Any]:
+    """Dump the cube back to `cfg.cube_dir` (crash-safe) and return the summary lines every loader prints."""
+    cube.dump(Path(cfg.cube_dir))
+    return {"cube_dir": str(cfg.cube_dir), "cube_id": cube.cube_id, "owner": cube.owner, "created": created}

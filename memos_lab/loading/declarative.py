@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import open_cube, required
+from memos_lab.loading.common import open_cube, required, save_cube
 from memos_lab.memory.item import STATUSES, MemoryItem, MemoryMetadata
 
 JSONL_FIELDS = {"text", "user", "session", "time", "tags", "source"}  # other keys go to metadata.extra
@@ -46,12 +46,8 @@ def load(cfg: DictConfig) -> dict[str, Any]:
             cube.text.add(new[start : start + batch_size])
             progress.update(min(batch_size, len(new) - start))
     storing_s = time.perf_counter() - storing_started
-    cube.dump(Path(cfg.cube_dir))
     return {
-        "cube_dir": str(cfg.cube_dir),
-        "cube_id": cube.cube_id,
-        "owner": cube.owner,
-        "created": created,
+        **save_cube(cfg, cube, created),
         "memory": type(cube.text).__name__,
         "source": source,
         "reader": reader_name,

@@ -8,7 +8,6 @@ with the chosen method, or keeps the one it has; each user trains their own name
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -18,7 +17,7 @@ from omegaconf import DictConfig
 from memos_lab.data.knowledge import load_facts
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import open_cube, required
+from memos_lab.loading.common import open_cube, required, save_cube
 from memos_lab.memory.parametric.lora import LoRAMemory
 
 
@@ -48,12 +47,8 @@ def load(cfg: DictConfig) -> dict[str, Any]:
     new = [e for e in edits if (e.prompt, e.target_new) not in known]
     started = time.perf_counter()
     report = memory.edit(new) if new else None
-    cube.dump(Path(cfg.cube_dir))
     return {
-        "cube_dir": str(cfg.cube_dir),
-        "cube_id": cube.cube_id,
-        "owner": cube.owner,
-        "created": created,
+        **save_cube(cfg, cube, created),
         "adapter": user,
         "adapters": ",".join(memory.adapters),
         "source": str(cfg.input) if has_input else cfg.dataset._target_,
