@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Knowledge editing with LoRA parametric memory on SmolLM2-135M (fp32) -> results/lora_update/.
 #   methods: lora (plain FT-L: whole-text loss, every layer), lora_ftm (target-only loss, every layer),
-#            lora_kl (target-only, layers 20-29, + KL to the frozen model on anchor prompts), gated_lora (same, applied
-#            only when a MiniLM retrieval over the edited subjects fires)
+#            lora_kl (target-only, upper third of the layers, + KL to the frozen model on anchor prompts),
+#            gated_lora (target-only, lower-middle layers, probability margin 0.99, applied only when a MiniLM
+#            retrieval over the edited subjects fires), gated_lora_upper (the same gate on the upper third)
 #   data:    100 synthetic edits, and a SELF-MADE zsRE-format slice of 100 edits
 #            (scripts/make_zsre_format_slice.py; not real zsRE: there is no network here)
 #   sequential: the 100 synthetic edits in 10 batches of 10, lora/retention = batches 1-9 after batch 10
@@ -16,9 +17,9 @@ COMMON=(experiment=lora_update logger=none threads=${THREADS:-2} "$@")
 rm -rf "$ROOT"
 $PY scripts/make_zsre_format_slice.py "$ZSRE" 100 0
 
-$PY -m memos_lab run -m "${COMMON[@]}" dataset=synthetic_facts parametric=gated_lora,lora_kl,lora_ftm,lora \
+$PY -m memos_lab run -m "${COMMON[@]}" dataset=synthetic_facts parametric=gated_lora,gated_lora_upper,lora_kl,lora_ftm,lora \
   hydra.sweep.dir=$ROOT/synthetic
-$PY -m memos_lab run -m "${COMMON[@]}" dataset=zsre dataset.path=$ZSRE parametric=gated_lora,lora_kl,lora_ftm,lora \
+$PY -m memos_lab run -m "${COMMON[@]}" dataset=zsre dataset.path=$ZSRE parametric=gated_lora,gated_lora_upper,lora_kl,lora_ftm,lora \
   hydra.sweep.dir=$ROOT/zsre_selfmade
 $PY -m memos_lab run -m "${COMMON[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=20 \
   parametric=gated_lora,lora_kl hydra.sweep.dir=$ROOT/sequential

@@ -12,7 +12,8 @@ from memos_lab.experiments.lora_update import run
 from memos_lab.loggers.base import Tracker
 
 TINY = ["experiment=lora_update", "dataset=synthetic_facts", "dataset.n_edits=6", "model=tiny_llama",
-        "embedder=hashing", "logger=none", "parametric.lr=1e-2", "parametric.batch_size=6", "parametric.layers=null"]
+        "embedder=hashing", "logger=none", "parametric.lr=1e-2", "parametric.batch_size=6", "parametric.layers=null",
+        "parametric.layer_span=null", "parametric.target_prob=0.0"]  # a random tiny model's outputs stay flat
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +47,23 @@ def test_ungated_lora_changes_the_unrelated_answers_of_a_tiny_model():
     assert metrics["lora/reliability"] == 100.0
     assert metrics["lora/gate_locality_prompts"] == 100.0 and metrics["lora/locality"] < 100.0
     assert "lora/retention" not in metrics
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (CONF_DIR / "parametric").glob("*.yaml")))
+def test_every_method_config_builds_on_a_model_of_any_depth(method):
+    from hydra.utils import instantiate
+
+    from memos_lab.models.llm import build_tiny_llama
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=lora_update", "embedder=hashing", f"parametric={method}"])
+    lm = build_tiny_llama(seed=0)
+    memory = instantiate(cfg.parametric, _partial_=True)(model=lm)
+    try:
+        layers = memory.settings.layers
+        assert layers is None or (layers and set(layers) <= set(range(lm.model.config.num_hidden_layers)))
+    finally:
+        memory.close()
 
 
 def test_more_batches_than_edits_is_a_config_error():

@@ -246,6 +246,46 @@ def test_settings_are_validated():
         LoRAMemory(build_tiny_llama(), ranks=4)
     with pytest.raises(IncompatibleError, match="does not fit"):
         LoRAMemory(build_tiny_llama(), target_modules=["c_attn"])
+    with pytest.raises(ConfigError, match="not both"):
+        LoRAMemory(build_tiny_llama(), layers=[0], layer_span=[0.0, 0.5])
+    with pytest.raises(ConfigError, match="layer_span"):
+        LoRAMemory(build_tiny_llama(), layer_span=[0.6, 0.2])
+    with pytest.raises(ConfigError, match="target_prob"):
+        LoRAMemory(build_tiny_llama(), target_prob=1.0)
+
+
+@pytest.mark.parametrize(("span", "depth", "layers"), [
+    ((0.67, 1.0), 30, tuple(range(20, 30))),  # SmolLM2-135M's upper third
+    ((0.07, 0.43), 30, tuple(range(2, 13))),
+    ((0.5, 1.0), 2, (1,)),
+    ((0.0, 0.01), 2, (0,)),  # never empty
+])
+def test_layer_span_is_a_fraction_of_the_depth(span, depth, layers):
+    from memos_lab.memory.parametric.lora import LoRASettings
+
+    assert LoRASettings(layer_span=span).for_depth(depth).layers == layers
+
+
+def test_a_probability_margin_keeps_training_past_the_first_correct_answer(lm, trained):
+    from dataclasses import replace
+
+    examples = [trained._encode(edit) for edit in EDITS]
+    trained.switch("alice")
+    with trained.applied():
+        assert trained._all_learned(examples)  # every target is the argmax...
+        bare = trained.settings
+        trained.settings = replace(bare, target_prob=0.5)
+        try:  # ...but the random tiny model's outputs are nearly flat, far below probability 0.5
+            assert not trained._all_learned(examples)
+        finally:
+            trained.settings = bare
+    margin = LoRAMemory(lm, adapter="margin", **(FAST | {"target_prob": 0.5, "steps": 40}))
+    try:
+        report = margin.edit(EDITS)
+        assert not report.learned and report.steps == 40  # trained on to the step limit
+        assert learned(lm, margin) == [True, True, True]
+    finally:
+        margin.close()
 
 
 def test_training_upper_layers_skips_the_frozen_ones_and_still_learns(lm):

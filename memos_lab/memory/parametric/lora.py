@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -72,7 +72,9 @@ class LoRASettings:
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    layers: tuple[int, ...] | None = None  # None: every layer
+    layers: tuple[int, ...] | None = None  # None: every layer (or the layer_span)
+    # [lo, hi): the adapted layers as fractions of the model's depth, so one config fits models of any depth
+    layer_span: tuple[float, float] | None = None
     steps: int = 200  # upper bound per `edit` call
     lr: float = 1e-3
     batch_size: int = 8
@@ -81,7 +83,10 @@ class LoRASettings:
     locality_weight: float = 0.0
     locality_prompts: tuple[str, ...] = ()
     replay: int = 0  # earlier edits of this adapter mixed into a later batch (sequential editing)
-    stop_when_learned: bool = True  # stop once every target is the teacher-forced argmax
+    stop_when_learned: bool = True  # stop once every target is learned (below)
+    # a target is learned when each of its tokens is the teacher-forced argmax with at least this
+    # probability: a margin above the bare argmax carries the edit over to paraphrases better
+    target_prob: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,12 +98,27 @@ class LoRASettings:
             raise ConfigError("parametric: lr and alpha must be positive and dropout in [0, 1)")
         if self.loss not in LOSSES:
             raise ConfigError(f"parametric.loss: unknown {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if not 0 <= self.target_prob < 1:
+            raise ConfigError(f"parametric.target_prob must be in [0, 1), got {self.target_prob}")
         if self.locality_weight < 0 or self.replay < 0:
             raise ConfigError("parametric.locality_weight and parametric.replay must be >= 0")
         if self.locality_weight > 0 and not self.locality_prompts:
             raise ConfigError("parametric.locality_weight > 0 needs parametric.locality_prompts")
         if not self.target_modules:
             raise ConfigError("parametric.target_modules is empty")
+        if self.layer_span is not None:
+            if self.layers is not None:
+                raise ConfigError("parametric: set layers or layer_span, not both")
+            if len(self.layer_span) != 2 or not 0 <= self.layer_span[0] < self.layer_span[1] <= 1:
+                raise ConfigError(f"parametric.layer_span must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.layer_span)}")
+
+    def for_depth(self, depth: int) -> LoRASettings:
+        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
+        if self.layer_span is None:
+            return self
+        first = math.floor(self.layer_span[0] * depth)
+        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
+        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LoRASettings:
@@ -106,7 +126,7 @@ class LoRASettings:
         unknown = sorted(set(values) - valid)
         if unknown:
             raise ConfigError(f"parametric: unknown setting(s) {unknown}; valid: {sorted(valid)}")
-        tuples = ("target_modules", "layers", "locality_prompts")
+        tuples = ("target_modules", "layers", "layer_span", "locality_prompts")
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
 
     def lora_config(self) -> LoraConfig:
@@ -132,7 +152,7 @@ class LoRAMemory(ParametricMemory):
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
         self.model = model
-        self.settings = LoRASettings.from_mapping(settings)
+        self.settings = LoRASettings.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
         self.gate = gate  # the prototype every adapter's own gate copies its settings from
         self.enabled = True
         self._adapters: dict[str, _Adapter] = {}
@@ -388,7 +408,7 @@ class LoRAMemory(ParametricMemory):
 
     def _edit_loss(self, examples: Sequence[_Example]) -> tuple[torch.Tensor, list[bool]]:
         """Cross-entropy of a left-padded batch, and per example whether every target token is the argmax
-        after its teacher-forced prefix (then greedy decoding says the target)."""
+        after its teacher-forced prefix (then greedy decoding says the target) with probability >= target_prob."""
         width = max(len(e.prompt) + len(e.target) for e in examples)
         longest = max(len(e.target) for e in examples)
         # Target-only loss needs logits at the last positions alone: skips most of the vocabulary projection.
@@ -405,7 +425,10 @@ class LoRAMemory(ParametricMemory):
         loss = torch.nn.functional.cross_entropy(
             predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
         )
-        hits = ((predicted.argmax(-1) == gold) | ~targets).all(-1).tolist()
+        with torch.no_grad():
+            gold_prob = predicted.softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+            good = (predicted.argmax(-1) == gold) & (gold_prob >= self.settings.target_prob)
+        hits = (good | ~targets).all(-1).tolist()
         return loss, hits
 
     @torch.no_grad()
