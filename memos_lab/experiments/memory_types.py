@@ -20,10 +20,10 @@ from pathlib import Path
 
 import hydra.utils
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from memos_lab.chat import greedy_generate
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.eval.editing import rate, starts_with_target
@@ -46,19 +46,11 @@ def context_text(edits: Sequence[KnowledgeEdit]) -> str:
     return CONTEXT_HEADER + "\n".join(fact_text(edit) for edit in edits) + "\n\n"
 
 
-@torch.no_grad()
 def answer(lm: LanguageModel, ids: list[int], max_new_tokens: int, prefix: KVCache | None = None) -> tuple[list[int], float]:
     """Greedy continuation of raw token ids (no chat template) and the seconds to its first token."""
     started = time.perf_counter()
-    result = prefill(lm, ids, prefix)
-    token = int(result.logits.argmax())
-    ttft = time.perf_counter() - started
-    cache, new = result.cache, [token]
-    for _ in range(max_new_tokens - 1):
-        out = lm.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
-        new.append(token)
-    return new, ttft
+    new, first_token_at, _ = greedy_generate(lm, ids, max_new_tokens, prefix)
+    return new, first_token_at - started
 
 
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
