@@ -6,7 +6,8 @@
 #            retrieval over the edited subjects fires), gated_lora_upper (the same gate on the upper third)
 #   data:    100 synthetic edits, and a SELF-MADE zsRE-format slice of 100 edits
 #            (scripts/make_zsre_format_slice.py; not real zsRE: there is no network here)
-#   sequential: the 100 synthetic edits in 10 batches of 10, lora/retention = batches 1-9 after batch 10
+#   sequential: the 100 synthetic edits in 10 batches of 10, lora/retention = batches 1-9 after batch 10,
+#               replaying 20 earlier edits with each batch, and (gated_lora) all of them
 # Usage: experiments/lora_update.sh [extra hydra overrides]   (THREADS=1 on a crowded machine)
 # About 80 minutes on 2 quiet cores.
 set -euo pipefail
@@ -28,8 +29,11 @@ $PY -m memos_lab run -m "${ONE[@]}" dataset=zsre dataset.path=$ZSRE parametric=g
 $PY -m memos_lab run -m "${ONE[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=20 \
   parametric=gated_lora,lora_kl hydra.sweep.dir=$ROOT/sequential
 wait
+# Rehearsal: every earlier edit replayed with each batch (training stops only when all of them are learned).
+$PY -m memos_lab run -m "${ONE[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=100 \
+  parametric=gated_lora hydra.sweep.dir=$ROOT/sequential_replay_all
 
 METRICS=lora/reliability,lora/generalization,lora/locality,lora/reliability_prob,lora/generalization_prob,lora/train_s_per_100_edits,lora/adapter_mb,lora/steps
 $PY -m memos_lab report $ROOT/synthetic --out results/lora_update/synthetic --metrics $METRICS,lora/portability
 $PY -m memos_lab report $ROOT/zsre_selfmade --out results/lora_update/zsre_selfmade --metrics $METRICS
-$PY -m memos_lab report $ROOT/sequential --out results/lora_update/sequential --metrics lora/retention,$METRICS,lora/portability
+$PY -m memos_lab report $ROOT/sequential $ROOT/sequential_replay_all --out results/lora_update/sequential --metrics lora/retention,$METRICS,lora/portability
