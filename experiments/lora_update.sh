@@ -27,7 +27,7 @@ ONE=(experiment=lora_update logger=none threads=1 "$@")
 $PY -m memos_lab run -m "${ONE[@]}" dataset=zsre dataset.path=$ZSRE parametric=gated_lora,gated_lora_upper,lora_kl \
   hydra.sweep.dir=$ROOT/zsre_selfmade &
 $PY -m memos_lab run -m "${ONE[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=20 \
-  parametric=gated_lora,lora_kl hydra.sweep.dir=$ROOT/sequential
+  parametric=gated_lora,lora_kl,gated_lora_upper hydra.sweep.dir=$ROOT/sequential
 wait
 # Rehearsal: every earlier edit replayed with each batch (training stops only when all of them are learned).
 $PY -m memos_lab run -m "${ONE[@]}" dataset=synthetic_facts experiment.n_batches=10 parametric.replay=100 \
