@@ -36,4 +36,4 @@ $PY -m memos_lab run -m "${ONE[@]}" dataset=synthetic_facts experiment.n_batches
 METRICS=lora/reliability,lora/generalization,lora/locality,lora/reliability_prob,lora/generalization_prob,lora/train_s_per_100_edits,lora/adapter_mb,lora/steps
 $PY -m memos_lab report $ROOT/synthetic --out results/lora_update/synthetic --metrics $METRICS,lora/portability
 $PY -m memos_lab report $ROOT/zsre_selfmade --out results/lora_update/zsre_selfmade --metrics $METRICS
-$PY -m memos_lab report $ROOT/sequential $ROOT/sequential_replay_all --out results/lora_update/sequential --metrics lora/retention,$METRICS,lora/portability
+$PY -m memos_lab report $ROOT/sequential $ROOT/sequential_replay_all --out results/lora_update/sequential --metrics lora/retention,$METRICS,lora/portability,lora/batches_learned
