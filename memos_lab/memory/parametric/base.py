@@ -26,7 +26,7 @@ class EditReport:
     steps: int
     seconds: float
     final_loss: float
-    learned: bool  # every trained target is the teacher-forced argmax at the end
+    learned: bool  # every trained target is the teacher-forced argmax (with the memory's margin) at the end
 
 
 class ParametricMemory(ABC):

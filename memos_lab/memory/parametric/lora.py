@@ -426,8 +426,9 @@ class LoRAMemory(ParametricMemory):
             predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
         )
         with torch.no_grad():
-            gold_prob = predicted.softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
-            good = (predicted.argmax(-1) == gold) & (gold_prob >= self.settings.target_prob)
+            good = predicted.argmax(-1) == gold
+            if self.settings.target_prob > 0:  # a softmax over the vocabulary only when a margin is asked for
+                good &= predicted.softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1) >= self.settings.target_prob
         hits = (good | ~targets).all(-1).tolist()
         return loss, hits
 
