@@ -108,7 +108,7 @@ class LoRASettings:
             raise ConfigError("parametric.target_modules is empty")
         if self.layer_span is not None:
             if self.layers is not None:
-                raise ConfigError("parametric: set layers or layer_span, not both")
+                raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
             if len(self.layer_span) != 2 or not 0 <= self.layer_span[0] < self.layer_span[1] <= 1:
                 raise ConfigError(f"parametric.layer_span must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.layer_span)}")
 
