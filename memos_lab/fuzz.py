@@ -70,6 +70,15 @@ RUN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_sp
 WRITE_EVENTS = frozenset({"os.mkdir", "os.remove", "os.rename", "os.rmdir", "shutil.rmtree", "shutil.copyfile",
                           "os.symlink", "os.link", "os.truncate"})
 DEADLINE_S = 20.0
+MEMORY_LIMIT_BYTES = 8 << 30  # address space: a load that tries to allocate more fails (counted as a raw error)
+
+
+def limit_memory(limit: int) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 class Sentinel:
@@ -119,7 +128,12 @@ class Guard:
         if not self.active:
             return
         if event == "open" and args and isinstance(args[0], str | bytes | os.PathLike):
-            path = os.path.realpath(os.fsdecode(args[0]))
+            path = os.fsdecode(args[0])
+            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
+            if flags & os.O_NOFOLLOW:  # a final link is refused by the open itself, never followed
+                path = os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+            else:
+                path = os.path.realpath(path)
             if not _inside(path, self.allowed):
                 self.outside.append(path)
         elif event == "exec" and _importing():
@@ -127,8 +141,10 @@ class Guard:
         elif event in RUN_EVENTS:
             self.executions.append(f"{event} {str(args)[:120]}")
         elif event in WRITE_EVENTS:
-            paths = [a for a in args if isinstance(a, str | bytes | os.PathLike)]
-            if not paths or not all(_inside(os.path.realpath(os.fsdecode(p)), self.writable) for p in paths):
+            paths = [os.fsdecode(a) for a in args if isinstance(a, str | bytes | os.PathLike)]
+            if any(isinstance(a, int) and a >= 0 for a in args):  # relative to a folder descriptor, whose open was checked
+                paths = [p for p in paths if os.path.isabs(p)]
+            if not all(_inside(os.path.realpath(p), self.writable) for p in paths):
                 self.executions.append(f"{event} {str(args)[:120]}")
 
     @contextlib.contextmanager
@@ -538,6 +554,7 @@ def campaign(examples: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
     from hypothesis import seed as hypothesis_seed
 
     started = time.perf_counter()
+    limit_memory(MEMORY_LIMIT_BYTES)
     fuzzer = Fuzzer(workdir)
     outcomes: list[Outcome] = [fuzzer.run(name, mutate) for name, mutate in planted_cases(fuzzer)]
     planted = len(outcomes)

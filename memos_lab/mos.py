@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from memos_lab.artifact import atomic_write_text
+from memos_lab.artifact import atomic_write_text, read_json_file
 from memos_lab.cube import MemCube
 from memos_lab.errors import AccessDeniedError, ConfigError, DataError, MemosError, NotFoundError
 from memos_lab.memory.item import MemoryItem
@@ -213,7 +213,7 @@ class MOS:
     def _open(self, model: Any | None) -> None:
         path = self.root / REGISTRY_FILE
         try:
-            registry = json.loads(path.read_text())
+            registry = read_json_file(path)  # bounded, strict, never through a link
             users = {str(user) for user in registry["users"]}
             cubes = {str(k): (str(v["owner"]), {str(u): str(m) for u, m in v["shares"].items()}) for k, v in registry["cubes"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
