@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from memos_lab.artifact import (
+    MANIFEST,
     VERSION,
     Artifact,
     check_json,
@@ -35,7 +36,7 @@ from memos_lab.models.embedder import Embedder
 
 KIND = "cube"
 SCHEMA_VERSION = VERSION
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = MANIFEST
 ITEMS_FILE = "items.sqlite"
 INDEX_DIR = "index"
 SLOTS = ("activation", "parametric")  # each slot's classes are the TRUSTED_CLASSES family of that name

@@ -73,12 +73,17 @@ DEADLINE_S = 20.0
 MEMORY_LIMIT_BYTES = 8 << 30  # address space: a load that tries to allocate more fails (counted as a raw error)
 
 
-def limit_memory(limit: int) -> None:
+@contextlib.contextmanager
+def limited_memory(limit: int) -> Iterator[None]:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY or soft > limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 class Sentinel:
@@ -554,19 +559,19 @@ def campaign(examples: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
     from hypothesis import seed as hypothesis_seed
 
     started = time.perf_counter()
-    limit_memory(MEMORY_LIMIT_BYTES)
-    fuzzer = Fuzzer(workdir)
-    outcomes: list[Outcome] = [fuzzer.run(name, mutate) for name, mutate in planted_cases(fuzzer)]
-    planted = len(outcomes)
+    with limited_memory(MEMORY_LIMIT_BYTES):
+        fuzzer = Fuzzer(workdir)
+        outcomes: list[Outcome] = [fuzzer.run(name, mutate) for name, mutate in planted_cases(fuzzer)]
+        planted = len(outcomes)
 
-    @hypothesis_seed(seed)
-    @settings(max_examples=max(0, examples - planted), deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(mutations(fuzzer))
-    def draw(case: tuple[str, Callable[[Path, Path, Sample], str]]) -> None:
-        outcomes.append(fuzzer.run(*case))
+        @hypothesis_seed(seed)
+        @settings(max_examples=max(0, examples - planted), deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(mutations(fuzzer))
+        def draw(case: tuple[str, Callable[[Path, Path, Sample], str]]) -> None:
+            outcomes.append(fuzzer.run(*case))
 
-    draw()
+        draw()
     results = Counter(o.result for o in outcomes)
     bad = [o for o in outcomes if o.bad]
     return {

@@ -11,13 +11,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
@@ -28,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from memos_lab.artifact import atomic_write_dir, remove_stale_staging, writer_lock
 from memos_lab.errors import ConfigError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -154,7 +153,7 @@ def load_smollm2(cache_dir: str, dtype: str = "float32") -> LanguageModel:
     """SmolLM2-135M-Instruct, converted once from the wheel's GGUF file into `{cache_dir}/models/`."""
     resolve_dtype(dtype)  # fail on a bad dtype before a slow (~15 s) conversion
     target = Path(cache_dir).expanduser() / "models" / SMOLLM2_NAME
-    if not target.is_dir():  # the folder only ever appears complete, by os.replace
+    if not target.is_dir():  # the folder only ever appears complete (atomic_write_dir)
         _convert_smollm2(target)
     return _load(str(target), dtype, SMOLLM2_NAME, local_files_only=True)
 
@@ -173,15 +172,12 @@ def _convert_smollm2(target: Path) -> None:
     """Dequantise the GGUF file into a safetensors folder; crash-safe and safe under concurrent starts."""
     folder = _smollm2_gguf_folder()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):
+    with writer_lock(target):
         if target.is_dir():  # another process converted it while we waited
             return
-        tmp_prefix = f".{target.name}.tmp-"
-        for stale in target.parent.glob(f"{tmp_prefix}*"):  # left by a killed conversion; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = target.parent / f"{tmp_prefix}{os.getpid()}"
-        tmp.mkdir()  # unlike mkdtemp's 0700, follows the umask so a shared cache stays readable
-        try:
+        remove_stale_staging(target, held=True)  # left by a killed conversion; we hold the lock
+
+        def build(tmp: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32, local_files_only=True
@@ -192,10 +188,8 @@ def _convert_smollm2(target: Path) -> None:
             tokenizer.save_pretrained(tmp)  # writes chat_template.jinja too
             for path in tmp.iterdir():
                 path.chmod(0o644)  # safetensors writes 0600
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic_write_dir(target, build)
 
 
 def load_pretrained(name_or_path: str, dtype: str = "float32", local_files_only: bool = True) -> LanguageModel:

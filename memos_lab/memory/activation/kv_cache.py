@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from memos_lab.artifact import VERSION, Artifact, check_json, read_artifact, write_artifact
+from memos_lab.artifact import MANIFEST, VERSION, Artifact, check_json, read_artifact, write_artifact
 from memos_lab.errors import DataError, IncompatibleError, NotFoundError
 from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
@@ -31,7 +31,6 @@ from memos_lab.models.llm import LanguageModel
 log = logging.getLogger(__name__)
 
 KIND = "kv_cache"
-MANIFEST = "manifest.json"
 MEMORY_TEMPLATE = "Memories about the user:\n{memories}"
 MEMORY_SEPARATOR = "\n"
 

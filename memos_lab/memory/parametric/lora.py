@@ -31,7 +31,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from memos_lab.artifact import VERSION, check_json, file_entry, read_artifact, write_artifact, write_peft_adapter
+from memos_lab.artifact import MANIFEST, VERSION, check_json, file_entry, read_artifact, write_artifact, write_peft_adapter
 from memos_lab.data.knowledge import edit_from_record, edit_to_record
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, NotFoundError
@@ -42,7 +42,6 @@ from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_prompt, encode_target, left_padded
 
 KIND = "lora"
-MANIFEST = "manifest.json"
 ADAPTERS_DIR = "adapters"
 WEIGHTS = "adapter_model.safetensors"
 GATE_TARGET = "meta.gate.embedder"  # the one place a LoRA manifest names a class by `_target_`
