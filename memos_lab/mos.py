@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from memos_lab.atomic import atomic_write_text
+from memos_lab.artifact import atomic_write_text
 from memos_lab.cube import MemCube
 from memos_lab.cube import MANIFEST_FILE
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
