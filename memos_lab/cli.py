@@ -118,6 +118,8 @@ def check_settings(cfg: DictConfig) -> None:
     from hydra.utils import get_object
 
     for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            continue  # a required `???` value: the command names it when it reads it
         node = cfg[key]
         if key == "hydra" or not isinstance(node, DictConfig):
             continue

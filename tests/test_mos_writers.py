@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError
-from memos_lab.locking import lock_path
+from memos_lab.locking import lock_file
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.general_text import GeneralTextMemory
 from memos_lab.mos import MOS
@@ -94,13 +94,13 @@ def test_a_write_sharee_cannot_store_a_bad_embedding_or_change_stored_items(tmp_
 def test_a_second_writer_gives_up_after_the_timeout_naming_the_holder(tmp_path, embedder):
     open_root(tmp_path, embedder).register_user("alice")
     hold = (
-        "import sys, time; from pathlib import Path; from memos_lab.locking import writer_lock\n"
-        "with writer_lock(Path(sys.argv[1]), 5):\n    time.sleep(30)"
+        "import sys, time; from pathlib import Path; from memos_lab.locking import hold_writer_lock\n"
+        "with hold_writer_lock(Path(sys.argv[1]), 5):\n    time.sleep(30)"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)])
     try:
         deadline = time.monotonic() + 20
-        while f"pid {holder.pid}" not in (lock_path(tmp_path).read_text() if lock_path(tmp_path).exists() else ""):
+        while f"pid {holder.pid}" not in (lock_file(tmp_path).read_text() if lock_file(tmp_path).exists() else ""):
             assert time.monotonic() < deadline and holder.poll() is None
             time.sleep(0.05)
         with pytest.raises(BusyError, match=f"held by another writer \\(pid {holder.pid} on .*gave up after 0.2 s"):

@@ -12,7 +12,7 @@ import pytest
 from memos_lab.cube import MemCube
 from memos_lab.errors import ConfigError
 from memos_lab.loading.declarative import load
-from memos_lab.locking import writer_lock
+from memos_lab.locking import hold_writer_lock
 from memos_lab.models.embedder import HashingEmbedder
 
 from .test_declarative_load import compose_load, write_jsonl
@@ -41,7 +41,7 @@ def test_two_loads_into_one_new_cube_keep_both_sets_of_items(tmp_path):
 def test_a_load_that_cannot_get_the_lock_stores_nothing_and_says_who_holds_it(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": "a note"}])
     cube_dir = tmp_path / "cube"
-    with writer_lock(cube_dir, 1):
+    with hold_writer_lock(cube_dir, 1):
         writer = start_load(cube_dir, source, "lock_timeout_s=0.2")
         code, out, err = writer.wait(timeout=240), *writer.communicate()
     assert code == 2 and "items_added" not in out

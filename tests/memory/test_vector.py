@@ -40,5 +40,3 @@ def test_bad_settings_are_refused(embedder):
         VectorMemory(embedder, index_type="lsh")
     with pytest.raises(ConfigError, match="hnsw_m"):
         VectorMemory(embedder, hnsw_m=0)
-    with pytest.raises(ConfigError, match="rrf_k must be a non-negative number, got -5"):
-        VectorMemory(embedder, rrf_k=-5)

@@ -273,13 +273,6 @@ class TextualMemory(ABC):
 _METADATA_FIELDS = frozenset(f.name for f in fields(MemoryMetadata))
 
 
-def check_non_negative(settings: Mapping[str, object]) -> None:
-    """Fusion weights and BM25 settings: numbers >= 0 (a negative rrf_k can divide by zero)."""
-    for name, value in settings.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
-
-
 def check_item(item: object, dim: int) -> None:
     """Raise DataError naming the item and the field unless it can be stored: a valid id, text and metadata,
     and (when set) a finite float embedding of the embedder's size."""

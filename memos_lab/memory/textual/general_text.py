@@ -8,7 +8,7 @@ import numpy as np
 
 from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem
-from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory, check_non_negative
+from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, reciprocal_rank_fusion
 from memos_lab.models.embedder import Embedder
 
@@ -38,7 +38,9 @@ class GeneralTextMemory(TextualMemory):
             raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
         numbers = {"rrf_k": rrf_k, "lexical_weight": lexical_weight, "dense_weight": dense_weight,
                    "bm25_k1": bm25_k1, "bm25_b": bm25_b, "text_weight": text_weight}  # fmt: skip
-        check_non_negative(numbers)
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
         super().__init__(embedder)
         self.fusion = fusion
         self.rrf_k = rrf_k

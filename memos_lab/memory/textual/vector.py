@@ -18,7 +18,7 @@ import numpy as np
 from memos_lab.artifact import read_json_file
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.memory.item import MemoryItem
-from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory, check_non_negative
+from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, fuse_ranked_lists
 from memos_lab.models.embedder import Embedder
 
@@ -58,8 +58,6 @@ class VectorMemory(TextualMemory):
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
-        check_non_negative({"rrf_k": rrf_k, "lexical_weight": lexical_weight, "dense_weight": dense_weight,
-                            "bm25_k1": bm25_k1, "bm25_b": bm25_b})  # fmt: skip
         super().__init__(embedder)
         self.index_type = index_type
         self.hnsw_m = hnsw_m
