@@ -46,11 +46,11 @@ def _conversation(record: dict[str, Any], index: int, include_captions: bool) ->
         session_where = f"{where} session_{number}"
         time = _iso_time(require(body, f"session_{number}_date_time", f"{where} conversation"), session_where)
         turns = tuple(_turn(turn, f"session_{number}", time, include_captions, f"{session_where} turn {i}")
-                      for i, turn in enumerate(body[f"session_{number}"]))  # fmt: skip
+                      for i, turn in enumerate(require(body, f"session_{number}", f"{where} conversation", list)))  # fmt: skip
         sessions.append(Session(f"session_{number}", time, turns))
     last_time = sessions[-1].time
     questions = tuple(_question(qa, f"{conversation_id}/q{i}", last_time, f"{where} qa {i}")
-                      for i, qa in enumerate(require(record, "qa", where)))  # fmt: skip
+                      for i, qa in enumerate(require(record, "qa", where, list)))  # fmt: skip
     return Conversation(conversation_id, speakers, tuple(sessions), questions)
 
 
@@ -67,7 +67,7 @@ def _question(qa: Any, question_id: str, time: str, where: str) -> Question:
     if category_id not in CATEGORIES:
         raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(CATEGORIES)}")
     answer_key = "adversarial_answer" if category_id == 5 and qa.get("answer") is None else "answer"
-    evidence = tuple(part.strip() for entry in require(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
+    evidence = tuple(part.strip() for entry in require(qa, "evidence", where, list) for part in str(entry).split(";") if part.strip())
     return Question(
         question_id=question_id,
         question=str(require(qa, "question", where)),
