@@ -22,9 +22,9 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import Any, ClassVar, Self, TypedDict
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -40,6 +40,7 @@ from memos_lab.memory.parametric.base import EditReport, ParametricMemory, check
 from memos_lab.memory.parametric.gate import EditGate
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_prompt, encode_target, left_padded
+from memos_lab.settings import Settings, non_negative, non_negative_int, one_of, positive, positive_int, probability, span
 
 KIND = "lora"
 MANIFEST = "manifest.json"
@@ -61,10 +62,12 @@ class _Example:
 
 
 @dataclass(frozen=True)
-class LoRASettings:
+class LoRASettings(Settings):
     """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
-    `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L)."""
+    `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L, parametric=lora)."""
 
+    section: ClassVar[str] = "parametric"
+    config_keys: ClassVar[Mapping[str, Any]] = {"adapter": "default", "gate": None}  # LoRAMemory's own arguments
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -72,10 +75,10 @@ class LoRASettings:
     layers: tuple[int, ...] | None = None  # None: every layer (or the layer_span)
     # [lo, hi): the adapted layers as fractions of the model's depth, so one config fits models of any depth
     layer_span: tuple[float, float] | None = None
-    steps: int = 200  # upper bound per `edit` call
+    steps: int = 300  # upper bound per `edit` call (the committed lora_update results ran with 300)
     lr: float = 1e-3
     batch_size: int = 8
-    loss: str = "target"
+    loss: str = "sequence"
     # KL(base || edited) on unrelated anchor prompts, weighted into the loss; 0 disables it
     locality_weight: float = 0.0
     locality_prompts: tuple[str, ...] = ()
@@ -86,28 +89,20 @@ class LoRASettings:
     target_prob: float = 0.0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        positive = {"rank": self.rank, "steps": self.steps, "batch_size": self.batch_size}
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"parametric.{key} must be positive, got {value}")
-        if self.lr <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("parametric: lr and alpha must be positive and dropout in [0, 1)")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"parametric.loss: unknown {self.loss!r}; valid: {', '.join(LOSSES)}")
-        if not 0 <= self.target_prob < 1:
-            raise ConfigError(f"parametric.target_prob must be in [0, 1), got {self.target_prob}")
-        if self.locality_weight < 0 or self.replay < 0:
-            raise ConfigError("parametric.locality_weight and parametric.replay must be >= 0")
+    def validate(self) -> None:
+        positive_int(self, "rank", "steps", "batch_size")
+        positive(self, "lr", "alpha")
+        probability(self, "dropout", "target_prob", top=False)
+        one_of(self, "loss", LOSSES)
+        non_negative(self, "locality_weight")
+        non_negative_int(self, "replay")
         if self.locality_weight > 0 and not self.locality_prompts:
             raise ConfigError("parametric.locality_weight > 0 needs parametric.locality_prompts")
         if not self.target_modules:
             raise ConfigError("parametric.target_modules is empty")
-        if self.layer_span is not None:
-            if self.layers is not None:
-                raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
-            if len(self.layer_span) != 2 or not 0 <= self.layer_span[0] < self.layer_span[1] <= 1:
-                raise ConfigError(f"parametric.layer_span must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.layer_span)}")
+        if self.layer_span is not None and self.layers is not None:
+            raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
+        span(self, "layer_span")
 
     def for_depth(self, depth: int) -> LoRASettings:
         """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
@@ -116,15 +111,6 @@ class LoRASettings:
         first = math.floor(self.layer_span[0] * depth)
         last = max(first + 1, math.ceil(self.layer_span[1] * depth))
         return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> LoRASettings:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(f"parametric: unknown setting(s) {unknown}; valid: {sorted(valid)}")
-        tuples = ("target_modules", "layers", "layer_span", "locality_prompts")
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
@@ -145,6 +131,8 @@ class _Adapter:
 
 
 class LoRAMemory(ParametricMemory):
+    settings_class = LoRASettings
+
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
