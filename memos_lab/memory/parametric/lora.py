@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -63,8 +63,33 @@ class _Example:
     hidden: torch.Tensor | None = None  # the frozen input of the lowest adapted layer, when cached
 
 
+class LayerSettings:
+    """What every adapter method's settings share: layers picked by number or as a span of the depth,
+    read from a mapping (a Hydra config) that may only name the dataclass's own fields."""
+
+    layers: tuple[int, ...] | None
+    layer_span: tuple[float, float] | None
+    TUPLES: ClassVar[tuple[str, ...]] = ("layers", "layer_span")  # list settings kept as tuples (frozen)
+
+    def for_depth(self, depth: int) -> Self:
+        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
+        if self.layer_span is None:
+            return self
+        first = math.floor(self.layer_span[0] * depth)
+        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
+        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ConfigError(f"parametric: unknown setting(s) {unknown}; valid: {sorted(valid)}")
+        return cls(**{k: tuple(v) if k in cls.TUPLES and v is not None else v for k, v in values.items()})
+
+
 @dataclass(frozen=True)
-class LoRASettings:
+class LoRASettings(LayerSettings):
     """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
     `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L)."""
 
@@ -88,6 +113,7 @@ class LoRASettings:
     # probability: a margin above the bare argmax carries the edit over to paraphrases better
     target_prob: float = 0.0
     seed: int = 0
+    TUPLES: ClassVar[tuple[str, ...]] = ("target_modules", "layers", "layer_span", "locality_prompts")
 
     def __post_init__(self) -> None:
         positive = {"rank": self.rank, "steps": self.steps, "batch_size": self.batch_size}
@@ -112,23 +138,6 @@ class LoRASettings:
             if len(self.layer_span) != 2 or not 0 <= self.layer_span[0] < self.layer_span[1] <= 1:
                 raise ConfigError(f"parametric.layer_span must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.layer_span)}")
 
-    def for_depth(self, depth: int) -> LoRASettings:
-        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
-        if self.layer_span is None:
-            return self
-        first = math.floor(self.layer_span[0] * depth)
-        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
-        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> LoRASettings:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(f"parametric: unknown setting(s) {unknown}; valid: {sorted(valid)}")
-        tuples = ("target_modules", "layers", "layer_span", "locality_prompts")
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
-
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
             r=self.rank,
@@ -148,11 +157,14 @@ class _Adapter:
 
 
 class LoRAMemory(ParametricMemory):
+    method = "lora"  # recorded in the manifest; a memory loads only a folder of its own method
+    settings_type: type[LayerSettings] = LoRASettings
+
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
         self.model = model
-        self.settings = LoRASettings.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
+        self.settings = self.settings_type.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
         self.gate = gate  # the prototype every adapter's own gate copies its settings from
         self.enabled = True
         self._adapters: dict[str, _Adapter] = {}
@@ -477,6 +489,7 @@ class LoRAMemory(ParametricMemory):
                 entries.append({"name": name, "edits": [edit_to_record(edit) for edit in adapter.edits]})
             manifest = {
                 "kind": KIND,
+                "method": self.method,
                 "schema_version": SCHEMA_VERSION,
                 "fingerprint": self.model.fingerprint(),
                 "settings": asdict(self.settings),
@@ -498,8 +511,10 @@ class LoRAMemory(ParametricMemory):
         folder = Path(folder)
         manifest = _read_manifest(folder)
         _check_fingerprint(folder, manifest.get("fingerprint"), model)
+        if manifest.get("method", "lora") != cls.method:
+            raise IncompatibleError(f"{folder} holds a {manifest.get('method')!r} memory, not {cls.method!r}")
         try:
-            settings = LoRASettings.from_mapping(manifest["settings"])
+            settings = cls.settings_type.from_mapping(manifest["settings"])
             gate = EditGate(**manifest["gate"]) if manifest.get("gate") else None
             entries = [
                 (entry["name"], [edit_from_record(r, f"{folder} edit {i}") for i, r in enumerate(entry["edits"])])
