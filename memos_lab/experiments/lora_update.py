@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = cfg.experiment
-    edits = load_records(cfg, KnowledgeEdit)[: exp.n_edits]
+    first = int(exp.get("first_edit", 0))  # skip records, e.g. to evaluate on the half of a slice not tuned on
+    edits = load_records(cfg, KnowledgeEdit)[first:][: exp.n_edits]
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
         raise ConfigError(f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}")

@@ -87,10 +87,14 @@ def compute_second_moments(
     sums = {layer: torch.zeros(key_dim(lm), key_dim(lm), dtype=torch.float64) for layer in layers}
     mask_now: list[torch.Tensor] = []
 
+    top = max(layers)
+
     def hook(layer: int):
         def add(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             keys = args[0][mask_now[0].bool()].double()
             sums[layer].addmm_(keys.T, keys)
+            if layer == top:
+                raise StopForward  # the layers above the highest edited one are not needed
         return add
 
     mlps = lm.model.model.layers
@@ -106,7 +110,10 @@ def compute_second_moments(
                     break
                 ids, mask, positions = left_padded(lm, chunk)
                 mask_now[:] = [mask]
-                lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+                try:
+                    lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+                except StopForward:
+                    pass
                 count = int(mask.sum())
                 seen += count
                 bar.update(count)
@@ -118,6 +125,10 @@ def compute_second_moments(
     if seen < tokens:
         raise ConfigError(f"the key-statistics corpus gave {seen} tokens, fewer than parametric.stats_tokens={tokens}")
     return {layer: (total / seen).float() for layer, total in sums.items()}, time.perf_counter() - started
+
+
+class StopForward(Exception):
+    """Ends a forward pass once the highest layer asked for has given its keys."""
 
 
 def corpus_texts(lm: LanguageModel, corpus: str, tokens: int, seed: int) -> list[str]:

@@ -277,9 +277,13 @@ class LocateThenEditMemory(LoRAMemory):
 
         def keep_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
             seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, cols]
+            raise key_stats.StopForward  # nothing above the last edited layer is needed
 
         with _pending(layers, pending), _pre_hooked(layers[layer].mlp.down_proj, keep_key), _hooked(layers[max(self.settings.layers)], keep_hidden):
-            self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            try:
+                self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            except key_stats.StopForward:
+                pass
         per = len(requests[0].rows)
         keys = seen["k"].reshape(len(requests), per, -1).mean(1)
         hidden = seen["h"].reshape(len(requests), per, -1)[:, 0]
