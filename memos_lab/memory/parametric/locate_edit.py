@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +119,14 @@ class LocateThenEditMemory(LoRAMemory):
         self._templates: list[str] | None = None
         self._moments: dict[int, torch.Tensor] | None = None
         super().__init__(model, gate=None, adapter=adapter, **settings)
+
+    @classmethod
+    def _stored_config(cls, settings: EditorSettings, entry: Mapping[str, Any]) -> LoraConfig:
+        """An adapter holds its delta at the delta's rank, which the manifest records per adapter."""
+        rank = entry.get("rank")
+        if not isinstance(rank, int) or rank < 1:
+            raise DataError(f"parametric memory manifest: adapter {entry.get('name')!r} has no valid rank ({rank!r})")
+        return settings.lora_config(rank)
 
     # -- the method --------------------------------------------------------------------------------
     @abstractmethod
