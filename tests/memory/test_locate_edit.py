@@ -113,8 +113,8 @@ def test_save_then_load_answers_identically_and_refuses_another_method(lm, cache
         with memory.applied():
             expected = logits(lm, prompts)
         memory.save(tmp_path / "memory")
-        manifest = json.loads((tmp_path / "memory" / "manifest.json").read_text())
-        assert manifest["method"] == "memit" and manifest["settings"]["mom2_weight"] == 1.0
+        meta = json.loads((tmp_path / "memory" / "manifest.json").read_text())["meta"]
+        assert meta["method"] == "memit" and meta["settings"]["mom2_weight"] == 1.0 and meta["adapters"][0]["rank"] == 3
         with pytest.raises(IncompatibleError, match="'memit' memory, not 'rome'"):
             ROMEMemory.load(tmp_path / "memory", lm)
         with pytest.raises(IncompatibleError, match="not 'lora'"):
@@ -154,10 +154,11 @@ def test_alphaedit_keeps_unrelated_answers_and_earlier_edits(lm, cache):
 def test_key_statistics_are_cached_per_model_and_refused_for_another(lm, cache):
     folder = cache / "key_stats" / key_stats.fingerprint_key(lm)
     stored = next(folder.iterdir())
-    manifest = json.loads((stored / "manifest.json").read_text())
-    assert manifest["tokens"] == TOKENS and manifest["corpus"] == "model" and set(manifest["layers"]) >= {0, 1}
+    meta = json.loads((stored / "manifest.json").read_text())["meta"]
+    assert meta["tokens"] == TOKENS and meta["corpus"] == "model" and set(meta["layers"]) >= {0, 1}
+
     other = build_tiny_llama(seed=1, num_layers=4)
-    with pytest.raises(IncompatibleError, match="fingerprints differ"):
+    with pytest.raises(IncompatibleError, match="recompute it with this model"):
         key_stats.read_stats(stored, other)
 
 

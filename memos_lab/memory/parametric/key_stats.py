@@ -17,15 +17,14 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 from tqdm import tqdm
 
-from memos_lab.atomic import atomic_write_text
-from memos_lab.errors import ConfigError, IncompatibleError
-from memos_lab.memory.item import new_id
+from memos_lab.artifact import MANIFEST, read_artifact, write_artifact
+from memos_lab.errors import ConfigError, DataError
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import left_padded
 
@@ -175,41 +174,38 @@ def sampled_texts(lm: LanguageModel, n: int, seed: int, batch_size: int = 32) ->
     return texts
 
 
-# The persistence of the cache: safetensors + a JSON manifest (to move to the project's artifact module).
-MANIFEST = "manifest.json"
+# The cache is one artifact per model, corpus and size (memos_lab/artifact.py: manifest, sha256, fingerprint).
+KIND = "key_stats"
+TENSORS = "stats.safetensors"
+
+
+class StatsMeta(TypedDict):
+    layers: list[int]
+    corpus: str
+    tokens: int
+    seed: int
+    seconds: float
 
 
 def read_stats(folder: Path, lm: LanguageModel) -> dict[int, torch.Tensor]:
-    """The cached layers in `folder`; IncompatibleError when they were made with another model."""
-    path = folder / MANIFEST
-    if not path.is_file():
+    """The cached layers in `folder` ({} when nothing is cached); IncompatibleError when they were made with
+    another model, DataError for a damaged cache."""
+    if not (folder / MANIFEST).is_file():
         return {}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        stored, layers = manifest["fingerprint"], [int(x) for x in manifest["layers"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise IncompatibleError(f"corrupt key statistics at {folder}: bad {MANIFEST} ({error})") from None
-    if stored != lm.fingerprint():
-        raise IncompatibleError(
-            f"key statistics at {folder} were made with model {stored.get('name') if isinstance(stored, dict) else stored!r}, "
-            f"not the loaded {lm.name!r} (fingerprints differ); delete the folder to recompute"
-        )
-    try:
-        tensors = load_file(str(folder / "stats.safetensors"))
-        moments = {layer: tensors[f"layer_{layer}"] for layer in layers}
-    except (OSError, SafetensorError, KeyError) as error:
-        raise IncompatibleError(f"corrupt key statistics at {folder}: {error}") from None
+    artifact = read_artifact(folder, KIND, fingerprint=lm.fingerprint())
+    artifact.check_meta(StatsMeta)
+    tensors = artifact.read_tensors(TENSORS)
     d = key_dim(lm)
-    for layer, moment in moments.items():
-        if moment.shape != (d, d) or not torch.isfinite(moment).all():
-            raise IncompatibleError(f"corrupt key statistics at {folder}: layer {layer} is not a finite {d}x{d} matrix")
+    moments = {}
+    for layer in artifact.meta["layers"]:
+        moment = tensors.get(f"layer_{layer}")
+        if moment is None or moment.shape != (d, d) or not torch.isfinite(moment).all():
+            raise DataError(f"{folder / TENSORS}: layer {layer} is not a finite {d}x{d} matrix; delete the folder to recompute")
+        moments[layer] = moment
     return moments
 
 
-def write_stats(folder: Path, lm: LanguageModel, moments: dict[int, torch.Tensor], about: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".stats-{new_id()[:8]}.safetensors"
-    save_file({f"layer_{layer}": m.contiguous() for layer, m in moments.items()}, str(tmp))
-    tmp.replace(folder / "stats.safetensors")
-    manifest = {"fingerprint": lm.fingerprint(), "layers": sorted(moments), **about}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+def write_stats(folder: Path, lm: LanguageModel, moments: dict[int, torch.Tensor], about: dict[str, Any]) -> None:
+    payload = save({f"layer_{layer}": m.contiguous() for layer, m in moments.items()})
+    meta = {"layers": sorted(moments), **about}
+    write_artifact(folder, KIND, meta, files={TENSORS: payload}, fingerprint=lm.fingerprint())
