@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypedDict
+from typing import Any, ClassVar, NotRequired, Self, TypedDict
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -62,7 +62,24 @@ class _Example:
 
 
 @dataclass(frozen=True)
-class LoRASettings(Settings):
+class LayerSettings(Settings):
+    """What every adapter method's settings share: layers picked by number or as a span of the depth."""
+
+    section: ClassVar[str] = "parametric"
+    layers: tuple[int, ...] | None = None
+    layer_span: tuple[float, float] | None = None
+
+    def for_depth(self, depth: int) -> Self:
+        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
+        if self.layer_span is None:
+            return self
+        first = math.floor(self.layer_span[0] * depth)
+        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
+        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
+
+
+@dataclass(frozen=True)
+class LoRASettings(LayerSettings):
     """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
     `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L, parametric=lora)."""
 
@@ -104,14 +121,6 @@ class LoRASettings(Settings):
             raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
         span(self, "layer_span")
 
-    def for_depth(self, depth: int) -> LoRASettings:
-        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
-        if self.layer_span is None:
-            return self
-        first = math.floor(self.layer_span[0] * depth)
-        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
-        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
-
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
             r=self.rank,
@@ -131,13 +140,14 @@ class _Adapter:
 
 
 class LoRAMemory(ParametricMemory):
-    settings_class = LoRASettings
+    method = "lora"  # recorded in the manifest; a memory loads only a folder of its own method
+    settings_class: type[LayerSettings] = LoRASettings
 
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
         self.model = model
-        self.settings = LoRASettings.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
+        self.settings = self.settings_class.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
         self.gate = gate  # the prototype every adapter's own gate copies its settings from
         self.enabled = True
         self._adapters: dict[str, _Adapter] = {}
@@ -445,12 +455,14 @@ class LoRAMemory(ParametricMemory):
     def save(self, folder: Path) -> None:
         """Write the memory as an artifact into `folder` (absent, empty or an earlier save), all at once."""
         meta = {
+            "method": self.method,
             "settings": asdict(self.settings),
             "gate": self.gate.settings() if self.gate is not None else None,
             "active": self._active,
             "enabled": self.enabled,
             "adapters": [
-                {"name": name, "edits": [edit_to_record(edit) for edit in adapter.edits]}
+                {"name": name, "rank": self.model.model.peft_config[adapter.key].r,
+                 "edits": [edit_to_record(edit) for edit in adapter.edits]}
                 for name, adapter in self._adapters.items()
             ],
         }
@@ -463,6 +475,11 @@ class LoRAMemory(ParametricMemory):
         write_artifact(Path(folder), KIND, meta, build=build, fingerprint=self.model.fingerprint())
 
     @classmethod
+    def _stored_config(cls, settings: LayerSettings, entry: Mapping[str, Any]) -> LoraConfig:
+        """The config a stored adapter is attached with (rebuilt from the settings, never read from disk)."""
+        return settings.lora_config()
+
+    @classmethod
     def load(cls, folder: Path, model: LanguageModel) -> Self:
         folder = Path(folder)
         artifact = read_artifact(
@@ -470,15 +487,17 @@ class LoRAMemory(ParametricMemory):
         )
         artifact.check_meta(LoRAMeta)
         meta = artifact.meta
+        if meta.get("method", "lora") != cls.method:
+            raise IncompatibleError(f"{folder} holds a {meta.get('method')!r} memory, not {cls.method!r}")
         try:
-            settings = LoRASettings.from_mapping(meta["settings"])
+            settings = cls.settings_class.from_mapping(meta["settings"])
             gate = EditGate.from_stored(meta["gate"], artifact.where("meta.gate")) if meta["gate"] else None
         except (TypeError, ValueError, MemosError) as error:
             raise IncompatibleError(f"{artifact.where('meta.settings/gate')}: {error}") from None
         hidden = model.model.config.hidden_size
         if settings.rank > hidden:  # checked before anything of that size is allocated
             raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {settings.rank} is above the model's width {hidden}")
-        config = settings.for_depth(model.model.config.num_hidden_layers).lora_config()
+        settings = settings.for_depth(model.model.config.num_hidden_layers)
         # Read every adapter before touching the model, so a bad file leaves the model as it was.
         loaded = []
         for i, entry in enumerate(meta["adapters"]):
@@ -487,6 +506,7 @@ class LoRAMemory(ParametricMemory):
                 raise DataError(f"{artifact.where(f'meta.adapters[{i}].name')}: bad adapter name {name!r}")
             check_json(entry["edits"], list[KnowledgeEdit], str(folder / MANIFEST), prefix=f"meta.adapters[{i}].edits")
             edits = [edit_from_record(r, f"{folder} edit {j}") for j, r in enumerate(entry["edits"])]
+            config = cls._stored_config(settings, entry)
             state = artifact.read_peft_adapter(f"{ADAPTERS_DIR}/{name}", config)
             loaded.append((name, copy.deepcopy(config), state, edits))
         memory = cls(model, gate=gate, adapter=None, **asdict(settings))
@@ -507,10 +527,12 @@ class LoRAMemory(ParametricMemory):
 
 class _AdapterEntry(TypedDict):
     name: str
+    rank: NotRequired[int]
     edits: list[dict[str, Any]]
 
 
 class LoRAMeta(TypedDict):
+    method: NotRequired[str]
     settings: dict[str, Any]
     gate: dict[str, Any] | None
     active: str | None
