@@ -463,7 +463,7 @@ def _mismatch(value: Any, hint: Any, path: str) -> tuple[str, str] | None:
         if not isinstance(value, dict):
             return path, "an object"
         hints = _type_hints(hint)
-        required = hint.__required_keys__ if typing.is_typeddict(hint) else {
+        required = _required_keys(hint) if typing.is_typeddict(hint) else {
             f.name for f in dataclasses.fields(hint) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         }
         extra, missing = sorted(set(value) - set(hints)), sorted(required - set(value))
@@ -483,8 +483,19 @@ def _mismatch(value: Any, hint: Any, path: str) -> tuple[str, str] | None:
 
 @functools.cache
 def _type_hints(cls: Any) -> dict[str, Any]:
-    """A record type's field types, evaluated once (get_type_hints evaluates our string annotations)."""
-    return typing.get_type_hints(cls)
+    """A record type's field types, evaluated once (get_type_hints evaluates our string annotations),
+    with TypedDict's Required/NotRequired markers taken off."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {k: typing.get_args(h)[0] if typing.get_origin(h) in (typing.Required, typing.NotRequired) else h for k, h in hints.items()}
+
+
+@functools.cache
+def _required_keys(cls: Any) -> frozenset[str]:
+    """A TypedDict's required keys, read from its evaluated annotations: with string annotations Python
+    3.11 cannot see NotRequired when it builds __required_keys__."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    optional = {k for k, h in hints.items() if typing.get_origin(h) is typing.NotRequired}
+    return frozenset(hints) - optional if cls.__total__ else frozenset(k for k, h in hints.items() if typing.get_origin(h) is typing.Required)
 
 
 _MISSING = object()

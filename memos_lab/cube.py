@@ -186,7 +186,7 @@ def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
         "kind": KIND,
         "created_at": raw.get("created_at"),
         "fingerprint": None,
-        "meta": {key: raw.get(key) for key in CubeMeta.__annotations__},
+        "meta": {key: raw[key] for key in CubeMeta.__annotations__ if key in raw},
         "files": raw.get("files"),
         "children": sorted(raw["slots"]),
     }

@@ -564,7 +564,7 @@ def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
         "kind": KIND,
         "created_at": "",
         "fingerprint": raw.get("fingerprint"),
-        "meta": {key: raw.get(key) for key in LoRAMeta.__annotations__},
+        "meta": {key: raw[key] for key in LoRAMeta.__annotations__ if key in raw},
         "files": files,
         "children": [],
     }
