@@ -143,6 +143,8 @@ class Guard:
                 self.outside.append(path)
         elif event == "exec" and _importing():
             return  # a module imported for the first time runs its own code: ours or an installed library's
+        elif event == "exec" and _declaring():
+            return  # typing evaluating our string annotations, dataclasses making a class's methods
         elif event in RUN_EVENTS:
             self.executions.append(f"{event} {str(args)[:120]}")
         elif event in WRITE_EVENTS:
@@ -169,6 +171,18 @@ def _dispatch(event: str, args: tuple[Any, ...]) -> None:
 
 def _inside(path: str, roots: list[str]) -> bool:
     return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
+def _declaring() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = os.path.basename(frame.f_code.co_filename)
+        if (name == "typing.py" and frame.f_code.co_name in ("_evaluate", "get_type_hints")) or (
+            name == "dataclasses.py" and frame.f_code.co_name == "_create_fn"
+        ):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _importing() -> bool:
@@ -497,9 +511,12 @@ def _alarm(signum: int, frame: Any) -> None:
 
 
 def tree_digest(folder: Path) -> str:
-    """A digest of every name, link target and file content under `folder` (never following links)."""
+    """A digest of every name, link target and file content under `folder` (never following links), lock
+    files aside."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
+        if path.name.endswith(".lock"):  # writers' lock files (a MOS root takes one to open), not stored data
+            continue
         digest.update(str(path.relative_to(folder)).encode("utf-8", "surrogatepass"))
         if path.is_symlink():
             digest.update(os.readlink(path).encode())

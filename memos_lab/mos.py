@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
-from memos_lab.artifact import atomic_write_text, read_json_file, remove_stale_staging
+from memos_lab.artifact import atomic_write_text, check_json, read_json_file, remove_stale_staging
 from memos_lab.cube import MANIFEST_FILE, MemCube
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
 from memos_lab.locking import hold_writer_lock
@@ -363,10 +363,21 @@ def _check_cube_id(cube_id: object, what: str) -> str:
     return cube_id
 
 
+class _CubeEntry(TypedDict):
+    owner: str
+    shares: dict[str, str]
+
+
+class _Registry(TypedDict):
+    users: list[str]
+    cubes: dict[str, _CubeEntry]
+
+
 def _read_registry(path: Path) -> tuple[set[str], dict[str, tuple[str, dict[str, str]]]]:
     """Users and cubes (owner, shares) of a registry file, every id and mode checked: it may not be ours."""
     try:
         registry = read_json_file(path)  # bounded, strict, never through a link
+        check_json(registry, _Registry, str(path))
         users = {_check_user_id(user, "user id") for user in registry["users"]}
         cubes = {
             _check_cube_id(cube_id, "cube id"): (
