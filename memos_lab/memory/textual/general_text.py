@@ -10,6 +10,7 @@ from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, reciprocal_rank_fusion
+from memos_lab.memory.textual.stages import SearchStages
 from memos_lab.models.embedder import Embedder
 
 FUSIONS = ("rrf", "bm25", "dense")
@@ -20,6 +21,7 @@ class GeneralTextMemory(TextualMemory):
 
     fusion="rrf" fuses the BM25 and dense rankings by reciprocal rank (Cormack et al. 2009):
     score = w_lex / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense).
+    The search stages (feedback, diversity, session_quota; see stages.py) re-rank the best `stage_pool`.
     """
 
     def __init__(
@@ -33,6 +35,11 @@ class GeneralTextMemory(TextualMemory):
         bm25_b: float = 0.75,
         bm25_stemming: bool = False,
         text_weight: float = 0.0,
+        feedback_hits: int = 0,
+        feedback_weight: float = 0.5,
+        diversity: float = 0.0,
+        session_quota: int = 0,
+        stage_pool: int = 50,
     ) -> None:
         if fusion not in FUSIONS:
             raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
@@ -41,6 +48,7 @@ class GeneralTextMemory(TextualMemory):
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
+        self._stages = SearchStages(feedback_hits, feedback_weight, diversity, session_quota, stage_pool)
         super().__init__(embedder)
         self.fusion = fusion
         self.rrf_k = rrf_k
@@ -50,6 +58,11 @@ class GeneralTextMemory(TextualMemory):
         self.bm25_b = bm25_b
         self.bm25_stemming = bm25_stemming
         self.text_weight = text_weight
+        self.feedback_hits = feedback_hits
+        self.feedback_weight = feedback_weight
+        self.diversity = diversity
+        self.session_quota = session_quota
+        self.stage_pool = stage_pool
         self._row_ids: list[str] = []  # row i of the indexes holds item _row_ids[i]
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
         self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
@@ -82,6 +95,9 @@ class GeneralTextMemory(TextualMemory):
             self._text_bm25.invalidate()
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        return self._stages.search(lambda k: self._ranked(query, k, search_filter), top_k)
+
+    def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         mask = np.fromiter(
             (search_filter.matches(self._items[item_id]) for item_id in self._row_ids), bool, len(self._row_ids)
         )

@@ -19,6 +19,7 @@ from memos_lab.errors import ConfigError, DataError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, fuse_ranked_lists
+from memos_lab.memory.textual.stages import SearchStages
 from memos_lab.models.embedder import Embedder
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -46,6 +47,11 @@ class VectorMemory(TextualMemory):
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
         bm25_stemming: bool = False,
+        feedback_hits: int = 0,
+        feedback_weight: float = 0.5,
+        diversity: float = 0.0,
+        session_quota: int = 0,
+        stage_pool: int = 50,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
@@ -56,6 +62,7 @@ class VectorMemory(TextualMemory):
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
+        self._stages = SearchStages(feedback_hits, feedback_weight, diversity, session_quota, stage_pool)
         super().__init__(embedder)
         self.index_type = index_type
         self.hnsw_m = hnsw_m
@@ -71,6 +78,11 @@ class VectorMemory(TextualMemory):
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
         self.bm25_stemming = bm25_stemming
+        self.feedback_hits = feedback_hits
+        self.feedback_weight = feedback_weight
+        self.diversity = diversity
+        self.session_quota = session_quota
+        self.stage_pool = stage_pool
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
@@ -144,6 +156,9 @@ class VectorMemory(TextualMemory):
     # ---- search ---------------------------------------------------------------------------------
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        return self._stages.search(lambda k: self._ranked(query, k, search_filter), top_k)
+
+    def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         self._ensure_trained()
         query_vector = self.embedder.encode([query])[0:1].astype(np.float32)
         # Over-fetch until enough candidates pass the filter (or the whole store was seen).

@@ -1,0 +1,101 @@
+"""Search stages a backend runs after its own ranking, over a pool of its best candidates.
+
+Evidence for one question is often spread over several sessions, while a single ranking fills its top k
+with near-copies of one strong passage (with neighbour windows, adjacent turns share most of their key).
+- Feedback (`feedback_hits` > 0): a second ranking of the pool by similarity to the centroid of the first
+  `feedback_hits` hits, fused with the first by reciprocal rank: pseudo-relevance feedback that bridges
+  from what the first pass found to items that the question alone does not reach.
+- Diversification (`diversity` > 0): maximal marginal relevance (Carbonell & Goldstein 1998) over the
+  stored embeddings, so the k hits cover different passages; `session_quota` caps the hits per session.
+Only the query and the stored items are read: nothing about the question's answer or evidence.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from memos_lab.errors import ConfigError
+from memos_lab.memory.textual.base import SearchHit
+
+FEEDBACK_RRF_K = 60  # the usual reciprocal-rank constant (Cormack et al. 2009)
+
+
+@dataclass(frozen=True)
+class SearchStages:
+    feedback_hits: int = 0  # 0: off
+    feedback_weight: float = 0.5  # the feedback ranking's weight against the first ranking's 1
+    diversity: float = 0.0  # 0: off; the MMR weight of redundancy against relevance (0..1)
+    session_quota: int = 0  # 0: no cap on hits from one session
+    pool: int = 50  # candidates the stages re-rank
+
+    def __post_init__(self) -> None:
+        for name in ("feedback_hits", "session_quota"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"memory.{name} must be a non-negative integer, got {value!r}")
+        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool <= 0:
+            raise ConfigError(f"memory.pool must be a positive integer, got {self.pool!r}")
+        if isinstance(self.feedback_weight, bool) or not isinstance(self.feedback_weight, (int, float)) or self.feedback_weight < 0:
+            raise ConfigError(f"memory.feedback_weight must be a non-negative number, got {self.feedback_weight!r}")
+        if isinstance(self.diversity, bool) or not isinstance(self.diversity, (int, float)) or not 0 <= self.diversity < 1:
+            raise ConfigError(f"memory.diversity must be a number in [0, 1), got {self.diversity!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.feedback_hits or self.diversity or self.session_quota)
+
+    def search(self, ranked: Callable[[int], list[SearchHit]], top_k: int) -> list[SearchHit]:
+        """`ranked(n)`: the backend's best n hits, best first. Returns the staged top k."""
+        if not self.active:
+            return ranked(top_k)
+        pool = ranked(max(top_k, self.pool))
+        if self.feedback_hits and len(pool) > self.feedback_hits:
+            pool = feedback(pool, self.feedback_hits, self.feedback_weight)
+        if self.diversity or self.session_quota:
+            return diversify(pool, top_k, self.diversity, self.session_quota)
+        return pool[:top_k]
+
+
+def _vectors(hits: Sequence[SearchHit]) -> np.ndarray:
+    return np.stack([np.asarray(hit.item.embedding, dtype=np.float32) for hit in hits])
+
+
+def feedback(pool: Sequence[SearchHit], hits: int, weight: float) -> list[SearchHit]:
+    """The pool re-ranked by RRF of its own order and its similarity to the centroid of its first `hits`."""
+    vectors = _vectors(pool)
+    centroid = vectors[:hits].mean(axis=0)
+    similarity = vectors @ centroid
+    second = np.empty(len(pool))
+    second[np.argsort(-similarity, kind="stable")] = np.arange(1, len(pool) + 1)
+    fused = 1.0 / (FEEDBACK_RRF_K + np.arange(1, len(pool) + 1)) + weight / (FEEDBACK_RRF_K + second)
+    order = np.argsort(-fused, kind="stable")
+    return [SearchHit(pool[i].item, float(fused[i])) for i in order]
+
+
+def diversify(pool: Sequence[SearchHit], top_k: int, diversity: float, session_quota: int) -> list[SearchHit]:
+    """Greedy MMR: each pick maximises (1 - diversity) * relevance - diversity * (its highest cosine with
+    the picks so far), relevance being the pool's scores scaled to [0, 1]; at most `session_quota` picks
+    per session (0: any number). Scores returned fall with the pick order."""
+    vectors = _vectors(pool)
+    scores = np.array([hit.score for hit in pool], dtype=np.float64)
+    spread = scores.max() - scores.min()
+    relevance = (scores - scores.min()) / spread if spread > 0 else np.ones(len(pool))
+    redundancy = np.zeros(len(pool))  # highest cosine with any pick so far
+    open_rows = np.ones(len(pool), dtype=bool)
+    per_session: Counter[str | None] = Counter()
+    picked: list[SearchHit] = []
+    while len(picked) < top_k and open_rows.any():
+        value = np.where(open_rows, (1 - diversity) * relevance - diversity * redundancy, -np.inf)
+        row = int(np.argmax(value))
+        open_rows[row] = False
+        session = pool[row].item.metadata.session
+        if session_quota and per_session[session] >= session_quota:
+            continue
+        per_session[session] += 1
+        picked.append(SearchHit(pool[row].item, float(len(pool) - len(picked))))
+        redundancy = np.maximum(redundancy, vectors @ vectors[row])
+    return picked
