@@ -204,11 +204,17 @@ def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dic
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         axes.append((key, values))
     candidates = [dict(zip([key for key, _ in axes], combination)) for combination in itertools.product(*(v for _, v in axes))]
+    from hydra.errors import InstantiationException
+
+    embedder = hydra.utils.instantiate(cfg.embedder)
     for candidate in candidates:  # a combination the components refuse fails now, not after hours of runs
         changed = _with(cfg, candidate)
-        embedder = hydra.utils.instantiate(changed.embedder)
-        hydra.utils.instantiate(changed.memory, embedder=embedder)
-        hydra.utils.instantiate(changed.reader)
+        try:
+            hydra.utils.instantiate(changed.memory, embedder=embedder)
+            hydra.utils.instantiate(changed.reader)
+        except (ConfigError, InstantiationException) as error:
+            cause = error.__cause__ or error
+            raise ConfigError(f"experiment.grid: the candidate {candidate} cannot run: {cause}") from None
     return candidates
 
 
