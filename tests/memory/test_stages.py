@@ -7,7 +7,7 @@ from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 from memos_lab.memory.textual.base import SearchHit
 from memos_lab.memory.textual.general_text import GeneralTextMemory
-from memos_lab.memory.textual.stages import SearchStages, diversify, feedback
+from memos_lab.memory.textual.stages import SearchStages, diversify, feedback, prefer_named_speaker
 from memos_lab.models.embedder import HashingEmbedder
 
 
@@ -58,3 +58,17 @@ def test_backend_search_runs_the_stages():
                 for t, s in [("red apples", "s1"), ("red apples again", "s1"), ("red cherries", "s2")]])  # fmt: skip
     hits = memory.search("red apples", 3)
     assert [h.item.metadata.session for h in hits] == ["s1", "s2"]
+
+
+def speaker_hit(text, speaker, score):
+    item = MemoryItem(text=text, metadata=MemoryMetadata(tags=(f"speaker:{speaker}",)))
+    item.embedding = np.ones(2, dtype=np.float32) / np.sqrt(2)
+    return SearchHit(item, score)
+
+
+def test_the_speaker_the_query_names_ranks_first():
+    pool = [speaker_hit("b1", "Ben", 3.0), speaker_hit("a1", "Ana", 2.0), speaker_hit("b2", "Ben", 1.0)]
+    # Ana's item: 1/62 + 1/61 beats Ben's first (1/61).
+    assert texts(prefer_named_speaker("What did Ana's class make?", pool, 1.0)) == ["a1", "b1", "b2"]
+    assert texts(prefer_named_speaker("What did Ana and Ben make?", pool, 1.0)) == ["b1", "a1", "b2"]  # both: no change
+    assert texts(prefer_named_speaker("What did Anakin make?", pool, 1.0)) == ["b1", "a1", "b2"]  # whole words only

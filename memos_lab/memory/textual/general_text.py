@@ -35,6 +35,7 @@ class GeneralTextMemory(TextualMemory):
         bm25_b: float = 0.75,
         bm25_stemming: bool = False,
         text_weight: float = 0.0,
+        speaker_weight: float = 0.0,
         feedback_hits: int = 0,
         feedback_weight: float = 0.5,
         diversity: float = 0.0,
@@ -48,7 +49,7 @@ class GeneralTextMemory(TextualMemory):
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
-        self._stages = SearchStages(feedback_hits, feedback_weight, diversity, session_quota, stage_pool)
+        self._stages = SearchStages(speaker_weight, feedback_hits, feedback_weight, diversity, session_quota, stage_pool)
         super().__init__(embedder)
         self.fusion = fusion
         self.rrf_k = rrf_k
@@ -58,6 +59,7 @@ class GeneralTextMemory(TextualMemory):
         self.bm25_b = bm25_b
         self.bm25_stemming = bm25_stemming
         self.text_weight = text_weight
+        self.speaker_weight = speaker_weight
         self.feedback_hits = feedback_hits
         self.feedback_weight = feedback_weight
         self.diversity = diversity
@@ -95,7 +97,7 @@ class GeneralTextMemory(TextualMemory):
             self._text_bm25.invalidate()
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
-        return self._stages.search(lambda k: self._ranked(query, k, search_filter), top_k)
+        return self._stages.search(query, lambda k: self._ranked(query, k, search_filter), top_k)
 
     def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         mask = np.fromiter(

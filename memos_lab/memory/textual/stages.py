@@ -5,6 +5,9 @@ with near-copies of one strong passage (with neighbour windows, adjacent turns s
 - Feedback (`feedback_hits` > 0): a second ranking of the pool by similarity to the centroid of the first
   `feedback_hits` hits, fused with the first by reciprocal rank: pseudo-relevance feedback that bridges
   from what the first pass found to items that the question alone does not reach.
+- Speaker (`speaker_weight` > 0): when the query names exactly one of the speakers of the pool's items
+  (their `speaker:<name>` tags), that speaker's items gain `speaker_weight` / (rrf_k + 1) on top of their
+  reciprocal rank in the pool: "What did Melanie paint?" is answered by what Melanie said.
 - Diversification (`diversity` > 0): maximal marginal relevance (Carbonell & Goldstein 1998) over the
   stored embeddings, so the k hits cover different passages; `session_quota` caps the hits per session.
 Only the query and the stored items are read: nothing about the question's answer or evidence.
@@ -12,6 +15,7 @@ Only the query and the stored items are read: nothing about the question's answe
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,11 +25,13 @@ import numpy as np
 from memos_lab.errors import ConfigError
 from memos_lab.memory.textual.base import SearchHit
 
-FEEDBACK_RRF_K = 60  # the usual reciprocal-rank constant (Cormack et al. 2009)
+RRF_K = 60  # the usual reciprocal-rank constant (Cormack et al. 2009)
+SPEAKER_TAG = "speaker:"
 
 
 @dataclass(frozen=True)
 class SearchStages:
+    speaker_weight: float = 0.0  # 0: off
     feedback_hits: int = 0  # 0: off
     feedback_weight: float = 0.5  # the feedback ranking's weight against the first ranking's 1
     diversity: float = 0.0  # 0: off; the MMR weight of redundancy against relevance (0..1)
@@ -39,20 +45,24 @@ class SearchStages:
                 raise ConfigError(f"memory.{name} must be a non-negative integer, got {value!r}")
         if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool <= 0:
             raise ConfigError(f"memory.pool must be a positive integer, got {self.pool!r}")
-        if isinstance(self.feedback_weight, bool) or not isinstance(self.feedback_weight, (int, float)) or self.feedback_weight < 0:
-            raise ConfigError(f"memory.feedback_weight must be a non-negative number, got {self.feedback_weight!r}")
+        for name in ("feedback_weight", "speaker_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
         if isinstance(self.diversity, bool) or not isinstance(self.diversity, (int, float)) or not 0 <= self.diversity < 1:
             raise ConfigError(f"memory.diversity must be a number in [0, 1), got {self.diversity!r}")
 
     @property
     def active(self) -> bool:
-        return bool(self.feedback_hits or self.diversity or self.session_quota)
+        return bool(self.speaker_weight or self.feedback_hits or self.diversity or self.session_quota)
 
-    def search(self, ranked: Callable[[int], list[SearchHit]], top_k: int) -> list[SearchHit]:
-        """`ranked(n)`: the backend's best n hits, best first. Returns the staged top k."""
+    def search(self, query: str, ranked: Callable[[int], list[SearchHit]], top_k: int) -> list[SearchHit]:
+        """`ranked(n)`: the backend's best n hits for `query`, best first. Returns the staged top k."""
         if not self.active:
             return ranked(top_k)
         pool = ranked(max(top_k, self.pool))
+        if self.speaker_weight:
+            pool = prefer_named_speaker(query, pool, self.speaker_weight)
         if self.feedback_hits and len(pool) > self.feedback_hits:
             pool = feedback(pool, self.feedback_hits, self.feedback_weight)
         if self.diversity or self.session_quota:
@@ -64,6 +74,21 @@ def _vectors(hits: Sequence[SearchHit]) -> np.ndarray:
     return np.stack([np.asarray(hit.item.embedding, dtype=np.float32) for hit in hits])
 
 
+def prefer_named_speaker(query: str, pool: Sequence[SearchHit], weight: float) -> list[SearchHit]:
+    """The pool re-ranked by its reciprocal rank plus `weight` / (RRF_K + 1) for the items of the one
+    speaker the query names (unchanged when it names none or several)."""
+    speaker_of = [next((tag[len(SPEAKER_TAG) :] for tag in hit.item.metadata.tags if tag.startswith(SPEAKER_TAG)), None)
+                  for hit in pool]  # fmt: skip
+    named = {name for name in set(speaker_of) - {None}
+             if re.search(rf"\b{re.escape(name)}\b", query, flags=re.IGNORECASE)}  # fmt: skip
+    if len(named) != 1:
+        return list(pool)
+    fused = [1.0 / (RRF_K + rank) + (weight / (RRF_K + 1) if speaker in named else 0.0)
+             for rank, speaker in enumerate(speaker_of, 1)]  # fmt: skip
+    order = np.argsort(-np.asarray(fused), kind="stable")
+    return [SearchHit(pool[i].item, float(fused[i])) for i in order]
+
+
 def feedback(pool: Sequence[SearchHit], hits: int, weight: float) -> list[SearchHit]:
     """The pool re-ranked by RRF of its own order and its similarity to the centroid of its first `hits`."""
     vectors = _vectors(pool)
@@ -71,7 +96,7 @@ def feedback(pool: Sequence[SearchHit], hits: int, weight: float) -> list[Search
     similarity = vectors @ centroid
     second = np.empty(len(pool))
     second[np.argsort(-similarity, kind="stable")] = np.arange(1, len(pool) + 1)
-    fused = 1.0 / (FEEDBACK_RRF_K + np.arange(1, len(pool) + 1)) + weight / (FEEDBACK_RRF_K + second)
+    fused = 1.0 / (RRF_K + np.arange(1, len(pool) + 1)) + weight / (RRF_K + second)
     order = np.argsort(-fused, kind="stable")
     return [SearchHit(pool[i].item, float(fused[i])) for i in order]
 

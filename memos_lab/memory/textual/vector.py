@@ -47,6 +47,7 @@ class VectorMemory(TextualMemory):
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
         bm25_stemming: bool = False,
+        speaker_weight: float = 0.0,
         feedback_hits: int = 0,
         feedback_weight: float = 0.5,
         diversity: float = 0.0,
@@ -62,7 +63,7 @@ class VectorMemory(TextualMemory):
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
-        self._stages = SearchStages(feedback_hits, feedback_weight, diversity, session_quota, stage_pool)
+        self._stages = SearchStages(speaker_weight, feedback_hits, feedback_weight, diversity, session_quota, stage_pool)
         super().__init__(embedder)
         self.index_type = index_type
         self.hnsw_m = hnsw_m
@@ -78,6 +79,7 @@ class VectorMemory(TextualMemory):
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
         self.bm25_stemming = bm25_stemming
+        self.speaker_weight = speaker_weight
         self.feedback_hits = feedback_hits
         self.feedback_weight = feedback_weight
         self.diversity = diversity
@@ -156,7 +158,7 @@ class VectorMemory(TextualMemory):
     # ---- search ---------------------------------------------------------------------------------
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
-        return self._stages.search(lambda k: self._ranked(query, k, search_filter), top_k)
+        return self._stages.search(query, lambda k: self._ranked(query, k, search_filter), top_k)
 
     def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         self._ensure_trained()
