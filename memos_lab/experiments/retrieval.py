@@ -185,7 +185,7 @@ def turn_scores(hits: list[CubeHit]) -> dict[str, float]:
 
 def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dict[str, object]]:
     """The settings `experiment.grid` declares ("key=v1,v2" strings, as in a sweep), one dict per
-    combination; checked before anything runs."""
+    combination, checked before anything runs; an empty grid is the config as given alone."""
     if folds == 0:
         return []
     if folds < 2 or folds > conversations:
@@ -194,7 +194,7 @@ def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dic
 
     grid = list(cfg.experiment.get("grid") or [])
     if not grid:
-        raise ConfigError("experiment.folds needs candidate settings in experiment.grid, e.g. ['reader.context_turns=0,1,2']")
+        return [{}]  # the config as given, scored fold by fold
     axes: list[tuple[str, list[object]]] = []
     for override in OverridesParser.create().parse_overrides(grid):
         key = override.key_or_group

@@ -46,6 +46,13 @@ def test_ties_go_to_the_first_candidate_of_the_grid():
     assert result.choices == [0, 0] and result.fold_scores == [1.0, 1.0]
 
 
+def test_without_a_grid_the_config_is_scored_fold_by_fold(tmp_path):
+    metrics = retrieval.run(composed(f"paths.cache_dir={tmp_path}", "experiment.folds=2"), Tracker())
+    assert metrics["retrieval/cv/candidates"] == 1
+    folds = [metrics["retrieval/cv/fold0/recall_all@10"], metrics["retrieval/cv/fold1/recall_all@10"]]
+    assert metrics["retrieval/cv/recall_all@10"] == pytest.approx(sum(folds) / 2)
+
+
 def test_cross_validation_on_the_tiny_dataset(tmp_path):
     cfg = composed(f"paths.cache_dir={tmp_path}", "experiment.folds=2", 'experiment.grid=["reader.context_turns=0,1"]')
     metrics = retrieval.run(cfg, Tracker())
@@ -60,7 +67,6 @@ def test_cross_validation_on_the_tiny_dataset(tmp_path):
     [
         (["experiment.folds=3", 'experiment.grid=["reader.context_turns=0,1"]'], "2 to 2"),  # 2 conversations
         (["experiment.folds=1", 'experiment.grid=["reader.context_turns=0,1"]'], "2 to 2"),
-        (["experiment.folds=2"], "experiment.grid"),
         (["experiment.folds=2", 'experiment.grid=["memory.no_such=1,2"]'], "no_such"),
         (["experiment.folds=2", 'experiment.grid=["memory.diversity=0,2.0"]'], "diversity"),  # refused up front
     ],
