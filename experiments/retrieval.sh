@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrieval on the LoCoMo dev slice (turn-level evidence, categories 1-4) with all-MiniLM-L6-v2:
-#   backends    the four declarative backends with the defaults, each under 5-fold conversation-level
-#               cross-validation over GRID (retrieval/cv/...; the candidate 0 rows are the speaker ablation);
+#   backends    the four declarative backends with the defaults, scored fold by fold over 5 conversation
+#               folds; general_text also chooses from CV's grid on the other folds (retrieval/cv/...);
 #   baselines   BM25, dense and their fusion (general_text, no search stages) over single turns and over
 #               turns with one neighbour each side, scored fold by fold too;
 #   ablations   general_text with one search stage switched on beyond the defaults;
@@ -25,15 +25,18 @@ report() {  # NAME METRICS FOLDER... : one report per part, into results/retriev
   $PY -m memos_lab report "$@" --out results/retrieval/$name --metrics "$metrics" --note "made by experiments/retrieval.sh"
 }
 
-$PY -m memos_lab run -m "${COMMON[@]}" "${CV[@]}" memory=general_text,tree_text,graph,vector hydra.sweep.dir=$ROOT/backends
-report backends "$METRICS" $ROOT/backends
+# Most important first: on a crowded machine each LoCoMo pass takes minutes, and every part reports on its own.
+$PY -m memos_lab run -m "${COMMON[@]}" "${CV[@]}" memory=general_text hydra.sweep.dir=$ROOT/backends/general_text
+report backends "$METRICS" $ROOT/backends/*
 $PY -m memos_lab run -m "${COMMON[@]}" "${FIXED[@]}" memory=general_text memory.text_weight=0 memory.speaker_weight=0 \
-  memory.fusion=bm25,dense,rrf reader.context_turns=0,1 hydra.sweep.dir=$ROOT/baselines
+  memory.fusion=rrf,bm25,dense reader.context_turns=1,0 hydra.sweep.dir=$ROOT/baselines
 report baselines "$METRICS" $ROOT/baselines
+$PY -m memos_lab run -m "${COMMON[@]}" "${FIXED[@]}" memory=vector,tree_text,graph hydra.sweep.dir=$ROOT/backends/others
+report backends "$METRICS" $ROOT/backends/*
 $PY -m memos_lab run -m "${BASE[@]}" dataset.limit=1 embedder=minilm,minilm_onnx hydra.sweep.dir=$ROOT/embedders/torch_and_int8
 $PY -m memos_lab run -m "${BASE[@]}" dataset.limit=1 embedder=minilm_onnx embedder.quantize=none hydra.sweep.dir=$ROOT/embedders/fp32
-report embedders retrieval/recall_all@10,retrieval/recall@10,retrieval/ingest_items_per_s,retrieval/search_ms_p50 $ROOT/embedders/torch_and_int8 $ROOT/embedders/fp32
+report embedders retrieval/recall_all@10,retrieval/recall@10,retrieval/ingest_items_per_s,retrieval/search_ms_p50 $ROOT/embedders/*
 for stage in memory.feedback_hits=3 memory.diversity=0.3 memory.session_quota=3; do
   $PY -m memos_lab run -m "${COMMON[@]}" "${FIXED[@]}" memory=general_text "$stage" hydra.sweep.dir=$ROOT/ablations/${stage#memory.}
 done
-report ablations "$METRICS" $ROOT/backends $ROOT/ablations/*
+report ablations "$METRICS" $ROOT/backends/general_text $ROOT/ablations/*
