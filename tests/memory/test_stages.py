@@ -12,9 +12,8 @@ from memos_lab.models.embedder import HashingEmbedder
 
 
 def hit(text, vector, score, session="s1"):
-    item = MemoryItem(text=text, metadata=MemoryMetadata(session=session))
-    item.embedding = np.asarray(vector, dtype=np.float32) / np.linalg.norm(vector)
-    return SearchHit(item, score)
+    vector = np.asarray(vector, dtype=np.float32) / np.linalg.norm(vector)
+    return SearchHit(MemoryItem(text=text, metadata=MemoryMetadata(session=session), embedding=vector), score)
 
 
 def texts(hits):
@@ -44,8 +43,8 @@ def test_feedback_lifts_what_resembles_the_first_hits():
     assert texts(ranked) == ["a", "b", "x"]
 
 
-def test_stages_are_off_by_default_and_checked():
-    assert not SearchStages().active
+def test_only_the_speaker_stage_is_on_by_default_and_settings_are_checked():
+    assert SearchStages().speaker_weight > 0 and not SearchStages(speaker_weight=0).stages_active
     with pytest.raises(ConfigError, match="diversity"):
         SearchStages(diversity=1.5)
     with pytest.raises(ConfigError, match="session_quota"):
@@ -61,9 +60,8 @@ def test_backend_search_runs_the_stages():
 
 
 def speaker_hit(text, speaker, score):
-    item = MemoryItem(text=text, metadata=MemoryMetadata(tags=(f"speaker:{speaker}",)))
-    item.embedding = np.ones(2, dtype=np.float32) / np.sqrt(2)
-    return SearchHit(item, score)
+    vector = np.ones(2, dtype=np.float32) / np.sqrt(2)
+    return SearchHit(MemoryItem(text=text, metadata=MemoryMetadata(tags=(f"speaker:{speaker}",)), embedding=vector), score)
 
 
 def test_the_speaker_the_query_names_ranks_first():

@@ -19,55 +19,52 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from memos_lab.errors import ConfigError
 from memos_lab.memory.textual.base import SearchHit
+from memos_lab.settings import Settings, non_negative, non_negative_int, positive_int, probability
 
 RRF_K = 60  # the usual reciprocal-rank constant (Cormack et al. 2009)
 SPEAKER_TAG = "speaker:"
 
 
 @dataclass(frozen=True)
-class SearchStages:
-    speaker_weight: float = 0.0  # 0: off
+class SearchStages(Settings):
+    """The stages' settings, shared by every text backend (through FusionSettings)."""
+
+    section: ClassVar[str] = "memory"
+    speaker_weight: float = 1.0  # 0: off
     feedback_hits: int = 0  # 0: off
     feedback_weight: float = 0.5  # the feedback ranking's weight against the first ranking's 1
     diversity: float = 0.0  # 0: off; the MMR weight of redundancy against relevance (0..1)
     session_quota: int = 0  # 0: no cap on hits from one session
-    pool: int = 50  # candidates the stages re-rank
+    stage_pool: int = 50  # candidates the stages re-rank
 
-    def __post_init__(self) -> None:
-        for name in ("feedback_hits", "session_quota"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"memory.{name} must be a non-negative integer, got {value!r}")
-        if isinstance(self.pool, bool) or not isinstance(self.pool, int) or self.pool <= 0:
-            raise ConfigError(f"memory.pool must be a positive integer, got {self.pool!r}")
-        for name in ("feedback_weight", "speaker_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
-        if isinstance(self.diversity, bool) or not isinstance(self.diversity, (int, float)) or not 0 <= self.diversity < 1:
-            raise ConfigError(f"memory.diversity must be a number in [0, 1), got {self.diversity!r}")
+    def validate(self) -> None:
+        non_negative(self, "speaker_weight", "feedback_weight")
+        non_negative_int(self, "feedback_hits", "session_quota")
+        positive_int(self, "stage_pool")
+        probability(self, "diversity", top=False)
 
     @property
-    def active(self) -> bool:
+    def stages_active(self) -> bool:
         return bool(self.speaker_weight or self.feedback_hits or self.diversity or self.session_quota)
 
-    def search(self, query: str, ranked: Callable[[int], list[SearchHit]], top_k: int) -> list[SearchHit]:
-        """`ranked(n)`: the backend's best n hits for `query`, best first. Returns the staged top k."""
-        if not self.active:
-            return ranked(top_k)
-        pool = ranked(max(top_k, self.pool))
-        if self.speaker_weight:
-            pool = prefer_named_speaker(query, pool, self.speaker_weight)
-        if self.feedback_hits and len(pool) > self.feedback_hits:
-            pool = feedback(pool, self.feedback_hits, self.feedback_weight)
-        if self.diversity or self.session_quota:
-            return diversify(pool, top_k, self.diversity, self.session_quota)
-        return pool[:top_k]
+
+def staged_search(stages: SearchStages, query: str, ranked: Callable[[int], list[SearchHit]], top_k: int) -> list[SearchHit]:
+    """`ranked(n)`: the backend's best n hits for `query`, best first. Returns the staged top k."""
+    if not stages.stages_active:
+        return ranked(top_k)
+    pool = ranked(max(top_k, stages.stage_pool))
+    if stages.speaker_weight:
+        pool = prefer_named_speaker(query, pool, stages.speaker_weight)
+    if stages.feedback_hits and len(pool) > stages.feedback_hits:
+        pool = feedback(pool, stages.feedback_hits, stages.feedback_weight)
+    if stages.diversity or stages.session_quota:
+        return diversify(pool, top_k, stages.diversity, stages.session_quota)
+    return pool[:top_k]
 
 
 def _vectors(hits: Sequence[SearchHit]) -> np.ndarray:
