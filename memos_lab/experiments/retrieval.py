@@ -259,6 +259,8 @@ def _cv_metrics(result: CrossValidation, evaluations: Sequence[Evaluation], cand
         metrics.setdefault(f"{CV_PREFIX}{name}", float(np.mean(values)))
     metrics.update(_category_means(result.held_out, evaluations[0], CV_PREFIX))
     every = choose([evaluation.per_query[metric] for evaluation in evaluations], np.ones(len(evaluations[0].query_ids), bool))
+    for i, evaluation in enumerate(evaluations):  # each candidate on all questions: in-sample, for the ablation
+        metrics[f"{CV_PREFIX}candidate{i}/{metric}"] = float(np.mean(evaluation.per_query[metric]))
     for k, (choice, score) in enumerate(zip(result.choices, result.fold_scores)):
         metrics[f"{CV_PREFIX}fold{k}/{metric}"] = score
         metrics[f"{CV_PREFIX}fold{k}/choice"] = choice

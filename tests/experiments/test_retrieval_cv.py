@@ -60,6 +60,7 @@ def test_cross_validation_on_the_tiny_dataset(tmp_path):
     assert 0 <= metrics["retrieval/cv/recall_all@10"] <= 1
     assert {metrics["retrieval/cv/fold0/choice"], metrics["retrieval/cv/fold1/choice"]} <= {0, 1}
     assert "retrieval/cv/multi-hop/recall_all@10" in metrics and "retrieval/recall_all@10" in metrics
+    assert {"retrieval/cv/candidate0/recall_all@10", "retrieval/cv/candidate1/recall_all@10"} <= set(metrics)
 
 
 @pytest.mark.parametrize(

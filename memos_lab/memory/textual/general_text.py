@@ -53,6 +53,7 @@ class GeneralTextMemory(TextualMemory):
         self._text_matrix = np.zeros((0, embedder.dim), dtype=np.float32)
         self._text_bm25 = Bm25Index(s.bm25_k1, s.bm25_b, s.bm25_stemming)
         self._has_keys = False
+        self._last_query: tuple[str, np.ndarray] | None = None
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
@@ -112,12 +113,18 @@ class GeneralTextMemory(TextualMemory):
                 texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
                 rankings.append((self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query, texts)))
             if self.settings.fusion in ("rrf", "dense"):
-                dense = self._text_matrix @ self.embedder.encode([query])[0]
+                dense = self._text_matrix @ self._query_vector(query)
                 rankings.append((self.settings.text_weight * self.settings.dense_weight, dense))
         return rankings
 
     def _dense_scores(self, query: str) -> np.ndarray:
-        return self._matrix @ self.embedder.encode([query])[0]
+        return self._matrix @ self._query_vector(query)
+
+    def _query_vector(self, query: str) -> np.ndarray:
+        """The query's embedding, encoded once per search though several rankings use it."""
+        if self._last_query is None or self._last_query[0] != query:
+            self._last_query = (query, self.embedder.encode([query])[0])
+        return self._last_query[1]
 
     def _bm25_scores(self, query: str) -> np.ndarray:
         return self._bm25.scores(query, lambda: [self.key(self._items[item_id]) for item_id in self._row_ids])
