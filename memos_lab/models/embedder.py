@@ -4,6 +4,7 @@ and a hashing embedder for fast tests."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 from abc import ABC, abstractmethod
@@ -235,7 +236,13 @@ def exported_onnx_model(folder: Path, export_dir: Path, quantize: str) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         partial = quantised.with_suffix(f".{os.getpid()}.tmp")
-        quantize_dynamic(str(plain), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.WARNING)  # the quantiser logs a line per tensor through the root logger
+        try:
+            quantize_dynamic(str(plain), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
         os.replace(partial, quantised)  # concurrent jobs: whole files only
     return quantised if quantize == "int8" else plain
 
