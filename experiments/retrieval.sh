@@ -16,7 +16,7 @@ ROOT=outputs/suites/retrieval
 BASE=(experiment=retrieval logger=none threads=1 dataset=locomo dataset.path="$LOCOMO")
 COMMON=("${BASE[@]}" embedder=minilm embedder.cache_dir=outputs/suites/embedding_cache)
 # The candidates each fold chooses from on the other folds; the defaults are what all five folds together choose.
-CV=(experiment.folds=5 'experiment.grid=["memory.speaker_weight=0,1.0"]')
+CV=(experiment.folds=5 'experiment.grid=["reader.context_turns=1,2","memory.speaker_weight=0,0.3,1.0"]')
 FIXED=(experiment.folds=5)  # no grid: the config as given, scored fold by fold
 METRICS=retrieval/recall_all@10,retrieval/cv/recall_all@10,retrieval/multi-hop/recall_all@10,retrieval/temporal/recall_all@10,retrieval/open-domain/recall_all@10,retrieval/single-hop/recall_all@10,retrieval/recall@10,retrieval/recall@5,retrieval/session_recall_all@10,retrieval/search_ms_p50,retrieval/ingest_items_per_s
 rm -rf "$ROOT"  # the embedding cache beside it is kept: same texts, same vectors
@@ -36,7 +36,7 @@ report backends "$METRICS" $ROOT/backends/*
 $PY -m memos_lab run -m "${BASE[@]}" dataset.limit=1 embedder=minilm,minilm_onnx hydra.sweep.dir=$ROOT/embedders/torch_and_int8
 $PY -m memos_lab run -m "${BASE[@]}" dataset.limit=1 embedder=minilm_onnx embedder.quantize=none hydra.sweep.dir=$ROOT/embedders/fp32
 report embedders retrieval/recall_all@10,retrieval/recall@10,retrieval/ingest_items_per_s,retrieval/search_ms_p50 $ROOT/embedders/*
-for stage in memory.feedback_hits=3 memory.diversity=0.3 memory.session_quota=3; do
+for stage in memory.speaker_weight=0 memory.feedback_hits=3 memory.diversity=0.3 memory.session_quota=3; do
   $PY -m memos_lab run -m "${COMMON[@]}" "${FIXED[@]}" memory=general_text "$stage" hydra.sweep.dir=$ROOT/ablations/${stage#memory.}
 done
 report ablations "$METRICS" $ROOT/backends/general_text $ROOT/ablations/*
