@@ -37,6 +37,7 @@ $PY -m memos_lab run -m "${BASE[@]}" dataset.limit=1 embedder=minilm,minilm_onnx
 $PY -m memos_lab run -m "${BASE[@]}" dataset.limit=1 embedder=minilm_onnx embedder.quantize=none hydra.sweep.dir=$ROOT/embedders/fp32
 report embedders retrieval/recall_all@10,retrieval/recall@10,retrieval/ingest_items_per_s,retrieval/search_ms_p50 $ROOT/embedders/*
 for stage in memory.speaker_weight=0 memory.feedback_hits=3 memory.diversity=0.3 memory.session_quota=3; do
-  $PY -m memos_lab run -m "${COMMON[@]}" "${FIXED[@]}" memory=general_text "$stage" hydra.sweep.dir=$ROOT/ablations/${stage#memory.}
+  name=${stage#memory.}
+  $PY -m memos_lab run -m "${COMMON[@]}" "${FIXED[@]}" memory=general_text "$stage" hydra.sweep.dir=$ROOT/ablations/${name/=/_}
 done
 report ablations "$METRICS" $ROOT/backends/general_text $ROOT/ablations/*
