@@ -59,7 +59,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     candidates = grid_candidates(cfg, folds, len(conversations))
     plain = evaluate(cfg, conversations, tracker)
     metrics = summarise(plain, PREFIX, tuple(cfg.experiment.cutoffs))
-    per_query_log = {f"{PREFIX}{name}": dict(zip(plain.query_ids, values.tolist())) for name, values in plain.per_query.items()}
+    per_query_log = {f"{PREFIX}{name}": dict(zip(plain.query_ids, values.tolist(), strict=True)) for name, values in plain.per_query.items()}
     _log_categories(tracker, "retrieval/by_category", plain, tuple(cfg.experiment.cutoffs))
     if folds:
         metric = str(cfg.experiment.select_by)
@@ -70,7 +70,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         fold_of = {qid: fold_of_conversation(conversations, folds)[conv] for qid, conv in plain.conversation_of.items()}
         result = cross_validate(evaluations, fold_of, folds, metric)
         metrics.update(_cv_metrics(result, evaluations, candidates, metric, tracker))
-        per_query_log.update({f"{CV_PREFIX}{name}": dict(zip(plain.query_ids, values.tolist()))
+        per_query_log.update({f"{CV_PREFIX}{name}": dict(zip(plain.query_ids, values.tolist(), strict=True))
                               for name, values in result.held_out.items()})  # fmt: skip
     # Per-query scores let the report test differences between configurations for significance.
     tracker.log_artifact(PER_QUERY_ARTIFACT, per_query_log)
@@ -203,7 +203,7 @@ def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dic
                               "memory= needs one job per choice)")  # fmt: skip
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         axes.append((key, values))
-    candidates = [dict(zip([key for key, _ in axes], combination)) for combination in itertools.product(*(v for _, v in axes))]
+    candidates = [dict(zip([key for key, _ in axes], combination, strict=True)) for combination in itertools.product(*(v for _, v in axes))]
     from hydra.errors import InstantiationException
 
     embedder = hydra.utils.instantiate(cfg.embedder)
@@ -261,7 +261,7 @@ def _cv_metrics(result: CrossValidation, evaluations: Sequence[Evaluation], cand
     every = choose([evaluation.per_query[metric] for evaluation in evaluations], np.ones(len(evaluations[0].query_ids), bool))
     for i, evaluation in enumerate(evaluations):  # each candidate on all questions: in-sample, for the ablation
         metrics[f"{CV_PREFIX}candidate{i}/{metric}"] = float(np.mean(evaluation.per_query[metric]))
-    for k, (choice, score) in enumerate(zip(result.choices, result.fold_scores)):
+    for k, (choice, score) in enumerate(zip(result.choices, result.fold_scores, strict=True)):
         metrics[f"{CV_PREFIX}fold{k}/{metric}"] = score
         metrics[f"{CV_PREFIX}fold{k}/choice"] = choice
     metrics[f"{CV_PREFIX}choice_all"] = every  # what all conversations choose: the recommended setting

@@ -262,7 +262,7 @@ def _export_onnx(folder: Path, target: Path) -> None:
             self.model = model
 
         def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(names, inputs))).last_hidden_state
+            return self.model(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
     partial = target.with_suffix(f".{os.getpid()}.tmp")
     axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
