@@ -77,7 +77,11 @@ TRUSTED_CLASSES: dict[str, tuple[str, ...]] = {
         "memos_lab.memory.parametric.memit.MEMITMemory",
         "memos_lab.memory.parametric.alphaedit.AlphaEditMemory",
     ),
-    "embedder": ("memos_lab.models.embedder.HashingEmbedder", "memos_lab.models.embedder.SentenceTransformerEmbedder"),
+    "embedder": (
+        "memos_lab.models.embedder.HashingEmbedder",
+        "memos_lab.models.embedder.SentenceTransformerEmbedder",
+        "memos_lab.models.embedder.OnnxEmbedder",
+    ),
 }
 # Fingerprint keys that do not make a model different: the name it was loaded through (`model=hf` and
 # `model=smollm2` on the same weights agree). The device is not part of a fingerprint at all.

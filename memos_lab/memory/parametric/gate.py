@@ -15,8 +15,8 @@ from memos_lab.models.embedder import Embedder
 
 KEYS = ("subject", "prompt")
 # Embedder settings that name places on this machine: a stored gate may not choose them (a model folder
-# could bring code, a cache folder is written to); a saved gate keeps no cache folder.
-LOCAL_PATHS = ("model_path", "cache_dir")
+# could bring code, a cache or export folder is written to); a saved gate keeps no cache folder.
+LOCAL_PATHS = ("model_path", "cache_dir", "export_dir")
 MAX_STORED_SIZE = 1 << 16
 
 
