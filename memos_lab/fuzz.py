@@ -570,15 +570,17 @@ def planted_cases(fuzzer: Fuzzer) -> Iterator[tuple[str, Callable[[Path, Path, S
 # ---- the long campaign ------------------------------------------------------------------------------------
 
 
-def campaign(examples: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
-    """Run `examples` hypothesis-drawn mutations (and every planted `_target_` case first); return the counts."""
+def campaign(examples: int, workdir: Path, seed: int = 0, planted_first: bool = True) -> dict[str, Any]:
+    """Run `examples` mutations in all: every planted `_target_` case first (unless `planted_first` is off),
+    the rest drawn by hypothesis; return the counts."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hypothesis_seed
 
     started = time.perf_counter()
     with limited_memory(MEMORY_LIMIT_BYTES):
         fuzzer = Fuzzer(workdir)
-        outcomes: list[Outcome] = [fuzzer.run(name, mutate) for name, mutate in planted_cases(fuzzer)]
+        cases = planted_cases(fuzzer) if planted_first else iter(())
+        outcomes: list[Outcome] = [fuzzer.run(name, mutate) for name, mutate in cases]
         planted = len(outcomes)
 
         @hypothesis_seed(seed)
@@ -613,10 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=5000, help="mutated artifacts and inputs in all")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-planted", action="store_true", help="skip the planted-_target_ sweep of every JSON field")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="memos_fuzz_") as workdir:
-        report = campaign(args.examples, Path(workdir), args.seed)
-    report["command"] = f"python -m memos_lab.fuzz --examples {args.examples} --seed {args.seed} --out {args.out}"
+        report = campaign(args.examples, Path(workdir), args.seed, planted_first=not args.no_planted)
+    skip = " --no-planted" if args.no_planted else ""
+    report["command"] = f"python -m memos_lab.fuzz --examples {args.examples} --seed {args.seed}{skip} --out {args.out}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     keys = ("examples", "raw_tracebacks", "hangs", "code_executions", "outside_reads", "stored_state_changed")
