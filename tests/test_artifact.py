@@ -331,3 +331,15 @@ def test_reads_stop_at_the_declared_size(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="truncated or altered"):
         art.read_bytes("x.bin")
     assert hashlib.sha256(b"0123456789").hexdigest() == art.files["x.bin"]["sha256"]
+
+
+@pytest.mark.parametrize("category", [[], ["a", 1, None], True])
+def test_a_locomo_category_of_the_wrong_type_is_one_line(tmp_path: Path, category: object) -> None:
+    from memos_lab.data.locomo import load_locomo
+
+    records = json.loads((Path(__file__).parent / "data" / "fixtures" / "locomo_tiny.json").read_text())
+    records[0]["qa"][1]["category"] = category  # found by the fuzzer: a raw TypeError (unhashable list)
+    (tmp_path / "locomo.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match="qa 1: unknown category") as error:
+        list(load_locomo(str(tmp_path / "locomo.json"), cache_dir=str(tmp_path / "cache")))
+    one_line(error)

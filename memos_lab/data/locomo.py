@@ -66,7 +66,7 @@ def _turn(turn: Any, session_id: str, time: str, include_captions: bool, where: 
 
 def _question(qa: Any, question_id: str, time: str, where: str) -> Question:
     category_id = require(qa, "category", where)
-    if category_id not in CATEGORIES:
+    if isinstance(category_id, bool) or not isinstance(category_id, int) or category_id not in CATEGORIES:
         raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(CATEGORIES)}")
     answer_key = "adversarial_answer" if category_id == 5 and qa.get("answer") is None else "answer"
     evidence = tuple(part.strip() for entry in require_list(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
