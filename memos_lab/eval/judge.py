@@ -52,10 +52,14 @@ class OpenAICompatibleJudge:
 
     def judge(self, question: str, gold: str, prediction: str) -> bool:
         """True for CORRECT, False for WRONG; JudgeError when no verdict could be had."""
+        return self.verdict(PROMPT.format(question=question, gold=gold, prediction=prediction))
+
+    def verdict(self, prompt: str) -> bool:
+        """The verdict on a rendered judge prompt (e.g. a pinned one from conf/prompt/)."""
         if self._failures_in_a_row >= self.max_consecutive_failures:
             raise JudgeError(f"judge disabled after {self._failures_in_a_row} failures in a row")
         try:
-            verdict = self._ask(PROMPT.format(question=question, gold=gold, prediction=prediction))
+            verdict = self._ask(prompt)
         except JudgeError:
             self._failures_in_a_row += 1
             raise

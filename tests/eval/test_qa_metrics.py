@@ -42,19 +42,19 @@ def test_exact_match():
 def test_declining_answers_are_credited_for_unanswerable_questions(answer):
     assert declines(answer)
     for category in (UNANSWERABLE, ADVERSARIAL):
-        assert score_answer(answer, "not mentioned", category) == QAScore(1.0, 1.0)
+        assert score_answer(answer, "not mentioned", category) == QAScore(1.0, 1.0, 1.0)
 
 
 def test_a_guess_on_an_unanswerable_question_scores_zero():
-    assert score_answer("Her grandmother is Rosa", "not mentioned", UNANSWERABLE) == QAScore(0.0, 0.0)
+    assert score_answer("Her grandmother is Rosa", "not mentioned", UNANSWERABLE) == QAScore(0.0, 0.0, 0.0)
     assert not declines("Rosa")
 
 
 def test_score_answer_per_category():
-    assert score_answer("Lisbon", "Lisbon", SINGLE_HOP) == QAScore(1.0, 1.0)
+    assert score_answer("Lisbon", "Lisbon", SINGLE_HOP) == QAScore(1.0, 1.0, 1.0)
     assert score_answer("in May 2023", "May 2023", TEMPORAL).f1 == pytest.approx(0.8)
     assert score_answer("pottery, knitting", "pottery, chess", MULTI_HOP).f1 == pytest.approx(0.5)
     # Open-domain gold lists alternatives after ';', the first counts.
-    assert score_answer("hiking", "hiking; walking in the hills", OPEN_DOMAIN) == QAScore(1.0, 1.0)
+    assert score_answer("hiking", "hiking; walking in the hills", OPEN_DOMAIN) == QAScore(1.0, 1.0, 1.0)
     # A declining answer to an answerable question is simply wrong.
-    assert score_answer("not mentioned", "Lisbon", SINGLE_HOP) == QAScore(0.0, 0.0)
+    assert score_answer("not mentioned", "Lisbon", SINGLE_HOP) == QAScore(0.0, 0.0, 0.0)
