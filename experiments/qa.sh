@@ -53,6 +53,7 @@ report() {
     --metrics qa/j,qa/f1,qa/bleu1,qa/em,qa/evidence_in_context,retrieval/recall_all@10,qa/context_tokens_mean,qa/prompt_tokens_mean,latency/answer_ms_p50,latency/answer_ms_p95,latency/ttft_ms_p50,latency/ttft_ms_p95,qa/truncated_questions,qa/adversarial/f1,qa/single-hop/f1,qa/multi-hop/f1,qa/temporal/f1,qa/open-domain/f1,qa/answer_failures
 }
 
+mkdir -p results/qa
 [ -f "$WALL" ] || printf '# Wall time of experiments/qa.sh\n\n| part | wall | finished |\n| --- | --- | --- |\n' > "$WALL"
 for part in "${@:-1 2 report}"; do
   for p in $part; do
