@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -108,7 +109,8 @@ class Generation:
     text: str
     prompt_tokens: int
     ttft_ms: float
-    generate_ms: float
+    latency_ms: float
+    error: str | None = None
 
 
 # ---- settings checked before anything loads -------------------------------------------------------
@@ -290,18 +292,27 @@ class ContextBuilder:
 
 
 class LocalAnswerer:
-    """Greedy answers from the local model; the kv form reuses the system message's cache."""
+    """Greedy answers from the local model, one request at a time; the kv form passes the memory prefix."""
 
     def __init__(self, model: LanguageModel, max_new_tokens: int) -> None:
         self.model = model
         self.max_new_tokens = max_new_tokens
 
-    def generate(self, messages: list[dict[str, str]], prefix: KVCache | None = None) -> Generation:
+    def count_chat(self, messages: list[dict[str, str]]) -> int:
+        return len(self.model.encode_chat(messages, add_generation_prompt=False))
+
+    def generate(self, requests: Sequence[list[dict[str, str]]], prefix: KVCache | None = None) -> list[Generation]:
+        return [self._one(messages, prefix) for messages in requests]
+
+    def _one(self, messages: list[dict[str, str]], prefix: KVCache | None) -> Generation:
         prompt_ids = self.model.encode_chat(messages)
         started = time.perf_counter()
-        new_ids, first_token_at, _ = greedy_generate(self.model, prompt_ids, self.max_new_tokens, prefix)
+        try:
+            new_ids, first_token_at, _ = greedy_generate(self.model, prompt_ids, self.max_new_tokens, prefix)
+        except MemosError as error:  # e.g. a prompt longer than the model takes
+            return Generation("", len(prompt_ids), 0.0, 0.0, error=str(error))
         done = time.perf_counter()
-        text = self.model.tokenizer.decode(new_ids, skip_special_tokens=True).strip().split("\n")[0].strip()
+        text = self.model.tokenizer.decode(new_ids, skip_special_tokens=True)
         return Generation(text, len(prompt_ids), (first_token_at - started) * 1000, (done - started) * 1000)
 
 
@@ -348,8 +359,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_artifact(SETUP_ARTIFACT, setup_record(cfg, model, answer_prompt, judge_prompt, conversations))
 
     records: list[QARecord] = []
-    kv_build_ms: list[float] = []
-    generate_s, train_s = 0.0, 0.0
+    timing = Timing()
     for step, conversation in enumerate(tqdm(conversations, desc="conversations", unit="conv")):
         questions = asked[conversation.conversation_id]
         if not questions:
@@ -359,41 +369,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         if settings.form == "parametric":
             started = time.perf_counter()
             parametric = write_parametric(cfg, model, conversation)
-            train_s += time.perf_counter() - started
-        for item in prepared:
-            record = new_record(item)
-            lines = [] if settings.form == "parametric" else item.lines
-            messages = answer_prompt.messages(lines, item.question.question)
-            record.context_tokens = len(model.encode_chat(messages[:1], add_generation_prompt=False))
-            try:
-                prefix = None
-                if activation is not None:
-                    prefix, build_ms = cached_prefix(activation, answer_prompt.memory_block(lines))
-                    kv_build_ms.append(build_ms)
-                if parametric is not None:
-                    with parametric.applied():
-                        generation = answerer.generate(messages)
-                else:
-                    generation = answerer.generate(messages, prefix)
-            except MemosError as error:  # e.g. a prompt longer than the model takes: counted, the run goes on
-                log.warning("answerer failed on %s: %s", item.question.question_id, error)
-                record.answer_error = str(error)
-                records.append(record)
-                continue
-            generate_s += generation.generate_ms / 1000
-            record.answer = generation.text
-            record.prompt_tokens = generation.prompt_tokens
-            record.ttft_ms = generation.ttft_ms
-            record.answer_ms = item.retrieve_ms + generation.generate_ms
-            score = score_answer(generation.text, item.question.answer, item.question.category)
-            record.f1, record.em, record.bleu1 = score.f1, score.em, score.bleu1
-            if judge is not None:
-                try:
-                    record.verdict = judge_verdict(judge, judge_prompt, item.question, generation.text)
-                except JudgeError as error:
-                    log.warning("judge failed on %s: %s", item.question.question_id, error)
-                    record.judge_error = str(error)
-            records.append(record)
+            timing.train_s += time.perf_counter() - started
+        records += answer_conversation(prepared, settings, answer_prompt, answerer, activation, parametric, timing)
+        if judge is not None:
+            judge_conversation(records[-len(prepared):], prepared, judge, judge_prompt)
         if parametric is not None:
             parametric.close()  # its adapter leaves the shared model with its conversation
         tracker.log({"progress/questions": len(records)}, step=step)
@@ -402,12 +381,74 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     tracker.log_artifact(PER_QUERY_ARTIFACT, per_query(records, settings.include_unanswerable, settings.top_k))
     metrics = aggregate(records, settings)
     answered = sum(record.answer is not None for record in records)
-    metrics["qa/answers_per_s"] = answered / generate_s if generate_s else 0.0
-    if kv_build_ms:
-        metrics["latency/kv_build_ms_mean"] = float(np.mean(kv_build_ms))
+    metrics["qa/answers_per_s"] = answered / timing.generate_s if timing.generate_s else 0.0
+    if timing.kv_build_ms:
+        metrics["latency/kv_build_ms_mean"] = float(np.mean(timing.kv_build_ms))
     if settings.form == "parametric":
-        metrics["qa/parametric_train_s"] = train_s
+        metrics["qa/parametric_train_s"] = timing.train_s
     return metrics
+
+
+@dataclass
+class Timing:
+    generate_s: float = 0.0  # wall time inside the answerer (all batches)
+    train_s: float = 0.0  # parametric form: writing the conversations into adapters
+    kv_build_ms: list[float] = field(default_factory=list)  # kv form: building each missing memory prefix
+
+
+def answer_conversation(
+    prepared: Sequence[Prepared], settings: Settings, prompt: AnswerPrompt, answerer: LocalAnswerer,
+    activation: KVCacheMemory | None, parametric, timing: Timing,
+) -> list[QARecord]:  # fmt: skip
+    """Answer a conversation's questions: in batches for the text and parametric forms, one by one from the
+    cached memory prefix for the kv form. A question the answerer fails on is a counted failure."""
+    shown = [[] if settings.form == "parametric" else item.lines for item in prepared]
+    requests = [prompt.messages(lines, item.question.question) for lines, item in zip(shown, prepared)]
+    started = time.perf_counter()
+    if activation is not None:
+        generations = []
+        for lines, request in zip(shown, requests):
+            prefix, build_ms = cached_prefix(activation, prompt.memory_block(lines))
+            timing.kv_build_ms.append(build_ms)
+            generations += answerer.generate([request], prefix)
+        timing.generate_s += time.perf_counter() - started - sum(timing.kv_build_ms[-len(requests):]) / 1000
+    else:
+        with parametric.applied() if parametric is not None else nullcontext():
+            generations = answerer.generate(requests)
+        timing.generate_s += time.perf_counter() - started
+    records = []
+    for item, request, generation in zip(prepared, requests, generations, strict=True):
+        record = new_record(item)
+        record.context_tokens = answerer.count_chat(request[:1])
+        if generation.error is not None:
+            log.warning("answerer failed on %s: %s", item.question.question_id, generation.error)
+            record.answer_error = generation.error
+        else:
+            record.answer = first_line(generation.text)
+            record.prompt_tokens = generation.prompt_tokens
+            record.ttft_ms = generation.ttft_ms
+            record.answer_ms = item.retrieve_ms + generation.latency_ms
+            score = score_answer(record.answer, item.question.answer, item.question.category)
+            record.f1, record.em, record.bleu1 = score.f1, score.em, score.bleu1
+        records.append(record)
+    return records
+
+
+def judge_conversation(records: Sequence[QARecord], prepared: Sequence[Prepared], judge, prompt: JudgePrompt) -> None:
+    """Verdicts for the answered questions; a question the judge fails on is counted, never right or wrong."""
+    for record, item in zip(records, prepared, strict=True):
+        if record.answer is None:
+            continue
+        try:
+            record.verdict = judge_verdict(judge, prompt, item.question, record.answer)
+        except JudgeError as error:
+            log.warning("judge failed on %s: %s", record.question_id, error)
+            record.judge_error = str(error)
+
+
+def first_line(text: str) -> str:
+    """The answer proper: small models run on past it into new lines."""
+    return text.strip().split("\n")[0].strip()
 
 
 def prepare_conversation(

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from memos_lab.cli import CONF_DIR
 from memos_lab.data.schema import ADVERSARIAL, UNANSWERABLE
-from memos_lab.errors import ConfigError, DataError, MemosError
+from memos_lab.errors import ConfigError, DataError
 from memos_lab.experiments import qa
 from memos_lab.loggers.base import Tracker
 
@@ -142,16 +142,19 @@ def test_packing_and_cutting_from_the_oldest_end():
 def test_a_failing_answerer_is_a_counted_failure_and_the_run_goes_on(monkeypatch):
     real, calls = qa.LocalAnswerer.generate, []
 
-    def flaky(self, messages, prefix=None):
+    def flaky(self, requests, prefix=None):
+        generations = real(self, requests, prefix)
         calls.append(1)
-        if len(calls) == 2:
-            raise MemosError("the answerer fell over")
-        return real(self, messages, prefix)
+        if len(calls) == 1:  # the answerer reports a failed request (a timeout, an over-long prompt...)
+            generations[1] = qa.Generation("", 0, 0.0, 0.0, error="the answerer fell over")
+        return generations
 
     monkeypatch.setattr(qa.LocalAnswerer, "generate", flaky)
     metrics, artifacts = run("experiment.context=none")
     assert metrics["qa/answer_failures"] == 1 and metrics["qa/questions"] == 5
-    assert sum(row["answer_error"] is not None for row in artifacts[qa.ANSWERS_ARTIFACT]["questions"]) == 1
+    rows = artifacts[qa.ANSWERS_ARTIFACT]["questions"]
+    assert [row["answer_error"] for row in rows].count("the answerer fell over") == 1
+    assert rows[1]["answer"] is None and rows[1]["f1"] is None  # counted, not scored
 
 
 def test_a_dead_judge_is_a_counted_failure_never_right_or_wrong():
