@@ -48,9 +48,11 @@ part2() {
 }
 
 report() {
+  local judged=""  # qa/j exists only where a judge was configured
+  [[ " ${EXTRA[*]} " == *" judge="* ]] && judged="qa/j,"
   $PY -m memos_lab report "$SUITE/baselines" "$SUITE/full" "$SUITE/backends" --out results/qa \
     --note "experiments/qa.sh, PER_GROUP=$PER_GROUP FULL_TOKENS=$FULL_TOKENS" \
-    --metrics qa/j,qa/f1,qa/bleu1,qa/em,qa/evidence_in_context,retrieval/recall_all@10,qa/context_tokens_mean,qa/prompt_tokens_mean,latency/answer_ms_p50,latency/answer_ms_p95,latency/ttft_ms_p50,latency/ttft_ms_p95,qa/truncated_questions,qa/adversarial/f1,qa/single-hop/f1,qa/multi-hop/f1,qa/temporal/f1,qa/open-domain/f1,qa/answer_failures
+    --metrics ${judged}qa/f1,qa/bleu1,qa/em,qa/evidence_in_context,retrieval/recall_all@10,qa/context_tokens_mean,qa/prompt_tokens_mean,latency/answer_ms_p50,latency/answer_ms_p95,latency/ttft_ms_p50,latency/ttft_ms_p95,qa/truncated_questions,qa/adversarial/f1,qa/single-hop/f1,qa/multi-hop/f1,qa/temporal/f1,qa/open-domain/f1,qa/answer_failures
 }
 
 mkdir -p results/qa

@@ -29,18 +29,20 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from memos_lab.chat import greedy_generate
 from memos_lab.data.reader import spoken_date, turn_item
 from memos_lab.data.schema import NO_EVIDENCE_CATEGORIES, Conversation, Question, Turn
 from memos_lab.errors import ConfigError, DataError, MemosError
-from memos_lab.eval.judge import JudgeError
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.experiments.common import load_records
 from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.loggers.base import Tracker
-from memos_lab.memory.activation.kv_cache import KVCache, KVCacheMemory
+from memos_lab.generation.base import ChatRequest, Generation, Generator
+from memos_lab.memory.activation.base import build_activation
+from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.models.decode import KVCache, greedy
+from memos_lab.models.device import clock
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
 from memos_lab.prompts import AnswerPrompt, JudgePrompt
@@ -102,15 +104,6 @@ class QARecord:
     @property
     def answerable(self) -> bool:
         return self.category not in NO_EVIDENCE_CATEGORIES
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    prompt_tokens: int
-    ttft_ms: float
-    latency_ms: float
-    error: str | None = None
 
 
 # ---- settings checked before anything loads -------------------------------------------------------
@@ -245,11 +238,13 @@ def newest_that_fit(cost: Sequence[int], budget: int) -> int:
 class ContextBuilder:
     """Turns a question into its dated context lines, within the token budget of its mode."""
 
-    def __init__(self, settings: Settings, prompt: AnswerPrompt, count: Callable[[str], int], window: int) -> None:
+    def __init__(
+        self, settings: Settings, prompt: AnswerPrompt, count: Callable[[str], int], window: int | None
+    ) -> None:
         self.settings = settings
         self.prompt = prompt
-        self.count = count  # tokens of a piece of text (the answerer's tokenizer)
-        self.window = window  # the answerer's context length in tokens
+        self.count = count  # tokens of a piece of text (the answerer's tokenizer; an estimate when served)
+        self.window = window  # the answerer's context length in tokens (None: served, unknown)
         self._cost: dict[str, int] = {}
 
     def cost(self, line: str) -> int:
@@ -291,34 +286,24 @@ class ContextBuilder:
 # ---- the answerer and the judge (the generation seam) ---------------------------------------------
 
 
-class LocalAnswerer:
-    """Greedy answers from the local model, one request at a time; the kv form passes the memory prefix."""
-
-    def __init__(self, model: LanguageModel, max_new_tokens: int) -> None:
-        self.model = model
-        self.max_new_tokens = max_new_tokens
-
-    def count_chat(self, messages: list[dict[str, str]]) -> int:
-        return len(self.model.encode_chat(messages, add_generation_prompt=False))
-
-    def generate(self, requests: Sequence[list[dict[str, str]]], prefix: KVCache | None = None) -> list[Generation]:
-        return [self._one(messages, prefix) for messages in requests]
-
-    def _one(self, messages: list[dict[str, str]], prefix: KVCache | None) -> Generation:
-        prompt_ids = self.model.encode_chat(messages)
-        started = time.perf_counter()
-        try:
-            new_ids, first_token_at, _ = greedy_generate(self.model, prompt_ids, self.max_new_tokens, prefix)
-        except MemosError as error:  # e.g. a prompt longer than the model takes
-            return Generation("", len(prompt_ids), 0.0, 0.0, error=str(error))
-        done = time.perf_counter()
-        text = self.model.tokenizer.decode(new_ids, skip_special_tokens=True)
-        return Generation(text, len(prompt_ids), (first_token_at - started) * 1000, (done - started) * 1000)
-
-
-def judge_verdict(judge, prompt: JudgePrompt, question: Question, answer: str) -> bool:
-    gold = prompt.unanswerable_gold if not question.answerable else question.answer
-    return judge.verdict(prompt.render(question.question, gold, answer))
+def answer_from_prefix(model: LanguageModel, messages: list[dict[str, str]], prefix: KVCache, max_new_tokens: int,
+                       request_id: str) -> Generation:  # fmt: skip
+    """The kv form: a greedy answer that reuses the memory prefix's cache (one question at a time)."""
+    prompt_ids = model.encode_chat(messages)
+    started = clock(model.device)
+    try:
+        decoded = greedy(model, prompt_ids, max_new_tokens, prefix)
+    except MemosError as error:  # e.g. a prompt longer than the model takes: this question fails
+        return Generation.failure(str(error), request_id)
+    return Generation(
+        text=model.tokenizer.decode(decoded.token_ids, skip_special_tokens=True),
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=len(decoded.token_ids),
+        latency_ms=(clock(model.device) - started) * 1000,
+        ttft_ms=(decoded.first_token_at - started) * 1000,
+        token_ids=tuple(decoded.token_ids),
+        request_id=request_id,
+    )
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -333,30 +318,24 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     if settings.judge == "true" and not configured_judge:
         raise ConfigError(
             "experiment.judge=true but no judge is configured; add judge=openai_compatible "
-            "judge.base_url=URL judge.model=NAME (or experiment.judge=auto to score without one)"
+            "judge.generator.base_url=URL judge.generator.model=NAME (or experiment.judge=auto to score without one)"
         )
     conversations = load_records(cfg, Conversation)
     check_answers(conversations)
     asked = {c.conversation_id: select_questions(c, settings.max_questions, settings.subset_seed) for c in conversations}
-    judge = hydra.utils.instantiate(cfg.judge) if configured_judge and settings.judge != "false" else None
+    generator: Generator = hydra.utils.instantiate(cfg.llm)
+    model = generator.require_weights(f"experiment.form={settings.form}") if settings.form != "text" else None
+    window = context_window(generator, settings)
+    judge = None
+    if configured_judge and settings.judge != "false":
+        judge = hydra.utils.instantiate(cfg.judge, prompt=judge_prompt.user)
     embedder = hydra.utils.instantiate(cfg.embedder) if settings.context == "retrieved" else None
     reader = hydra.utils.instantiate(cfg.reader) if settings.context == "retrieved" else None
-    model: LanguageModel = hydra.utils.instantiate(cfg.model)
-    tokenizer = model.tokenizer
-
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    window = int(getattr(model.model.config, "max_position_embeddings", 0) or 0)
-    if settings.context != "full" and settings.context_tokens + settings.max_new_tokens > window:
-        raise ConfigError(
-            f"experiment.context_tokens + max_new_tokens = {settings.context_tokens + settings.max_new_tokens} "
-            f"exceeds the context of {model.name} ({window} tokens)"
-        )
-    builder = ContextBuilder(settings, answer_prompt, count, window)
-    answerer = LocalAnswerer(model, settings.max_new_tokens)
-    activation = KVCacheMemory(model, settings.kv_budget_mb, template=answer_prompt.system) if settings.form == "kv" else None
-    tracker.log_artifact(SETUP_ARTIFACT, setup_record(cfg, model, answer_prompt, judge_prompt, conversations))
+    builder = ContextBuilder(settings, answer_prompt, generator.count_tokens, window)
+    activation = None
+    if settings.form == "kv":
+        activation = build_activation(cfg.activation, model, template=answer_prompt.system, budget_mb=settings.kv_budget_mb)
+    tracker.log_artifact(SETUP_ARTIFACT, setup_record(generator, judge, answer_prompt, judge_prompt, conversations))
 
     records: list[QARecord] = []
     timing = Timing()
@@ -370,23 +349,43 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             started = time.perf_counter()
             parametric = write_parametric(cfg, model, conversation)
             timing.train_s += time.perf_counter() - started
-        records += answer_conversation(prepared, settings, answer_prompt, answerer, activation, parametric, timing)
+        answered = answer_conversation(prepared, settings, answer_prompt, generator, activation, parametric, timing)
         if judge is not None:
-            judge_conversation(records[-len(prepared):], prepared, judge, judge_prompt)
+            judge_conversation(answered, prepared, judge, judge_prompt)
+        records += answered
         if parametric is not None:
             parametric.close()  # its adapter leaves the shared model with its conversation
         tracker.log({"progress/questions": len(records)}, step=step)
+    generator.close()
 
     tracker.log_artifact(ANSWERS_ARTIFACT, {"questions": [asdict(record) for record in records]})
     tracker.log_artifact(PER_QUERY_ARTIFACT, per_query(records, settings.include_unanswerable, settings.top_k))
     metrics = aggregate(records, settings)
-    answered = sum(record.answer is not None for record in records)
-    metrics["qa/answers_per_s"] = answered / timing.generate_s if timing.generate_s else 0.0
+    answered_count = sum(record.answer is not None for record in records)
+    metrics["qa/answers_per_s"] = answered_count / timing.generate_s if timing.generate_s else 0.0
     if timing.kv_build_ms:
         metrics["latency/kv_build_ms_mean"] = float(np.mean(timing.kv_build_ms))
     if settings.form == "parametric":
         metrics["qa/parametric_train_s"] = timing.train_s
+    if judge is not None:
+        metrics["qa/judge_prompt_tokens"] = judge.prompt_tokens
     return metrics
+
+
+def context_window(generator: Generator, settings: Settings) -> int | None:
+    """The answerer's context length where it is known (a local model), checked against the budgets."""
+    model = generator.language_model
+    window = getattr(model.model.config, "max_position_embeddings", None) if model is not None else None
+    if settings.context == "full" and window is None and settings.full_context_tokens is None:
+        raise ConfigError(
+            "experiment.context=full with a served model needs experiment.full_context_tokens (its context length)"
+        )
+    if window is not None and settings.context != "full" and settings.context_tokens + settings.max_new_tokens > window:
+        raise ConfigError(
+            f"experiment.context_tokens + max_new_tokens = {settings.context_tokens + settings.max_new_tokens} "
+            f"exceeds the context of {generator.name} ({window} tokens)"
+        )
+    return window
 
 
 @dataclass
@@ -397,30 +396,35 @@ class Timing:
 
 
 def answer_conversation(
-    prepared: Sequence[Prepared], settings: Settings, prompt: AnswerPrompt, answerer: LocalAnswerer,
+    prepared: Sequence[Prepared], settings: Settings, prompt: AnswerPrompt, generator: Generator,
     activation: KVCacheMemory | None, parametric, timing: Timing,
 ) -> list[QARecord]:  # fmt: skip
-    """Answer a conversation's questions: in batches for the text and parametric forms, one by one from the
-    cached memory prefix for the kv form. A question the answerer fails on is a counted failure."""
+    """Answer a conversation's questions: all in one call for the text and parametric forms (the generator
+    batches them, or sends them concurrently), one by one from the cached memory prefix for the kv form.
+    A question the answerer fails on is a counted failure."""
     shown = [[] if settings.form == "parametric" else item.lines for item in prepared]
-    requests = [prompt.messages(lines, item.question.question) for lines, item in zip(shown, prepared)]
-    started = time.perf_counter()
+    messages = [prompt.messages(lines, item.question.question) for lines, item in zip(shown, prepared)]
     if activation is not None:
         generations = []
-        for lines, request in zip(shown, requests):
+        for lines, message, item in zip(shown, messages, prepared):
             prefix, build_ms = cached_prefix(activation, prompt.memory_block(lines))
             timing.kv_build_ms.append(build_ms)
-            generations += answerer.generate([request], prefix)
-        timing.generate_s += time.perf_counter() - started - sum(timing.kv_build_ms[-len(requests):]) / 1000
+            generation = answer_from_prefix(
+                activation.model, message, prefix, settings.max_new_tokens, item.question.question_id
+            )  # fmt: skip
+            timing.generate_s += generation.latency_ms / 1000
+            generations.append(generation)
     else:
+        requests = [ChatRequest.of(message, item.question.question_id) for message, item in zip(messages, prepared)]
+        started = time.perf_counter()
         with parametric.applied() if parametric is not None else nullcontext():
-            generations = answerer.generate(requests)
+            generations = generator.generate(requests, settings.max_new_tokens)
         timing.generate_s += time.perf_counter() - started
     records = []
-    for item, request, generation in zip(prepared, requests, generations, strict=True):
+    for item, message, generation in zip(prepared, messages, generations, strict=True):
         record = new_record(item)
-        record.context_tokens = answerer.count_chat(request[:1])
-        if generation.error is not None:
+        record.context_tokens = generator.count_tokens(message[0]["content"])
+        if generation.failed:
             log.warning("answerer failed on %s: %s", item.question.question_id, generation.error)
             record.answer_error = generation.error
         else:
@@ -435,15 +439,18 @@ def answer_conversation(
 
 
 def judge_conversation(records: Sequence[QARecord], prepared: Sequence[Prepared], judge, prompt: JudgePrompt) -> None:
-    """Verdicts for the answered questions; a question the judge fails on is counted, never right or wrong."""
-    for record, item in zip(records, prepared, strict=True):
-        if record.answer is None:
-            continue
-        try:
-            record.verdict = judge_verdict(judge, prompt, item.question, record.answer)
-        except JudgeError as error:
-            log.warning("judge failed on %s: %s", record.question_id, error)
-            record.judge_error = str(error)
+    """Verdicts for the answered questions, asked together; a question the judge gives no verdict for is a
+    counted failure, never right or wrong. Unanswerable questions are judged against `unanswerable_gold`."""
+    judged = [(r, item) for r, item in zip(records, prepared, strict=True) if r.answer is not None]
+    items = [
+        (item.question.question, item.question.answer if item.question.answerable else prompt.unanswerable_gold, r.answer)
+        for r, item in judged
+    ]  # fmt: skip
+    for (record, _), verdict in zip(judged, judge.judge_many(items) if items else [], strict=True):
+        if verdict is None:
+            record.judge_error = "the judge gave no verdict (failed, or answered neither CORRECT nor WRONG)"
+        else:
+            record.verdict = verdict
 
 
 def first_line(text: str) -> str:
@@ -548,14 +555,16 @@ def new_record(item: Prepared) -> QARecord:
     return record
 
 
-def setup_record(cfg: DictConfig, model: LanguageModel, answer: AnswerPrompt, judge: JudgePrompt,
+def setup_record(generator: Generator, judge, answer: AnswerPrompt, judge_prompt: JudgePrompt,
                  conversations: Sequence[Conversation]) -> dict:  # fmt: skip
+    """What the numbers were made with: the prompts' full text, answerer, judge and category map."""
     categories = sorted({(q.category_id, q.category) for c in conversations for q in c.questions}, key=str)
+    model = generator.language_model
     return {
         "answer_prompt": asdict(answer),
-        "judge_prompt": asdict(judge),
-        "answerer": {"name": model.name, "fingerprint": model.fingerprint()},
-        "judge_model": cfg.judge.get("model") if cfg.judge.get("_target_") else None,
+        "judge_prompt": asdict(judge_prompt),
+        "answerer": {**generator.describe(), **({"fingerprint": model.fingerprint()} if model is not None else {})},
+        "judge": judge.generator.describe() if judge is not None else None,
         "category_map": {str(source): name for source, name in categories},
     }
 

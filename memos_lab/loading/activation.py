@@ -11,8 +11,7 @@ from tqdm import tqdm
 
 from memos_lab.errors import ConfigError
 from memos_lab.loading.common import open_cube, required, save_cube
-from memos_lab.memory.activation.base import ByteBudget
-from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.memory.activation.base import ByteBudget, build_activation
 from memos_lab.memory.item import MemoryItem
 
 SET_KEY = "set:recent"  # the cache of the assembled recent memories, in time order
@@ -32,7 +31,7 @@ def load(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     memory = cube.activation  # loading the cube already refused caches of another model
     if memory is None:
-        memory = KVCacheMemory(hydra.utils.instantiate(cfg.model))
+        memory = build_activation(cfg.activation, hydra.utils.instantiate(cfg.model))
     memory.budget = ByteBudget.from_mb(options.budget_mb, memory.budget.policy)
     items = _recent(cube.text.get_all({"user": str(cfg.user)}), int(options.max_items))
     new = [item for item in items if item.id not in memory.keys()] if options.items else []

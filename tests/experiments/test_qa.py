@@ -10,6 +10,7 @@ from memos_lab.cli import CONF_DIR
 from memos_lab.data.schema import ADVERSARIAL, UNANSWERABLE
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.experiments import qa
+from memos_lab.generation.base import Generation
 from memos_lab.loggers.base import Tracker
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -140,16 +141,16 @@ def test_packing_and_cutting_from_the_oldest_end():
 
 
 def test_a_failing_answerer_is_a_counted_failure_and_the_run_goes_on(monkeypatch):
-    real, calls = qa.LocalAnswerer.generate, []
+    from memos_lab.generation.local import LocalGenerator
 
-    def flaky(self, requests, prefix=None):
-        generations = real(self, requests, prefix)
-        calls.append(1)
-        if len(calls) == 1:  # the answerer reports a failed request (a timeout, an over-long prompt...)
-            generations[1] = qa.Generation("", 0, 0.0, 0.0, error="the answerer fell over")
+    real = LocalGenerator.generate
+
+    def flaky(self, requests, max_new_tokens):
+        generations = real(self, requests, max_new_tokens)
+        generations[1] = Generation.failure("the answerer fell over", requests[1].request_id)
         return generations
 
-    monkeypatch.setattr(qa.LocalAnswerer, "generate", flaky)
+    monkeypatch.setattr(LocalGenerator, "generate", flaky)
     metrics, artifacts = run("experiment.context=none")
     assert metrics["qa/answer_failures"] == 1 and metrics["qa/questions"] == 5
     rows = artifacts[qa.ANSWERS_ARTIFACT]["questions"]
@@ -157,29 +158,35 @@ def test_a_failing_answerer_is_a_counted_failure_and_the_run_goes_on(monkeypatch
     assert rows[1]["answer"] is None and rows[1]["f1"] is None  # counted, not scored
 
 
+SERVED_JUDGE = ["judge=openai_compatible", "judge.generator.base_url=http://127.0.0.1:9/v1",
+                "judge.generator.model=judge-model", "judge.generator.check=false", "judge.generator.timeout_s=1",
+                "judge.generator.max_retries=0"]  # fmt: skip
+
+
 def test_a_dead_judge_is_a_counted_failure_never_right_or_wrong():
-    metrics, _ = run("experiment.context=none", "judge=openai_compatible", "judge.base_url=http://127.0.0.1:9/v1",
-                     "judge.model=none", "judge.timeout_s=1")  # fmt: skip
+    metrics, artifacts = run("experiment.context=none", *SERVED_JUDGE)
     assert metrics["qa/judge_failures"] == 5 and "qa/j" not in metrics
+    assert all(row["verdict"] is None for row in artifacts[qa.ANSWERS_ARTIFACT]["questions"])
 
 
 def test_a_judge_scores_with_the_pinned_prompt(monkeypatch):
-    from memos_lab.eval.judge import OpenAICompatibleJudge
+    from memos_lab.generation.served import ServedGenerator
 
     seen = []
 
-    def verdict(self, prompt):
-        seen.append(prompt)
-        return len(seen) % 2 == 1
+    def verdicts(self, requests, max_new_tokens):
+        seen.extend(request.messages[-1]["content"] for request in requests)
+        return [Generation("CORRECT" if i % 2 == 0 else "WRONG.", prompt_tokens=7) for i in range(len(requests))]
 
-    monkeypatch.setattr(OpenAICompatibleJudge, "verdict", verdict)
-    metrics, artifacts = run("experiment.context=none", "judge=openai_compatible", "judge.base_url=http://x/v1",
-                             "judge.model=m", "experiment.judge=true")  # fmt: skip
+    monkeypatch.setattr(ServedGenerator, "generate", verdicts)
+    metrics, artifacts = run("experiment.context=none", "experiment.judge=true", *SERVED_JUDGE)
     assert len(seen) == 5 and all("Reply with one word, CORRECT or WRONG." in p for p in seen)
     assert any("do not contain this information" in p for p in seen)  # the adversarial question's reference
     verdicts = [row["verdict"] for row in artifacts[qa.ANSWERS_ARTIFACT]["questions"] if row["category"] != ADVERSARIAL]
     assert metrics["qa/j"] == pytest.approx(sum(verdicts) / len(verdicts))
     assert metrics["qa/j_ci95_low"] <= metrics["qa/j"] <= metrics["qa/j_ci95_high"]
+    assert metrics["qa/judge_prompt_tokens"] == 35
+    assert artifacts[qa.SETUP_ARTIFACT]["judge"]["model"] == "judge-model"
 
 
 @pytest.mark.parametrize("overrides, error, message", [

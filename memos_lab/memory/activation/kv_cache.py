@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from transformers import DynamicCache
 
 from memos_lab.atomic import atomic_write_bytes, atomic_write_text
-from memos_lab.errors import DataError, IncompatibleError, NotFoundError
+from memos_lab.errors import IncompatibleError, NotFoundError
 from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
+from memos_lab.models.decode import KVCache, Prefill, greedy, prefill
 from memos_lab.models.llm import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -38,128 +37,13 @@ MEMORY_TEMPLATE = "Memories about the user:\n{memories}"
 MEMORY_SEPARATOR = "\n"
 
 
-@dataclass(frozen=True)
-class KVCache:
-    """The keys and values of every layer for `token_ids` (batch 1); treated as immutable."""
-
-    token_ids: tuple[int, ...]
-    keys: tuple[torch.Tensor, ...]  # per layer [1, kv_heads, tokens, head_dim]
-    values: tuple[torch.Tensor, ...]
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
-    @classmethod
-    def from_dynamic(cls, cache: DynamicCache, token_ids: Sequence[int]) -> KVCache:
-        """Snapshot of a working cache the caller hands over (its tensors are not copied)."""
-        keys = tuple(layer.keys for layer in cache.layers)
-        values = tuple(layer.values for layer in cache.layers)
-        if keys[0].shape[-2] != len(token_ids):
-            raise ValueError(f"cache holds {keys[0].shape[-2]} tokens, {len(token_ids)} token ids given")
-        return cls(tuple(int(i) for i in token_ids), keys, values)
-
-    def working_copy(self, length: int | None = None) -> DynamicCache:
-        """A fresh DynamicCache holding a copy of the first `length` tokens; using it never touches this cache."""
-        n = len(self) if length is None else length
-        # DynamicLayer.update concatenates onto an empty tensor, which copies.
-        return DynamicCache(
-            ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in zip(self.keys, self.values, strict=True)]
-        )
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        named = {"token_ids": torch.tensor(self.token_ids, dtype=torch.int64)}
-        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            named[f"k.{i}"], named[f"v.{i}"] = k.contiguous(), v.contiguous()
-        return named
-
-    @classmethod
-    def from_tensors(cls, named: dict[str, torch.Tensor]) -> KVCache:
-        layers = sum(1 for name in named if name.startswith("k."))
-        return cls(
-            tuple(int(i) for i in named["token_ids"].tolist()),
-            tuple(named[f"k.{i}"] for i in range(layers)),
-            tuple(named[f"v.{i}"] for i in range(layers)),
-        )
-
-
-@dataclass
-class Prefill:
-    """The result of prefilling a prompt: next-token logits and the live cache (owned by the caller)."""
-
-    logits: torch.Tensor  # [vocab], float32
-    cache: DynamicCache
-    token_ids: tuple[int, ...]
-    reused: int  # prompt tokens taken from a stored cache
-    computed: int  # prompt tokens run through the model
-
-    def snapshot(self) -> KVCache:
-        return KVCache.from_dynamic(self.cache, self.token_ids)
-
-
-def check_context(lm: LanguageModel, n_tokens: int) -> None:
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and n_tokens > limit:
-        raise DataError(f"prompt of {n_tokens} tokens is longer than the context of {lm.name} ({limit} tokens)")
-
-
-@torch.no_grad()
-def prefill(lm: LanguageModel, token_ids: Sequence[int], prefix: KVCache | None = None) -> Prefill:
-    """Run `token_ids` through the model, reusing as much of `prefix` as matches them token for token.
-
-    At least the last token is always computed: its logits are the answer's first token.
-    """
-    ids = tuple(int(i) for i in token_ids)
-    if not ids:
-        raise DataError("cannot prefill an empty prompt")
-    check_context(lm, len(ids))
-    cache, reused = _start_cache(lm, ids, prefix)
-    new = torch.tensor([ids[reused:]], dtype=torch.long, device=lm.model.device)
-    out = lm.model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return Prefill(out.logits[0, -1].float(), out.past_key_values, ids, reused, len(ids) - reused)
-
-
-@torch.no_grad()
 def generate(
     lm: LanguageModel, token_ids: Sequence[int], prefix: KVCache | None = None, max_new_tokens: int = 32
 ) -> tuple[list[int], KVCache, int]:
-    """Greedy answer to `token_ids` reusing `prefix` where it matches; returns (new token ids, the cache of
-    prompt + answer, reused prompt tokens)."""
-    ids = tuple(int(i) for i in token_ids)
-    if not ids:
-        raise DataError("cannot answer an empty prompt")
-    check_context(lm, len(ids) + max_new_tokens)
-    cache, reused = _start_cache(lm, ids, prefix)
-    input_ids = torch.tensor([ids], dtype=torch.long, device=lm.model.device)
-    out = lm.model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        past_key_values=cache,  # generate prefills only the tokens beyond its length
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        top_p=None,
-        top_k=None,
-        temperature=None,
-        pad_token_id=lm.tokenizer.pad_token_id,
-    )
-    sequence = [int(i) for i in out[0]]
-    answer = sequence[len(ids) :]
-    # The last generated token was never fed back, so the cache holds one token less than the sequence.
-    return answer, KVCache.from_dynamic(cache, sequence[: cache.get_seq_length()]), reused
-
-
-def _start_cache(lm: LanguageModel, ids: tuple[int, ...], prefix: KVCache | None) -> tuple[DynamicCache, int]:
-    """A working cache holding the part of `prefix` that matches `ids` (never all of `ids`), and its length."""
-    reused = 0
-    if prefix is not None:
-        shared = common_prefix_len(prefix.token_ids, ids)
-        if shared < len(prefix):
-            log.info("cached prefix diverges from the prompt at token %d of %d; cropping to it", shared, len(prefix))
-        reused = min(shared, len(ids) - 1)
-    return (prefix.working_copy(reused) if reused else DynamicCache(config=lm.model.config)), reused
+    """Greedy answer to `token_ids` reusing `prefix` where it matches (`decode.greedy`); returns (new token
+    ids, the cache of prompt + answer, reused prompt tokens)."""
+    decoded = greedy(lm, token_ids, max_new_tokens, prefix)
+    return decoded.token_ids, decoded.cache, decoded.reused
 
 
 def memory_messages(texts: Sequence[str], template: str = MEMORY_TEMPLATE) -> list[dict[str, str]]:

@@ -98,7 +98,7 @@ def test_mismatching_prefix_is_cropped_and_logged(lm: LanguageModel, caplog: pyt
     before = snapshot(stored)
     edited = FACTS[0].replace("Biscuit", "Pepper")  # same start, different end
     ids = question_ids(lm, [edited])
-    with caplog.at_level(logging.INFO, logger="memos_lab.memory.activation.kv_cache"):
+    with caplog.at_level(logging.INFO, logger="memos_lab.models.decode"):
         used = memory.prefill(ids)
     assert 0 < used.reused < len(stored)
     assert "diverges" in caplog.text
