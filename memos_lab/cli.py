@@ -12,13 +12,13 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
+
+from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.errors import ConfigError, MemosError
 from memos_lab.provenance import COMMAND_VARIABLE
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from memos_lab.settings import register_schemas, settings_class_of
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
@@ -71,12 +71,36 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
         if key.startswith("hydra/") and not override.is_delete():
             hydra_choices.append((key, values))
         first_values.append(f"{override.get_key_element()}={values[0]}" if values else override.input_line)
+    register_schemas(conf_dir)
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             _check_hydra_choices(hydra_choices)
-            compose(config_name, overrides=first_values, return_hydra_config=True)
+            cfg = compose(config_name, overrides=first_values, return_hydra_config=True)
+        check_settings(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Build the settings dataclass of every component the config names, so a value out of range
+    (`memory.rrf_k=-5`) fails before any job starts, not when the experiment reaches that component."""
+    from hydra.utils import get_object
+
+    for key in cfg:
+        node = cfg[key]
+        if key == "hydra" or not isinstance(node, DictConfig):
+            continue
+        target = node.get("_target_") or node.get("fn")
+        if not isinstance(target, str):
+            continue
+        try:
+            settings_class = settings_class_of(get_object(target))
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"{key}: cannot import {target!r}") from None
+        if settings_class is not None:
+            values = OmegaConf.to_container(node, resolve=True)
+            assert isinstance(values, dict)
+            settings_class.from_mapping({k: v for k, v in values.items() if k not in settings_class.config_keys})
 
 
 def _check_hydra_choices(choices: Sequence[tuple[str, list[str]]]) -> None:
@@ -97,6 +121,9 @@ def _check_hydra_choices(choices: Sequence[tuple[str, list[str]]]) -> None:
 def _one_line(error: BaseException) -> str:
     """Hydra and OmegaConf spread one message over several lines and append debugging hints."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    cause = error.__cause__
+    if cause is not None and str(cause) and str(cause) not in str(error):  # e.g. why an override did not merge
+        lines.append(f"({_one_line(cause)})")
     return " ".join(lines) or type(error).__name__
 
 

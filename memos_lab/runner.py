@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from memos_lab.atomic import atomic_write_text
+from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.loggers.base import Tracker
 from memos_lab.provenance import environment

@@ -13,6 +13,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 from memos_lab.memory.textual.general_text import GeneralTextMemory  # noqa: E402
 from memos_lab.models.embedder import HashingEmbedder  # noqa: E402
+from memos_lab.settings import register_schemas  # noqa: E402
+
+# Tests compose conf/ with Hydra directly, as the CLI does after registering the settings schemas.
+register_schemas()
 
 
 @pytest.fixture

@@ -17,18 +17,19 @@ from omegaconf import DictConfig
 from memos_lab.data.knowledge import load_facts
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import open_cube, required, save_cube
+from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
 from memos_lab.memory.parametric.lora import LoRAMemory
 
 
+@cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     user = required(cfg, "user")
     has_dataset, has_input = cfg.get("dataset") is not None, cfg.get("input") is not None
     if has_dataset == has_input:
         raise ConfigError("load needs exactly one source: dataset=NAME or input=FACTS.jsonl")
     edits = _edits(cfg)  # read and checked before the cube or the model is touched
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(positive_int(cfg.threads, "threads"))
     cube, created = open_cube(cfg, hydra.utils.instantiate(cfg.embedder))
     memory = cube.parametric
     if memory is None:

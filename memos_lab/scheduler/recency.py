@@ -3,17 +3,31 @@
 A short half-life behaves like LRU, a long one like LFU; in between, a burst of use outlasts one recent touch.
 """
 
-from memos_lab.errors import ConfigError
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 from memos_lab.scheduler.base import Entry, SchedulingPolicy, TurnContext
+from memos_lab.settings import Settings, positive
+
+
+@dataclass(frozen=True)
+class RecencySettings(Settings):
+    section: ClassVar[str] = "scheduler"
+    half_life: float = 16.0  # scheduler steps (events) after which a use counts half
+
+    def validate(self) -> None:
+        positive(self, "half_life")
 
 
 class RecencyPolicy(SchedulingPolicy):
     name = "recency"
+    settings_class = RecencySettings
 
-    def __init__(self, half_life: float = 16.0) -> None:
-        if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or half_life <= 0:
-            raise ConfigError(f"scheduler.half_life must be a positive number of steps, got {half_life!r}")
-        self.half_life = float(half_life)
+    def __init__(self, **settings: Any) -> None:
+        self.settings = RecencySettings.from_mapping(settings)
 
     def priority(self, entry: Entry, context: TurnContext) -> float:
-        return sum(2.0 ** (-(context.now - t) / self.half_life) for t in entry.use_times)
+        half_life = self.settings.half_life
+        return sum(2.0 ** (-(context.now - t) / half_life) for t in entry.use_times)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import hydra.utils
 import pytest
-from omegaconf import OmegaConf
 
 from memos_lab.cli import CONF_DIR, validate_overrides
 from memos_lab.errors import ConfigError
@@ -15,6 +14,7 @@ from memos_lab.scheduler.lru import LRUPolicy
 from memos_lab.scheduler.memos import MemOSPolicy
 from memos_lab.scheduler.recency import RecencyPolicy
 from memos_lab.scheduler.relevance import RelevancePolicy
+from memos_lab.settings import group_config
 
 TEXTS = {
     "a": "Maya moved to Lisbon",
@@ -83,13 +83,13 @@ def test_memos_weighs_relevance_keywords_and_usage():
     # Step 4 (query "Lisbon flat", keywords {lisbon, flat}) scores with weights .5/.3/.2, max uses 3 (a):
     #   a: .5*.2 + .3*(1/2) + .2*(3/3) = .45      b: .5*.6 + .3*0 + .2*(1/3) = .367
     # so b leaves; LRU would have evicted a (last used at step 2) instead.
-    memory = WorkingMemory(MemOSPolicy(0.5, 0.3, 0.2), Budget(max_items=2))
+    memory = WorkingMemory(MemOSPolicy(relevance_weight=0.5, keyword_weight=0.3, usage_weight=0.2), Budget(max_items=2))
     trace = [("a", None, None), ("a", None, None), ("b", None, None), ("c", "Lisbon flat", {"a": 0.2, "b": 0.6})]
     assert run(memory, trace) == ["", "", "", "b"]
     lru = WorkingMemory(LRUPolicy(), Budget(max_items=2))
     assert run(lru, trace) == ["", "", "", "a"]
     # Keyword overlap alone keeps the item that shares a word with the turn.
-    keyword_only = WorkingMemory(MemOSPolicy(0, 1, 0), Budget(max_items=2))
+    keyword_only = WorkingMemory(MemOSPolicy(relevance_weight=0, keyword_weight=1, usage_weight=0), Budget(max_items=2))
     assert run(keyword_only, [("a", None, None), ("b", None, None), ("c", "a flat in Lisbon", None)]) == ["", "", "b"]
 
 
@@ -127,12 +127,12 @@ def test_bad_policies_are_refused():
     with pytest.raises(ConfigError, match="usage_weight must be a non-negative number"):
         MemOSPolicy(usage_weight=-1)
     with pytest.raises(ConfigError, match="at least one of"):
-        MemOSPolicy(0, 0, 0)
+        MemOSPolicy(relevance_weight=0, keyword_weight=0, usage_weight=0)
     with pytest.raises(ConfigError, match="unknown choice 'belady' for config group 'scheduler'; valid: .*lru"):
         validate_overrides(["scheduler=belady"])
 
 
 @pytest.mark.parametrize("path", sorted((CONF_DIR / "scheduler").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_scheduler_config_builds_its_policy(path: Path):
-    policy = hydra.utils.instantiate(OmegaConf.load(path))
+    policy = hydra.utils.instantiate(group_config("scheduler", path.stem))
     assert isinstance(policy, SchedulingPolicy) and policy.name == path.stem

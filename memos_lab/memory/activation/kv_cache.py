@@ -4,26 +4,25 @@ Exactness rules (what MemOS's own implementation gets wrong):
 - a stored `KVCache` is never grown or modified; every use works on a fresh `DynamicCache` copy;
 - a cache is reused only for the tokens it shares with the new prompt, checked id by id; on a mismatch it
   is cropped to the longest common prefix and the rest is recomputed (logged);
-- files are safetensors plus a JSON manifest holding the model fingerprint; another model's caches are
-  refused, damaged files detected by size and SHA-256.
+- a saved memory is an artifact (`memos_lab.artifact`): safetensors files plus a manifest holding the model
+  fingerprint; another model's caches are refused, damaged files detected by size and SHA-256, and each
+  cache's tensors must have the loaded model's shape and dtype.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypedDict
 
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
+import torch
+from safetensors.torch import save_file
 
-from memos_lab.atomic import atomic_write_bytes, atomic_write_text
-from memos_lab.errors import IncompatibleError, NotFoundError
+from memos_lab.artifact import VERSION, Artifact, check_json, read_artifact, write_artifact
+from memos_lab.errors import DataError, IncompatibleError, NotFoundError
 from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
 from memos_lab.models.decode import KVCache, Prefill, greedy, prefill
@@ -31,7 +30,7 @@ from memos_lab.models.llm import LanguageModel
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+KIND = "kv_cache"
 MANIFEST = "manifest.json"
 MEMORY_TEMPLATE = "Memories about the user:\n{memories}"
 MEMORY_SEPARATOR = "\n"
@@ -161,76 +160,107 @@ class KVCacheMemory(ActivationMemory):
     # ---- persistence -----------------------------------------------------------------------------
 
     def save(self, folder: Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        entries = []
-        for index, (key, cache) in enumerate(self._caches.items()):
-            data = save_safetensors(cache.tensors())
-            name = f"{index:05d}.safetensors"
-            atomic_write_bytes(folder / name, data)
-            entries.append(
-                {
-                    "key": key,
-                    "file": name,
-                    "tokens": len(cache),
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "texts": self._texts[key],
-                }
-            )
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "fingerprint": self.model.fingerprint(),
-            "template": self.template,
-            "budget_bytes": self.budget.max_bytes,
-            "entries": entries,
-        }
-        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        """Write every cache into the artifact `folder` (crash-safe: built beside it, then swapped in)."""
+        entries = [
+            {"key": key, "file": f"{index:05d}.safetensors", "tokens": len(cache), "texts": self._texts[key]}
+            for index, (key, cache) in enumerate(self._caches.items())
+        ]
+
+        def build(staging: Path) -> None:
+            for entry, cache in zip(entries, self._caches.values(), strict=True):
+                save_file(cache.tensors(), str(staging / entry["file"]))
+
+        meta = {"template": self.template, "budget_bytes": self.budget.max_bytes, "entries": entries}
+        write_artifact(Path(folder), KIND, meta, build=build, fingerprint=self.model.fingerprint())
 
     @classmethod
     def load(cls, folder: Path, model: LanguageModel, eviction: EvictionPolicy | None = None) -> Self:
-        folder = Path(folder)
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise IncompatibleError(f"{folder}: no {MANIFEST}; not a saved KV-cache memory") from None
-        except json.JSONDecodeError as error:
-            raise IncompatibleError(f"{folder / MANIFEST}: damaged manifest ({error})") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IncompatibleError(
-                f"{folder}: KV-cache format {manifest.get('format_version')!r}, this version reads {FORMAT_VERSION}"
-            )
-        check_fingerprint(manifest.get("fingerprint", {}), model, folder)
-        budget = manifest.get("budget_bytes")
-        memory = cls(model, None if budget is None else budget / 2**20, eviction, manifest["template"])
-        for entry in manifest["entries"]:
-            memory._put(entry["key"], _read_entry(folder, entry), entry["texts"])
+        artifact = read_artifact(Path(folder), KIND, fingerprint=model.fingerprint(), migrate=_from_version_1)
+        artifact.check_meta(KVCacheMeta)
+        meta = artifact.meta
+        _check_template(meta["template"], artifact.where("meta.template"))
+        budget = meta["budget_bytes"]
+        memory = cls(model, None if budget is None else budget / 2**20, eviction, meta["template"])
+        for i, entry in enumerate(meta["entries"]):
+            memory._put(entry["key"], _read_entry(artifact, entry, model, f"meta.entries[{i}]"), entry["texts"])
         return memory
 
 
-def check_fingerprint(stored: dict[str, str], model: LanguageModel, where: Path) -> None:
-    current = model.fingerprint()
-    differing = sorted(k for k in set(stored) | set(current) if k != "name" and stored.get(k) != current.get(k))
-    if differing:
-        raise IncompatibleError(
-            f"{where}: KV caches were made with model {stored.get('name')!r}, not with the loaded {current['name']!r} "
-            f"(differs in {', '.join(differing)}); recompute them with this model"
-        )
+class _Entry(TypedDict):
+    key: str
+    file: str
+    tokens: int
+    texts: list[str]
 
 
-def _read_entry(folder: Path, entry: dict) -> KVCache:
-    path = folder / entry["file"]
+class KVCacheMeta(TypedDict):
+    template: str
+    budget_bytes: int | None
+    entries: list[_Entry]
+
+
+def _check_template(template: str, where: str) -> None:
+    """A stored template may only hold the one `{memories}` field: str.format could otherwise read attributes."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise IncompatibleError(f"{path}: cache file missing") from None
-    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise IncompatibleError(f"{path}: truncated or corrupted ({len(data)} of {entry['bytes']} bytes, hash differs)")
-    try:
-        cache = KVCache.from_tensors(load_safetensors(data))
-    except (SafetensorError, KeyError) as error:
-        raise IncompatibleError(f"{path}: unreadable cache file ({error})") from None
-    if len(cache) != entry["tokens"]:
-        raise IncompatibleError(f"{path}: holds {len(cache)} tokens, manifest says {entry['tokens']}")
-    return cache
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise DataError(f"{where}: not a format template ({error})") from None
+    if fields != [("memories", "", None)]:
+        raise DataError(f"{where}: must hold the field {{memories}} once and no other field")
+
+
+def _read_entry(artifact: Artifact, entry: _Entry, model: LanguageModel, field: str) -> KVCache:
+    """The cache of one manifest entry, checked against the model: layers, heads, head size, dtype, vocabulary."""
+    path = artifact.folder / entry["file"]
+    if entry["file"] not in artifact.files:
+        raise DataError(f"{artifact.where(field + '.file')}: {entry['file']!r} is not a listed file")
+    named = artifact.read_tensors(entry["file"])
+    config = model.model.config
+    layers = config.num_hidden_layers
+    expected = {"token_ids", *(f"k.{i}" for i in range(layers)), *(f"v.{i}" for i in range(layers))}
+    if set(named) != expected:
+        raise IncompatibleError(f"{path}: holds tensors {sorted(named)[:4]}..., not the {layers} layers of model {model.name}")
+    ids = named["token_ids"]
+    if ids.dtype != torch.int64 or ids.dim() != 1 or len(ids) != entry["tokens"]:
+        raise DataError(f"{path}: token_ids must be {entry['tokens']} int64 ids ({artifact.where(field + '.tokens')})")
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
+        raise IncompatibleError(f"{path}: token ids outside the vocabulary of model {model.name}")
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (1, heads, len(ids), head_dim)
+    for name in sorted(expected - {"token_ids"}):
+        tensor = named[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != model.model.dtype:
+            raise IncompatibleError(
+                f"{path}: {name} is {tuple(tensor.shape)} {tensor.dtype}; model {model.name} makes {shape} {model.model.dtype}"
+            )
+    return KVCache.from_tensors(named)
+
+
+def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A KV-cache manifest written before the artifact module (`format_version` 1): sizes and hashes were
+    kept per entry; they become the file list."""
+    where = f"{folder / MANIFEST}"
+    if raw.get("format_version") != 1:
+        raise IncompatibleError(f"{where}: not a saved KV-cache memory (format {raw.get('format_version')!r})")
+    check_json(raw.get("entries"), list[_EntryVersion1], where, prefix="entries")
+    entries = raw["entries"]
+    return {
+        "format": "memos_lab.artifact",
+        "version": VERSION,
+        "kind": KIND,
+        "created_at": "",
+        "fingerprint": raw.get("fingerprint"),
+        "meta": {
+            "template": raw.get("template"),
+            "budget_bytes": raw.get("budget_bytes"),
+            "entries": [{key: e[key] for key in ("key", "file", "tokens", "texts")} for e in entries],
+        },
+        "files": {e["file"]: {"bytes": e["bytes"], "sha256": e["sha256"]} for e in entries},
+        "children": [],
+    }
+
+
+class _EntryVersion1(_Entry):
+    bytes: int
+    sha256: str

@@ -161,15 +161,16 @@ def test_truncated_or_missing_files_are_detected(lm: LanguageModel, tmp_path: Pa
     memory = KVCacheMemory(lm)
     memory.add("maya", FACTS[0])
     memory.save(tmp_path)
-    entry = json.loads((tmp_path / "manifest.json").read_text())["entries"][0]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["meta"]["entries"][0]
     path = tmp_path / entry["file"]
-    path.write_bytes(path.read_bytes()[: entry["bytes"] // 2])
-    with pytest.raises(IncompatibleError, match="truncated"):
+    path.write_bytes(path.read_bytes()[: manifest["files"][entry["file"]]["bytes"] // 2])
+    with pytest.raises(DataError, match="truncated"):
         KVCacheMemory.load(tmp_path, lm)
     path.unlink()
-    with pytest.raises(IncompatibleError, match="missing"):
+    with pytest.raises(DataError, match="missing"):
         KVCacheMemory.load(tmp_path, lm)
-    with pytest.raises(IncompatibleError, match="no manifest.json"):
+    with pytest.raises(DataError, match="nothing: not a folder"):
         KVCacheMemory.load(tmp_path / "nothing", lm)
 
 
