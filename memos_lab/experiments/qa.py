@@ -21,8 +21,9 @@ import random
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import hydra.utils
 import numpy as np
@@ -48,6 +49,7 @@ from memos_lab.mos import MOS
 from memos_lab.prompts import AnswerPrompt, JudgePrompt
 from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.parametric import recitation_edit
+from memos_lab.settings import Settings, one_of, positive, positive_int, uses_settings
 
 log = logging.getLogger(__name__)
 
@@ -110,50 +112,41 @@ class QARecord:
 
 
 @dataclass(frozen=True)
-class Settings:
-    context: str
-    form: str
-    top_k: int
-    context_tokens: int
-    full_context_tokens: int | None
-    max_new_tokens: int
-    max_questions: int | None
-    subset_seed: int
-    judge: str
-    include_unanswerable: bool
-    kv_budget_mb: float
-    bootstrap_resamples: int
+class QASettings(Settings):
+    """`experiment=qa`'s settings (conf/experiment/qa.yaml only overrides them)."""
+
+    section: ClassVar[str] = "experiment"
+    instantiated: ClassVar[bool] = False
+    config_keys: ClassVar[Mapping[str, Any]] = {
+        "name": "qa", "fn": "memos_lab.experiments.qa.run", "report_metrics": (), "ci_metrics": (), "pinned": (),
+    }  # fmt: skip
+    context: str = "retrieved"  # retrieved | none | full | oracle
+    form: str = "text"  # text | kv | parametric
+    top_k: int = 10
+    context_tokens: int = 1024  # the whole prompt's budget (instructions + memories + question)
+    full_context_tokens: int | None = None  # context=full; None: the model's window minus max_new_tokens
+    max_new_tokens: int = 24
+    max_questions: int | None = None  # per conversation and category; None: every question
+    subset_seed: int = 0
+    judge: str = "auto"  # auto | true | false
+    include_unanswerable: bool = False
+    kv_budget_mb: float = 512.0
+    bootstrap_resamples: int = 2000
+
+    def validate(self) -> None:
+        one_of(self, "context", CONTEXTS)
+        one_of(self, "form", FORMS)
+        one_of(self, "judge", JUDGE_MODES)
+        positive_int(self, "top_k", "context_tokens", "full_context_tokens", "max_new_tokens", "max_questions",
+                     "bootstrap_resamples")  # fmt: skip
+        positive(self, "kv_budget_mb")
 
     @classmethod
-    def from_config(cls, exp: DictConfig) -> Settings:
-        def positive(name: str, allow_none: bool = False) -> int | None:
-            value = exp.get(name)
-            if value is None and allow_none:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"experiment.{name} must be a positive integer, got {value!r}")
-            return value
-
-        def choice(name: str, valid: Sequence[str]) -> str:
-            value = str(exp.get(name)).lower()
-            if value not in valid:
-                raise ConfigError(f"experiment.{name} must be one of {list(valid)}, got {exp.get(name)!r}")
-            return value
-
-        return cls(
-            context=choice("context", CONTEXTS),
-            form=choice("form", FORMS),
-            top_k=positive("top_k"),
-            context_tokens=positive("context_tokens"),
-            full_context_tokens=positive("full_context_tokens", allow_none=True),
-            max_new_tokens=positive("max_new_tokens"),
-            max_questions=positive("max_questions", allow_none=True),
-            subset_seed=int(exp.subset_seed),
-            judge=choice("judge", JUDGE_MODES),
-            include_unanswerable=bool(exp.include_unanswerable),
-            kv_budget_mb=float(exp.kv_budget_mb),
-            bootstrap_resamples=positive("bootstrap_resamples"),
-        )
+    def from_config(cls, exp: Mapping[str, Any]) -> QASettings:
+        values = OmegaConf.to_container(exp, resolve=True) if isinstance(exp, DictConfig) else dict(exp)
+        if "judge" in values:  # `experiment.judge=true` on the command line is a YAML boolean ("True")
+            values["judge"] = str(values["judge"]).lower()
+        return cls.from_mapping({k: v for k, v in values.items() if k not in cls.config_keys})
 
 
 def build_prompts(cfg: DictConfig) -> tuple[AnswerPrompt, JudgePrompt]:
@@ -170,7 +163,7 @@ def build_prompts(cfg: DictConfig) -> tuple[AnswerPrompt, JudgePrompt]:
     return prompts[0], prompts[1]
 
 
-def check_budget_words(prompt: AnswerPrompt, settings: Settings) -> None:
+def check_budget_words(prompt: AnswerPrompt, settings: QASettings) -> None:
     """Before the model loads: every word of the empty prompt is at least one token, so a budget below the
     word count can never hold it (the exact check follows once the tokenizer is there)."""
     words = len(" ".join(m["content"] for m in prompt.messages([], "")).split())
@@ -239,7 +232,7 @@ class ContextBuilder:
     """Turns a question into its dated context lines, within the token budget of its mode."""
 
     def __init__(
-        self, settings: Settings, prompt: AnswerPrompt, count: Callable[[str], int], window: int | None
+        self, settings: QASettings, prompt: AnswerPrompt, count: Callable[[str], int], window: int | None
     ) -> None:
         self.settings = settings
         self.prompt = prompt
@@ -309,9 +302,10 @@ def answer_from_prefix(model: LanguageModel, messages: list[dict[str, str]], pre
 # ---- the run -------------------------------------------------------------------------------------
 
 
+@uses_settings(QASettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = cfg.experiment
-    settings = Settings.from_config(exp)
+    settings = QASettings.from_config(exp)
     answer_prompt, judge_prompt = build_prompts(cfg)
     check_budget_words(answer_prompt, settings)
     configured_judge = bool(cfg.judge.get("_target_"))
@@ -372,7 +366,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return metrics
 
 
-def context_window(generator: Generator, settings: Settings) -> int | None:
+def context_window(generator: Generator, settings: QASettings) -> int | None:
     """The answerer's context length where it is known (a local model), checked against the budgets."""
     model = generator.language_model
     window = getattr(model.model.config, "max_position_embeddings", None) if model is not None else None
@@ -396,7 +390,7 @@ class Timing:
 
 
 def answer_conversation(
-    prepared: Sequence[Prepared], settings: Settings, prompt: AnswerPrompt, generator: Generator,
+    prepared: Sequence[Prepared], settings: QASettings, prompt: AnswerPrompt, generator: Generator,
     activation: KVCacheMemory | None, parametric, timing: Timing,
 ) -> list[QARecord]:  # fmt: skip
     """Answer a conversation's questions: all in one call for the text and parametric forms (the generator
@@ -459,7 +453,7 @@ def first_line(text: str) -> str:
 
 
 def prepare_conversation(
-    conversation: Conversation, questions: Sequence[Question], settings: Settings, builder: ContextBuilder,
+    conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
     cfg: DictConfig, embedder, reader,
 ) -> list[Prepared]:  # fmt: skip
     turns = {turn.turn_id: turn for turn in conversation.turns}
@@ -591,7 +585,7 @@ def overall(records: Sequence[QARecord], include_unanswerable: bool) -> list[QAR
     return [r for r in records if include_unanswerable or r.answerable]
 
 
-def aggregate(records: Sequence[QARecord], settings: Settings) -> dict[str, float]:
+def aggregate(records: Sequence[QARecord], settings: QASettings) -> dict[str, float]:
     metrics: dict[str, float] = {
         "qa/questions": len(records),
         "qa/answer_failures": sum(r.answer_error is not None for r in records),
