@@ -20,8 +20,8 @@ import logging
 import random
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -38,8 +38,8 @@ from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.experiments.common import load_records
 from memos_lab.experiments.retrieval import turn_scores
-from memos_lab.loggers.base import Tracker
 from memos_lab.generation.base import ChatRequest, Generation, Generator
+from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import build_activation
 from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.models.decode import KVCache, greedy

@@ -14,10 +14,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from memos_lab.artifact import atomic_write_text
+from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
 from memos_lab.reporting.runs import RunRecord, check_pinned, collect_runs
-from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.reporting.table import (
     Comparison,
     Configuration,

@@ -80,7 +80,7 @@ def test_include_unanswerable_puts_adversarial_questions_into_the_overall():
 
 
 def test_baselines_show_nothing_the_evidence_or_the_newest_turns():
-    none, none_art = run("experiment.context=none")
+    none, _ = run("experiment.context=none")
     oracle, oracle_art = run("experiment.context=oracle")
     assert none["qa/evidence_in_context"] == 0 and oracle["qa/evidence_in_context"] == 1
     assert none["qa/context_tokens_mean"] < oracle["qa/context_tokens_mean"]

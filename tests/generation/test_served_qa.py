@@ -44,7 +44,7 @@ def test_served_answerer_and_judge_end_to_end(served_url: str, tiny_folder: Path
     assert metrics["qa/judge_prompt_tokens"] > 0
     assert artifacts[qa.SETUP_ARTIFACT]["answerer"]["backend"] != "local"
     # The same weights answering in-process give the same greedy answers.
-    local, local_artifacts = qa_run("model=hf", f"model.name_or_path={tiny_folder}", "device=cpu")
+    _, local_artifacts = qa_run("model=hf", f"model.name_or_path={tiny_folder}", "device=cpu")
     assert [row["answer"] for row in rows] == [row["answer"] for row in local_artifacts[qa.ANSWERS_ARTIFACT]["questions"]]
 
 
