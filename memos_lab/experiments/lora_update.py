@@ -9,6 +9,7 @@ is more likely than the old one (CounterFact's efficacy / paraphrase scores).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -20,18 +21,31 @@ from tqdm import tqdm
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.eval.editing import more_likely, rate, starts_with_target, unchanged
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_target, greedy_continuations, target_logprobs
+from memos_lab.settings import positive_int, uses_settings
 
 PREFIX = "lora/"
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class LoRAUpdateSettings(ExperimentSettings):
+    n_edits: int | None = None  # None: every edit of the dataset
+    n_batches: int = 1  # > 1: sequential editing, and lora/retention scores the earlier batches after the last
+    locality_tokens: int = 8  # greedy tokens compared with the base model's for locality
+    eval_batch_size: int = 32
+
+    def validate(self) -> None:
+        positive_int(self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size")
+
+
+@uses_settings(LoRAUpdateSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    exp = cfg.experiment
+    exp = LoRAUpdateSettings.from_mapping(cfg.experiment)
     edits = load_records(cfg, KnowledgeEdit)[: exp.n_edits]
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
@@ -75,7 +89,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         f"{PREFIX}edits": len(edits),
         f"{PREFIX}batches": len(batches),
         f"{PREFIX}steps": steps,
-        f"{PREFIX}batches_learned": 100.0 * learned / len(batches),
+        f"{PREFIX}batches_learned": learned / len(batches),
         f"{PREFIX}train_s": train_s,
         f"{PREFIX}train_s_per_100_edits": 100.0 * train_s / len(edits),
         f"{PREFIX}adapter_mb": _saved_mb(memory),
@@ -136,4 +150,4 @@ def _saved_mb(memory: ParametricMemory) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "memory"
         memory.save(folder)
-        return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+        return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 2**20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import hydra.utils
 import numpy as np
@@ -12,20 +13,32 @@ from tqdm import tqdm
 
 from memos_lab.data.schema import Conversation
 from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_query_metrics
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.mos import MOS, CubeHit
 from memos_lab.runner import PER_QUERY_ARTIFACT
+from memos_lab.settings import positive_int, uses_settings
 
 PREFIX = "retrieval/"
 
 
+@dataclass(frozen=True)
+class RetrievalSettings(ExperimentSettings):
+    top_k: int = 10  # memories retrieved per question
+    cutoffs: tuple[int, ...] = (1, 5, 10)  # the k of recall@k
+
+    def validate(self) -> None:
+        positive_int(self, "top_k")
+
+
+@uses_settings(RetrievalSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     conversations = load_records(cfg, Conversation)
     embedder = hydra.utils.instantiate(cfg.embedder)
     mos = MOS(textual_memory_factory=lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder))
     reader = hydra.utils.instantiate(cfg.reader)
-    top_k = int(cfg.experiment.top_k)
+    exp = RetrievalSettings.from_mapping(cfg.experiment)
+    top_k = exp.top_k
     index_bytes = 0
 
     qrels: dict[str, list[str]] = {}
@@ -59,7 +72,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         index_bytes += cube.text.index_nbytes()
         tracker.log({"ingest/items": items_stored, "ingest/questions": len(qrels)}, step=step)
 
-    per_query = per_query_metrics(qrels, run_scores, cutoffs=tuple(cfg.experiment.cutoffs))
+    per_query = per_query_metrics(qrels, run_scores, cutoffs=exp.cutoffs)
     metrics = mean_metrics(per_query, PREFIX)
     query_ids = sorted(qrels)
     # Per-query scores let the report test differences between configurations for significance.
@@ -75,14 +88,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             if name.startswith("recall"):
                 metrics[f"{PREFIX}{category}/{name}"] = float(np.mean(values[indices]))
         metrics[f"{PREFIX}{category}/questions"] = len(indices)
-        rows.append([category, len(indices)] + [float(np.mean(per_query[f"recall_all@{k}"][indices])) for k in cfg.experiment.cutoffs])
-    tracker.log_table("retrieval/by_category", ["category", "questions"] + [f"recall_all@{k}" for k in cfg.experiment.cutoffs], rows)
+        rows.append([category, len(indices)] + [float(np.mean(per_query[f"recall_all@{k}"][indices])) for k in exp.cutoffs])
+    tracker.log_table("retrieval/by_category", ["category", "questions"] + [f"recall_all@{k}" for k in exp.cutoffs], rows)
     metrics.update(latency_percentiles(search_ms, f"{PREFIX}search_ms"))
     metrics[f"{PREFIX}ingest_items_per_s"] = items_stored / ingest_s if ingest_s else 0.0
     metrics[f"{PREFIX}questions"] = len(qrels)
     metrics[f"{PREFIX}questions_skipped"] = skipped
     metrics[f"{PREFIX}items"] = items_stored
-    metrics[f"{PREFIX}index_mb"] = index_bytes / 1e6  # all conversations' indexes together
+    metrics[f"{PREFIX}index_mb"] = index_bytes / 2**20  # all conversations' indexes together
     return metrics
 
 

@@ -13,7 +13,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from memos_lab.atomic import atomic_write_text
+from memos_lab.errors import ConfigError
+from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
+from memos_lab.runner import RUN_METRICS
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
 from memos_lab.reporting.runs import RunRecord, collect_runs
 from memos_lab.reporting.table import (
@@ -51,15 +54,39 @@ def write_report(
     comparisons = paired_tests(configurations, chosen)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_against_setting(configurations, chosen, key, out) for key in keys]
-    latency = latency_metric(chosen) or WALL_TIME  # a run's wall time when no latency metric was chosen
+    specs = declared_metrics(runs, [*chosen, WALL_TIME])
+    latency = latency_metric(chosen, specs) or WALL_TIME  # a run's wall time when no latency metric was chosen
     if any(len(c.values(latency)) for c in configurations):
-        plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
+        plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(chosen, specs), out))
     atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
     atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
-    markdown = render(runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out)
+    markdown = render(runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out, specs)
     atomic_write_text(out / REPORT_FILE, markdown)
     failed = sum(not run.ok for run in runs)
     return ReportSummary(out, len(runs), failed, len(configurations))
+
+
+def declared_metrics(runs: Sequence[RunRecord], names: Sequence[str]) -> dict[str, MetricSpec]:
+    """What each metric is, as the runs' experiment configs declare it (`experiment.metrics`); a metric
+    declared with different versions in different runs is refused: its numbers mean different things."""
+    found: dict[str, MetricSpec] = {}
+    for run in runs:
+        declared = (run.config.get("experiment") or {}).get("metrics") or []
+        try:
+            specs = [*(MetricSpec.from_mapping(item) for item in declared), *RUN_METRICS]
+        except ConfigError as error:
+            raise ConfigError(f"{run.path}: {error}") from None
+        for name in names:
+            spec = find_spec(specs, name)
+            if spec is None:
+                continue
+            if name in found and found[name].version != spec.version:
+                raise ConfigError(
+                    f"metric {name!r} has version {found[name].version} in some runs and {spec.version} in {run.path}: "
+                    "its definition changed between them; report them separately"
+                )
+            found[name] = spec
+    return found
 
 
 def runs_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
@@ -94,6 +121,7 @@ def render(
     comparisons: Sequence[Comparison],
     plots: Sequence[Path],
     out: Path,
+    specs: dict[str, MetricSpec] | None = None,
 ) -> str:
     failed = [run for run in runs if not run.ok]
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -114,6 +142,7 @@ def render(
         "",
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
         "",
+        *_units_section(specs or {}),
     ]
     if failed:
         lines += ["## Failed runs", "", tabulate(
@@ -125,6 +154,15 @@ def render(
         lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.relative_to(out)})" for plot in plots] + [""]
     lines += _provenance_section(runs)
     return "\n".join(lines)
+
+
+def _units_section(specs: dict[str, MetricSpec]) -> list[str]:
+    """The units and directions the experiment declares for the metrics shown (rates are fractions in [0, 1])."""
+    if not specs:
+        return []
+    arrow = {True: "higher is better", False: "lower is better", None: "-"}
+    rows = [(name, spec.unit, arrow[spec.higher_is_better], spec.version) for name, spec in specs.items()]
+    return ["Units, as the experiment declares them:", "", tabulate(rows, ["metric", "unit", "direction", "version"], "github"), ""]
 
 
 def _significance_section(comparisons: Sequence[Comparison]) -> list[str]:
