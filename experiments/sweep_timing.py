@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from memos_lab.atomic import atomic_write_text
+from memos_lab.artifact import atomic_write_text
 
 TIMING = re.compile(r"(_ms|_s)(_p\d+)?$")  # latencies, throughputs (..._per_s) and wall times differ run to run
 

@@ -1,7 +1,7 @@
 """MemChat: the memory-augmented answer loop.
 
-For each question the scheduler retrieves and assembles working memory, and the local model answers
-greedily in one of three modes:
+For each question the scheduler retrieves and assembles working memory, and the answering model (a
+`Generator`: local, or served for the text mode) answers greedily in one of three modes:
 - `text`: the memories as text in the system message, the whole prompt prefilled every time;
 - `kv`: the same prompt, but the system message's KV cache comes from the activation tier (an exact
   prefix, built from the longest cached one when the working memory changed), so only the question is
@@ -12,18 +12,18 @@ greedily in one of three modes:
 from __future__ import annotations
 
 import hashlib
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import torch
-
 from memos_lab.errors import ConfigError
 from memos_lab.eval.kv import common_prefix_len
-from memos_lab.memory.activation.kv_cache import KVCache, KVCacheMemory, memory_messages, prefill
+from memos_lab.generation.base import ChatRequest, Generator, answer_one, check_max_new_tokens
+from memos_lab.memory.activation.base import ActivationMemory
+from memos_lab.memory.activation.kv_cache import memory_messages
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.parametric.base import ParametricMemory
-from memos_lab.models.llm import LanguageModel
+from memos_lab.models.decode import KVCache, greedy
+from memos_lab.models.device import clock
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import MemScheduler
 
@@ -42,14 +42,15 @@ MODES = ("text", "kv", "parametric")
 @dataclass(frozen=True)
 class ChatAnswer:
     text: str
-    token_ids: tuple[int, ...]  # the generated tokens (the text is their first line)
+    token_ids: tuple[int, ...] | None  # the generated tokens (the text is their first line); None when served
     memory_ids: tuple[str, ...]  # the working memory when the question was asked
     context_tokens: int  # tokens of the system message (memories and instructions) in the prompt
     prompt_tokens: int
     prefilled_tokens: int  # tokens run through the model before the first answer token, cache building included
-    ttft_ms: float  # from the assembled working memory to the first answer token
+    ttft_ms: float | None  # from the assembled working memory to the first answer token (None: not measurable)
     answer_ms: float  # retrieval, scheduling and generation
     kv_hit: bool | None = None  # kv mode: the working memory's cache was already in the activation tier
+    completion_tokens: int = 0
 
 
 def memory_line(item: MemoryItem) -> str:
@@ -58,26 +59,29 @@ def memory_line(item: MemoryItem) -> str:
 
 
 class MemChat:
+    """Answers through `generator` (local or served); the `kv` and `parametric` modes need its weights."""
+
     def __init__(
         self,
         scheduler: MemScheduler,
-        model: LanguageModel,
+        generator: Generator,
         mode: str = "text",
         max_new_tokens: int = 24,
-        activation: KVCacheMemory | None = None,
+        activation: ActivationMemory | None = None,
         parametric: ParametricMemory | None = None,
         template: str = TEMPLATE,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"chat mode {mode!r} is not one of {list(MODES)}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_max_new_tokens(max_new_tokens)
+        if mode in ("kv", "parametric"):
+            generator.require_weights(f"chat mode {mode!r}")
         if mode == "kv" and activation is None:
-            raise ConfigError("chat mode 'kv' needs an activation memory (a KVCacheMemory of the same model)")
+            raise ConfigError("chat mode 'kv' needs an activation memory (e.g. a KVCacheMemory of the same model)")
         if mode == "parametric" and parametric is None:
             raise ConfigError("chat mode 'parametric' needs a parametric memory (e.g. a LoRAMemory)")
         self.scheduler = scheduler
-        self.model = model
+        self.generator = generator
         self.mode = mode
         self.max_new_tokens = max_new_tokens
         self.activation = activation
@@ -91,32 +95,56 @@ class MemChat:
         return [*memory_messages(lines, self.template), {"role": "user", "content": question}]
 
     def ask(self, question: str) -> ChatAnswer:
-        started = time.perf_counter()
+        """The answer to one question; GenerationError (a MemosError) when the model gave none."""
+        model = self.generator.language_model
+        device = model.device if model is not None else None
+        started = clock(device)
         memories = self.scheduler.on_user_turn(question)
-        assembled = time.perf_counter()
+        assembled = clock(device)
         lines = [memory_line(item) for item in memories] or ["(none)"]
         messages = self.messages(lines, question)
-        prompt_ids = self.model.encode_chat(messages)
-        context_tokens = len(self.model.encode_chat(messages[:1], add_generation_prompt=False))
-        prefix, built, kv_hit = None, 0, None
+        kv_hit = None
         if self.mode == "kv":
-            prefix, built, kv_hit = self._memory_cache(memories, lines)
-        applied = self.parametric.applied() if self.mode == "parametric" else nullcontext()
-        with applied:
-            new_ids, first_token_at, reused = greedy_generate(self.model, prompt_ids, self.max_new_tokens, prefix)
-        text = self.model.tokenizer.decode(new_ids, skip_special_tokens=True).strip().split("\n")[0].strip()
+            answer_ids, first_token_at, prefilled, prompt_tokens, kv_hit = self._ask_kv(memories, lines, messages)
+            raw, completion_tokens = model.tokenizer.decode(answer_ids, skip_special_tokens=True), len(answer_ids)
+            token_ids: tuple[int, ...] | None = tuple(answer_ids)
+            ttft_ms: float | None = (first_token_at - assembled) * 1000
+        else:
+            applied = self.parametric.applied() if self.mode == "parametric" else nullcontext()
+            sent = clock(device)
+            with applied:
+                generation = answer_one(self.generator, ChatRequest.of(messages), self.max_new_tokens)
+            raw, token_ids, completion_tokens = generation.text, generation.token_ids, generation.completion_tokens
+            prompt_tokens = prefilled = generation.prompt_tokens
+            ttft_ms = None if generation.ttft_ms is None else (sent - assembled) * 1000 + generation.ttft_ms
+        text = raw.strip().split("\n")[0].strip()
         self.scheduler.on_answer(text)
+        if model is not None:
+            context_tokens = len(model.encode_chat(messages[:1], add_generation_prompt=False))
+        else:
+            context_tokens = self.generator.count_tokens(messages[0]["content"])
         return ChatAnswer(
             text=text,
-            token_ids=tuple(new_ids),
+            token_ids=token_ids,
             memory_ids=tuple(item.id for item in memories),
             context_tokens=context_tokens,
-            prompt_tokens=len(prompt_ids),
-            prefilled_tokens=built + len(prompt_ids) - reused,
-            ttft_ms=(first_token_at - assembled) * 1000,
-            answer_ms=(time.perf_counter() - started) * 1000,
+            prompt_tokens=prompt_tokens,
+            prefilled_tokens=prefilled,
+            ttft_ms=ttft_ms,
+            answer_ms=(clock(device) - started) * 1000,
             kv_hit=kv_hit,
+            completion_tokens=completion_tokens,
         )
+
+    def _ask_kv(
+        self, memories: list[MemoryItem], lines: list[str], messages: list[dict[str, str]]
+    ) -> tuple[list[int], float, int, int, bool]:
+        """Greedy answer from the memory's cached prefix: (ids, first token time, prefilled, prompt tokens, hit)."""
+        model = self.generator.require_weights("chat mode 'kv'")
+        prompt_ids = model.encode_chat(messages)
+        prefix, built, kv_hit = self._memory_cache(memories, lines)
+        decoded = greedy(model, prompt_ids, self.max_new_tokens, prefix)
+        return decoded.token_ids, decoded.first_token_at, built + len(prompt_ids) - decoded.reused, len(prompt_ids), kv_hit
 
     def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool]:
         """The system message's cache from the activation tier: (cache, tokens computed to build it, hit)."""
@@ -130,32 +158,3 @@ class MemChat:
         _, best = activation.best_prefix(ids)
         shared = min(common_prefix_len(best.token_ids, ids), len(ids) - 1) if best is not None else 0
         return activation.add_set(key, lines), len(ids) - shared, False
-
-
-def stop_token_ids(model: LanguageModel) -> set[int]:
-    tokenizer = model.tokenizer
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return {i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id}
-
-
-@torch.no_grad()
-def greedy_generate(
-    model: LanguageModel, prompt_ids: list[int], max_new_tokens: int, prefix: KVCache | None = None
-) -> tuple[list[int], float, int]:
-    """Greedy decoding, reusing `prefix` where it matches the prompt token for token.
-
-    Returns the new token ids, the perf_counter time of the first one, and the prompt tokens reused.
-    """
-    stops = stop_token_ids(model)
-    result = prefill(model, prompt_ids, prefix)
-    token = int(result.logits.argmax())
-    first_token_at = time.perf_counter()
-    cache, new = result.cache, []
-    while token not in stops and len(new) < max_new_tokens:
-        new.append(token)
-        if len(new) == max_new_tokens:
-            break
-        out = model.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        token = int(out.logits[0, -1].argmax())
-    return new, first_token_at, result.reused

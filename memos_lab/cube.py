@@ -1,43 +1,60 @@
 """MemCube: one user's or agent's container of declarative, activation and parametric memory.
 
-A cube dumps to a folder:
+A cube dumps to an artifact folder (see `memos_lab.artifact`, which writes and checks every file):
 
-    manifest.json     schema version, owner, how to rebuild each memory, sha256 and size of every file
+    manifest.json     kind "cube": owner, how to rebuild each memory, sha256 and size of every file
     items.sqlite      the declarative items: text, metadata, embeddings
     index/            the backend's index files (faiss index, graph, ...), if it keeps any
-    activation/       the activation slot's own files (`save(folder)` / `load(folder, model)`), if set
-    parametric/       the parametric slot's own files, if set
+    activation/       the activation slot, an artifact of its own (`save(folder)` / `load(folder, model)`), if set
+    parametric/       the parametric slot, likewise, if set
 
-Loading reads only data (JSON, SQLite, index files) and imports only `memos_lab.` classes, so a cube from
-someone else cannot run their code.
+Loading reads only data (strict JSON, read-only SQLite, index files), confined to the folder and checked
+against the manifest, and builds only registered memos_lab classes: a cube from someone else cannot run code.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from memos_lab.atomic import atomic_write_dir
-from memos_lab.errors import ConfigError, DataError, IncompatibleError
+from memos_lab.artifact import (
+    VERSION,
+    Artifact,
+    check_json,
+    read_artifact,
+    require_trusted,
+    trusted_class,
+    write_artifact,
+)
+from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError
 from memos_lab.memory.item import new_id, now_iso
 from memos_lab.memory.textual.base import TextualMemory
 from memos_lab.memory.textual.storage import read_items, write_items
 from memos_lab.models.embedder import Embedder
 
-SCHEMA_VERSION = 1
-FORMAT = "memos_lab.cube"
+KIND = "cube"
+SCHEMA_VERSION = VERSION
 MANIFEST_FILE = "manifest.json"
 ITEMS_FILE = "items.sqlite"
 INDEX_DIR = "index"
-SLOT_BASES = {  # slot -> the interface its class must implement
-    "activation": "memos_lab.memory.activation.base.ActivationMemory",
-    "parametric": "memos_lab.memory.parametric.base.ParametricMemory",
-}
-TRUSTED_PREFIX = "memos_lab."  # the only classes a stored cube may name
+SLOTS = ("activation", "parametric")  # each slot's classes are the TRUSTED_CLASSES family of that name
+TEXT_TARGET = "meta.memory_config.text"  # the one place a cube manifest names a class by `_target_`
+
+
+class _EmbedderMeta(TypedDict):
+    name: str
+    dim: int
+
+
+class CubeMeta(TypedDict):
+    cube_id: str
+    owner: str
+    created_at: str
+    memory_config: dict[str, dict[str, Any]]
+    embedder: _EmbedderMeta
+    item_count: int
+    slots: dict[str, str]
 
 
 @dataclass
@@ -74,141 +91,102 @@ class MemCube:
 
     def dump(self, folder: Path) -> None:
         """Write the cube into `folder` crash-safely; an existing cube there is replaced whole or not at all."""
-        atomic_write_dir(Path(folder), self._write)
-
-    def _write(self, folder: Path) -> None:
+        slots = {slot: getattr(self, slot) for slot in SLOTS if getattr(self, slot) is not None}
         items = list(self.text._items.values())
-        write_items(folder / ITEMS_FILE, items)
-        (folder / INDEX_DIR).mkdir()
-        self.text._save_index(folder / INDEX_DIR)
-        slots = {}
-        for slot in SLOT_BASES:
-            memory = getattr(self, slot)
-            if memory is not None:
-                slots[slot] = _trusted_class_path(memory, slot)
-                (folder / slot).mkdir()
-                memory.save(folder / slot)
-        manifest = {
-            "format": FORMAT,
-            **asdict(self.manifest),
-            "schema_version": SCHEMA_VERSION,
-            "memory_config": {**self.manifest.memory_config, "text": {"_target_": _class_path(self.text), **self.text.config()}},
+        meta = {
+            **{key: value for key, value in asdict(self.manifest).items() if key != "schema_version"},
+            "memory_config": {**self.manifest.memory_config, "text": {"_target_": require_trusted(self.text, "textual", "cube text memory"), **self.text.config()}},
             "embedder": {"name": self.text.embedder.name, "dim": self.text.embedder.dim},
             "item_count": len(items),
-            "slots": slots,
-            "files": {
-                path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-                for path in sorted(folder.rglob("*"))
-                if path.is_file()
-            },
+            "slots": {slot: require_trusted(memory, slot, f"cube slot {slot}") for slot, memory in slots.items()},
         }
-        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+        def build(staging: Path) -> None:
+            write_items(staging / ITEMS_FILE, items)
+            (staging / INDEX_DIR).mkdir()
+            self.text._save_index(staging / INDEX_DIR)
+            for slot, memory in slots.items():
+                memory.save(staging / slot)
+
+        write_artifact(Path(folder), KIND, meta, build=build, children=list(slots))
 
     @classmethod
     def load(cls, folder: Path, embedder: Embedder, model: Any | None = None) -> MemCube:
         """Validate and load a dumped cube; its embeddings must come from `embedder` (same name and size)."""
-        folder = Path(folder)
-        manifest = read_manifest(folder)
-        stored = manifest["embedder"]
-        if (stored.get("name"), stored.get("dim")) != (embedder.name, embedder.dim):
+        artifact = _read(Path(folder))
+        meta = artifact.meta
+        stored = meta["embedder"]
+        if (stored["name"], stored["dim"]) != (embedder.name, embedder.dim):
             raise IncompatibleError(
-                f"{folder}: cube was embedded with {stored.get('name')} (dim {stored.get('dim')}); "
+                f"{folder}: cube was embedded with {stored['name']} (dim {stored['dim']}); "
                 f"the given embedder is {embedder.name} (dim {embedder.dim})"
             )
-        text_config = dict(manifest["memory_config"]["text"])
-        memory_class = _trusted_class(text_config.pop("_target_"), "memory_config.text._target_", folder)
-        if not issubclass(memory_class, TextualMemory):
-            raise IncompatibleError(f"{folder / MANIFEST_FILE}: memory_config.text names {memory_class.__name__}, not a TextualMemory")
+        text_config = dict(meta["memory_config"]["text"])
+        memory_class = trusted_class(text_config.pop("_target_", None), "textual", artifact.where("memory_config.text._target_"))
         try:
             text = memory_class(embedder=embedder, **text_config)
-        except TypeError as error:
-            raise IncompatibleError(f"{folder}/{MANIFEST_FILE}: memory_config.text does not fit {memory_class.__name__}: {error}") from None
-        items = read_items(folder / ITEMS_FILE, embedder.dim)
-        if len(items) != manifest["item_count"]:
-            raise DataError(f"{folder / ITEMS_FILE}: holds {len(items)} items, the manifest says {manifest['item_count']}")
+        except (TypeError, ValueError, MemosError) as error:
+            raise IncompatibleError(f"{artifact.where('memory_config.text')}: does not fit {memory_class.__name__}: {error}") from None
+        items = read_items(artifact.path(ITEMS_FILE), embedder.dim)
+        if len(items) != meta["item_count"]:
+            raise DataError(f"{artifact.folder / ITEMS_FILE}: holds {len(items)} items, the manifest says {meta['item_count']}")
         text._items = {item.id: item for item in items}
-        text._load_index(folder / INDEX_DIR, items)
-        fields_ = {key: manifest[key] for key in ("cube_id", "owner", "schema_version", "created_at", "memory_config")}
+        text._load_index(artifact.folder / INDEX_DIR, items)
+        fields_ = {key: meta[key] for key in ("cube_id", "owner", "created_at", "memory_config")}
         cube = cls(CubeManifest(**fields_), text)
-        for slot, path in manifest["slots"].items():
-            if slot not in SLOT_BASES:
-                raise IncompatibleError(f"{folder / MANIFEST_FILE}: unknown slot {slot!r}; valid: {list(SLOT_BASES)}")
-            slot_class = _trusted_class(path, f"slots.{slot}", folder)
-            if not issubclass(slot_class, _trusted_class(SLOT_BASES[slot], "slot base", folder)):
-                raise IncompatibleError(f"{folder / MANIFEST_FILE}: slots.{slot} names {path}, not a {SLOT_BASES[slot]}")
+        classes = {}
+        for slot, path in meta["slots"].items():
+            if slot not in SLOTS:
+                raise IncompatibleError(f"{artifact.where('slots')}: unknown slot {slot!r}; valid: {list(SLOTS)}")
+            classes[slot] = trusted_class(path, slot, artifact.where(f"slots.{slot}"))
             if model is None:
                 raise ConfigError(f"{folder}: the cube has {slot} memory, which needs a model to load (pass model=...)")
-            setattr(cube, slot, slot_class.load(folder / slot, model))
+        try:
+            for slot, slot_class in classes.items():
+                setattr(cube, slot, slot_class.load(artifact.child(slot), model))
+        except BaseException:
+            if hasattr(cube.parametric, "close"):  # a failed load leaves no adapter on the shared model
+                cube.parametric.close()
+            raise
         return cube
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a dumped cube, after checking its schema and that every file is whole."""
-    path = folder / MANIFEST_FILE
+    """The checked fields (`CubeMeta`) of a dumped cube, after verifying every file."""
+    return _read(Path(folder)).meta
+
+
+def _read(folder: Path) -> Artifact:
     if not folder.is_dir():
         raise DataError(f"no cube folder at {folder}")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{folder} is not a cube: {MANIFEST_FILE} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: corrupt manifest ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: not a memos_lab cube manifest")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        raise DataError(f"{path}: schema_version missing or not an integer")
-    if version > SCHEMA_VERSION:
-        raise IncompatibleError(
-            f"{path}: cube schema version {version} is newer than this memos_lab supports ({SCHEMA_VERSION}); upgrade memos_lab"
-        )
-    required = ("cube_id", "owner", "created_at", "memory_config", "embedder", "item_count", "slots", "files")
-    missing = [key for key in required if key not in manifest]
-    if missing or "text" not in manifest.get("memory_config", {}):
-        raise DataError(f"{path}: missing key(s) {missing or ['memory_config.text']}")
-    for name, expected in manifest["files"].items():
-        file = folder / name
-        if not file.resolve().is_relative_to(folder.resolve()):
-            raise DataError(f"{path}: file entry {name!r} points outside the cube")
-        if not file.is_file():
-            raise DataError(f"{file}: missing from the cube")
-        size = file.stat().st_size
-        if size != expected["bytes"]:
-            raise DataError(f"{file}: truncated or altered ({size} bytes, the manifest says {expected['bytes']})")
-        if _sha256(file) != expected["sha256"]:
-            raise DataError(f"{file}: corrupt (sha256 differs from the manifest)")
-    return manifest
+    if not (folder / MANIFEST_FILE).exists():
+        raise DataError(f"{folder} is not a cube: {MANIFEST_FILE} is missing")
+    artifact = read_artifact(folder, KIND, targets={TEXT_TARGET: "textual"}, migrate=_from_version_1)
+    artifact.check_meta(CubeMeta)
+    if "text" not in artifact.meta["memory_config"]:
+        raise DataError(f"{artifact.where('memory_config.text')}: missing")
+    if set(artifact.meta["slots"]) - set(artifact.children):
+        raise DataError(f"{artifact.where('slots')}: names a slot with no child folder listed")
+    return artifact
 
 
-def _class_path(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A cube manifest written before the artifact module (format memos_lab.cube, schema_version 1): the
+    same fields; its file list also covers the slots' files, which stay checked."""
+    if raw.get("format") != "memos_lab.cube" or raw.get("schema_version") != 1:
+        version = raw.get("schema_version")
+        if raw.get("format") == "memos_lab.cube" and isinstance(version, int) and version > 1:
+            raise IncompatibleError(f"{folder / MANIFEST_FILE}: cube schema version {version} is newer than this memos_lab reads; upgrade memos_lab")
+        raise DataError(f"{folder / MANIFEST_FILE}: not a memos_lab cube manifest")
+    check_json(raw.get("slots"), dict[str, str], f"{folder / MANIFEST_FILE}: slots")
+    return {
+        "format": "memos_lab.artifact",
+        "version": VERSION,
+        "kind": KIND,
+        "created_at": raw.get("created_at"),
+        "fingerprint": None,
+        "meta": {key: raw.get(key) for key in CubeMeta.__annotations__},
+        "files": raw.get("files"),
+        "children": sorted(raw["slots"]),
+    }
 
-
-def _trusted_class_path(obj: object, slot: str) -> str:
-    path = _class_path(obj)
-    if not path.startswith(TRUSTED_PREFIX):
-        raise ConfigError(f"cube slot {slot}: class {path} is not part of memos_lab; only memos_lab classes can be stored")
-    return path
-
-
-def _trusted_class(path: object, key: str, folder: Path) -> type:
-    """Import a class a manifest names, but only from memos_lab: a cube must not choose code to run."""
-    where = f"{folder / MANIFEST_FILE}: {key}"
-    if not isinstance(path, str) or not path.startswith(TRUSTED_PREFIX) or "." not in path:
-        raise IncompatibleError(f"{where} names {path!r}; only {TRUSTED_PREFIX}* classes are loaded")
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise IncompatibleError(f"{where} names {path}, which this memos_lab does not have") from None
-    if not isinstance(found, type):
-        raise IncompatibleError(f"{where} names {path}, which is not a class")
-    return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -26,3 +26,7 @@ class AccessDeniedError(MemosError, PermissionError):
 
 class IncompatibleError(MemosError):
     """A stored artefact (cube, KV cache, adapter) does not fit this schema or model."""
+
+
+class BusyError(MemosError):
+    """Another writer holds the cube or MOS root, or changed it since this process read it."""

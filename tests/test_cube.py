@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memos_lab import artifact
 from memos_lab.cube import MANIFEST_FILE, SCHEMA_VERSION, MemCube
 from memos_lab.errors import ConfigError, DataError, IncompatibleError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
@@ -87,14 +88,16 @@ def dumped(tmp_path, embedder) -> Path:
 
 
 def edit_manifest(folder: Path, **changes: object) -> None:
+    """Change top-level manifest fields, or the cube's own fields (under "meta") where they live."""
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    manifest.update(changes)
+    for key, value in changes.items():
+        (manifest if key in manifest else manifest["meta"])[key] = value
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def test_newer_schema_is_refused_clearly(dumped, embedder):
-    edit_manifest(dumped, schema_version=SCHEMA_VERSION + 1)
-    with pytest.raises(IncompatibleError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+    edit_manifest(dumped, version=SCHEMA_VERSION + 1)
+    with pytest.raises(IncompatibleError, match=f"version {SCHEMA_VERSION + 1} is newer"):
         MemCube.load(dumped, embedder)
 
 
@@ -104,8 +107,8 @@ def test_newer_schema_is_refused_clearly(dumped, embedder):
         (lambda d: (d / "items.sqlite").write_bytes((d / "items.sqlite").read_bytes()[:100]), "items.sqlite: truncated"),
         (lambda d: (d / "items.sqlite").unlink(), "items.sqlite: missing"),
         (lambda d: (d / MANIFEST_FILE).unlink(), "manifest.json is missing"),
-        (lambda d: (d / MANIFEST_FILE).write_text('{"format": "memos_lab.cube", "sche'), "manifest.json: corrupt"),
-        (lambda d: edit_manifest(d, files={"../outside": {"bytes": 1, "sha256": "x"}}), "outside the cube"),
+        (lambda d: (d / MANIFEST_FILE).write_text('{"format": "memos_lab.cube", "sche'), "manifest.json: not valid JSON"),
+        (lambda d: edit_manifest(d, files={"../outside": {"bytes": 1, "sha256": "x"}}), "only relative paths inside"),
         (lambda d: edit_manifest(d, item_count=1), "holds 5 items, the manifest says 1"),
     ],
 )
@@ -131,7 +134,7 @@ def test_forged_item_store_is_rejected_even_with_matching_checksums(tmp_path, em
         db.execute("UPDATE items SET metadata = '{\"colour\": 1}' WHERE position = 0")
     db.close()
     manifest = json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())
-    from memos_lab.cube import _sha256
+    from memos_lab.artifact import _sha256
 
     path = tmp_path / "cube" / "items.sqlite"
     manifest["files"]["items.sqlite"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
@@ -143,9 +146,9 @@ def test_forged_item_store_is_rejected_even_with_matching_checksums(tmp_path, em
 @pytest.mark.parametrize("target", ["os.system", "subprocess.Popen", "memos_lab.nosuch.Class", "memos_lab.errors.DataError"])
 def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
     manifest = json.loads((dumped / MANIFEST_FILE).read_text())
-    manifest["memory_config"]["text"]["_target_"] = target
+    manifest["meta"]["memory_config"]["text"]["_target_"] = target
     (dumped / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(IncompatibleError, match="_target_|TextualMemory"):
+    with pytest.raises(IncompatibleError, match="_target_ names .*may only name the textual classes"):
         MemCube.load(dumped, embedder)
 
 
@@ -153,12 +156,13 @@ def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
     "slots, message",
     [
         ({"activation": "builtins.object"}, "slots.activation names 'builtins.object'"),
-        ({"activation": "memos_lab.cube.MemCube"}, "slots.activation names memos_lab.cube.MemCube, not a"),
+        ({"activation": "memos_lab.cube.MemCube"}, "slots.activation names 'memos_lab.cube.MemCube'; .* only name the activation"),
         ({"plugins": "memos_lab.cube.MemCube"}, "unknown slot 'plugins'"),
     ],
 )
 def test_slot_classes_must_be_memos_lab_memories(dumped, embedder, slots, message):
-    edit_manifest(dumped, slots=slots)
+    (dumped / next(iter(slots))).mkdir()
+    edit_manifest(dumped, slots=slots, children=list(slots))
     with pytest.raises(IncompatibleError, match=message):
         MemCube.load(dumped, embedder, model=object())
 
@@ -169,17 +173,17 @@ def test_other_embedder_is_refused(dumped):
 
 
 class _FakeSlot:
-    """Stands in for an activation memory: writes a JSON file, loads it back with the model."""
+    """Stands in for an activation memory: an artifact of its own holding a value, loaded back with the model."""
 
     def __init__(self, value: str) -> None:
         self.value = value
 
     def save(self, folder: Path) -> None:
-        (folder / "state.json").write_text(json.dumps({"value": self.value}))
+        artifact.write_artifact(folder, "fake", {"value": self.value})
 
     @classmethod
     def load(cls, folder: Path, model: object) -> _FakeSlot:
-        return cls(json.loads((folder / "state.json").read_text())["value"] + f"+{model}")
+        return cls(artifact.read_artifact(folder, "fake").meta["value"] + f"+{model}")
 
 
 def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, monkeypatch):
@@ -190,10 +194,11 @@ def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, mon
     monkeypatch.setattr(_FakeSlot, "__module__", "memos_lab.cube")  # pose as a memos_lab class
     ActivationMemory.register(_FakeSlot)  # and as an activation memory
     monkeypatch.setattr(cube_module, "_FakeSlot", _FakeSlot, raising=False)
+    monkeypatch.setitem(artifact.TRUSTED_CLASSES, "activation", ("memos_lab.cube._FakeSlot",))  # and register it
     cube = filled_cube(embedder)
     cube.activation = _FakeSlot("kv")
     cube.dump(tmp_path / "cube")
-    assert json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())["slots"] == {"activation": "memos_lab.cube._FakeSlot"}
+    assert json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())["meta"]["slots"] == {"activation": "memos_lab.cube._FakeSlot"}
     with pytest.raises(ConfigError, match="activation memory, which needs a model"):
         MemCube.load(tmp_path / "cube", embedder)
     loaded = MemCube.load(tmp_path / "cube", embedder, model="m")
@@ -203,6 +208,6 @@ def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, mon
 def test_slot_from_outside_memos_lab_is_not_dumped(tmp_path, embedder):
     cube = filled_cube(embedder)
     cube.parametric = _FakeSlot("x")
-    with pytest.raises(ConfigError, match="not part of memos_lab"):
+    with pytest.raises(ConfigError, match="not a registered memos_lab parametric class"):
         cube.dump(tmp_path / "cube")
     assert not (tmp_path / "cube").exists() and not os.listdir(tmp_path)

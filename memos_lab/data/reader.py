@@ -1,18 +1,18 @@
-"""Readers turn raw dialogue into memory items: `fast` (one item per turn) or `fine` (facts from the local model)."""
+"""Readers turn raw dialogue into memory items: `fast` (one item per turn) or `fine` (facts from the answering model)."""
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from memos_lab.data.schema import Conversation, Turn
 from memos_lab.errors import ConfigError
+from memos_lab.generation.base import ChatRequest, Generator
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 from memos_lab.memory.textual.base import KEY_FIELD, MAX_TEXT_CHARS
 
-if TYPE_CHECKING:  # importing transformers costs seconds; the fast reader never needs it
-    from memos_lab.models.llm import LanguageModel
+log = logging.getLogger(__name__)
 
 FACT_PROMPT = (
     "List the facts stated in this conversation as short, self-contained sentences, one per line, "
@@ -79,62 +79,62 @@ class FastReader(Reader):
 
 
 class FineReader(Reader):
-    """Asks the local model for the facts in each window of `window` turns of a session.
+    """Asks the answering model (`llm=`, local or served) for the facts in each window of `window` turns.
 
     Every fact keeps the ids of the turns it was read from (`extra["source_turns"]`, `;`-separated), so
-    retrieval can still be scored against turn-level evidence.
+    retrieval can still be scored against turn-level evidence. A window the model fails on gives no facts
+    and is counted in `failures`.
     """
 
     name = "fine"
 
-    def __init__(self, model: LanguageModel, window: int = 8, max_new_tokens: int = 128, max_facts: int = 8) -> None:
+    def __init__(self, generator: Generator, window: int = 8, max_new_tokens: int = 128, max_facts: int = 8) -> None:
         for key, value in {"window": window, "max_new_tokens": max_new_tokens, "max_facts": max_facts}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"reader.{key} must be a positive integer, got {value!r}")
-        self.model = model
+        self.generator = generator
         self.window = window
         self.max_new_tokens = max_new_tokens
         self.max_facts = max_facts
+        self.failures = 0
 
     def read(self, conversation: Conversation, user: str) -> list[MemoryItem]:
+        windows = [
+            (session, session.turns[start : start + self.window])
+            for session in conversation.sessions
+            for start in range(0, len(session.turns), self.window)
+        ]
+        requests = [
+            ChatRequest.user(FACT_PROMPT.format(dialogue="\n".join(f"{t.speaker}: {t.text}" for t in turns)))
+            for _, turns in windows
+        ]
         items = []
-        for session in conversation.sessions:
-            for start in range(0, len(session.turns), self.window):
-                turns = session.turns[start : start + self.window]
-                dialogue = "\n".join(f"{turn.speaker}: {turn.text}" for turn in turns)
-                turn_ids = [turn.turn_id for turn in turns]
-                for fact in self._facts(dialogue):
-                    items.append(
-                        MemoryItem(
-                            text=fact,
-                            metadata=MemoryMetadata(
-                                user=user,
-                                session=session.session_id,
-                                source=f"{conversation.conversation_id}/{turn_ids[0]}..{turn_ids[-1]}#{len(items)}",
-                                event_time=session.time,
-                                tags=("reader:fine",),
-                                extra={"source_turns": ";".join(turn_ids), "conversation_id": conversation.conversation_id},
-                            ),
-                        )
+        for (session, turns), generation in zip(windows, self.generator.generate(requests, self.max_new_tokens), strict=True):
+            if generation.failed:
+                self.failures += 1
+                log.warning("fine reader: no facts for %s/%s: %s", conversation.conversation_id, turns[0].turn_id, generation.error)
+                continue
+            turn_ids = [turn.turn_id for turn in turns]
+            for fact in _facts(generation.text, self.max_facts):
+                items.append(
+                    MemoryItem(
+                        text=fact,
+                        metadata=MemoryMetadata(
+                            user=user,
+                            session=session.session_id,
+                            source=f"{conversation.conversation_id}/{turn_ids[0]}..{turn_ids[-1]}#{len(items)}",
+                            event_time=session.time,
+                            tags=("reader:fine",),
+                            extra={"source_turns": ";".join(turn_ids), "conversation_id": conversation.conversation_id},
+                        ),
                     )
+                )
         return items
 
-    def _facts(self, dialogue: str) -> list[str]:
-        import torch
 
-        ids = self.model.encode_chat([{"role": "user", "content": FACT_PROMPT.format(dialogue=dialogue)}])
-        tokenizer = self.model.tokenizer
-        with torch.no_grad():
-            output = self.model.model.generate(
-                input_ids=torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            )
-        text = tokenizer.decode(output[0, len(ids) :], skip_special_tokens=True)
-        facts = [line.strip(" -*•\t").strip() for line in text.splitlines()]
-        return [fact[:MAX_TEXT_CHARS] for fact in facts if fact][: self.max_facts]
+def _facts(text: str, limit: int) -> list[str]:
+    facts = [line.strip(" -*•\t").strip() for line in text.splitlines()]
+    return [fact[:MAX_TEXT_CHARS] for fact in facts if fact][:limit]
 
 
 def _spoken_date(iso_time: str) -> str:

@@ -1,19 +1,20 @@
-"""Optional LLM judge through any OpenAI-compatible chat-completions endpoint (plain HTTP, stdlib only).
+"""Optional LLM judge: any `Generator` (usually a served model, `judge=openai_compatible`) grades answers.
 
-A judge that is down, slow or answers garbage raises `JudgeError` for that question; the experiment
-counts it as a failure and goes on. After `max_consecutive_failures` in a row the judge stops calling
-the endpoint, so a dead server costs a few timeouts, not one per question.
+A question the judge gives no verdict for (the server failed, timed out, or answered neither CORRECT nor
+WRONG) is a `JudgeError` for that question, or a None in `judge_many`; the experiment counts it as a
+failure and goes on. The generator takes a server that keeps failing for dead, so it costs a few timeouts.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import urllib.error
-import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from memos_lab.errors import ConfigError, MemosError
+from memos_lab.errors import MemosError
+from memos_lab.generation.base import ChatRequest, Generator
+from memos_lab.settings import Settings, positive_int
 
 PROMPT = (
     "You grade answers to questions about a conversation. Compare the generated answer with the gold answer: "
@@ -28,56 +29,52 @@ class JudgeError(MemosError):
     """The judge gave no usable verdict for one question."""
 
 
-class OpenAICompatibleJudge:
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        timeout_s: float = 30.0,
-        max_consecutive_failures: int = 5,
-    ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge.base_url must be an http(s) URL, got {base_url!r}")
-        if not isinstance(model, str) or not model:
-            raise ConfigError("judge.model must name the endpoint's model")
-        if timeout_s <= 0 or max_consecutive_failures <= 0:
-            raise ConfigError("judge.timeout_s and judge.max_consecutive_failures must be positive")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout_s = float(timeout_s)
-        self.max_consecutive_failures = int(max_consecutive_failures)
-        self._failures_in_a_row = 0
+@dataclass(frozen=True)
+class JudgeSettings(Settings):
+    section: ClassVar[str] = "judge"
+    config_keys: ClassVar[Mapping[str, Any]] = {"generator": None}  # the Generator that grades (judge.generator)
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        positive_int(self, "max_new_tokens")
+
+
+class LLMJudge:
+    settings_class = JudgeSettings
+
+    def __init__(self, generator: Generator, **settings: Any) -> None:
+        self.settings = JudgeSettings.from_mapping(settings)
+        self.generator = generator
+        self.max_new_tokens = self.settings.max_new_tokens
+        self.prompt_tokens = 0  # usage over every verdict asked for
+        self.completion_tokens = 0
 
     def judge(self, question: str, gold: str, prediction: str) -> bool:
         """True for CORRECT, False for WRONG; JudgeError when no verdict could be had."""
-        if self._failures_in_a_row >= self.max_consecutive_failures:
-            raise JudgeError(f"judge disabled after {self._failures_in_a_row} failures in a row")
-        try:
-            verdict = self._ask(PROMPT.format(question=question, gold=gold, prediction=prediction))
-        except JudgeError:
-            self._failures_in_a_row += 1
-            raise
-        self._failures_in_a_row = 0
+        (verdict,) = self._verdicts([(question, gold, prediction)])
+        if isinstance(verdict, str):
+            raise JudgeError(verdict)
         return verdict
 
-    def _ask(self, prompt: str) -> bool:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 8}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-            content = payload["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            raise JudgeError(f"judge endpoint {self.url} failed: {error}") from error
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            raise JudgeError(f"judge endpoint {self.url} sent no chat completion: {error!r}") from error
-        match = _VERDICT.search(str(content))
-        if match is None:
-            raise JudgeError(f"judge answered neither CORRECT nor WRONG: {str(content)[:80]!r}")
-        return match.group(1).upper() == "CORRECT"
+    def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[bool | None]:
+        """Verdicts for (question, gold, prediction) triples, asked concurrently; None where none was had."""
+        return [None if isinstance(v, str) else v for v in self._verdicts(items)]
+
+    def _verdicts(self, items: Sequence[tuple[str, str, str]]) -> list[bool | str]:
+        requests = [
+            ChatRequest.user(PROMPT.format(question=q, gold=g, prediction=p), request_id=str(i))
+            for i, (q, g, p) in enumerate(items)
+        ]
+        verdicts: list[bool | str] = []
+        for generation in self.generator.generate(requests, self.max_new_tokens):
+            self.prompt_tokens += generation.prompt_tokens
+            self.completion_tokens += generation.completion_tokens
+            if generation.failed:
+                verdicts.append(f"judge {self.generator.name} failed: {generation.error}")
+                continue
+            match = _VERDICT.search(generation.text)
+            if match is None:
+                verdicts.append(f"judge answered neither CORRECT nor WRONG: {generation.text[:80]!r}")
+                continue
+            verdicts.append(match.group(1).upper() == "CORRECT")
+        return verdicts

@@ -33,7 +33,7 @@ def load_records(cfg: DictConfig, record_type: type[Record]) -> list[Record]:
 
 # Units a metric may declare. Rates and shares are fractions in [0, 1] in every experiment; `_mb` metrics
 # are MiB (2**20 bytes), as the activation budgets (`budget_mb`, `max_mb`) are.
-UNITS = ("fraction", "ms", "s", "MiB", "KiB", "bytes", "items/s", "count", "tokens", "ratio", "logit")
+UNITS = ("fraction", "ms", "s", "MiB", "KiB", "bytes", "items/s", "count", "tokens", "ratio", "logit", "bits")
 LATENCY_UNITS = ("ms", "s")
 
 

@@ -13,7 +13,6 @@ versus the cached memory (MemOS's short/medium/long table); sweep both with Hydr
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,8 +28,10 @@ from memos_lab.eval.kv import ModelDims, perfect_prefix_reuse, prefill_flops
 from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.compose import chunked_memory_prompt, compose_chunks, encode_chunks
-from memos_lab.memory.activation.kv_cache import KVCache, KVCacheMemory, Prefill, generate, memory_messages, prefill
+from memos_lab.memory.activation.base import ActivationMemory, build_activation
+from memos_lab.memory.activation.kv_cache import KVCache, Prefill, generate, memory_messages, prefill
 from memos_lab.memory.activation.session import ChatSession
+from memos_lab.models.device import clock
 from memos_lab.models.llm import LanguageModel
 from memos_lab.settings import non_negative_int, one_of, positive_int, probability, uses_settings
 
@@ -75,12 +76,22 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = KVReuseSettings.from_mapping(cfg.experiment)
     conversations = load_records(cfg, Conversation)
     lm: LanguageModel = hydra.utils.instantiate(cfg.model)
+
+    def new_memory() -> ActivationMemory:
+        return build_activation(cfg.activation, lm)
+
     if exp.mode == "sweep":
-        return _sweep(lm, conversations, exp, tracker)
-    return _dialogues(lm, conversations[: int(exp.dialogues)], exp, tracker)
+        return _sweep(lm, conversations, exp, tracker, new_memory)
+    return _dialogues(lm, conversations[: int(exp.dialogues)], exp, tracker, new_memory)
 
 
-def _dialogues(lm: LanguageModel, conversations: list[Conversation], exp: KVReuseSettings, tracker: Tracker) -> dict[str, float]:
+def _dialogues(
+    lm: LanguageModel,
+    conversations: list[Conversation],
+    exp: KVReuseSettings,
+    tracker: Tracker,
+    new_memory: Callable[[], ActivationMemory],
+) -> dict[str, float]:
     tally, cached_sequences = Tally(), []
     compose_gaps: dict[str, list[float]] = {}
     cache_bytes, cache_tokens = 0, 0
@@ -90,7 +101,7 @@ def _dialogues(lm: LanguageModel, conversations: list[Conversation], exp: KVReus
             raise DataError(f"conversation {conversation.conversation_id}: too few turns for {exp.turns} exchanges")
         history, memory_turns = turns[-2 * int(exp.turns) :], turns[: -2 * int(exp.turns)]
         texts = _memory_texts(lm, memory_turns, int(exp.memory_tokens))
-        memory = KVCacheMemory(lm)
+        memory = new_memory()
         stored = memory.add_set("memory", texts)  # precomputed, as `load memory_type=activation` does
         cached_sequences.append(stored.token_ids)
         session = ChatSession(lm, memory, memory_messages(texts))
@@ -104,7 +115,7 @@ def _dialogues(lm: LanguageModel, conversations: list[Conversation], exp: KVReus
         cache_tokens += len(stored) + len(session.cache)
         if int(exp.compose_memories) > 1:
             question = session.messages[-2]["content"]  # the last user message
-            for name, gap in _composition_gaps(lm, texts, question, exp).items():
+            for name, gap in _composition_gaps(lm, texts, question, exp, new_memory()).items():
                 compose_gaps.setdefault(name, []).append(gap)
     metrics = _summary(lm, tally, cached_sequences)
     metrics[f"{PREFIX}cache_mb"] = cache_bytes / 2**20
@@ -117,11 +128,17 @@ def _dialogues(lm: LanguageModel, conversations: list[Conversation], exp: KVReus
     return metrics
 
 
-def _sweep(lm: LanguageModel, conversations: list[Conversation], exp: KVReuseSettings, tracker: Tracker) -> dict[str, float]:
+def _sweep(
+    lm: LanguageModel,
+    conversations: list[Conversation],
+    exp: KVReuseSettings,
+    tracker: Tracker,
+    new_memory: Callable[[], ActivationMemory],
+) -> dict[str, float]:
     turns = [turn for conversation in conversations for turn in conversation.turns]  # enough text for 4k tokens
     texts = _memory_texts(lm, turns, int(exp.memory_tokens))
     question = _truncate(lm, " ".join(turn.text for turn in reversed(turns)), int(exp.question_tokens))
-    memory = KVCacheMemory(lm)
+    memory = new_memory()
     stored = memory.add_set("memory", texts)
     tally = Tally()
     ids = lm.encode_chat(memory_messages(texts) + [{"role": "user", "content": question}])
@@ -147,10 +164,10 @@ def _measure(
     then compare logits and greedy answers."""
     full_ms, reuse_ms = [], []
     for repeat in range(int(exp.repeats)):
-        full, ms = _timed(lambda: prefill(lm, ids))
+        full, ms = _timed(lambda: prefill(lm, ids), lm.device)
         full_ms.append(ms)
         last = repeat == int(exp.repeats) - 1
-        reused, ms = _timed(reuse if last else lambda: prefill(lm, ids, prefix))
+        reused, ms = _timed(reuse if last else lambda: prefill(lm, ids, prefix), lm.device)
         reuse_ms.append(ms)
     tally.prompts.append(ids)
     tally.prompt_tokens.append(len(ids))
@@ -164,10 +181,10 @@ def _measure(
         tally.greedy_matches.append(answer_full == answer_reused)
 
 
-def _timed(fn: Callable[[], Prefill]) -> tuple[Prefill, float]:
-    started = time.perf_counter()
+def _timed(fn: Callable[[], Prefill], device: torch.device) -> tuple[Prefill, float]:
+    started = clock(device)
     result = fn()
-    return result, (time.perf_counter() - started) * 1000
+    return result, (clock(device) - started) * 1000
 
 
 def _summary(lm: LanguageModel, tally: Tally, cached: Sequence[Sequence[int]]) -> dict[str, float]:
@@ -195,7 +212,9 @@ def _summary(lm: LanguageModel, tally: Tally, cached: Sequence[Sequence[int]]) -
 
 
 @torch.no_grad()
-def _composition_gaps(lm: LanguageModel, texts: list[str], question: str, exp: KVReuseSettings) -> dict[str, float]:
+def _composition_gaps(
+    lm: LanguageModel, texts: list[str], question: str, exp: KVReuseSettings, memory: ActivationMemory
+) -> dict[str, float]:
     """Next-token gap of each composition mode to the exact prefill of the same tokens."""
     k = min(int(exp.compose_memories), len(texts))
     groups = [" ".join(texts[i::k]) for i in range(k)]  # k memories of similar length
@@ -207,7 +226,6 @@ def _composition_gaps(lm: LanguageModel, texts: list[str], question: str, exp: K
     ids = prompt.ids + lm.tokenizer.encode(tail, add_special_tokens=False)
     reference = prefill(lm, ids)
     chunks = encode_chunks(lm, prompt)
-    memory = KVCacheMemory(lm)
     end = len(prompt.header)
     for i, chunk in enumerate(prompt.chunks):  # exact mode: the set grows one memory at a time, each from the last
         end += len(chunk)

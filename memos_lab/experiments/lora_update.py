@@ -3,7 +3,10 @@
 Reliability / generalisation: the greedy continuation of the edit prompt / a paraphrase starts with the
 new target. Locality: the greedy continuation of an unrelated prompt is the base model's. Portability:
 a one-hop question continues with its expected answer. The `_prob` versions ask whether the new target
-is more likely than the old one (CounterFact's efficacy / paraphrase scores).
+is more likely than the old one (CounterFact's efficacy / paraphrase scores); `neighborhood_prob`: on a
+neighbour prompt whose answer is the edit's old target (CounterFact), the old target stays more likely than
+the new one. Fluency: ROME's n-gram entropy of greedy generations from the edited subjects, before
+(`fluency_base`) and after the edits, so a method cannot win by breaking the model.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from tqdm import tqdm
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
-from memos_lab.eval.editing import more_likely, rate, starts_with_target, unchanged
+from memos_lab.eval.editing import more_likely, ngram_entropy, rate, starts_with_target, unchanged
 from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_target, greedy_continuations, target_logprobs
-from memos_lab.settings import positive_int, uses_settings
+from memos_lab.settings import non_negative_int, positive_int, uses_settings
 
 PREFIX = "lora/"
 T = TypeVar("T")
@@ -35,18 +38,22 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class LoRAUpdateSettings(ExperimentSettings):
     n_edits: int | None = None  # None: every edit of the dataset
+    first_edit: int = 0  # records skipped first (held-out halves: tune on 0-99, check on 100-199)
     n_batches: int = 1  # > 1: sequential editing, and lora/retention scores the earlier batches after the last
     locality_tokens: int = 8  # greedy tokens compared with the base model's for locality
     eval_batch_size: int = 32
+    fluency_prompts: int = 50  # edited subjects whose greedy generations score lora/fluency (n-gram entropy, bits)
+    fluency_tokens: int = 32
 
     def validate(self) -> None:
-        positive_int(self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size")
+        positive_int(self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size", "fluency_prompts", "fluency_tokens")
+        non_negative_int(self, "first_edit")
 
 
 @uses_settings(LoRAUpdateSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = LoRAUpdateSettings.from_mapping(cfg.experiment)
-    edits = load_records(cfg, KnowledgeEdit)[: exp.n_edits]
+    edits = load_records(cfg, KnowledgeEdit)[exp.first_edit :][: exp.n_edits]
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
         raise ConfigError(f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}")
@@ -61,6 +68,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     probes = [probe.prompt for edit in edits for probe in edit.locality]
     base_locality = generate(probes, int(exp.locality_tokens))
     base_reliability = _starts(lm, generate([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
+    subjects = list(dict.fromkeys(e.subject for e in edits))[: exp.fluency_prompts]
+    fluency_tokens = exp.fluency_tokens
+    fluency_base = [ngram_entropy(ids) for ids in generate(subjects, fluency_tokens)]
 
     train_s, steps, learned = 0.0, 0, 0
     for step, batch in enumerate(tqdm(batches, desc="edit batches", unit="batch")):
@@ -85,7 +95,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
               "portability": portability, "base_reliability": base_reliability}
     # a metric the data gives nothing to score on (no paraphrases, no portability questions) is left out
     metrics = {f"{PREFIX}{name}": rate(flags) for name, flags in scored.items() if flags}
+    fluency = [ngram_entropy(ids) for ids in said(subjects, fluency_tokens)]
     metrics |= {
+        f"{PREFIX}fluency": sum(fluency) / len(fluency),
+        f"{PREFIX}fluency_base": sum(fluency_base) / len(fluency_base),
         f"{PREFIX}edits": len(edits),
         f"{PREFIX}batches": len(batches),
         f"{PREFIX}steps": steps,
@@ -106,11 +119,24 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         ("generalization_prob", [(p, e) for e in with_old for p in e.paraphrases]),
     ):
         if pairs:
-            prompts = [p for p, _ in pairs]
-            new = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_new for i in idx]))
-            old = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_old for i in idx]))
-            metrics[f"{PREFIX}{name}"] = rate([more_likely(n, o) for n, o in zip(new, old, strict=True)])
+            metrics[f"{PREFIX}{name}"] = rate(_new_beats_old(memory, scorer, pairs))
+    neighbours = [(p.prompt, e) for e in with_old for p in e.locality if p.answer == e.target_old]
+    if neighbours:
+        metrics[f"{PREFIX}neighborhood_prob"] = rate([not won for won in _new_beats_old(memory, scorer, neighbours)])
+    residual = getattr(memory, "delta_residual", None)  # locate-then-edit memories: what a rank cap dropped
+    if residual is not None:
+        metrics[f"{PREFIX}delta_residual"] = residual
     return metrics
+
+
+def _new_beats_old(
+    memory: ParametricMemory, scorer: Callable[[list[str], list[str]], list[float]], pairs: list[tuple[str, KnowledgeEdit]]
+) -> list[bool]:
+    """Per (prompt, edit): the edited model finds the edit's new target more likely than its old one."""
+    prompts = [p for p, _ in pairs]
+    new = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_new for i in idx]))
+    old = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_old for i in idx]))
+    return [more_likely(n, o) for n, o in zip(new, old, strict=True)]
 
 
 def _answers(probes: Sequence) -> list[str]:

@@ -13,7 +13,6 @@ Per form: accuracy, time to first token, storage bytes, the cost of writing all 
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,13 +22,14 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from memos_lab.chat import greedy_generate
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.eval.editing import rate, starts_with_target
 from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
-from memos_lab.memory.activation.kv_cache import KVCache, prefill
+from memos_lab.generation.base import Generator
+from memos_lab.models.decode import KVCache, greedy, prefill
+from memos_lab.models.device import clock
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
 from memos_lab.settings import one_of, positive_int, uses_settings
@@ -49,9 +49,9 @@ def context_text(edits: Sequence[KnowledgeEdit]) -> str:
 
 def answer(lm: LanguageModel, ids: list[int], max_new_tokens: int, prefix: KVCache | None = None) -> tuple[list[int], float]:
     """Greedy continuation of raw token ids (no chat template) and the seconds to its first token."""
-    started = time.perf_counter()
-    new, first_token_at, _ = greedy_generate(lm, ids, max_new_tokens, prefix)
-    return new, first_token_at - started
+    started = clock(lm.device)
+    decoded = greedy(lm, ids, max_new_tokens, prefix)
+    return decoded.token_ids, decoded.first_token_at - started
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     edits = load_records(cfg, KnowledgeEdit)[: exp.n_facts]
     if len(edits) < 2:
         raise ConfigError("experiment.n_facts must be at least 2 (one fact is changed to time an update)")
-    lm: LanguageModel = hydra.utils.instantiate(cfg.model)
+    generator: Generator = hydra.utils.instantiate(cfg.llm)
+    # raw-text continuations, KV caches and adapters all need the weights
+    lm = generator.require_weights("experiment=memory_types (raw-text continuations, KV caches, LoRA)")
     tokenizer = lm.tokenizer
 
     def encode(text: str) -> list[int]:
@@ -92,7 +94,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     parametric: ParametricMemory | None = None
     cache: KVCache | None = None
-    started = time.perf_counter()
+    started = clock(lm.device)
     if form == "lora":
         parametric = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=lm)
         metrics[f"{PREFIX}train_steps"] = parametric.edit(edits).steps
@@ -100,7 +102,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         cache = prefill(lm, context_ids).snapshot()
     else:
         encode(context)  # text: tokenising the context is all there is to do before a question
-    metrics[f"{PREFIX}write_s"] = time.perf_counter() - started
+    metrics[f"{PREFIX}write_s"] = clock(lm.device) - started
 
     flags: dict[str, list[bool]] = {"accuracy": [], "generalization": []}
     ttft, text_ttft, matches = [], [], []
@@ -149,11 +151,11 @@ def _update_seconds(form, lm, edits, encode, cache, parametric) -> float:
     middle = len(edits) // 2
     changed = replace(edits[middle], target_new=edits[middle - 1].target_new, edit_id=f"{edits[middle].edit_id}-changed")
     updated = [*edits[:middle], changed, *edits[middle + 1 :]]
-    started = time.perf_counter()
+    started = clock(lm.device)
     if form == "kv":  # the cache up to the changed fact is kept, the rest recomputed
         prefill(lm, encode(context_text(updated)), cache).snapshot()
     elif form == "lora":
         parametric.edit([changed])
     else:
         encode(context_text(updated))
-    return time.perf_counter() - started
+    return clock(lm.device) - started

@@ -27,10 +27,10 @@ from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
-from memos_lab.models.llm import LanguageModel
+from memos_lab.generation.base import Generator
+from memos_lab.memory.activation.base import build_activation
 from memos_lab.mos import MOS
 from memos_lab.runner import PER_QUERY_ARTIFACT
-from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
 from memos_lab.scheduler.parametric import Consolidator
@@ -104,12 +104,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     budget = Budget(**exp.working_memory)
     hydra.utils.instantiate(cfg.scheduler)  # a bad policy setting fails here, before any model loads
     embedder = hydra.utils.instantiate(cfg.embedder)
-    model: LanguageModel = hydra.utils.instantiate(cfg.model)
+    generator: Generator = hydra.utils.instantiate(cfg.llm)
+    if exp.mode in ("kv", "parametric"):
+        generator.require_weights(f"experiment.mode={exp.mode}")  # before any work
     judge = hydra.utils.instantiate(cfg.judge) if cfg.judge.get("_target_") else None
-    tokenizer = model.tokenizer
-
-    def count_tokens(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     records: list[QuestionRecord] = []
     interrupted = False
@@ -122,16 +120,19 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             cube = mos.create_cube(user, cube_id=conversation.conversation_id)
             scheduler = MemScheduler(
                 mos, user, cube.cube_id, hydra.utils.instantiate(cfg.scheduler), budget,
-                top_k=int(exp.top_k), token_counter=count_tokens,
+                top_k=int(exp.top_k), token_counter=generator.count_tokens,
             )  # fmt: skip
             activation = parametric = consolidator = None
             if exp.mode == "kv":
-                eviction = PolicyEviction(scheduler.working)
-                activation = KVCacheMemory(model, exp.activation.get("max_mb"), eviction, template=TEMPLATE)
+                activation = build_activation(
+                    cfg.activation, generator.require_weights("kv mode"), PolicyEviction(scheduler.working), TEMPLATE,
+                    budget_mb=exp.activation.get("max_mb"),
+                )  # fmt: skip
             if exp.mode == "parametric":
+                model = generator.require_weights("parametric mode")
                 parametric = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model)
                 consolidator = Consolidator(parametric, **exp.consolidation)
-            chat = MemChat(scheduler, model, exp.mode, int(exp.max_new_tokens), activation, parametric)
+            chat = MemChat(scheduler, generator, exp.mode, int(exp.max_new_tokens), activation, parametric)
             slots = question_slots(conversation)
             for s, session in enumerate(conversation.sessions):
                 for turn in session.turns:
@@ -151,8 +152,12 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     except KeyboardInterrupt:
         interrupted = True  # keep what was measured; the runner still writes it
         log.warning("interrupted after %d questions; writing the metrics measured so far", len(records))
+    generator.close()
     tracker.log_artifact(PER_QUERY_ARTIFACT, per_query(records))
     metrics = aggregate(records)
+    if judge is not None:
+        metrics["qa/judge_prompt_tokens"] = judge.prompt_tokens
+        metrics["qa/judge_completion_tokens"] = judge.completion_tokens
     metrics["run/interrupted"] = float(interrupted)
     if exp.mode == "parametric":
         metrics["sched/consolidated_items"] = consolidated
@@ -232,7 +237,11 @@ def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
         if kv:
             metrics["sched/kv_hit_rate"] = _mean(kv)
         metrics.update(latency_percentiles([r.answer.answer_ms for r in answered], "latency/answer_ms"))
-        metrics.update(latency_percentiles([r.answer.ttft_ms for r in answered], "latency/ttft_ms"))
+        ttft = [r.answer.ttft_ms for r in answered if r.answer.ttft_ms is not None]
+        if ttft:  # a served model tells it only when streaming
+            metrics.update(latency_percentiles(ttft, "latency/ttft_ms"))
+        metrics["qa/completion_tokens_total"] = sum(r.answer.completion_tokens for r in answered)
+        metrics["qa/prompt_tokens_total"] = prompt_tokens
         by_category: dict[str, list[QuestionRecord]] = defaultdict(list)
         for r in answered:
             by_category[r.category].append(r)

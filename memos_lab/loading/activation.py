@@ -10,21 +10,20 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from memos_lab.errors import ConfigError
-from memos_lab.loading.common import open_cube, required, save_cube
-from memos_lab.memory.activation.base import ByteBudget
-from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
+from memos_lab.memory.activation.base import ByteBudget, build_activation
 from memos_lab.memory.item import MemoryItem
 
 SET_KEY = "set:recent"  # the cache of the assembled recent memories, in time order
 
 
+@cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     required(cfg, "user")
     if cfg.get("dataset") is not None or cfg.get("input") is not None:
         raise ConfigError("activation loading caches the memories already in the cube; load text first with memory_type=declarative")
     options = cfg.memory_type
-    if int(options.max_items) <= 0:
-        raise ConfigError(f"memory_type.max_items must be positive, got {options.max_items}")
+    max_items = positive_int(options.max_items, "memory_type.max_items")
     embedder = hydra.utils.instantiate(cfg.embedder)
     cube, created = open_cube(cfg, embedder)
     if created:
@@ -32,9 +31,9 @@ def load(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     memory = cube.activation  # loading the cube already refused caches of another model
     if memory is None:
-        memory = KVCacheMemory(hydra.utils.instantiate(cfg.model))
+        memory = build_activation(cfg.activation, hydra.utils.instantiate(cfg.model))
     memory.budget = ByteBudget.from_mb(options.budget_mb, memory.budget.policy)
-    items = _recent(cube.text.get_all({"user": str(cfg.user)}), int(options.max_items))
+    items = _recent(cube.text.get_all({"user": str(cfg.user)}), max_items)
     new = [item for item in items if item.id not in memory.keys()] if options.items else []
     for item in tqdm(new, desc="caching memories", unit="item"):
         memory.add(item.id, item.text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.cube import MANIFEST_FILE, MemCube, read_manifest
 from memos_lab.errors import AccessDeniedError, ConfigError
+from memos_lab.locking import hold_writer_lock
 from memos_lab.models.embedder import Embedder
+
+Loader = Callable[[DictConfig], dict[str, Any]]
 
 
 def required(cfg: DictConfig, key: str) -> str:
@@ -19,6 +24,25 @@ def required(cfg: DictConfig, key: str) -> str:
     if value is None or not str(value).strip():
         raise ConfigError(f"load needs {key}=...")
     return str(value)
+
+
+def positive_int(value: object, key: str) -> int:
+    """A count from the command line: a positive integer, or a ConfigError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def cube_writer(load: Loader) -> Loader:
+    """Run a loader holding the cube folder's writer lock, from reading the cube to writing it back, so
+    two loads into one cube run one after the other (each sees the other's items) or the second fails."""
+
+    @functools.wraps(load)
+    def locked(cfg: DictConfig) -> dict[str, Any]:
+        with hold_writer_lock(Path(required(cfg, "cube_dir")), cfg.lock_timeout_s):
+            return load(cfg)
+
+    return locked
 
 
 def open_cube(cfg: DictConfig, embedder: Embedder) -> tuple[MemCube, bool]:

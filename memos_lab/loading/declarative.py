@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,19 +11,22 @@ import hydra.utils
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from memos_lab.artifact import parse_json
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import open_cube, required, save_cube
+from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
 from memos_lab.memory.item import STATUSES, MemoryItem, MemoryMetadata
 
 JSONL_FIELDS = {"text", "user", "session", "time", "tags", "source"}  # other keys go to metadata.extra
 
 
+@cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     user = required(cfg, "user")
     has_dataset, has_input = cfg.get("dataset") is not None, cfg.get("input") is not None
     if has_dataset == has_input:
         raise ConfigError("load needs exactly one source: dataset=NAME or input=FILE.jsonl")
+    batch_size = positive_int(cfg.batch_size, "batch_size")
     embedder = hydra.utils.instantiate(cfg.embedder)
     cube, created = open_cube(cfg, embedder)  # an existing cube keeps its own backend
 
@@ -39,7 +41,6 @@ def load(cfg: DictConfig) -> dict[str, Any]:
     # Provenance makes loading idempotent: running the same load twice stores nothing new.
     known = {item.metadata.source for item in cube.text.get_all({"statuses": STATUSES}) if item.metadata.source}
     new = [item for item in items if item.metadata.source not in known]
-    batch_size = int(cfg.batch_size)
     storing_started = time.perf_counter()
     with tqdm(total=len(new), desc=f"storing into {cfg.cube_dir}", unit="item") as progress:
         for start in range(0, len(new), batch_size):
@@ -84,10 +85,7 @@ def jsonl_items(path: Path, user: str) -> Iterator[MemoryItem]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not JSON ({error.msg})") from None
+        record = parse_json(line.encode("utf-8"), where)  # strict: depth, lone surrogates, NaN
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f"{where}: a record needs a string field 'text'")
         tags = record.get("tags", [])

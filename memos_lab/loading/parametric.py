@@ -1,4 +1,4 @@
-"""Train a user's knowledge edits into the LoRA adapter of a cube's parametric memory.
+"""Train a user's knowledge edits into their adapter of a cube's parametric memory (any ParametricMemory).
 
 `python -m memos_lab load memory_type=parametric user=U cube_dir=DIR (dataset=NAME | input=FACTS.jsonl)
 [parametric=lora_ftm|lora_kl|gated_lora|lora ...]`: the cube (created if absent) gets a parametric memory
@@ -17,18 +17,18 @@ from omegaconf import DictConfig
 from memos_lab.data.knowledge import load_facts
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import open_cube, required, save_cube
-from memos_lab.memory.parametric.lora import LoRAMemory
+from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
 
 
+@cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     user = required(cfg, "user")
     has_dataset, has_input = cfg.get("dataset") is not None, cfg.get("input") is not None
     if has_dataset == has_input:
         raise ConfigError("load needs exactly one source: dataset=NAME or input=FACTS.jsonl")
     edits = _edits(cfg)  # read and checked before the cube or the model is touched
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(positive_int(cfg.threads, "threads"))
     cube, created = open_cube(cfg, hydra.utils.instantiate(cfg.embedder))
     memory = cube.parametric
     if memory is None:
@@ -36,8 +36,6 @@ def load(cfg: DictConfig) -> dict[str, Any]:
         # partial: Hydra would turn the LanguageModel dataclass into a config if passed as a kwarg
         memory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model, adapter=user)
         cube.parametric = memory
-    elif not isinstance(memory, LoRAMemory):
-        raise ConfigError(f"the cube's parametric memory is a {type(memory).__name__}; this loader trains LoRA adapters")
     elif user in memory.adapters:
         memory.switch(user)
     else:

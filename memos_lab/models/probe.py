@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from memos_lab.errors import DataError
+from memos_lab.models.decode import greedy_batch, left_padded
 from memos_lab.models.llm import LanguageModel
 
 
@@ -34,39 +35,12 @@ def encode_target(lm: LanguageModel, target: str) -> list[int]:
     return ids
 
 
-def left_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ids, attention mask and position ids of left-padded sequences: every sequence ends at the last column."""
-    width = max(len(s) for s in sequences)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
-    ids = torch.full((len(sequences), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-@torch.no_grad()
 def greedy_continuations(
     lm: LanguageModel, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 32
 ) -> list[list[int]]:
-    """The greedy continuation ids of each raw-text prompt (exactly max_new_tokens each)."""
-    results: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [encode_prompt(lm, p) for p in prompts[start:start + batch_size]]
-        ids, mask, positions = left_padded(lm, encoded)
-        past = None
-        generated = []
-        for _ in range(max_new_tokens):
-            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                           use_cache=True)
-            past = out.past_key_values
-            ids = out.logits[:, -1].argmax(-1, keepdim=True)
-            generated.append(ids)
-            mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
-            positions = positions[:, -1:] + 1
-        results.extend(torch.cat(generated, dim=1).tolist())
-    return results
+    """The greedy continuation ids of each raw-text prompt (exactly max_new_tokens each: no stop token)."""
+    encoded = [encode_prompt(lm, p) for p in prompts]
+    return greedy_batch(lm, encoded, max_new_tokens, stop=False, batch_size=batch_size).token_ids
 
 
 @torch.no_grad()
@@ -83,6 +57,6 @@ def target_logprobs(
         width = ids.shape[1]
         for row, (_, target) in enumerate(chunk):
             # the logits at position i predict token i + 1
-            at = torch.arange(width - len(target) - 1, width - 1)
-            scores.append(float(logprobs[row, at, torch.tensor(target)].sum()))
+            at = torch.arange(width - len(target) - 1, width - 1, device=logprobs.device)
+            scores.append(float(logprobs[row, at, torch.tensor(target, device=logprobs.device)].sum()))
     return scores

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from memos_lab.atomic import atomic_write_text
+from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError
 from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.runner import COMPLETE_MARKER as WALL_TIME

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memos_lab.atomic import atomic_write_bytes
+from memos_lab.artifact import atomic_write_bytes
 from memos_lab.experiments.common import MetricSpec
 from memos_lab.reporting.table import Configuration
 

@@ -54,8 +54,9 @@ def test_a_working_memory_that_holds_everything_always_hits():
 
 
 def test_a_dead_judge_is_a_counted_failure_per_question():
-    cfg = config("judge=openai_compatible", "judge.base_url=http://127.0.0.1:9/v1", "judge.model=none",
-                 "judge.timeout_s=1")  # fmt: skip
+    # check=false: the judge's server dies after the start (a dead one at the start is a ConfigError)
+    cfg = config("judge=openai_compatible", "judge.generator.base_url=http://127.0.0.1:9/v1", "judge.generator.model=none",
+                 "judge.generator.timeout_s=1", "judge.generator.max_retries=0", "judge.generator.check=false")  # fmt: skip
     metrics = scheduling.run(cfg, Tracker())
     assert metrics["qa/judge_failures"] == metrics["qa/questions"] > 0
     assert "qa/judge" not in metrics and "qa/f1" in metrics

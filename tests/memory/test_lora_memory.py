@@ -11,7 +11,8 @@ import torch
 from peft import PeftModel
 
 from memos_lab.data.schema import KnowledgeEdit
-from memos_lab.errors import ConfigError, DataError, IncompatibleError, NotFoundError
+from memos_lab.artifact import file_entry
+from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, NotFoundError
 from memos_lab.eval.editing import starts_with_target
 from memos_lab.memory.parametric.gate import EditGate
 from memos_lab.memory.parametric.lora import LoRAMemory
@@ -81,7 +82,7 @@ def test_save_writes_a_plain_peft_adapter_folder_and_load_restores_it(lm, traine
     adapter_dir = tmp_path / "memory" / "adapters" / "alice"
     assert sorted(p.name for p in adapter_dir.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     manifest = json.loads((tmp_path / "memory" / "manifest.json").read_text())
-    assert manifest["fingerprint"] == lm.fingerprint() and manifest["adapters"][0]["name"] == "alice"
+    assert manifest["fingerprint"] == lm.fingerprint() and manifest["meta"]["adapters"][0]["name"] == "alice"
     # peft itself reads the folder onto a fresh copy of the base model and says the same
     fresh = build_tiny_llama(seed=0)
     with_peft = LanguageModel(PeftModel.from_pretrained(fresh.model, str(adapter_dir)), fresh.tokenizer, "peft")
@@ -120,26 +121,35 @@ def test_adapter_for_another_base_model_is_refused_and_the_model_untouched(train
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
-        (lambda d: (d / "manifest.json").write_text("{oops"), "unreadable manifest.json"),
-        (lambda d: (d / "adapters/alice/adapter_model.safetensors").write_bytes(b"\x00" * 12), "unreadable"),
-        (lambda d: (d / "adapters/alice/adapter_config.json").unlink(), "bad adapter_config.json"),
-        (lambda d: _edit_config(d, r=4), "shape"),
+        (lambda d: (d / "manifest.json").unlink(), "manifest.json: missing"),
+        (lambda d: (d / "manifest.json").write_text("{oops"), "manifest.json: not valid JSON"),
+        (lambda d: (d / "adapters/alice/adapter_model.safetensors").write_bytes(b"\x00" * 12), "truncated or altered"),
+        (lambda d: (d / "adapters/alice/adapter_config.json").unlink(), "adapter_config.json: missing"),
+        (lambda d: _edit_config(d, r=4), "adapter_config.json: truncated or altered"),
+        (lambda d: _edit_config(d, r=4, sign=True), "adapter_config.json: r is 4, memos_lab writes 8"),
+        (lambda d: _edit_config(d, layer_replication=[[0, 2], [0, 2]], sign=True), "layer_replication is .*refused"),
+        (lambda d: _edit_config(d, use_dora=True, sign=True), "use_dora is true, memos_lab writes false"),
+        (lambda d: _edit_config(d, surprise=1, sign=True), "surprise: memos_lab writes no such key"),
     ],
 )
 def test_corrupt_folder_gives_a_clear_error_and_keeps_the_model_as_it_was(lm, trained, tmp_path, damage, message):
     trained.save(tmp_path / "memory")
     damage(tmp_path / "memory")
     adapters_before = set(lm.model.peft_config)
-    with pytest.raises(IncompatibleError, match=message):
+    with pytest.raises(MemosError, match=message):
         LoRAMemory.load(tmp_path / "memory", lm)
     assert set(lm.model.peft_config) == adapters_before
     assert learned(lm, trained) == [True, True, True]  # the stored adapter next to it is intact
 
 
-def _edit_config(folder: Path, **changes) -> None:
+def _edit_config(folder: Path, sign: bool = False, **changes) -> None:
+    """Change the stored adapter config; `sign`: also record its new size and hash, as a forger would."""
     path = folder / "adapters/alice/adapter_config.json"
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+    if sign:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["files"]["adapters/alice/adapter_config.json"] = file_entry(folder, "adapters/alice/adapter_config.json")
+        (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_switch_between_named_adapters_and_disable(lm):

@@ -103,7 +103,7 @@ def test_chat_encoding_round_trip(tiny: LanguageModel) -> None:
     [
         lambda: build_tiny_llama(dtype="float64"),
         lambda: load_pretrained("some-org/some-model", dtype="int8"),
-        lambda: load_smollm2("/nonexistent-cache", dtype="fp32"),  # refused before any conversion
+        lambda: load_smollm2("/nonexistent-cache", dtype="fp8"),  # refused before any conversion
     ],
 )
 def test_bad_dtype_is_a_config_error(load) -> None:
@@ -135,7 +135,7 @@ def test_missing_smollm2_wheel_is_a_config_error(tmp_path: Path, monkeypatch: py
 
 
 def test_tiny_llama_config_instantiates() -> None:
-    cfg = OmegaConf.merge({"seed": 3}, {"model": OmegaConf.load(CONF_DIR / "tiny_llama.yaml")})
+    cfg = OmegaConf.merge({"seed": 3, "device": "cpu", "dtype": "auto"}, {"model": OmegaConf.load(CONF_DIR / "tiny_llama.yaml")})
     lm = hydra.utils.instantiate(cfg.model)
     assert lm.fingerprint() == build_tiny_llama(seed=3).fingerprint()
 

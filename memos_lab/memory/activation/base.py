@@ -11,9 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from memos_lab.errors import ConfigError
+from memos_lab.models.decode import KVCache, Prefill
 from memos_lab.models.llm import LanguageModel
 
 
@@ -85,28 +86,80 @@ class ByteBudget:
 
 
 class ActivationMemory(ABC):
-    """Activations of memory texts, keyed by name, computed once with `model` and reused as prompt prefixes."""
+    """Activations of memory texts, keyed by name, computed once with `model` and reused as prompt prefixes.
+
+    Everything the chat, the loaders and the experiments call is declared here, so a new backend (a
+    quantised KV store, say) is one file plus one YAML under conf/activation/. Constructors take
+    `(model, budget_mb=None, eviction=None, template=...)`; build one with `build_activation`.
+    """
+
+    template: str  # how memory texts become the system message their activations belong to
 
     def __init__(self, model: LanguageModel, budget: ByteBudget | None = None) -> None:
         self.model = model
         self.budget = budget or ByteBudget()
+
+    # ---- storing ---------------------------------------------------------------------------------
 
     @abstractmethod
     def add(self, key: str, text: str) -> int:
         """Compute and store the activations of a memory text; returns the number of tokens stored."""
 
     @abstractmethod
+    def add_set(self, key: str, texts: Sequence[str]) -> KVCache:
+        """Store the activations of several memory texts assembled into one system message (exactly as
+        `prompt_ids(texts)` renders it), reusing the longest stored prefix."""
+
+    @abstractmethod
+    def add_tokens(self, key: str, token_ids: Sequence[int], texts: Sequence[str] = ()) -> KVCache:
+        """Store the activations of a token sequence (a memory message, a session's history)."""
+
+    @abstractmethod
     def remove(self, key: str) -> None:
         """Drop one entry (NotFoundError if unknown)."""
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def prompt_ids(self, texts: Sequence[str]) -> list[int]:
+        """Token ids of the memory system message for `texts` (no generation prompt)."""
 
     @abstractmethod
     def keys(self) -> list[str]:
         """Stored entry keys, oldest first."""
 
+    @abstractmethod
+    def get(self, key: str) -> KVCache:
+        """One stored entry (NotFoundError if unknown)."""
+
+    @abstractmethod
+    def texts(self, key: str) -> list[str]:
+        """The memory texts an entry was computed from."""
+
+    @abstractmethod
+    def stats(self) -> list[EntryStats]:
+        """Size and use of every entry (copies)."""
+
+    @abstractmethod
+    def best_prefix(self, token_ids: Sequence[int]) -> tuple[str | None, KVCache | None]:
+        """The stored entry sharing the most leading tokens with `token_ids` (None, None if none shares any)."""
+
+    @abstractmethod
+    def prefill(self, token_ids: Sequence[int], prefix: KVCache | None = None) -> Prefill:
+        """Prefill `token_ids` from `prefix`, or else from the best stored prefix."""
+
+    @abstractmethod
+    def generate(
+        self, token_ids: Sequence[int], max_new_tokens: int = 32, prefix: KVCache | None = None
+    ) -> tuple[list[int], KVCache, int]:
+        """Greedy answer reusing `prefix` or the best stored prefix: (new ids, cache of prompt + answer, reused)."""
+
     @property
     @abstractmethod
     def nbytes(self) -> int:
         """Total bytes of stored activations."""
+
+    # ---- persistence -----------------------------------------------------------------------------
 
     @abstractmethod
     def save(self, folder: Path) -> None:
@@ -114,5 +167,21 @@ class ActivationMemory(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, folder: Path, model: LanguageModel) -> Self:
+    def load(cls, folder: Path, model: LanguageModel, eviction: EvictionPolicy | None = None) -> Self:
         """Read what `save` wrote; IncompatibleError if it was made with another model or is damaged."""
+
+
+def build_activation(
+    config: Any,
+    model: LanguageModel,
+    eviction: EvictionPolicy | None = None,
+    template: str | None = None,
+    **overrides: Any,
+) -> ActivationMemory:
+    """The activation memory of a `conf/activation/` config (its `_target_` picks the backend) on `model`."""
+    import hydra.utils
+
+    if template is not None:
+        overrides["template"] = template
+    # partial: Hydra would turn the model dataclass into a config if passed to instantiate itself
+    return hydra.utils.instantiate(config, _partial_=True)(model=model, eviction=eviction, **overrides)

@@ -4,162 +4,44 @@ Exactness rules (what MemOS's own implementation gets wrong):
 - a stored `KVCache` is never grown or modified; every use works on a fresh `DynamicCache` copy;
 - a cache is reused only for the tokens it shares with the new prompt, checked id by id; on a mismatch it
   is cropped to the longest common prefix and the rest is recomputed (logged);
-- files are safetensors plus a JSON manifest holding the model fingerprint; another model's caches are
-  refused, damaged files detected by size and SHA-256.
+- a saved memory is an artifact (`memos_lab.artifact`): safetensors files plus a manifest holding the model
+  fingerprint; another model's caches are refused, damaged files detected by size and SHA-256, and each
+  cache's tensors must have the loaded model's shape and dtype.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypedDict
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
-from transformers import DynamicCache
+from safetensors.torch import save_file
 
-from memos_lab.atomic import atomic_write_bytes, atomic_write_text
+from memos_lab.artifact import VERSION, Artifact, check_json, read_artifact, write_artifact
 from memos_lab.errors import DataError, IncompatibleError, NotFoundError
 from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
+from memos_lab.models.decode import KVCache, Prefill, greedy, prefill
 from memos_lab.models.llm import LanguageModel
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+KIND = "kv_cache"
 MANIFEST = "manifest.json"
 MEMORY_TEMPLATE = "Memories about the user:\n{memories}"
 MEMORY_SEPARATOR = "\n"
 
 
-@dataclass(frozen=True)
-class KVCache:
-    """The keys and values of every layer for `token_ids` (batch 1); treated as immutable."""
-
-    token_ids: tuple[int, ...]
-    keys: tuple[torch.Tensor, ...]  # per layer [1, kv_heads, tokens, head_dim]
-    values: tuple[torch.Tensor, ...]
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
-    @classmethod
-    def from_dynamic(cls, cache: DynamicCache, token_ids: Sequence[int]) -> KVCache:
-        """Snapshot of a working cache the caller hands over (its tensors are not copied)."""
-        keys = tuple(layer.keys for layer in cache.layers)
-        values = tuple(layer.values for layer in cache.layers)
-        if keys[0].shape[-2] != len(token_ids):
-            raise ValueError(f"cache holds {keys[0].shape[-2]} tokens, {len(token_ids)} token ids given")
-        return cls(tuple(int(i) for i in token_ids), keys, values)
-
-    def working_copy(self, length: int | None = None) -> DynamicCache:
-        """A fresh DynamicCache holding a copy of the first `length` tokens; using it never touches this cache."""
-        n = len(self) if length is None else length
-        # DynamicLayer.update concatenates onto an empty tensor, which copies.
-        return DynamicCache(
-            ddp_cache_data=[(k[:, :, :n], v[:, :, :n]) for k, v in zip(self.keys, self.values, strict=True)]
-        )
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        named = {"token_ids": torch.tensor(self.token_ids, dtype=torch.int64)}
-        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            named[f"k.{i}"], named[f"v.{i}"] = k.contiguous(), v.contiguous()
-        return named
-
-    @classmethod
-    def from_tensors(cls, named: dict[str, torch.Tensor]) -> KVCache:
-        layers = sum(1 for name in named if name.startswith("k."))
-        return cls(
-            tuple(int(i) for i in named["token_ids"].tolist()),
-            tuple(named[f"k.{i}"] for i in range(layers)),
-            tuple(named[f"v.{i}"] for i in range(layers)),
-        )
-
-
-@dataclass
-class Prefill:
-    """The result of prefilling a prompt: next-token logits and the live cache (owned by the caller)."""
-
-    logits: torch.Tensor  # [vocab], float32
-    cache: DynamicCache
-    token_ids: tuple[int, ...]
-    reused: int  # prompt tokens taken from a stored cache
-    computed: int  # prompt tokens run through the model
-
-    def snapshot(self) -> KVCache:
-        return KVCache.from_dynamic(self.cache, self.token_ids)
-
-
-def check_context(lm: LanguageModel, n_tokens: int) -> None:
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    if limit is not None and n_tokens > limit:
-        raise DataError(f"prompt of {n_tokens} tokens is longer than the context of {lm.name} ({limit} tokens)")
-
-
-@torch.no_grad()
-def prefill(lm: LanguageModel, token_ids: Sequence[int], prefix: KVCache | None = None) -> Prefill:
-    """Run `token_ids` through the model, reusing as much of `prefix` as matches them token for token.
-
-    At least the last token is always computed: its logits are the answer's first token.
-    """
-    ids = tuple(int(i) for i in token_ids)
-    if not ids:
-        raise DataError("cannot prefill an empty prompt")
-    check_context(lm, len(ids))
-    cache, reused = _start_cache(lm, ids, prefix)
-    new = torch.tensor([ids[reused:]], dtype=torch.long, device=lm.model.device)
-    out = lm.model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return Prefill(out.logits[0, -1].float(), out.past_key_values, ids, reused, len(ids) - reused)
-
-
-@torch.no_grad()
 def generate(
     lm: LanguageModel, token_ids: Sequence[int], prefix: KVCache | None = None, max_new_tokens: int = 32
 ) -> tuple[list[int], KVCache, int]:
-    """Greedy answer to `token_ids` reusing `prefix` where it matches; returns (new token ids, the cache of
-    prompt + answer, reused prompt tokens)."""
-    ids = tuple(int(i) for i in token_ids)
-    if not ids:
-        raise DataError("cannot answer an empty prompt")
-    check_context(lm, len(ids) + max_new_tokens)
-    cache, reused = _start_cache(lm, ids, prefix)
-    input_ids = torch.tensor([ids], dtype=torch.long, device=lm.model.device)
-    out = lm.model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        past_key_values=cache,  # generate prefills only the tokens beyond its length
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        top_p=None,
-        top_k=None,
-        temperature=None,
-        pad_token_id=lm.tokenizer.pad_token_id,
-    )
-    sequence = [int(i) for i in out[0]]
-    answer = sequence[len(ids) :]
-    # The last generated token was never fed back, so the cache holds one token less than the sequence.
-    return answer, KVCache.from_dynamic(cache, sequence[: cache.get_seq_length()]), reused
-
-
-def _start_cache(lm: LanguageModel, ids: tuple[int, ...], prefix: KVCache | None) -> tuple[DynamicCache, int]:
-    """A working cache holding the part of `prefix` that matches `ids` (never all of `ids`), and its length."""
-    reused = 0
-    if prefix is not None:
-        shared = common_prefix_len(prefix.token_ids, ids)
-        if shared < len(prefix):
-            log.info("cached prefix diverges from the prompt at token %d of %d; cropping to it", shared, len(prefix))
-        reused = min(shared, len(ids) - 1)
-    return (prefix.working_copy(reused) if reused else DynamicCache(config=lm.model.config)), reused
+    """Greedy answer to `token_ids` reusing `prefix` where it matches (`decode.greedy`); returns (new token
+    ids, the cache of prompt + answer, reused prompt tokens)."""
+    decoded = greedy(lm, token_ids, max_new_tokens, prefix)
+    return decoded.token_ids, decoded.cache, decoded.reused
 
 
 def memory_messages(texts: Sequence[str], template: str = MEMORY_TEMPLATE) -> list[dict[str, str]]:
@@ -277,76 +159,107 @@ class KVCacheMemory(ActivationMemory):
     # ---- persistence -----------------------------------------------------------------------------
 
     def save(self, folder: Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        entries = []
-        for index, (key, cache) in enumerate(self._caches.items()):
-            data = save_safetensors(cache.tensors())
-            name = f"{index:05d}.safetensors"
-            atomic_write_bytes(folder / name, data)
-            entries.append(
-                {
-                    "key": key,
-                    "file": name,
-                    "tokens": len(cache),
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "texts": self._texts[key],
-                }
-            )
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "fingerprint": self.model.fingerprint(),
-            "template": self.template,
-            "budget_bytes": self.budget.max_bytes,
-            "entries": entries,
-        }
-        atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        """Write every cache into the artifact `folder` (crash-safe: built beside it, then swapped in)."""
+        entries = [
+            {"key": key, "file": f"{index:05d}.safetensors", "tokens": len(cache), "texts": self._texts[key]}
+            for index, (key, cache) in enumerate(self._caches.items())
+        ]
+
+        def build(staging: Path) -> None:
+            for entry, cache in zip(entries, self._caches.values(), strict=True):
+                save_file(cache.tensors(), str(staging / entry["file"]))
+
+        meta = {"template": self.template, "budget_bytes": self.budget.max_bytes, "entries": entries}
+        write_artifact(Path(folder), KIND, meta, build=build, fingerprint=self.model.fingerprint())
 
     @classmethod
     def load(cls, folder: Path, model: LanguageModel, eviction: EvictionPolicy | None = None) -> Self:
-        folder = Path(folder)
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise IncompatibleError(f"{folder}: no {MANIFEST}; not a saved KV-cache memory") from None
-        except json.JSONDecodeError as error:
-            raise IncompatibleError(f"{folder / MANIFEST}: damaged manifest ({error})") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise IncompatibleError(
-                f"{folder}: KV-cache format {manifest.get('format_version')!r}, this version reads {FORMAT_VERSION}"
-            )
-        check_fingerprint(manifest.get("fingerprint", {}), model, folder)
-        budget = manifest.get("budget_bytes")
-        memory = cls(model, None if budget is None else budget / 2**20, eviction, manifest["template"])
-        for entry in manifest["entries"]:
-            memory._put(entry["key"], _read_entry(folder, entry), entry["texts"])
+        artifact = read_artifact(Path(folder), KIND, fingerprint=model.fingerprint(), migrate=_from_version_1)
+        artifact.check_meta(KVCacheMeta)
+        meta = artifact.meta
+        _check_template(meta["template"], artifact.where("meta.template"))
+        budget = meta["budget_bytes"]
+        memory = cls(model, None if budget is None else budget / 2**20, eviction, meta["template"])
+        for i, entry in enumerate(meta["entries"]):
+            memory._put(entry["key"], _read_entry(artifact, entry, model, f"meta.entries[{i}]"), entry["texts"])
         return memory
 
 
-def check_fingerprint(stored: dict[str, str], model: LanguageModel, where: Path) -> None:
-    current = model.fingerprint()
-    differing = sorted(k for k in set(stored) | set(current) if k != "name" and stored.get(k) != current.get(k))
-    if differing:
-        raise IncompatibleError(
-            f"{where}: KV caches were made with model {stored.get('name')!r}, not with the loaded {current['name']!r} "
-            f"(differs in {', '.join(differing)}); recompute them with this model"
-        )
+class _Entry(TypedDict):
+    key: str
+    file: str
+    tokens: int
+    texts: list[str]
 
 
-def _read_entry(folder: Path, entry: dict) -> KVCache:
-    path = folder / entry["file"]
+class KVCacheMeta(TypedDict):
+    template: str
+    budget_bytes: int | None
+    entries: list[_Entry]
+
+
+def _check_template(template: str, where: str) -> None:
+    """A stored template may only hold the one `{memories}` field: str.format could otherwise read attributes."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise IncompatibleError(f"{path}: cache file missing") from None
-    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise IncompatibleError(f"{path}: truncated or corrupted ({len(data)} of {entry['bytes']} bytes, hash differs)")
-    try:
-        cache = KVCache.from_tensors(load_safetensors(data))
-    except (SafetensorError, KeyError) as error:
-        raise IncompatibleError(f"{path}: unreadable cache file ({error})") from None
-    if len(cache) != entry["tokens"]:
-        raise IncompatibleError(f"{path}: holds {len(cache)} tokens, manifest says {entry['tokens']}")
-    return cache
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise DataError(f"{where}: not a format template ({error})") from None
+    if fields != [("memories", "", None)]:
+        raise DataError(f"{where}: must hold the field {{memories}} once and no other field")
+
+
+def _read_entry(artifact: Artifact, entry: _Entry, model: LanguageModel, field: str) -> KVCache:
+    """The cache of one manifest entry, checked against the model: layers, heads, head size, dtype, vocabulary."""
+    path = artifact.folder / entry["file"]
+    if entry["file"] not in artifact.files:
+        raise DataError(f"{artifact.where(field + '.file')}: {entry['file']!r} is not a listed file")
+    named = artifact.read_tensors(entry["file"])
+    config = model.model.config
+    layers = config.num_hidden_layers
+    expected = {"token_ids", *(f"k.{i}" for i in range(layers)), *(f"v.{i}" for i in range(layers))}
+    if set(named) != expected:
+        raise IncompatibleError(f"{path}: holds tensors {sorted(named)[:4]}..., not the {layers} layers of model {model.name}")
+    ids = named["token_ids"]
+    if ids.dtype != torch.int64 or ids.dim() != 1 or len(ids) != entry["tokens"]:
+        raise DataError(f"{path}: token_ids must be {entry['tokens']} int64 ids ({artifact.where(field + '.tokens')})")
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= config.vocab_size):
+        raise IncompatibleError(f"{path}: token ids outside the vocabulary of model {model.name}")
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (1, heads, len(ids), head_dim)
+    for name in sorted(expected - {"token_ids"}):
+        tensor = named[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != model.model.dtype:
+            raise IncompatibleError(
+                f"{path}: {name} is {tuple(tensor.shape)} {tensor.dtype}; model {model.name} makes {shape} {model.model.dtype}"
+            )
+    return KVCache.from_tensors(named)
+
+
+def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A KV-cache manifest written before the artifact module (`format_version` 1): sizes and hashes were
+    kept per entry; they become the file list."""
+    where = f"{folder / MANIFEST}"
+    if raw.get("format_version") != 1:
+        raise IncompatibleError(f"{where}: not a saved KV-cache memory (format {raw.get('format_version')!r})")
+    check_json(raw.get("entries"), list[_EntryVersion1], where, prefix="entries")
+    entries = raw["entries"]
+    return {
+        "format": "memos_lab.artifact",
+        "version": VERSION,
+        "kind": KIND,
+        "created_at": "",
+        "fingerprint": raw.get("fingerprint"),
+        "meta": {
+            "template": raw.get("template"),
+            "budget_bytes": raw.get("budget_bytes"),
+            "entries": [{key: e[key] for key in ("key", "file", "tokens", "texts")} for e in entries],
+        },
+        "files": {e["file"]: {"bytes": e["bytes"], "sha256": e["sha256"]} for e in entries},
+        "children": [],
+    }
+
+
+class _EntryVersion1(_Entry):
+    bytes: int
+    sha256: str

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
-import hydra.utils
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from memos_lab.artifact import check_json, trusted_settings
 from memos_lab.data.schema import KnowledgeEdit
-from memos_lab.errors import ConfigError
+from memos_lab.errors import ConfigError, DataError
 from memos_lab.models.embedder import Embedder
 
 KEYS = ("subject", "prompt")
+# Embedder settings that name places on this machine: a stored gate may not choose them (a model folder
+# could bring code, a cache folder is written to); a saved gate keeps no cache folder.
+LOCAL_PATHS = ("model_path", "cache_dir")
+MAX_STORED_SIZE = 1 << 16
+
+
+class GateSettings(TypedDict):
+    embedder: dict[str, Any]
+    threshold: float
+    key: str
 
 
 class EditGate:
@@ -21,7 +31,8 @@ class EditGate:
 
     Keys are the edits' subjects (default) or prompts: a subject key keeps neighbours of the same
     relation ("Y lives in") outside, a prompt key also fires on the relation alone. The embedder is
-    kept as its Hydra config so a saved memory can rebuild the same gate without pickling a model.
+    kept as its config (a registered embedder class and plain settings, built directly, never through
+    Hydra) so a saved memory can rebuild the same gate without pickling a model or running named code.
     """
 
     def __init__(self, embedder: Mapping[str, Any] | DictConfig, threshold: float = 0.5, key: str = "subject") -> None:
@@ -29,10 +40,9 @@ class EditGate:
             raise ConfigError(f"gate.key: unknown {key!r}; valid: {', '.join(KEYS)}")
         if not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"gate.threshold must be a cosine similarity in [-1, 1], got {threshold}")
-        config = OmegaConf.to_container(embedder, resolve=True) if isinstance(embedder, DictConfig) else dict(embedder)
-        if "_target_" not in config:
-            raise ConfigError("gate.embedder must be an embedder config with a _target_")
-        self.embedder_config: dict[str, Any] = config
+        config = OmegaConf.to_container(embedder, resolve=True) if isinstance(embedder, DictConfig) else embedder
+        self._embedder_class, self._embedder_settings = trusted_settings(config, "embedder", "gate.embedder")
+        self.embedder_config: dict[str, Any] = dict(config)
         self.threshold = float(threshold)
         self.key = key
         self._embedder: Embedder | None = None
@@ -42,7 +52,7 @@ class EditGate:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:  # built on first use: a gate loaded from disk may never be asked
-            self._embedder = hydra.utils.instantiate(self.embedder_config)
+            self._embedder = self._embedder_class(**self._embedder_settings)
         return self._embedder
 
     def add(self, edits: Sequence[KnowledgeEdit]) -> None:
@@ -63,4 +73,16 @@ class EditGate:
         return [bool(score >= self.threshold) for score in self.scores(prompts)]
 
     def settings(self) -> dict[str, Any]:
-        return {"embedder": self.embedder_config, "threshold": self.threshold, "key": self.key}
+        embedder = {k: None if k == "cache_dir" else v for k, v in self.embedder_config.items()}
+        return {"embedder": embedder, "threshold": self.threshold, "key": self.key}
+
+    @classmethod
+    def from_stored(cls, settings: Any, where: str) -> EditGate:
+        """The gate of a saved memory's `settings()`, checked as untrusted data."""
+        check_json(settings, GateSettings, where)
+        for key, value in settings["embedder"].items():
+            if key in LOCAL_PATHS and value is not None:
+                raise DataError(f"{where}.embedder.{key}: a stored gate cannot name a path on this machine")
+            if isinstance(value, int) and not 0 < value <= MAX_STORED_SIZE:  # dim, batch size: no memory bomb
+                raise DataError(f"{where}.embedder.{key}: {value} is outside 1..{MAX_STORED_SIZE}")
+        return cls(settings["embedder"], settings["threshold"], settings["key"])

@@ -2,37 +2,36 @@
 
 Each memory owns one or more named adapters (one per user or cube) injected into the shared model under
 a unique internal name, so memories of different cubes can sit on one model side by side. Adapters are
-off except inside `applied()`, so the base model answers as loaded everywhere else. Stored layout:
+off except inside `applied()`, so the base model answers as loaded everywhere else. Stored as an artifact
+(`memos_lab.artifact`):
 
-    manifest.json                      schema, base-model fingerprint, settings, gate, edits per adapter
+    manifest.json                      kind "lora", base-model fingerprint, settings, gate, edits per adapter
     adapters/<name>/adapter_config.json + adapter_model.safetensors     a plain peft adapter folder
+
+On load the adapter's LoRA config is rebuilt from the manifest's settings; the stored adapter_config.json
+must say the same, so no file can add peft options that change the shared base model.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import random
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NotRequired, Self, TypedDict
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from memos_lab.atomic import atomic_write_text
+from memos_lab.artifact import VERSION, check_json, file_entry, read_artifact, write_artifact, write_peft_adapter
 from memos_lab.data.knowledge import edit_from_record, edit_to_record
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, NotFoundError
@@ -43,16 +42,14 @@ from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_prompt, encode_target, left_padded
 from memos_lab.settings import Settings, non_negative, non_negative_int, one_of, positive, positive_int, probability, span
 
-SCHEMA_VERSION = 1
 KIND = "lora"
 MANIFEST = "manifest.json"
 ADAPTERS_DIR = "adapters"
 WEIGHTS = "adapter_model.safetensors"
+GATE_TARGET = "meta.gate.embedder"  # the one place a LoRA manifest names a class by `_target_`
 LOSSES = ("target", "sequence")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 IGNORE = -100  # label of tokens outside the loss
-# peft's own adapter files name weights relative to a PeftModel wrapper; ours attach to the bare model
-PEFT_PREFIX = "base_model.model."
 
 TRUNCATABLE = ("llama", "mistral", "qwen2")  # decoders whose LlamaModel-style forward takes layer input as embeds
 
@@ -65,7 +62,24 @@ class _Example:
 
 
 @dataclass(frozen=True)
-class LoRASettings(Settings):
+class LayerSettings(Settings):
+    """What every adapter method's settings share: layers picked by number or as a span of the depth."""
+
+    section: ClassVar[str] = "parametric"
+    layers: tuple[int, ...] | None = None
+    layer_span: tuple[float, float] | None = None
+
+    def for_depth(self, depth: int) -> Self:
+        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
+        if self.layer_span is None:
+            return self
+        first = math.floor(self.layer_span[0] * depth)
+        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
+        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
+
+
+@dataclass(frozen=True)
+class LoRASettings(LayerSettings):
     """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
     `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L, parametric=lora)."""
 
@@ -107,14 +121,6 @@ class LoRASettings(Settings):
             raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
         span(self, "layer_span")
 
-    def for_depth(self, depth: int) -> LoRASettings:
-        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
-        if self.layer_span is None:
-            return self
-        first = math.floor(self.layer_span[0] * depth)
-        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
-        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
-
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
             r=self.rank,
@@ -134,13 +140,14 @@ class _Adapter:
 
 
 class LoRAMemory(ParametricMemory):
-    settings_class = LoRASettings
+    method = "lora"  # recorded in the manifest; a memory loads only a folder of its own method
+    settings_class: type[LayerSettings] = LoRASettings
 
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
         self.model = model
-        self.settings = LoRASettings.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
+        self.settings = self.settings_class.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
         self.gate = gate  # the prototype every adapter's own gate copies its settings from
         self.enabled = True
         self._adapters: dict[str, _Adapter] = {}
@@ -446,61 +453,62 @@ class LoRAMemory(ParametricMemory):
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """Write the memory into `folder` (absent or empty), all at once: built beside it, then renamed."""
-        folder = Path(folder)
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise ConfigError(f"cannot save parametric memory: {folder} exists and is not an empty folder")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{new_id()[:8]}"
-        tmp.mkdir()
-        try:
-            entries = []
+        """Write the memory as an artifact into `folder` (absent, empty or an earlier save), all at once."""
+        meta = {
+            "method": self.method,
+            "settings": asdict(self.settings),
+            "gate": self.gate.settings() if self.gate is not None else None,
+            "active": self._active,
+            "enabled": self.enabled,
+            "adapters": [
+                {"name": name, "rank": self.model.model.peft_config[adapter.key].r,
+                 "edits": [edit_to_record(edit) for edit in adapter.edits]}
+                for name, adapter in self._adapters.items()
+            ],
+        }
+
+        def build(staging: Path) -> None:
             for name, adapter in self._adapters.items():
-                target = tmp / ADAPTERS_DIR / name
-                target.mkdir(parents=True)
                 state = get_peft_model_state_dict(self.model.model, adapter_name=adapter.key)
-                tensors = {PEFT_PREFIX + k: v.detach().contiguous().clone() for k, v in state.items()}
-                save_file(tensors, str(target / WEIGHTS))
-                self.model.model.peft_config[adapter.key].save_pretrained(str(target))
-                entries.append({"name": name, "edits": [edit_to_record(edit) for edit in adapter.edits]})
-            manifest = {
-                "kind": KIND,
-                "schema_version": SCHEMA_VERSION,
-                "fingerprint": self.model.fingerprint(),
-                "settings": asdict(self.settings),
-                "gate": self.gate.settings() if self.gate is not None else None,
-                "active": self._active,
-                "enabled": self.enabled,
-                "adapters": entries,
-            }
-            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
-            if folder.exists():
-                folder.rmdir()
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                write_peft_adapter(staging / ADAPTERS_DIR / name, self.model.model.peft_config[adapter.key], state)
+
+        write_artifact(Path(folder), KIND, meta, build=build, fingerprint=self.model.fingerprint())
+
+    @classmethod
+    def _stored_config(cls, settings: LayerSettings, entry: Mapping[str, Any]) -> LoraConfig:
+        """The config a stored adapter is attached with (rebuilt from the settings, never read from disk)."""
+        return settings.lora_config()
 
     @classmethod
     def load(cls, folder: Path, model: LanguageModel) -> Self:
         folder = Path(folder)
-        manifest = _read_manifest(folder)
-        _check_fingerprint(folder, manifest.get("fingerprint"), model)
+        artifact = read_artifact(
+            folder, KIND, fingerprint=model.fingerprint(), targets={GATE_TARGET: "embedder"}, migrate=_from_version_1
+        )
+        artifact.check_meta(LoRAMeta)
+        meta = artifact.meta
+        if meta.get("method", "lora") != cls.method:
+            raise IncompatibleError(f"{folder} holds a {meta.get('method')!r} memory, not {cls.method!r}")
         try:
-            settings = LoRASettings.from_mapping(manifest["settings"])
-            gate = EditGate(**manifest["gate"]) if manifest.get("gate") else None
-            entries = [
-                (entry["name"], [edit_from_record(r, f"{folder} edit {i}") for i, r in enumerate(entry["edits"])])
-                for entry in manifest["adapters"]
-            ]
-        except (KeyError, TypeError, MemosError) as error:
-            raise IncompatibleError(f"corrupt parametric memory at {folder}: bad manifest ({error})") from None
+            settings = cls.settings_class.from_mapping(meta["settings"])
+            gate = EditGate.from_stored(meta["gate"], artifact.where("meta.gate")) if meta["gate"] else None
+        except (TypeError, ValueError, MemosError) as error:
+            raise IncompatibleError(f"{artifact.where('meta.settings/gate')}: {error}") from None
+        hidden = model.model.config.hidden_size
+        if settings.rank > hidden:  # checked before anything of that size is allocated
+            raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {settings.rank} is above the model's width {hidden}")
+        settings = settings.for_depth(model.model.config.num_hidden_layers)
         # Read every adapter before touching the model, so a bad file leaves the model as it was.
         loaded = []
-        for name, edits in entries:
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise IncompatibleError(f"corrupt parametric memory at {folder}: bad adapter name {name!r}")
-            loaded.append((name, *_read_adapter(folder / ADAPTERS_DIR / name), edits))
+        for i, entry in enumerate(meta["adapters"]):
+            name = entry["name"]
+            if not _NAME.match(name):
+                raise DataError(f"{artifact.where(f'meta.adapters[{i}].name')}: bad adapter name {name!r}")
+            check_json(entry["edits"], list[KnowledgeEdit], str(folder / MANIFEST), prefix=f"meta.adapters[{i}].edits")
+            edits = [edit_from_record(r, f"{folder} edit {j}") for j, r in enumerate(entry["edits"])]
+            config = cls._stored_config(settings, entry)
+            state = artifact.read_peft_adapter(f"{ADAPTERS_DIR}/{name}", config)
+            loaded.append((name, copy.deepcopy(config), state, edits))
         memory = cls(model, gate=gate, adapter=None, **asdict(settings))
         try:
             for name, config, state, edits in loaded:
@@ -511,55 +519,56 @@ class LoRAMemory(ParametricMemory):
         except BaseException:
             memory.close()
             raise
-        active = manifest.get("active")
+        active = meta["active"]
         memory._active = active if active in memory._adapters else next(iter(memory._adapters), None)
-        memory.enabled = bool(manifest.get("enabled", True))
+        memory.enabled = meta["enabled"]
         return memory
+
+
+class _AdapterEntry(TypedDict):
+    name: str
+    rank: NotRequired[int]
+    edits: list[dict[str, Any]]
+
+
+class LoRAMeta(TypedDict):
+    method: NotRequired[str]
+    settings: dict[str, Any]
+    gate: dict[str, Any] | None
+    active: str | None
+    enabled: bool
+    adapters: list[_AdapterEntry]
 
 
 def _norm(prompt: str) -> str:
     return " ".join(prompt.split()).casefold()
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise IncompatibleError(f"no parametric memory at {folder}: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IncompatibleError(f"corrupt parametric memory at {folder}: unreadable {MANIFEST} ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise IncompatibleError(f"{folder} does not hold a LoRA memory ({MANIFEST} kind is not {KIND!r})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise IncompatibleError(
-            f"{folder}: LoRA memory schema {manifest.get('schema_version')!r}, this version reads {SCHEMA_VERSION}"
-        )
-    return manifest
-
-
-def _check_fingerprint(folder: Path, stored: Any, model: LanguageModel) -> None:
-    ours = model.fingerprint()
-    if not isinstance(stored, dict):
-        raise IncompatibleError(f"corrupt parametric memory at {folder}: no base-model fingerprint")
-    differing = sorted(k for k in set(ours) | set(stored) if ours.get(k) != stored.get(k))
-    if differing:
-        raise IncompatibleError(
-            f"the adapters at {folder} were trained on base model {stored.get('name')!r}; the loaded model "
-            f"{ours['name']!r} differs in {', '.join(differing)}"
-        )
-
-
-def _read_adapter(folder: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
-    try:
-        config = LoraConfig.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError) as error:
-        raise IncompatibleError(f"corrupt adapter at {folder}: bad adapter_config.json ({error})") from None
-    try:
-        state = load_file(str(folder / WEIGHTS))
-    except (OSError, SafetensorError) as error:
-        raise IncompatibleError(f"corrupt adapter at {folder}: unreadable {WEIGHTS} ({error})") from None
-    return config, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A LoRA manifest written before the artifact module (kind "lora", schema_version 1). It recorded no
+    file sizes or hashes: the two files of each named adapter are taken as they are (still confined, no
+    links, regular files) and everything else is checked as for a current save."""
+    where = f"{folder / MANIFEST}"
+    if raw.get("kind") != KIND or raw.get("schema_version") != 1:
+        raise IncompatibleError(f"{folder} does not hold a LoRA memory ({MANIFEST} kind/schema_version is not lora/1)")
+    check_json(raw.get("adapters"), list[_AdapterEntry], where, prefix="adapters")
+    files = {}
+    for i, entry in enumerate(raw["adapters"]):
+        if not _NAME.match(entry["name"]):
+            raise DataError(f"{where}: adapters[{i}].name: bad adapter name {entry['name']!r}")
+        for file in ("adapter_config.json", WEIGHTS):
+            name = f"{ADAPTERS_DIR}/{entry['name']}/{file}"
+            files[name] = file_entry(folder, name)
+    return {
+        "format": "memos_lab.artifact",
+        "version": VERSION,
+        "kind": KIND,
+        "created_at": "",
+        "fingerprint": raw.get("fingerprint"),
+        "meta": {key: raw.get(key) for key in LoRAMeta.__annotations__},
+        "files": files,
+        "children": [],
+    }
 
 
 def _load_state(model: torch.nn.Module, key: str, state: dict[str, torch.Tensor], name: str) -> None:

@@ -6,6 +6,7 @@ keeps its index over them by implementing `_index_add`, `_index_remove` and `_se
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -13,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from memos_lab.errors import ConfigError, MemosError, NotFoundError
-from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, now_iso
+from memos_lab.errors import ConfigError, DataError, MemosError, NotFoundError
+from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, MemoryMetadata, now_iso
 from memos_lab.models.embedder import Embedder
 from memos_lab.settings import Settings
 
 KEY_FIELD = "key"  # metadata.extra field holding an item's index key, when it differs from its text
 MAX_TEXT_CHARS = 100_000  # longer texts are a bug upstream (a whole file read as one memory), not a memory
+MAX_ID_CHARS = 128
+ITEM_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]*")  # printable, no spaces, not a path's leading dot
+_OPTIONAL_TEXT = ("user", "session", "source", "event_time", "predecessor_id", "successor_id", "last_used_at")
 
 
 @dataclass(frozen=True)
@@ -84,19 +88,31 @@ class TextualMemory(ABC):
     # ---- the public API -------------------------------------------------------------------------
 
     def add(self, items: Iterable[MemoryItem | str]) -> list[str]:
-        """Store new items (strings become items with default metadata); returns their ids."""
+        """Store new items (strings become items with default metadata); returns their ids.
+
+        The whole batch is checked before anything is stored: one bad item stores none of them.
+        """
         batch = [MemoryItem(text=item) if isinstance(item, str) else item for item in items]
+        seen: set[str] = set()
         for item in batch:
-            _check_text(item.text, item.id)
-            if item.id in self._items:
+            check_item(item, self.embedder.dim)
+            if item.id in self._items or item.id in seen:
                 raise MemosError(f"memory item {item.id!r} already exists; use update() to change it")
-        missing = [item for item in batch if item.embedding is None]
+            seen.add(item.id)
+        missing = [i for i, item in enumerate(batch) if item.embedding is None]
         if missing:
-            for item, vector in zip(missing, self.embedder.encode([self.key(item) for item in missing])):
-                item.embedding = vector
+            vectors = self.embedder.encode([self.key(batch[i]) for i in missing])
+            for i, vector in zip(missing, vectors):
+                batch[i] = replace(batch[i], embedding=vector)  # a new frozen item: the caller's stays theirs
+                check_item(batch[i], self.embedder.dim)
         for item in batch:
             self._items[item.id] = item
-        self._index_add(batch)
+        try:
+            self._index_add(batch)
+        except BaseException:
+            for item in batch:
+                del self._items[item.id]
+            raise
         return [item.id for item in batch]
 
     def search(
@@ -127,6 +143,7 @@ class TextualMemory(ABC):
         if old.metadata.status != ACTIVE:
             raise MemosError(f"memory item {item_id!r} is {old.metadata.status}; only active items can be updated")
         _check_text(text, item_id)
+        _check_changes(metadata_changes, item_id)
         stamp = now_iso()
         # A reader's index key describes the old text; the new version is indexed under its own text.
         metadata_changes.setdefault("extra", {k: v for k, v in old.metadata.extra.items() if k != KEY_FIELD})
@@ -141,7 +158,7 @@ class TextualMemory(ABC):
                 **metadata_changes,
             ).metadata,
         )
-        self.add([new])
+        new = self._items[self.add([new])[0]]  # the stored version, with its embedding
         self._replace(old.evolve(status=ARCHIVED, successor_id=new.id, updated_at=stamp))
         return new
 
@@ -160,6 +177,7 @@ class TextualMemory(ABC):
         newest = max(olds, key=lambda item: (item.metadata.event_time or "", item.metadata.updated_at))
         text = newest.text if text is None else text
         _check_text(text, "merged")
+        _check_changes(metadata_changes, "merged")
         stamp = now_iso()
         sources = [item.metadata.source for item in olds if item.metadata.source]
         extra = {k: v for k, v in newest.metadata.extra.items() if k != KEY_FIELD}
@@ -170,7 +188,7 @@ class TextualMemory(ABC):
             extra=extra,
         )  # fmt: skip
         merged = MemoryItem(text=text, metadata=replace(metadata, **metadata_changes))
-        self.add([merged])
+        merged = self._items[self.add([merged])[0]]
         for item in olds:
             self._replace(item.evolve(status=ARCHIVED, successor_id=merged.id, updated_at=stamp))
         return merged
@@ -242,6 +260,57 @@ class TextualMemory(ABC):
     def _replace(self, item: MemoryItem) -> None:
         self._items[item.id] = item
         self._on_replace(item)
+
+
+_METADATA_FIELDS = frozenset(f.name for f in fields(MemoryMetadata))
+
+
+def check_item(item: object, dim: int) -> None:
+    """Raise DataError naming the item and the field unless it can be stored: a valid id, text and metadata,
+    and (when set) a finite float embedding of the embedder's size."""
+    if not isinstance(item, MemoryItem):
+        raise DataError(f"a memory item must be a MemoryItem or a string, got {type(item).__name__}")
+    item_id = item.id
+    if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ID_CHARS or not ITEM_ID.fullmatch(item_id):
+        raise DataError(
+            f"memory item id {str(item_id)[:MAX_ID_CHARS]!r}: use 1 to {MAX_ID_CHARS} letters, digits or '_.:@/+=-'"
+        )
+    _check_text(item.text, item_id)
+    meta = item.metadata
+    where = f"memory item {item_id!r}: metadata"
+    if not isinstance(meta, MemoryMetadata):
+        raise DataError(f"{where} must be a MemoryMetadata, got {type(meta).__name__}")
+    for name in _OPTIONAL_TEXT:
+        if getattr(meta, name) is not None and not isinstance(getattr(meta, name), str):
+            raise DataError(f"{where}.{name} must be a string or None, got {type(getattr(meta, name)).__name__}")
+    for name in ("created_at", "updated_at"):
+        if not isinstance(getattr(meta, name), str):
+            raise DataError(f"{where}.{name} must be a string, got {type(getattr(meta, name)).__name__}")
+    if not isinstance(meta.tags, tuple) or not all(isinstance(tag, str) for tag in meta.tags):
+        raise DataError(f"{where}.tags must be a tuple of strings, got {meta.tags!r}"[:300])
+    if meta.status not in STATUSES:
+        raise DataError(f"{where}.status {meta.status!r}: valid: {list(STATUSES)}")
+    for name, least in (("version", 1), ("usage_count", 0)):
+        value = getattr(meta, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise DataError(f"{where}.{name} must be an integer >= {least}, got {value!r}")
+    if not isinstance(meta.extra, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.extra.items()):
+        raise DataError(f"{where}.extra must map strings to strings")
+    vector = item.embedding
+    if vector is None:
+        return
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != (dim,):
+        shape = vector.shape if isinstance(vector, np.ndarray) else type(vector).__name__
+        dtype = vector.dtype if isinstance(vector, np.ndarray) else ""
+        raise DataError(f"memory item {item_id!r}: embedding {shape} {dtype}; the embedder makes float vectors of size {dim}")
+    if not np.isfinite(vector).all():
+        raise DataError(f"memory item {item_id!r}: embedding holds NaN or infinite values")
+
+
+def _check_changes(metadata_changes: Mapping[str, object], item_id: str) -> None:
+    unknown = sorted(set(metadata_changes) - _METADATA_FIELDS)
+    if unknown:
+        raise MemosError(f"memory item {item_id!r}: unknown metadata field(s) {unknown}; valid: {sorted(_METADATA_FIELDS)}")
 
 
 def _check_text(text: object, item_id: str) -> None:

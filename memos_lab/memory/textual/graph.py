@@ -23,6 +23,7 @@ import networkx as nx
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from memos_lab.artifact import read_json_file
 from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.general_text import GeneralTextMemory, GeneralTextSettings
@@ -169,7 +170,7 @@ class GraphMemory(GeneralTextMemory):
 
     def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
         try:
-            data = json.loads((folder / GRAPH_FILE).read_text())
+            data = read_json_file(folder / GRAPH_FILE)
             graph = nx.node_link_graph(data["graph"], edges="edges")
             last_of_session = {str(k): str(v) for k, v in data["last_of_session"].items()}
         except (OSError, ValueError, KeyError, TypeError, nx.NetworkXError) as error:

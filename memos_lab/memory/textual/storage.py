@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 
+from memos_lab.artifact import check_json, check_plain, open_sqlite_readonly, parse_json
 from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 
@@ -39,27 +42,38 @@ def write_items(path: Path, items: list[MemoryItem]) -> None:
 
 
 def read_items(path: Path, dim: int) -> list[MemoryItem]:
-    """Items in stored order; a malformed row raises DataError naming the file and the item."""
+    """Items in stored order, from SQLite opened read-only with `items` a real table; a malformed row
+    raises DataError naming the file and the item."""
+    db = open_sqlite_readonly(path, "items")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT id, text, metadata, embedding FROM items ORDER BY position").fetchall()
-        finally:
-            db.close()
+        rows = db.execute("SELECT id, text, metadata, embedding FROM items ORDER BY position").fetchall()
     except sqlite3.Error as error:
         raise DataError(f"{path}: not a readable item store ({error})") from None
+    finally:
+        db.close()
     return [_item(path, dim, *row) for row in rows]
 
 
-def _item(path: Path, dim: int, item_id: str, text: str, metadata_json: str, blob: bytes | None) -> MemoryItem:
-    where = f"{path}: item {item_id!r}"
-    try:
-        values = json.loads(metadata_json)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{where}: metadata is not JSON ({error})") from None
+@functools.cache
+def _metadata_types() -> dict[str, object]:
+    return typing.get_type_hints(MemoryMetadata)
+
+
+def _item(path: Path, dim: int, item_id: object, text: object, metadata_json: object, blob: object) -> MemoryItem:
+    where = f"{path}: item {str(item_id)[:80]!r}"
+    for column, value, kind in (("id", item_id, str), ("text", text, str), ("metadata", metadata_json, str)):
+        if not isinstance(value, kind):
+            raise DataError(f"{where}: column {column} holds {type(value).__name__}, not text")
+    if blob is not None and not isinstance(blob, bytes):
+        raise DataError(f"{where}: column embedding holds {type(blob).__name__}, not a blob")
+    check_plain([item_id, text], where)  # e.g. a lone surrogate
+    values = parse_json(metadata_json.encode("utf-8", "surrogatepass"), f"{where} metadata")
     if not isinstance(values, dict) or set(values) - _METADATA_FIELDS:
         unknown = sorted(set(values) - _METADATA_FIELDS) if isinstance(values, dict) else values
         raise DataError(f"{where}: unknown metadata field(s) {unknown}")
+    hints = _metadata_types()
+    for key, value in values.items():
+        check_json(value, hints[key], f"{where} metadata.{key}")
     values["tags"] = tuple(values.get("tags", ()))
     embedding = None
     if blob is not None:

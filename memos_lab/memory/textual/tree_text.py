@@ -18,6 +18,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from memos_lab.artifact import read_json_file
 from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.general_text import GeneralTextMemory, GeneralTextSettings
@@ -157,7 +158,7 @@ class TreeTextMemory(GeneralTextMemory):
 
     def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
         try:
-            tree = json.loads((folder / TREE_FILE).read_text())
+            tree = read_json_file(folder / TREE_FILE)
             topic_of = {str(k): int(v) for k, v in tree["topic_of"].items()}
             clustered_size = int(tree["clustered_size"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:

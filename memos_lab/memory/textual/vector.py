@@ -17,6 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from memos_lab.artifact import read_json_file
 from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
@@ -27,6 +28,7 @@ from memos_lab.settings import one_of, positive_int
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 FUSIONS = ("dense", "rrf")
 INDEX_FILE = "vectors.faiss"
+_INDEX_CLASSES = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}
 IDS_FILE = "vector_ids.json"
 _IVF_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 
@@ -189,11 +191,15 @@ class VectorMemory(TextualMemory):
     def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
         try:
             index = faiss.read_index(str(folder / INDEX_FILE))
-            ids = json.loads((folder / IDS_FILE).read_text())
+            ids = read_json_file(folder / IDS_FILE)
             item_id = {int(faiss_id): str(item) for faiss_id, item in ids["ids"]}
             next_id, tombstones = int(ids["next_id"]), {int(i) for i in ids["tombstones"]}
         except (RuntimeError, OSError, ValueError, KeyError, TypeError) as error:
-            raise DataError(f"{folder}: unreadable vector index ({error})") from None
+            raise DataError(f"{folder}: unreadable vector index ({str(error).strip().splitlines()[0][:200]})") from None
+        base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
+        if type(base) is not _INDEX_CLASSES[self.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
+            found = type(base or index).__name__
+            raise DataError(f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.index_type} index this memory uses")
         if set(item_id.values()) != {item.id for item in items} or index.ntotal != len(item_id) + len(tombstones):
             raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
         if index.d != self.embedder.dim:

@@ -98,7 +98,7 @@ def test_mismatching_prefix_is_cropped_and_logged(lm: LanguageModel, caplog: pyt
     before = snapshot(stored)
     edited = FACTS[0].replace("Biscuit", "Pepper")  # same start, different end
     ids = question_ids(lm, [edited])
-    with caplog.at_level(logging.INFO, logger="memos_lab.memory.activation.kv_cache"):
+    with caplog.at_level(logging.INFO, logger="memos_lab.models.decode"):
         used = memory.prefill(ids)
     assert 0 < used.reused < len(stored)
     assert "diverges" in caplog.text
@@ -161,15 +161,16 @@ def test_truncated_or_missing_files_are_detected(lm: LanguageModel, tmp_path: Pa
     memory = KVCacheMemory(lm)
     memory.add("maya", FACTS[0])
     memory.save(tmp_path)
-    entry = json.loads((tmp_path / "manifest.json").read_text())["entries"][0]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["meta"]["entries"][0]
     path = tmp_path / entry["file"]
-    path.write_bytes(path.read_bytes()[: entry["bytes"] // 2])
-    with pytest.raises(IncompatibleError, match="truncated"):
+    path.write_bytes(path.read_bytes()[: manifest["files"][entry["file"]]["bytes"] // 2])
+    with pytest.raises(DataError, match="truncated"):
         KVCacheMemory.load(tmp_path, lm)
     path.unlink()
-    with pytest.raises(IncompatibleError, match="missing"):
+    with pytest.raises(DataError, match="missing"):
         KVCacheMemory.load(tmp_path, lm)
-    with pytest.raises(IncompatibleError, match="no manifest.json"):
+    with pytest.raises(DataError, match="nothing: not a folder"):
         KVCacheMemory.load(tmp_path / "nothing", lm)
 
 

@@ -64,7 +64,7 @@ def test_changed_history_is_detected_by_token_ids(lm: LanguageModel, caplog: pyt
     cached = len(session.cache)
     session.messages[0]["content"] = TURNS[0][0].replace("Lisbon", "Oslo")  # an edited earlier turn
     session.add("assistant", TURNS[0][1])
-    with caplog.at_level(logging.INFO, logger="memos_lab.memory.activation.kv_cache"):
+    with caplog.at_level(logging.INFO, logger="memos_lab.models.decode"):
         result = session.prefill()
     assert "diverges" in caplog.text
     assert 0 < result.reused < cached
