@@ -174,8 +174,8 @@ def _run(args: Sequence[str]) -> None:
 
 def _run_task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
     from hydra.errors import InstantiationException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
     from memos_lab.runner import run_experiment

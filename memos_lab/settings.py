@@ -156,7 +156,7 @@ def non_negative(settings: Sectioned, *names: str) -> None:
 def probability(settings: Sectioned, *names: str, top: bool = True) -> None:
     """In [0, 1] (or [0, 1) with top=False)."""
     valid = "a number in [0, 1]" if top else "a number in [0, 1)"
-    _check(settings, names, lambda v: _is_number(v) and 0 <= v and (v <= 1 if top else v < 1), valid)
+    _check(settings, names, lambda v: _is_number(v) and v >= 0 and (v <= 1 if top else v < 1), valid)
 
 
 def in_range(settings: Sectioned, name: str, low: float, high: float) -> None:
@@ -213,7 +213,7 @@ def _matches(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_matches(item, arg) for item, arg in zip(value, args))
+        return len(value) == len(args) and all(_matches(item, arg) for item, arg in zip(value, args, strict=True))
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     if hint is type(None):

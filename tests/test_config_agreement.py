@@ -123,7 +123,7 @@ def check_against_signature(path: Path, target: Any, node: dict[str, Any], data:
         hints = {}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     for key, value in node.items():
-        if key in HYDRA_KEYS or key in ("name", "fn") and "fn" in node:
+        if key in HYDRA_KEYS or (key in ("name", "fn") and "fn" in node):
             continue
         if key not in parameters:
             assert takes_any, f"{path}: {key!r} is not a parameter of {target.__qualname__}; valid: {list(parameters)}"

@@ -27,8 +27,8 @@ from memos_lab.errors import DataError
 from memos_lab.eval.kv import ModelDims, perfect_prefix_reuse, prefill_flops
 from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
-from memos_lab.memory.activation.compose import chunked_memory_prompt, compose_chunks, encode_chunks
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
+from memos_lab.memory.activation.compose import chunked_memory_prompt, compose_chunks, encode_chunks
 from memos_lab.memory.activation.kv_cache import KVCache, Prefill, generate, memory_messages, prefill
 from memos_lab.memory.activation.session import ChatSession
 from memos_lab.models.device import clock

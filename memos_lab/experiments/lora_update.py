@@ -12,8 +12,8 @@ the new one. Fluency: ROME's n-gram entropy of greedy generations from the edite
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 

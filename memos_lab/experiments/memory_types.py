@@ -26,11 +26,11 @@ from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.eval.editing import rate, starts_with_target
 from memos_lab.experiments.common import ExperimentSettings, load_records
-from memos_lab.loggers.base import Tracker
 from memos_lab.generation.base import Generator
+from memos_lab.loggers.base import Tracker
+from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.decode import KVCache, greedy, prefill
 from memos_lab.models.device import clock
-from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
 from memos_lab.settings import one_of, positive_int, uses_settings
 

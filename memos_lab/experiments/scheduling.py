@@ -26,8 +26,8 @@ from memos_lab.eval.judge import JudgeError
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.experiments.common import ExperimentSettings, load_records
-from memos_lab.loggers.base import Tracker
 from memos_lab.generation.base import Generator
+from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import build_activation
 from memos_lab.mos import MOS
 from memos_lab.runner import PER_QUERY_ARTIFACT

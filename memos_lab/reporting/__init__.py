@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +15,6 @@ from tabulate import tabulate
 from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError
 from memos_lab.experiments.common import MetricSpec, find_spec
-from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
-from memos_lab.runner import RUN_METRICS
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
 from memos_lab.reporting.runs import RunRecord, collect_runs
 from memos_lab.reporting.table import (
@@ -27,6 +25,8 @@ from memos_lab.reporting.table import (
     summary_frames,
     swept_keys,
 )
+from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
+from memos_lab.runner import RUN_METRICS
 
 REPORT_FILE = "report.md"
 TABLE_FILE = "table.csv"
@@ -124,7 +124,7 @@ def render(
     specs: dict[str, MetricSpec] | None = None,
 ) -> str:
     failed = [run for run in runs if not run.ok]
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# memos_lab report: {runs[0].experiment}",
         "",

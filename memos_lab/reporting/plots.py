@@ -8,8 +8,6 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from memos_lab.artifact import atomic_write_bytes
 from memos_lab.experiments.common import MetricSpec
 from memos_lab.reporting.table import Configuration
