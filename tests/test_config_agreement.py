@@ -43,7 +43,8 @@ def composed(group: str, choice: str) -> dict[str, Any]:
     config_name, overrides = COMPOSE.get(group, ("config", []))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=[*overrides, f"{group}={choice}"])
-    node = OmegaConf.to_container(cfg[group], resolve=True)
+    # An experiment's config is complete as composed (the runner refuses missing values); a dataset's path may be ???
+    node = OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=group == "experiment")
     assert isinstance(node, dict)
     return node
 

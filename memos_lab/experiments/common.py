@@ -43,6 +43,7 @@ class MetricSpec(Settings):
     a glob (`retrieval/*/recall_all@10`); `higher_is_better` is null for counts that are neither."""
 
     section: ClassVar[str] = "experiment.metrics"
+    instantiated: ClassVar[bool] = False
     name: str = "???"
     unit: str = "???"
     higher_is_better: bool | None = None
