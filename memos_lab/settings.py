@@ -241,8 +241,8 @@ def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     """Plain Python values; Hydra passes nested lists and dicts on as ListConfig / DictConfig."""
     if isinstance(values, DictConfig):
         return typing.cast(dict[str, Any], OmegaConf.to_container(values, resolve=True))
-    return {key: OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-            for key, value in values.items()}  # fmt: skip
+    # keyword arguments from hydra.utils.instantiate(..., _partial_=True) may still hold ListConfig/DictConfig values
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value for key, value in values.items()}
 
 
 def _frozen(value: Any, hint: Any = Any) -> Any:
