@@ -78,11 +78,11 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             _check_hydra_choices(hydra_choices)
-            cfg = compose(config_name, overrides=first_values, return_hydra_config=True)
             choices = [line for line in first_values if line.split("=", 1)[0].lstrip("+~") in groups or "/" in line.split("=", 1)[0]]
             defaults = compose(config_name, overrides=choices)
-        for override in parsed:
-            _check_value_types(override, defaults, groups)
+            for override in parsed:  # before composing them: its message names the default, Hydra's does not
+                _check_value_types(override, defaults, groups)
+            cfg = compose(config_name, overrides=first_values, return_hydra_config=True)
         check_settings(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
@@ -174,8 +174,8 @@ def _run(args: Sequence[str]) -> None:
 
 def _run_task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
     from hydra.errors import InstantiationException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
     from memos_lab.runner import run_experiment

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError, DataError
+from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.loggers.base import Tracker
 from memos_lab.provenance import environment, model_provenance
 
@@ -32,6 +33,14 @@ COMPLETE_MARKER = "run/wall_s"
 # An experiment stopped early (Ctrl-C) may still return what it measured, flagged with this metric.
 INTERRUPTED_MARKER = "run/interrupted"
 log = logging.getLogger(__name__)
+
+
+# The metrics the runner adds to every experiment's own declarations (experiment.metrics).
+RUN_METRICS = (
+    MetricSpec(name=COMPLETE_MARKER, unit="s", higher_is_better=False),
+    MetricSpec(name=INTERRUPTED_MARKER, unit="count"),
+)
+
 NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
 ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 RESERVED_NAMES = frozenset(Path(name).stem for name in (METRICS_FILE, CONFIG_FILE, REPORT_FILE, PROVENANCE_FILE))
@@ -109,6 +118,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
         inner.finish({}, failed=True)
         raise
     wall_s = time.perf_counter() - started
+    _warn_undeclared(cfg, metrics)
     metrics[COMPLETE_MARKER] = wall_s
     for name, data in tracker.artifacts.items():
         atomic_write_text(run_dir / f"{name}.json", json.dumps(data, sort_keys=True) + "\n")
@@ -118,6 +128,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     return _checked_objective(cfg, metrics)  # checked after writing: the run itself is sound and kept
 
 
+def _warn_undeclared(cfg: DictConfig, metrics: Mapping[str, float]) -> None:
+    """A metric the experiment's YAML does not declare has no unit or direction for the report."""
+    declared = [MetricSpec.from_mapping(item) for item in cfg.experiment.get("metrics") or []]
+    undeclared = sorted(name for name in metrics if find_spec([*declared, *RUN_METRICS], name) is None)
+    if undeclared:
+        log.warning("metrics not declared in experiment.metrics (no unit for the report): %s", ", ".join(undeclared))
 def pinned_settings(cfg: DictConfig) -> dict[str, str]:
     """The settings an experiment declares results depend on beyond the swept ones (`experiment.pinned`:
     prompt versions, judge model...): recorded in provenance and every report; `report` refuses to mix them."""

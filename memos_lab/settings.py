@@ -47,9 +47,9 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memos_lab.errors import ConfigError
 
@@ -68,6 +68,9 @@ class Settings:
     config_keys: ClassVar[Mapping[str, Any]] = {}
     # Components built with hydra.utils.instantiate carry `_target_` in their config; experiments do not.
     instantiated: ClassVar[bool] = True
+    # Fields whose value is data each YAML file declares (an experiment's name, fn, metric list), not a
+    # default the YAML could drift from.
+    declared_in_yaml: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -93,11 +96,20 @@ class Settings:
         unknown = sorted(key for key in values if key not in valid and not key.startswith("_"))
         if unknown:
             raise ConfigError(f"{cls.section}: unknown setting(s) {unknown}; valid: {valid}")
-        return cls(**{key: _frozen(value) for key, value in values.items() if key in valid})
+        hints = _hints(cls)
+        return cls(**{key: _frozen(value, hints[key]) for key, value in values.items() if key in valid})
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values (tuples as lists), e.g. for a manifest."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()}
+        return typing.cast(dict[str, Any], _lists(dataclasses.asdict(self)))
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _lists(item) for key, item in value.items()}
+    return value
 
 
 def uses_settings(settings_class: type[Settings]) -> Callable[[F], F]:
@@ -117,50 +129,55 @@ def settings_class_of(target: Any) -> type[Settings] | None:
 
 
 # ---- the shared validators --------------------------------------------------------------------------
-# Each takes the settings object and field names; None values are skipped (optional settings).
+# Each takes the settings object (or any object naming its config `section`) and field names; None values
+# are skipped (optional settings).
 
 
-def positive_int(settings: Settings, *names: str) -> None:
+class Sectioned(Protocol):
+    section: ClassVar[str]
+
+
+def positive_int(settings: Sectioned, *names: str) -> None:
     _check(settings, names, lambda v: _is_int(v) and v > 0, "a positive integer")
 
 
-def non_negative_int(settings: Settings, *names: str) -> None:
+def non_negative_int(settings: Sectioned, *names: str) -> None:
     _check(settings, names, lambda v: _is_int(v) and v >= 0, "a non-negative integer")
 
 
-def positive(settings: Settings, *names: str) -> None:
+def positive(settings: Sectioned, *names: str) -> None:
     _check(settings, names, lambda v: _is_number(v) and v > 0, "a positive number")
 
 
-def non_negative(settings: Settings, *names: str) -> None:
+def non_negative(settings: Sectioned, *names: str) -> None:
     _check(settings, names, lambda v: _is_number(v) and v >= 0, "a non-negative number")
 
 
-def probability(settings: Settings, *names: str, top: bool = True) -> None:
+def probability(settings: Sectioned, *names: str, top: bool = True) -> None:
     """In [0, 1] (or [0, 1) with top=False)."""
     valid = "a number in [0, 1]" if top else "a number in [0, 1)"
-    _check(settings, names, lambda v: _is_number(v) and 0 <= v and (v <= 1 if top else v < 1), valid)
+    _check(settings, names, lambda v: _is_number(v) and v >= 0 and (v <= 1 if top else v < 1), valid)
 
 
-def in_range(settings: Settings, name: str, low: float, high: float) -> None:
+def in_range(settings: Sectioned, name: str, low: float, high: float) -> None:
     _check(settings, (name,), lambda v: _is_number(v) and low <= v <= high, f"a number in [{low}, {high}]")
 
 
-def one_of(settings: Settings, name: str, choices: Iterable[str]) -> None:
+def one_of(settings: Sectioned, name: str, choices: Iterable[str]) -> None:
     choices = list(choices)
     value = getattr(settings, name)
     if value not in choices:
         raise ConfigError(f"{settings.section}.{name}: unknown {value!r}; valid: {', '.join(map(str, choices))}")
 
 
-def span(settings: Settings, name: str) -> None:
+def span(settings: Sectioned, name: str) -> None:
     """A pair [lo, hi) of fractions with 0 <= lo < hi <= 1."""
     value = getattr(settings, name)
     if value is not None and not (len(value) == 2 and all(map(_is_number, value)) and 0 <= value[0] < value[1] <= 1):
         raise ConfigError(f"{settings.section}.{name} must be [lo, hi] with 0 <= lo < hi <= 1, got {list(value)}")
 
 
-def _check(settings: Settings, names: Sequence[str], ok: Callable[[Any], bool], valid: str) -> None:
+def _check(settings: Sectioned, names: Sequence[str], ok: Callable[[Any], bool], valid: str) -> None:
     for name in names:
         value = getattr(settings, name)
         if value is not None and not ok(value):
@@ -196,7 +213,7 @@ def _matches(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_matches(item, arg) for item, arg in zip(value, args))
+        return len(value) == len(args) and all(_matches(item, arg) for item, arg in zip(value, args, strict=True))
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     if hint is type(None):
@@ -215,22 +232,38 @@ def _describe(hint: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin is tuple:
-        return f"a list of {_describe(args[0])}" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} values"
+        return f"a list of ({_describe(args[0])})" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} values"
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain Python values; Hydra passes nested lists and dicts on as ListConfig / DictConfig."""
     if isinstance(values, DictConfig):
         return typing.cast(dict[str, Any], OmegaConf.to_container(values, resolve=True))
     # keyword arguments from hydra.utils.instantiate(..., _partial_=True) may still hold ListConfig/DictConfig values
     return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value for key, value in values.items()}
 
 
-def _frozen(value: Any) -> Any:
+def _frozen(value: Any, hint: Any = Any) -> Any:
+    """Lists become tuples; dicts become the nested settings dataclass the annotation names."""
+    nested = _nested_settings(hint)
     if isinstance(value, list):
-        return tuple(_frozen(item) for item in value)
+        return tuple(nested.from_mapping(item) if nested and isinstance(item, dict) else _frozen(item) for item in value)
+    if nested is not None and isinstance(value, dict):
+        return nested.from_mapping(value)
     return value
+
+
+def _nested_settings(hint: Any) -> type[Settings] | None:
+    """The Settings class in `X`, `X | None` or `tuple[X, ...]`, if any."""
+    if isinstance(hint, type) and issubclass(hint, Settings):
+        return hint
+    for arg in typing.get_args(hint):
+        found = _nested_settings(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # ---- Hydra schemas ------------------------------------------------------------------------------------
@@ -250,7 +283,9 @@ def schema_of(cls: type[Settings]) -> type:
         if item.default_factory is not dataclasses.MISSING:
             value = item.default_factory()
         field_type = _schema_type(hints[item.name])
-        if isinstance(value, (tuple, list, dict)):
+        if isinstance(value, Settings):
+            specs.append((item.name, field_type, dataclasses.field(default_factory=field_type)))
+        elif isinstance(value, (tuple, list, dict)):
             plain = list(value) if isinstance(value, tuple) else value
             specs.append((item.name, field_type, dataclasses.field(default_factory=functools.partial(_copy, plain))))
         else:
@@ -276,6 +311,8 @@ def _schema_type(hint: Any) -> Any:
         return list[inner] if inner is not Any else list[Any]  # type: ignore[valid-type]
     if hint in (int, float, bool, str):
         return hint
+    if isinstance(hint, type) and issubclass(hint, Settings):
+        return schema_of(hint)
     return Any  # Literal (checked by the settings), dicts, nested configs
 
 

@@ -1,6 +1,6 @@
 """Knowledge-editing metrics (EasyEdit / CounterFact definitions), as pure functions on decoded outputs.
 
-Rates are percentages (0-100), the unit the editing literature reports.
+Rates are fractions in [0, 1], as every memos_lab rate is (the editing literature prints them as percentages).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def more_likely(logprob_new: float, logprob_old: float) -> bool:
 
 
 def rate(flags: Sequence[bool]) -> float:
-    """Percentage of true flags; NaN when there is nothing to rate (the metric does not apply)."""
-    return 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else float("nan")
+    """Share of true flags in [0, 1]; NaN when there is nothing to rate (the metric does not apply)."""
+    return sum(bool(f) for f in flags) / len(flags) if flags else float("nan")
 
 
 def ngram_entropy(tokens: Sequence[object], ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import hydra.utils
 from omegaconf import DictConfig
 
 from memos_lab.data.schema import Conversation, KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
+from memos_lab.settings import Settings, one_of, positive_int
 
 Record = TypeVar("Record", Conversation, KnowledgeEdit)
 KIND_NAMES = {Conversation: "a dialogue dataset", KnowledgeEdit: "a knowledge-update dataset"}
@@ -25,3 +29,54 @@ def load_records(cfg: DictConfig, record_type: type[Record]) -> list[Record]:
             f"experiment {cfg.experiment.name!r} needs {KIND_NAMES[record_type]}; the chosen dataset yields {found}"
         )
     return records
+
+
+# Units a metric may declare. Rates and shares are fractions in [0, 1] in every experiment; `_mb` metrics
+# are MiB (2**20 bytes), as the activation budgets (`budget_mb`, `max_mb`) are.
+UNITS = ("fraction", "ms", "s", "MiB", "KiB", "bytes", "items/s", "count", "tokens", "ratio", "logit", "bits")
+LATENCY_UNITS = ("ms", "s")
+
+
+@dataclass(frozen=True)
+class MetricSpec(Settings):
+    """One metric an experiment reports, declared as data (lm-eval's metric_list): `name` is the metric or
+    a glob (`retrieval/*/recall_all@10`); `higher_is_better` is null for counts that are neither."""
+
+    section: ClassVar[str] = "experiment.metrics"
+    instantiated: ClassVar[bool] = False
+    name: str = "???"
+    unit: str = "???"
+    higher_is_better: bool | None = None
+    version: int = 1  # bumped when the definition changes, so reports never mix two definitions
+
+    def validate(self) -> None:
+        one_of(self, "unit", UNITS)
+        positive_int(self, "version")
+
+    @property
+    def latency(self) -> bool:
+        return self.unit in LATENCY_UNITS
+
+    @property
+    def quality(self) -> bool:
+        """A score to maximise on a fixed scale (recall, accuracy, F1...)."""
+        return self.unit == "fraction" and self.higher_is_better is True
+
+
+def find_spec(specs: Iterable[MetricSpec], metric: str) -> MetricSpec | None:
+    """The first declaration whose name or glob matches `metric`."""
+    return next((spec for spec in specs if fnmatch.fnmatchcase(metric, spec.name)), None)
+
+
+@dataclass(frozen=True)
+class ExperimentSettings(Settings):
+    """What every experiment config holds: its name, its function, the metrics it reports (declared as data)
+    and the columns `python -m memos_lab report` shows by default. Experiments add their own settings."""
+
+    section: ClassVar[str] = "experiment"
+    instantiated: ClassVar[bool] = False
+    declared_in_yaml: ClassVar[tuple[str, ...]] = ("name", "fn", "metrics", "report_metrics")
+    name: str = "???"
+    fn: str = "???"
+    metrics: tuple[MetricSpec, ...] = ()
+    report_metrics: tuple[str, ...] = ()

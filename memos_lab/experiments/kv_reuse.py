@@ -23,16 +23,17 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from memos_lab.data.schema import Conversation, Turn
-from memos_lab.errors import ConfigError, DataError
+from memos_lab.errors import DataError
 from memos_lab.eval.kv import ModelDims, perfect_prefix_reuse, prefill_flops
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
-from memos_lab.memory.activation.compose import chunked_memory_prompt, compose_chunks, encode_chunks
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
+from memos_lab.memory.activation.compose import chunked_memory_prompt, compose_chunks, encode_chunks
 from memos_lab.memory.activation.kv_cache import KVCache, Prefill, generate, memory_messages, prefill
 from memos_lab.memory.activation.session import ChatSession
 from memos_lab.models.device import clock
 from memos_lab.models.llm import LanguageModel
+from memos_lab.settings import non_negative_int, one_of, positive_int, probability, uses_settings
 
 PREFIX = "kv/"
 MODES = ("dialogue", "sweep")
@@ -51,13 +52,28 @@ class Tally:
     prompts: list[list[int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class KVReuseSettings(ExperimentSettings):
+    mode: str = "dialogue"  # dialogue | sweep
+    dialogues: int = 2  # dialogue mode: conversations replayed
+    turns: int = 10  # dialogue mode: the last `turns` exchanges replayed, earlier turns are the cached memory
+    memory_tokens: int = 800
+    question_tokens: int = 32  # sweep mode only
+    repeats: int = 3  # timed runs per prompt, full and reuse interleaved; the median counts
+    max_new_tokens: int = 16  # greedy answers compared token for token (0 skips)
+    compose_memories: int = 4  # memories composed from separately cached chunks (0 or 1 skips)
+    recompute_frac: float = 0.15  # share of each later chunk's tokens recomputed in the blended mode
+
+    def validate(self) -> None:
+        one_of(self, "mode", MODES)
+        positive_int(self, "dialogues", "turns", "repeats", "memory_tokens", "question_tokens")
+        non_negative_int(self, "max_new_tokens", "compose_memories")
+        probability(self, "recompute_frac")
+
+
+@uses_settings(KVReuseSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    exp = cfg.experiment
-    if exp.mode not in MODES:
-        raise ConfigError(f"experiment.mode: unknown {exp.mode!r}; valid: {', '.join(MODES)}")
-    for key in ("turns", "repeats", "memory_tokens", "question_tokens"):
-        if int(exp[key]) <= 0:
-            raise ConfigError(f"experiment.{key} must be positive, got {exp[key]}")
+    exp = KVReuseSettings.from_mapping(cfg.experiment)
     conversations = load_records(cfg, Conversation)
     lm: LanguageModel = hydra.utils.instantiate(cfg.model)
 
@@ -72,7 +88,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 def _dialogues(
     lm: LanguageModel,
     conversations: list[Conversation],
-    exp: DictConfig,
+    exp: KVReuseSettings,
     tracker: Tracker,
     new_memory: Callable[[], ActivationMemory],
 ) -> dict[str, float]:
@@ -115,7 +131,7 @@ def _dialogues(
 def _sweep(
     lm: LanguageModel,
     conversations: list[Conversation],
-    exp: DictConfig,
+    exp: KVReuseSettings,
     tracker: Tracker,
     new_memory: Callable[[], ActivationMemory],
 ) -> dict[str, float]:
@@ -141,7 +157,7 @@ def _measure(
     ids: list[int],
     prefix: KVCache | None,
     reuse: Callable[[], Prefill],
-    exp: DictConfig,
+    exp: KVReuseSettings,
     tally: Tally,
 ) -> None:
     """Time full and reused prefill alternately (the last reuse run is `reuse()`, which may keep its cache),
@@ -197,7 +213,7 @@ def _summary(lm: LanguageModel, tally: Tally, cached: Sequence[Sequence[int]]) -
 
 @torch.no_grad()
 def _composition_gaps(
-    lm: LanguageModel, texts: list[str], question: str, exp: DictConfig, memory: ActivationMemory
+    lm: LanguageModel, texts: list[str], question: str, exp: KVReuseSettings, memory: ActivationMemory
 ) -> dict[str, float]:
     """Next-token gap of each composition mode to the exact prefill of the same tokens."""
     k = min(int(exp.compose_memories), len(texts))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,20 +24,36 @@ from tqdm import tqdm
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.eval.editing import more_likely, ngram_entropy, rate, starts_with_target, unchanged
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_target, greedy_continuations, target_logprobs
+from memos_lab.settings import non_negative_int, positive_int, uses_settings
 
 PREFIX = "lora/"
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class LoRAUpdateSettings(ExperimentSettings):
+    n_edits: int | None = None  # None: every edit of the dataset
+    first_edit: int = 0  # records skipped first (held-out halves: tune on 0-99, check on 100-199)
+    n_batches: int = 1  # > 1: sequential editing, and lora/retention scores the earlier batches after the last
+    locality_tokens: int = 8  # greedy tokens compared with the base model's for locality
+    eval_batch_size: int = 32
+    fluency_prompts: int = 50  # edited subjects whose greedy generations score lora/fluency (n-gram entropy, bits)
+    fluency_tokens: int = 32
+
+    def validate(self) -> None:
+        positive_int(self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size", "fluency_prompts", "fluency_tokens")
+        non_negative_int(self, "first_edit")
+
+
+@uses_settings(LoRAUpdateSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    exp = cfg.experiment
-    first = int(exp.get("first_edit", 0))  # skip records, e.g. to evaluate on the half of a slice not tuned on
-    edits = load_records(cfg, KnowledgeEdit)[first:][: exp.n_edits]
+    exp = LoRAUpdateSettings.from_mapping(cfg.experiment)
+    edits = load_records(cfg, KnowledgeEdit)[exp.first_edit :][: exp.n_edits]
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
         raise ConfigError(f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}")
@@ -51,8 +68,8 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     probes = [probe.prompt for edit in edits for probe in edit.locality]
     base_locality = generate(probes, int(exp.locality_tokens))
     base_reliability = _starts(lm, generate([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
-    subjects = list(dict.fromkeys(e.subject for e in edits))[: int(exp.get("fluency_prompts", 50))]
-    fluency_tokens = int(exp.get("fluency_tokens", 32))
+    subjects = list(dict.fromkeys(e.subject for e in edits))[: exp.fluency_prompts]
+    fluency_tokens = exp.fluency_tokens
     fluency_base = [ngram_entropy(ids) for ids in generate(subjects, fluency_tokens)]
 
     train_s, steps, learned = 0.0, 0, 0
@@ -85,7 +102,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         f"{PREFIX}edits": len(edits),
         f"{PREFIX}batches": len(batches),
         f"{PREFIX}steps": steps,
-        f"{PREFIX}batches_learned": 100.0 * learned / len(batches),
+        f"{PREFIX}batches_learned": learned / len(batches),
         f"{PREFIX}train_s": train_s,
         f"{PREFIX}train_s_per_100_edits": 100.0 * train_s / len(edits),
         f"{PREFIX}adapter_mb": _saved_mb(memory),
@@ -159,4 +176,4 @@ def _saved_mb(memory: ParametricMemory) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "memory"
         memory.save(folder)
-        return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6
+        return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 2**20

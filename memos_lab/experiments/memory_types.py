@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra.utils
@@ -25,13 +25,14 @@ from tqdm import tqdm
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.eval.editing import rate, starts_with_target
-from memos_lab.experiments.common import load_records
-from memos_lab.loggers.base import Tracker
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.generation.base import Generator
+from memos_lab.loggers.base import Tracker
+from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.decode import KVCache, greedy, prefill
 from memos_lab.models.device import clock
-from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
+from memos_lab.settings import one_of, positive_int, uses_settings
 
 PREFIX = "memtypes/"
 FORMS = ("text", "kv", "lora")
@@ -53,11 +54,22 @@ def answer(lm: LanguageModel, ids: list[int], max_new_tokens: int, prefix: KVCac
     return decoded.token_ids, decoded.first_token_at - started
 
 
+@dataclass(frozen=True)
+class MemoryTypesSettings(ExperimentSettings):
+    memory: str = "kv"  # text | kv | lora
+    n_facts: int = 80  # ~1k context tokens with SmolLM2
+    n_questions: int | None = 16  # facts asked about (prompt + first paraphrase each), evenly spread; null: all
+    max_new_tokens: int = 6
+
+    def validate(self) -> None:
+        one_of(self, "memory", FORMS)
+        positive_int(self, "n_facts", "n_questions", "max_new_tokens")
+
+
+@uses_settings(MemoryTypesSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    exp = cfg.experiment
+    exp = MemoryTypesSettings.from_mapping(cfg.experiment)
     form = exp.memory
-    if form not in FORMS:
-        raise ConfigError(f"experiment.memory must be one of {list(FORMS)}, got {form!r}")
     edits = load_records(cfg, KnowledgeEdit)[: exp.n_facts]
     if len(edits) < 2:
         raise ConfigError("experiment.n_facts must be at least 2 (one fact is changed to time an update)")

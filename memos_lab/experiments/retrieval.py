@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError
 from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_query_metrics, session_recall
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.mos import MOS, CubeHit
 from memos_lab.runner import PER_QUERY_ARTIFACT
+from memos_lab.settings import positive_int, uses_settings
 
 PREFIX = "retrieval/"
 CV_PREFIX = "retrieval/cv/"
@@ -53,6 +54,19 @@ class CrossValidation:
     held_out: dict[str, np.ndarray]  # per metric: each question's score under its fold's choice (query_ids order)
 
 
+@dataclass(frozen=True)
+class RetrievalSettings(ExperimentSettings):
+    top_k: int = 10  # memories retrieved per question
+    cutoffs: tuple[int, ...] = (1, 5, 10)  # the k of recall@k
+    folds: int = 0  # >1: conversation-level cross-validation over `grid`
+    select_by: str = "recall_all@10"  # the metric the cross-validation selects settings by
+    grid: tuple[str, ...] = ()  # "setting=v1,v2" strings as in a sweep; every combination is a candidate
+
+    def validate(self) -> None:
+        positive_int(self, "top_k")
+
+
+@uses_settings(RetrievalSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     conversations = load_records(cfg, Conversation)
     folds = int(cfg.experiment.get("folds") or 0)

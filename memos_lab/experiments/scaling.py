@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import hydra.utils
 import numpy as np
 from omegaconf import DictConfig
 
-from memos_lab.errors import ConfigError
 from memos_lab.eval.retrieval import latency_percentiles
+from memos_lab.experiments.common import ExperimentSettings
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import one_of, positive_int, uses_settings
 
 PREFIX = "scaling/"
 NAMES = ["Ana", "Ben", "Caroline", "Dev", "Eva", "Farid", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena"]
@@ -49,10 +51,24 @@ class _KnownQueries(Embedder):
         return self.inner.encode(texts)
 
 
+@dataclass(frozen=True)
+class ScalingSettings(ExperimentSettings):
+    size: int = 10000  # items in the store
+    vectors: str = "random"  # random: unit vectors (fast to make at any size) | embedder: the embedder's own vectors
+    queries: int = 200
+    top_k: int = 10
+    batch_size: int = 5000  # items per add() call while building
+    ingest_sample: int = 1000  # items added through the embedder to time end-to-end ingest
+
+    def validate(self) -> None:
+        one_of(self, "vectors", ("random", "embedder"))
+        positive_int(self, "size", "queries", "top_k", "batch_size", "ingest_sample")
+
+
+@uses_settings(ScalingSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    size, n_queries, vectors = int(cfg.experiment.size), int(cfg.experiment.queries), cfg.experiment.vectors
-    if vectors not in ("random", "embedder"):
-        raise ConfigError(f"experiment.vectors: unknown {vectors!r}; valid: ['random', 'embedder']")
+    exp = ScalingSettings.from_mapping(cfg.experiment)
+    size, n_queries, vectors = exp.size, exp.queries, exp.vectors
     rng = np.random.default_rng(int(cfg.seed))
     embedder = hydra.utils.instantiate(cfg.embedder)
     texts = synthetic_texts(rng, size)
@@ -60,7 +76,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     known = _KnownQueries(embedder, queries)
     memory = hydra.utils.instantiate(cfg.memory, embedder=known)
 
-    batch = int(cfg.experiment.batch_size)
+    batch = exp.batch_size
     build_s = 0.0
     for start in range(0, size, batch):
         chunk = texts[start : start + batch]
@@ -82,17 +98,17 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     search_ms = []
     for query in queries:
         started = time.perf_counter()
-        memory.search(query, int(cfg.experiment.top_k))
+        memory.search(query, exp.top_k)
         search_ms.append((time.perf_counter() - started) * 1000)
 
-    sample = synthetic_texts(rng, int(cfg.experiment.ingest_sample), start=size + n_queries)
+    sample = synthetic_texts(rng, exp.ingest_sample, start=size + n_queries)
     fresh = hydra.utils.instantiate(cfg.memory, embedder=embedder)
     started = time.perf_counter()
     fresh.add(sample)
     ingest_s = time.perf_counter() - started
 
     metrics = latency_percentiles(search_ms, f"{PREFIX}search_ms")
-    metrics[f"{PREFIX}index_mb"] = memory.index_nbytes() / 1e6
+    metrics[f"{PREFIX}index_mb"] = memory.index_nbytes() / 2**20
     metrics[f"{PREFIX}build_items_per_s"] = size / build_s if build_s else 0.0  # indexing only, vectors given
     metrics[f"{PREFIX}ingest_items_per_s"] = len(sample) / ingest_s if ingest_s else 0.0  # with the embedder
     metrics[f"{PREFIX}items"] = size

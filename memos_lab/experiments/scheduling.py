@@ -10,29 +10,31 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import hydra.utils
 import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from memos_lab.chat import TEMPLATE, ChatAnswer, MemChat
+from memos_lab.chat import MODES, TEMPLATE, ChatAnswer, MemChat
 from memos_lab.data.reader import turn_item
 from memos_lab.data.schema import Conversation, Question
 from memos_lab.errors import MemosError
 from memos_lab.eval.judge import JudgeError
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
-from memos_lab.experiments.common import load_records
-from memos_lab.loggers.base import Tracker
+from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.generation.base import Generator
+from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import build_activation
 from memos_lab.mos import MOS
 from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
 from memos_lab.scheduler.parametric import Consolidator
+from memos_lab.settings import one_of, positive_int, uses_settings
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,31 @@ def question_slots(conversation: Conversation) -> dict[int, list[Question]]:
     return slots
 
 
+@dataclass(frozen=True)
+class SchedulingSettings(ExperimentSettings):
+    mode: str = "text"  # text: memories in the prompt | kv: their KV cache from the activation tier | parametric: LoRA
+    answer: bool = True  # false: scheduling metrics only, no generation (fast policy sweeps)
+    turns_as_queries: bool = True  # every dialogue turn is also a user turn the scheduler retrieves for
+    top_k: int = 5  # memories retrieved per user turn / question
+    # The nested sections are the keyword arguments of what they configure, which checks them:
+    working_memory: dict[str, Any] = field(default_factory=dict)  # Budget: max_items and/or max_tokens
+    activation: dict[str, Any] = field(default_factory=dict)  # mode=kv: max_mb of the activation tier
+    consolidation: dict[str, Any] = field(default_factory=dict)  # mode=parametric: Consolidator's min_uses, min_age, max_items
+    max_new_tokens: int = 24
+    max_conversations: int | None = None  # keep SmolLM2 runs small: the first N conversations
+
+    def validate(self) -> None:
+        one_of(self, "mode", MODES)
+        positive_int(self, "top_k", "max_new_tokens", "max_conversations")
+
+
+@uses_settings(SchedulingSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
-    exp = cfg.experiment
+    exp = SchedulingSettings.from_mapping(cfg.experiment)
     conversations = load_records(cfg, Conversation)
-    if exp.get("max_conversations"):
-        conversations = conversations[: int(exp.max_conversations)]
-    budget = Budget(max_items=exp.working_memory.max_items, max_tokens=exp.working_memory.max_tokens)
+    if exp.max_conversations:
+        conversations = conversations[: exp.max_conversations]
+    budget = Budget(**exp.working_memory)
     hydra.utils.instantiate(cfg.scheduler)  # a bad policy setting fails here, before any model loads
     embedder = hydra.utils.instantiate(cfg.embedder)
     generator: Generator = hydra.utils.instantiate(cfg.llm)
@@ -105,7 +126,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             if exp.mode == "kv":
                 activation = build_activation(
                     cfg.activation, generator.require_weights("kv mode"), PolicyEviction(scheduler.working), TEMPLATE,
-                    budget_mb=exp.activation.max_mb,
+                    budget_mb=exp.activation.get("max_mb"),
                 )  # fmt: skip
             if exp.mode == "parametric":
                 model = generator.require_weights("parametric mode")

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import hydra.utils
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from memos_lab.errors import ConfigError
-from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
+from memos_lab.loading.common import cube_writer, open_cube, required, save_cube
 from memos_lab.memory.activation.base import ByteBudget, build_activation
 from memos_lab.memory.item import MemoryItem
+from memos_lab.settings import Settings, positive, positive_int, uses_settings
 
 SET_KEY = "set:recent"  # the cache of the assembled recent memories, in time order
 
 
+@dataclass(frozen=True)
+class ActivationLoadSettings(Settings):
+    section: ClassVar[str] = "memory_type"
+    instantiated: ClassVar[bool] = False
+    declared_in_yaml: ClassVar[tuple[str, ...]] = ("fn",)
+    fn: str = "???"
+    max_items: int = 64  # the most recent active memories of the user
+    items: bool = True  # one cache per memory (composable, reused by the memory's id)
+    assembled: bool = True  # plus one cache of all of them in time order (exact composition)
+    budget_mb: float | None = 1024  # activation budget of the cube (MiB); least recently used caches are evicted beyond it
+
+    def validate(self) -> None:
+        positive_int(self, "max_items")
+        positive(self, "budget_mb")
+
+
+@uses_settings(ActivationLoadSettings)
 @cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     required(cfg, "user")
     if cfg.get("dataset") is not None or cfg.get("input") is not None:
         raise ConfigError("activation loading caches the memories already in the cube; load text first with memory_type=declarative")
-    options = cfg.memory_type
-    max_items = positive_int(options.max_items, "memory_type.max_items")
+    options = ActivationLoadSettings.from_mapping(cfg.memory_type)
+    max_items = options.max_items
     embedder = hydra.utils.instantiate(cfg.embedder)
     cube, created = open_cube(cfg, embedder)
     if created:

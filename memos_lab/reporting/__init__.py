@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from memos_lab.artifact import atomic_write_text
+from memos_lab.errors import ConfigError
+from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
@@ -27,6 +29,7 @@ from memos_lab.reporting.table import (
     summary_frames,
     swept_keys,
 )
+from memos_lab.runner import RUN_METRICS
 
 REPORT_FILE = "report.md"
 TABLE_FILE = "table.csv"
@@ -63,16 +66,42 @@ def write_report(
     comparisons = paired_tests(configurations, chosen)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_against_setting(configurations, chosen, key, out) for key in keys]
-    latency = latency_metric(chosen) or WALL_TIME  # a run's wall time when no latency metric was chosen
+    specs = declared_metrics(runs, [*chosen, WALL_TIME])
+    latency = latency_metric(chosen, specs) or WALL_TIME  # a run's wall time when no latency metric was chosen
     if any(len(c.values(latency)) for c in configurations):
-        plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
+        plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(chosen, specs), out))
     atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
     atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
     intervals = confidence_intervals(configurations, ci_metrics(runs))
-    markdown = render(runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out, pinned, intervals)
+    markdown = render(
+        runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out, pinned, intervals, specs
+    )
     atomic_write_text(out / REPORT_FILE, markdown)
     failed = sum(not run.ok for run in runs)
     return ReportSummary(out, len(runs), failed, len(configurations))
+
+
+def declared_metrics(runs: Sequence[RunRecord], names: Sequence[str]) -> dict[str, MetricSpec]:
+    """What each metric is, as the runs' experiment configs declare it (`experiment.metrics`); a metric
+    declared with different versions in different runs is refused: its numbers mean different things."""
+    found: dict[str, MetricSpec] = {}
+    for run in runs:
+        declared = (run.config.get("experiment") or {}).get("metrics") or []
+        try:
+            specs = [*(MetricSpec.from_mapping(item) for item in declared), *RUN_METRICS]
+        except ConfigError as error:
+            raise ConfigError(f"{run.path}: {error}") from None
+        for name in names:
+            spec = find_spec(specs, name)
+            if spec is None:
+                continue
+            if name in found and found[name].version != spec.version:
+                raise ConfigError(
+                    f"metric {name!r} has version {found[name].version} in some runs and {spec.version} in {run.path}: "
+                    "its definition changed between them; report them separately"
+                )
+            found[name] = spec
+    return found
 
 
 def runs_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
@@ -109,9 +138,10 @@ def render(
     out: Path,
     pinned: dict[str, str] | None = None,
     intervals: Sequence[Interval] = (),
+    specs: dict[str, MetricSpec] | None = None,
 ) -> str:
     failed = [run for run in runs if not run.ok]
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# memos_lab report: {runs[0].experiment}",
         "",
@@ -130,6 +160,7 @@ def render(
         "",
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
         "",
+        *_units_section(specs or {}),
     ]
     if failed:
         lines += ["## Failed runs", "", tabulate(
@@ -142,6 +173,15 @@ def render(
         lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.relative_to(out)})" for plot in plots] + [""]
     lines += _provenance_section(runs)
     return "\n".join(lines)
+
+
+def _units_section(specs: dict[str, MetricSpec]) -> list[str]:
+    """The units and directions the experiment declares for the metrics shown (rates are fractions in [0, 1])."""
+    if not specs:
+        return []
+    arrow = {True: "higher is better", False: "lower is better", None: "-"}
+    rows = [(name, spec.unit, arrow[spec.higher_is_better], spec.version) for name, spec in specs.items()]
+    return ["Units, as the experiment declares them:", "", tabulate(rows, ["metric", "unit", "direction", "version"], "github"), ""]
 
 
 @dataclass

@@ -5,31 +5,25 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from memos_lab.artifact import atomic_write_bytes
+from memos_lab.experiments.common import MetricSpec
 from memos_lab.reporting.table import Configuration
 
 COLUMNS = 3
 MAX_LINES = 8  # beyond this (e.g. an Optuna study) the other settings are not split into lines: points only
-LATENCY = re.compile(r"(_ms\b|_ms_|latency|wall_s$)")
 
 
-def latency_metric(metrics: Sequence[str]) -> str | None:
-    return next((name for name in metrics if LATENCY.search(name)), None)
+def latency_metric(metrics: Sequence[str], specs: Mapping[str, MetricSpec]) -> str | None:
+    """The first chosen metric the experiment declares as a time (unit ms or s)."""
+    return next((name for name in metrics if name in specs and specs[name].latency), None)
 
 
-def quality_metrics(configurations: Sequence[Configuration], metrics: Sequence[str]) -> list[str]:
-    """Scores in [0, 1] that are not timings (recall, nDCG, accuracy...)."""
-    chosen = []
-    for name in metrics:
-        values = np.concatenate([configuration.values(name) for configuration in configurations])
-        if not LATENCY.search(name) and len(values) and values.min() >= 0.0 and values.max() <= 1.0:
-            chosen.append(name)
-    return chosen
+def quality_metrics(metrics: Sequence[str], specs: Mapping[str, MetricSpec]) -> list[str]:
+    """The chosen metrics declared as scores to maximise on a fixed scale (recall, nDCG, accuracy...)."""
+    return [name for name in metrics if name in specs and specs[name].quality]
 
 
 def file_stem(text: str) -> str:

@@ -13,6 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
@@ -20,6 +21,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from memos_lab.errors import ConfigError
 from memos_lab.memory.item import ACTIVE, MemoryItem
 from memos_lab.mos import MOS
+from memos_lab.settings import positive_int
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -85,13 +87,12 @@ class Budget:
     max_items: int | None = None
     max_tokens: int | None = None
 
+    section: ClassVar[str] = "experiment.working_memory"
+
     def __post_init__(self) -> None:
         if self.max_items is None and self.max_tokens is None:
             raise ConfigError("working memory needs a budget: set max_items and/or max_tokens")
-        for name in ("max_items", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"working memory {name} must be a positive integer, got {value!r}")
+        positive_int(self, "max_items", "max_tokens")
 
     def exceeded(self, items: int, tokens: int) -> bool:
         return (self.max_items is not None and items > self.max_items) or (
@@ -199,6 +200,8 @@ class MemScheduler:
     working memory to put into the prompt) and `on_answer(text)` (credit the entries the answer used).
     """
 
+    section: ClassVar[str] = "scheduler"  # names `scheduler.top_k` in errors
+
     def __init__(
         self,
         mos: MOS,
@@ -210,12 +213,11 @@ class MemScheduler:
         token_counter: Callable[[str], int] = word_count,
         admit_on_add: bool = True,
     ) -> None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-            raise ConfigError(f"scheduler top_k must be a positive integer, got {top_k!r}")
+        self.top_k = top_k
+        positive_int(self, "top_k")
         self.mos = mos
         self.user = user
         self.cube_id = cube_id
-        self.top_k = top_k
         self.admit_on_add = admit_on_add
         self.working = WorkingMemory(policy, budget, token_counter)
         self._embedder = mos.cube(user, cube_id).text.embedder

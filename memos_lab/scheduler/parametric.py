@@ -9,12 +9,14 @@ the memory's own words. The item stays in the declarative store; consolidation o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.parametric.base import EditReport, ParametricMemory
 from memos_lab.scheduler.base import Entry, MemScheduler
+from memos_lab.settings import non_negative_int, positive_int
 
 MIN_PROMPT_WORDS = 3
 
@@ -27,12 +29,11 @@ class Consolidator:
     max_items: int = 8  # per consolidation call: training time grows with the batch
     consolidated: set[str] = field(default_factory=set)
 
+    section: ClassVar[str] = "experiment.consolidation"
+
     def __post_init__(self) -> None:
-        for name in ("min_uses", "min_age", "max_items"):
-            value = getattr(self, name)
-            least = 0 if name == "min_age" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(f"consolidation.{name} must be an integer >= {least}, got {value!r}")
+        positive_int(self, "min_uses", "max_items")
+        non_negative_int(self, "min_age")
 
     def candidates(self, scheduler: MemScheduler) -> list[Entry]:
         """Working-memory entries that proved stable and often used, most used first."""

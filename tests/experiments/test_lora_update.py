@@ -35,17 +35,17 @@ def test_sequential_gated_editing_writes_every_metric():
     for name in ("reliability", "generalization", "locality", "portability", "reliability_prob",
                  "generalization_prob", "retention", "train_s", "adapter_mb"):
         assert f"lora/{name}" in metrics, name
-    assert metrics["lora/reliability"] == 100.0 and metrics["lora/retention"] == 100.0  # learned, and kept
+    assert metrics["lora/reliability"] == 1.0 and metrics["lora/retention"] == 1.0  # learned, and kept
     assert metrics["lora/base_reliability"] == 0.0  # the random model knew none of it
     # the hashing gate keeps the locality probes (no subject words) on the base model: unchanged by definition
-    assert metrics["lora/gate_locality_prompts"] == 0.0 and metrics["lora/locality"] == 100.0
+    assert metrics["lora/gate_locality_prompts"] == 0.0 and metrics["lora/locality"] == 1.0
     assert metrics["lora/batches"] == 2 and metrics["lora/adapter_mb"] > 0
 
 
 def test_ungated_lora_changes_the_unrelated_answers_of_a_tiny_model():
     metrics = run(compose_run("parametric=lora_ftm"), Tracker())
-    assert metrics["lora/reliability"] == 100.0
-    assert metrics["lora/gate_locality_prompts"] == 100.0 and metrics["lora/locality"] < 100.0
+    assert metrics["lora/reliability"] == 1.0
+    assert metrics["lora/gate_locality_prompts"] == 1.0 and metrics["lora/locality"] < 1.0
     assert "lora/retention" not in metrics
 
 

@@ -31,7 +31,7 @@ def test_every_form_reports_accuracy_latency_storage_and_costs(form):
 
 
 def test_bad_input():
-    with pytest.raises(ConfigError, match="experiment.memory must be one of"):
+    with pytest.raises(ConfigError, match="experiment.memory: unknown .dna.; valid: text, kv, lora"):
         memory_types.run(config("experiment.memory=dna"), Tracker())
     with pytest.raises(ConfigError, match="needs a knowledge-update dataset"):
         memory_types.run(config("dataset=synthetic_dialogues"), Tracker())

@@ -10,10 +10,16 @@ import pytest
 import yaml
 
 from memos_lab.cli import main
-from memos_lab.errors import DataError
+from memos_lab.errors import ConfigError, DataError
 from memos_lab.reporting import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What conf/experiment/retrieval.yaml declares for the metrics these hand-made runs hold.
+DECLARED = [
+    {"name": "retrieval/*recall_*", "unit": "fraction", "higher_is_better": True, "version": 1},
+    {"name": "retrieval/*mrr", "unit": "fraction", "higher_is_better": True, "version": 1},
+    {"name": "retrieval/search_ms_*", "unit": "ms", "higher_is_better": False, "version": 1},
+]
 PROVENANCE = {
     "git_commit": "abc123",
     "command": "python -m memos_lab run -m memory.fusion=rrf,bm25 seed=0,1",
@@ -29,10 +35,12 @@ def make_run(
     experiment: str = "retrieval",
     per_query: dict[str, dict[str, float]] | None = None,
     fusion: str = "rrf",
+    declared: list[dict] | None = None,
 ) -> Path:
     """A run folder as the runner and Hydra leave it (metrics None: the job crashed)."""
     seed = next((int(item.split("=")[1]) for item in overrides if item.startswith("seed=")), 0)
-    config = {"seed": seed, "experiment": {"name": experiment}, "memory": {"fusion": fusion, "rrf_k": 60}}
+    experiment_config = {"name": experiment, "metrics": DECLARED if declared is None else declared}
+    config = {"seed": seed, "experiment": experiment_config, "memory": {"fusion": fusion, "rrf_k": 60}}
     (path / ".hydra").mkdir(parents=True)
     (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -223,6 +231,27 @@ def test_report_cli_writes_the_report(tmp_path, capsys):
     assert report[3] == "- note: suite x.sh"
 
 
+def test_the_report_reads_units_and_directions_from_the_declarations(tmp_path):
+    declared = [{"name": "lora/reliability", "unit": "fraction", "higher_is_better": True, "version": 2},
+                {"name": "lora/train_s", "unit": "s", "higher_is_better": False, "version": 1}]  # fmt: skip
+    for seed in (0, 1):
+        metrics = {"lora/reliability": 0.9 + seed / 20, "lora/train_s": 10.0 + seed, "run/wall_s": 20.0}
+        make_run(tmp_path / "runs" / str(seed), [f"seed={seed}"], metrics, experiment="lora_update", declared=declared)
+    out = tmp_path / "report"
+    write_report([tmp_path / "runs"], out, command="report", metrics=["lora/reliability", "lora/train_s"])
+    report = (out / "report.md").read_text()
+    assert "| lora/reliability | fraction | higher is better |         2 |" in report
+    assert "| lora/train_s     | s        | lower is better  |         1 |" in report
+    assert (out / "latency_vs_quality.png").read_bytes().startswith(PNG_MAGIC)  # quality against the declared time
+
+
+def test_runs_with_two_versions_of_a_metric_are_not_mixed(tmp_path):
+    for seed, version in ((0, 1), (1, 2)):
+        declared = [{"name": "lora/reliability", "unit": "fraction", "higher_is_better": True, "version": version}]
+        make_run(tmp_path / "runs" / str(seed), [f"seed={seed}"], {"lora/reliability": 0.5, "run/wall_s": 1.0},
+                 experiment="lora_update", declared=declared)  # fmt: skip
+    with pytest.raises(ConfigError, match="'lora/reliability' has version 1 in some runs and 2 in"):
+        write_report([tmp_path / "runs"], tmp_path / "report", command="report", metrics=["lora/reliability"])
 def qa_run(path: Path, overrides: list[str], answer_prompt: str, f1: dict[str, float]) -> Path:
     """A finished qa run: pinned settings in its provenance, per-question F1."""
     make_run(path, overrides, {"qa/f1": sum(f1.values()) / len(f1), "run/wall_s": 1.0}, experiment="qa",

@@ -46,5 +46,5 @@ def test_recitation_edits_split_the_memory_text():
 
 
 def test_bad_settings():
-    with pytest.raises(ConfigError, match="min_uses must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match="consolidation.min_uses must be a positive integer, got 0"):
         Consolidator(parametric=None, min_uses=0)
