@@ -95,7 +95,7 @@ class EditorSettings(LayerSettings):
 
 
 @dataclass
-class _Request:
+class EditRequest:
     """One edit, tokenised: each template row's prompt ids and the index of the subject's last token in it."""
 
     edit: KnowledgeEdit
@@ -130,7 +130,7 @@ class LocateThenEditMemory(LoRAMemory):
 
     # -- the method --------------------------------------------------------------------------------
     @abstractmethod
-    def _deltas(self, requests: list[_Request], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+    def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         """This batch's weight deltas {layer: (d_model, d_key)}, given the optimised value shifts δ (n, d_model)."""
 
     def statistics(self) -> dict[int, torch.Tensor]:
@@ -159,14 +159,14 @@ class LocateThenEditMemory(LoRAMemory):
             learned = self._learned(requests)
         return EditReport(len(edits), steps, time.perf_counter() - started, loss, learned)
 
-    def _request(self, edit: KnowledgeEdit) -> _Request:
+    def _request(self, edit: KnowledgeEdit) -> EditRequest:
         try:
             target = encode_target(self.model, edit.target_new)
         except DataError as error:
             raise DataError(f"edit {edit.edit_id!r}: {error}") from None
         rows = [self._locate(prefix + edit.prompt, edit.subject, edit.edit_id) for prefix in self.templates()]
         essence = self._locate(f"{edit.subject.strip()} is a", edit.subject, edit.edit_id)
-        return _Request(edit, rows, target, essence)
+        return EditRequest(edit, rows, target, essence)
 
     def _locate(self, text: str, subject: str, edit_id: str) -> tuple[list[int], int]:
         """The ids of `text` and the index of the last token of the (last) occurrence of `subject` in it."""
@@ -189,7 +189,7 @@ class LocateThenEditMemory(LoRAMemory):
         return self._templates
 
     # -- the target values -------------------------------------------------------------------------
-    def _optimise_values(self, requests: list[_Request]) -> tuple[torch.Tensor, int, float]:
+    def _optimise_values(self, requests: list[EditRequest]) -> tuple[torch.Tensor, int, float]:
         """δ per edit at the MLP output of the last edited layer, so that every template says the target.
 
         Tokens before the subject's last one do not depend on δ: they run once, into a KV cache, and each
@@ -291,7 +291,7 @@ class LocateThenEditMemory(LoRAMemory):
     # -- keys and hidden states under pending deltas ------------------------------------------------
     @torch.no_grad()
     def _keys_and_hidden(
-        self, requests: list[_Request], layer: int, pending: dict[int, torch.Tensor]
+        self, requests: list[EditRequest], layer: int, pending: dict[int, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per edit: the key at `layer` (mean over templates) and the output of the last edited layer at the
         subject (the plain prompt), with this batch's `pending` deltas applied."""
@@ -327,7 +327,7 @@ class LocateThenEditMemory(LoRAMemory):
             return self._keys_and_hidden(requests, layer, {})[0]
 
     @torch.no_grad()
-    def _learned(self, requests: list[_Request]) -> bool:
+    def _learned(self, requests: list[EditRequest]) -> bool:
         """Every target token is the teacher-forced argmax after the plain edit prompt."""
         for start in range(0, len(requests), 32):
             chunk = requests[start:start + 32]
