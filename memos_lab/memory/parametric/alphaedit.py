@@ -22,18 +22,21 @@ from memos_lab.memory.parametric.memit import MEMITMemory
 
 @dataclass(frozen=True)
 class AlphaEditSettings(EditorSettings):
+    layer_span: tuple[float, float] | None = (0.1, 0.27)  # as MEMIT's
+    clamp_norm: float = 0.75
+    stats_corpus: str = "synthetic"
     nullspace_threshold: float = 1e-2  # eigenvalues of C below this fraction of the largest span the null space
     l2: float = 10.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         if not 0 < self.nullspace_threshold < 1 or self.l2 <= 0:
             raise ConfigError("parametric: nullspace_threshold must be in (0, 1) and l2 positive")
 
 
 class AlphaEditMemory(MEMITMemory):
     method = "alphaedit"
-    settings_type = AlphaEditSettings
+    settings_class = AlphaEditSettings
 
     def __init__(self, *args, **kwargs) -> None:
         self._projectors: dict[int, torch.Tensor] = {}

@@ -50,6 +50,7 @@ RANK_TOLERANCE = 1e-6  # singular values below this fraction of the largest coun
 class EditorSettings(LayerSettings):
     """The settings every locate-then-edit method shares (method files add their own)."""
 
+    config_keys: ClassVar[Mapping[str, Any]] = {"adapter": "default", "gate": None, "cache_dir": "~/.cache/memos_lab"}
     layers: tuple[int, ...] | None = None
     layer_span: tuple[float, float] | None = None  # [lo, hi) as fractions of the depth, as for LoRA
     rank: int | None = None  # None: the exact delta (its numerical rank); else truncated, residual reported
@@ -64,7 +65,7 @@ class EditorSettings(LayerSettings):
     stats_tokens: int = 20000
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.layer_span is not None and self.layers is not None:
             raise ConfigError("parametric: set layers or layer_span, not both")
         if self.rank is not None and self.rank < 1:
@@ -106,7 +107,7 @@ class EditRequest:
 
 class LocateThenEditMemory(LoRAMemory):
     method: ClassVar[str]
-    settings_type = EditorSettings
+    settings_class = EditorSettings
 
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default",

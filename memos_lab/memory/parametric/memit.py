@@ -21,17 +21,20 @@ from memos_lab.memory.parametric.locate_edit import (
 
 @dataclass(frozen=True)
 class MEMITSettings(EditorSettings):
+    layer_span: tuple[float, float] | None = (0.1, 0.27)  # SmolLM2-135M (30 layers): 3-8, where MEMIT edits GPT-J (28)
+    clamp_norm: float = 0.75
+    stats_corpus: str = "synthetic"
     mom2_weight: float = 15000.0  # λ: how strongly the keys of the statistics corpus keep their values
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         if self.mom2_weight < 0:
             raise ConfigError(f"parametric.mom2_weight must be >= 0, got {self.mom2_weight}")
 
 
 class MEMITMemory(LocateThenEditMemory):
     method = "memit"
-    settings_type = MEMITSettings
+    settings_class = MEMITSettings
 
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         layers = sorted(self.settings.layers)
