@@ -96,7 +96,7 @@ class EditorSettings(LayerSettings):
 
 
 @dataclass
-class _Request:
+class EditRequest:
     """One edit, tokenised: each template row's prompt ids and the index of the subject's last token in it."""
 
     edit: KnowledgeEdit
@@ -131,7 +131,7 @@ class LocateThenEditMemory(LoRAMemory):
 
     # -- the method --------------------------------------------------------------------------------
     @abstractmethod
-    def _deltas(self, requests: list[_Request], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+    def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         """This batch's weight deltas {layer: (d_model, d_key)}, given the optimised value shifts δ (n, d_model)."""
 
     def statistics(self) -> dict[int, torch.Tensor]:
@@ -160,14 +160,14 @@ class LocateThenEditMemory(LoRAMemory):
             learned = self._learned(requests)
         return EditReport(len(edits), steps, time.perf_counter() - started, loss, learned)
 
-    def _request(self, edit: KnowledgeEdit) -> _Request:
+    def _request(self, edit: KnowledgeEdit) -> EditRequest:
         try:
             target = encode_target(self.model, edit.target_new)
         except DataError as error:
             raise DataError(f"edit {edit.edit_id!r}: {error}") from None
         rows = [self._locate(prefix + edit.prompt, edit.subject, edit.edit_id) for prefix in self.templates()]
         essence = self._locate(f"{edit.subject.strip()} is a", edit.subject, edit.edit_id)
-        return _Request(edit, rows, target, essence)
+        return EditRequest(edit, rows, target, essence)
 
     def _locate(self, text: str, subject: str, edit_id: str) -> tuple[list[int], int]:
         """The ids of `text` and the index of the last token of the (last) occurrence of `subject` in it."""
@@ -190,10 +190,12 @@ class LocateThenEditMemory(LoRAMemory):
         return self._templates
 
     # -- the target values -------------------------------------------------------------------------
-    def _optimise_values(self, requests: list[_Request]) -> tuple[torch.Tensor, int, float]:
-        """δ per edit at the MLP output of the last edited layer, so that every template says the target."""
+    def _optimise_values(self, requests: list[EditRequest]) -> tuple[torch.Tensor, int, float]:
+        """δ per edit at the MLP output of the last edited layer, so that every template says the target.
+
+        Tokens before the subject's last one do not depend on δ: they run once, into a KV cache, and each
+        step runs only the rest of every row (the subject's last token, the prompt's end, the target)."""
         s = self.settings
-        layer = max(s.layers)
         rows, at, owner, targets = [], [], [], []
         for i, request in enumerate(requests):
             for ids, index in request.rows:
@@ -207,35 +209,44 @@ class LocateThenEditMemory(LoRAMemory):
             at.append(request.essence[1])
             owner.append(i)
         owner_t = torch.tensor(owner)
-        ids, mask, positions = left_padded(self.model, rows)
-        width = ids.shape[1]
-        cols = torch.tensor([width - len(r) + a for r, a in zip(rows, at, strict=True)])
-        row_ix = torch.arange(len(rows))
-        # the positions whose logits predict each target token, and those tokens
+        heads, tails = [r[:a] for r, a in zip(rows, at, strict=True)], [r[a:] for r, a in zip(rows, at, strict=True)]
+        width = max(len(t) for t in tails)
+        pad = int(self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else self.model.tokenizer.eos_token_id)
+        tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails])
+        tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
+        tail_positions = torch.tensor([[len(h) + j for j in range(width)] for h in heads])
+        row_ix, first = torch.arange(len(rows)), torch.zeros(len(rows), dtype=torch.long)  # δ sits at each tail's start
+        # the positions whose logits predict each target token (tails are right-padded), and those tokens
         pred_rows = torch.tensor([r for r, t in enumerate(targets) for _ in t])
-        pred_cols = torch.tensor([width - len(t) - 1 + j for t in targets for j in range(len(t))])
+        pred_cols = torch.tensor([len(tails[r]) - len(t) - 1 + j for r, t in enumerate(targets) for j in range(len(t))])
         gold = torch.tensor([tok for t in targets for tok in t])
+        essence_rows = torch.arange(n_target_rows, len(rows))
+        essence_cols = torch.tensor([len(tails[r]) - 1 for r in essence_rows.tolist()])
         token_owner = owner_t[pred_rows]
         tokens_per_edit = torch.bincount(token_owner, minlength=len(requests)).float()
-        essence_rows = torch.arange(n_target_rows, len(rows))
 
         model = self.model.model
         lm_head = model.get_output_embeddings()
-        mlp = model.model.layers[layer].mlp
-        block = model.model.layers[layer]
-        shift = torch.zeros(len(requests), mlp.down_proj.out_features, requires_grad=True)
+        block = model.model.layers[max(s.layers)]
+        shift = torch.zeros(len(requests), block.mlp.down_proj.out_features, requires_grad=True)
         seen: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            cache, head_mask = self._head_cache(heads)
+        mask = torch.cat([head_mask, tail_mask], dim=1)
 
         def add_shift(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-            return output.index_put((row_ix, cols), shift[owner_t], accumulate=True)
+            return output.index_put((row_ix, first), shift[owner_t], accumulate=True)
 
         def keep_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
-            seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, cols].detach()
+            seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, first].detach()
 
         def forward() -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            hidden = model.model(input_ids=tail_ids, attention_mask=mask, position_ids=tail_positions,
+                                 past_key_values=cache, use_cache=cache is not None).last_hidden_state
+            if cache is not None:
+                _rewind(cache, width)
             target_logp = lm_head(hidden[pred_rows, pred_cols]).log_softmax(-1)
-            essence_logp = lm_head(hidden[essence_rows, width - 1]).log_softmax(-1)
+            essence_logp = lm_head(hidden[essence_rows, essence_cols]).log_softmax(-1)
             return target_logp.gather(-1, gold[:, None]).squeeze(-1), essence_logp
 
         with torch.no_grad(), _hooked(block, keep_hidden):
@@ -245,7 +256,7 @@ class LocateThenEditMemory(LoRAMemory):
         ref_norm /= torch.bincount(owner_t[:n_target_rows], minlength=len(requests)).float()
         optimizer = torch.optim.Adam([shift], lr=s.v_lr)
         steps, nll_value = 0, float("nan")
-        with _frozen(model), _hooked(mlp, add_shift):
+        with _frozen(model), _hooked(block.mlp, add_shift):
             for steps in range(1, s.v_steps + 1):
                 token_logp, essence_logp = forward()
                 nll = torch.zeros(len(requests)).index_add(0, token_owner, -token_logp) / tokens_per_edit
@@ -266,10 +277,22 @@ class LocateThenEditMemory(LoRAMemory):
             raise ConfigError(f"parametric={self.method}: the target vectors diverged; lower parametric.v_lr")
         return shift.detach(), steps, nll_value
 
+    def _head_cache(self, heads: list[list[int]]) -> tuple[Any, torch.Tensor]:
+        """The KV cache of the left-padded row heads (None when every head is empty) and their mask."""
+        if not any(heads):
+            return None, torch.zeros(len(heads), 0, dtype=torch.long)
+        width = max(len(h) for h in heads)
+        pad = int(self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else self.model.tokenizer.eos_token_id)
+        ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads])
+        mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        return out.past_key_values, mask
+
     # -- keys and hidden states under pending deltas ------------------------------------------------
     @torch.no_grad()
     def _keys_and_hidden(
-        self, requests: list[_Request], layer: int, pending: dict[int, torch.Tensor]
+        self, requests: list[EditRequest], layer: int, pending: dict[int, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per edit: the key at `layer` (mean over templates) and the output of the last edited layer at the
         subject (the plain prompt), with this batch's `pending` deltas applied."""
@@ -305,7 +328,7 @@ class LocateThenEditMemory(LoRAMemory):
             return self._keys_and_hidden(requests, layer, {})[0]
 
     @torch.no_grad()
-    def _learned(self, requests: list[_Request]) -> bool:
+    def _learned(self, requests: list[EditRequest]) -> bool:
         """Every target token is the teacher-forced argmax after the plain edit prompt."""
         for start in range(0, len(requests), 32):
             chunk = requests[start:start + 32]
@@ -399,6 +422,13 @@ def _pending(layers: torch.nn.ModuleList, deltas: dict[int, torch.Tensor]) -> It
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _rewind(cache: Any, tokens: int) -> None:
+    """Drop the last `tokens` positions of a KV cache (the tails, rerun each step) and their autograd history."""
+    cache.crop(-tokens)
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
 
 
 @contextmanager

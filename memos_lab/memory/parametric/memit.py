@@ -12,7 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from memos_lab.errors import ConfigError
-from memos_lab.memory.parametric.locate_edit import EditorSettings, LocateThenEditMemory, _Request
+from memos_lab.memory.parametric.locate_edit import (
+    EditorSettings,
+    EditRequest,
+    LocateThenEditMemory,
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class MEMITMemory(LocateThenEditMemory):
     method = "memit"
     settings_class = MEMITSettings
 
-    def _deltas(self, requests: list[_Request], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+    def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         layers = sorted(self.settings.layers)
         _, start = self._keys_and_hidden(requests, layers[0], {})
         goals = (start + shifts).double()

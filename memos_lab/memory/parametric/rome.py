@@ -11,7 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from memos_lab.errors import ConfigError
-from memos_lab.memory.parametric.locate_edit import EditorSettings, LocateThenEditMemory, _Request
+from memos_lab.memory.parametric.locate_edit import (
+    EditorSettings,
+    EditRequest,
+    LocateThenEditMemory,
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class ROMEMemory(LocateThenEditMemory):
     method = "rome"
     settings_class = ROMESettings
 
-    def _deltas(self, requests: list[_Request], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+    def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         (layer,) = self.settings.layers
         moment = self.statistics()[layer].double()
         moment = moment + self.settings.ridge * moment.diagonal().mean() * torch.eye(moment.shape[0], dtype=moment.dtype)
