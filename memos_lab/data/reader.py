@@ -57,7 +57,7 @@ class FastReader(Reader):
 
     name = "fast"
 
-    def __init__(self, context_turns: int = 0, date_in_key: bool = False) -> None:
+    def __init__(self, context_turns: int = 1, date_in_key: bool = False) -> None:
         if isinstance(context_turns, bool) or not isinstance(context_turns, int) or context_turns < 0:
             raise ConfigError(f"reader.context_turns must be a non-negative integer, got {context_turns!r}")
         self.context_turns = context_turns
