@@ -71,13 +71,8 @@ def _conversation(record: dict[str, Any], index: int, include_captions: bool, ca
                       for i, turn in enumerate(require_list(body, f"session_{number}", f"{where} conversation")))  # fmt: skip
         sessions.append(Session(f"session_{number}", time, turns))
     last_time = sessions[-1].time
-<<<<<<< HEAD
     questions = tuple(_question(qa, f"{conversation_id}/q{i}", last_time, f"{where} qa {i}", categories)
-                      for i, qa in enumerate(require(record, "qa", where)))  # fmt: skip
-=======
-    questions = tuple(_question(qa, f"{conversation_id}/q{i}", last_time, f"{where} qa {i}")
                       for i, qa in enumerate(require_list(record, "qa", where)))  # fmt: skip
->>>>>>> main
     return Conversation(conversation_id, speakers, tuple(sessions), questions)
 
 
@@ -91,18 +86,11 @@ def _turn(turn: Any, session_id: str, time: str, include_captions: bool, where: 
 
 def _question(qa: Any, question_id: str, time: str, where: str, categories: dict[int, str]) -> Question:
     category_id = require(qa, "category", where)
-<<<<<<< HEAD
     if category_id not in categories:
         raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(categories)}")
     adversarial = categories[category_id] == ADVERSARIAL
     answer_key = "adversarial_answer" if adversarial and qa.get("answer") is None else "answer"
-    evidence = tuple(part.strip() for entry in require(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
-=======
-    if category_id not in CATEGORIES:
-        raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(CATEGORIES)}")
-    answer_key = "adversarial_answer" if category_id == 5 and qa.get("answer") is None else "answer"
     evidence = tuple(part.strip() for entry in require_list(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
->>>>>>> main
     return Question(
         question_id=question_id,
         question=str(require(qa, "question", where)),
