@@ -34,6 +34,7 @@ class JudgeSettings(Settings):
     section: ClassVar[str] = "judge"
     config_keys: ClassVar[Mapping[str, Any]] = {"generator": None}  # the Generator that grades (judge.generator)
     max_new_tokens: int = 8
+    prompt: str = PROMPT  # {question}, {gold}, {prediction}; the QA protocol passes its pinned judge prompt
 
     def validate(self) -> None:
         positive_int(self, "max_new_tokens")
@@ -42,10 +43,10 @@ class JudgeSettings(Settings):
 class LLMJudge:
     settings_class = JudgeSettings
 
-    def __init__(self, generator: Generator, prompt: str = PROMPT, **settings: Any) -> None:
+    def __init__(self, generator: Generator, **settings: Any) -> None:
         self.settings = JudgeSettings.from_mapping(settings)
         self.generator = generator
-        self.prompt = prompt  # {question}, {gold}, {prediction}; the QA protocol passes its pinned judge prompt
+        self.prompt = self.settings.prompt
         self.max_new_tokens = self.settings.max_new_tokens
         self.prompt_tokens = 0  # usage over every verdict asked for
         self.completion_tokens = 0
