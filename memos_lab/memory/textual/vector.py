@@ -30,6 +30,16 @@ IDS_FILE = "vector_ids.json"
 _IVF_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 
 
+def _faiss_gpu(device: str) -> int | None:
+    """The GPU number a `device` setting names, when faiss can use it; None: the index stays on the CPU."""
+    from memos_lab.models.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        return None
+    return resolved.index or 0
+
+
 class VectorMemory(TextualMemory):
     def __init__(
         self,
@@ -48,6 +58,7 @@ class VectorMemory(TextualMemory):
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
         bm25_stemming: bool = False,
+        device: str = "cpu",
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
@@ -73,6 +84,8 @@ class VectorMemory(TextualMemory):
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
         self.bm25_stemming = bm25_stemming
+        self._gpu = _faiss_gpu(device) if index_type == "flat" else None
+        self._gpu_resources = faiss.StandardGpuResources() if self._gpu is not None else None  # lives as long as the index
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
@@ -87,7 +100,7 @@ class VectorMemory(TextualMemory):
     def _new_index(self, n_train: int = 0) -> faiss.Index:
         dim = self.embedder.dim
         if self.index_type == "flat":
-            base = faiss.IndexFlatIP(dim)
+            return self._on_device(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
         elif self.index_type == "hnsw":
             base = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = self.ef_construction
@@ -98,6 +111,14 @@ class VectorMemory(TextualMemory):
             base = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             base.nprobe = min(self.ivf_nprobe, nlist)
         return faiss.IndexIDMap2(base)
+
+    def _on_device(self, index: faiss.Index) -> faiss.Index:
+        """A flat index (exact: the same hits as on the CPU, up to float rounding) on the GPU when `device` is
+        one and faiss has GPU support (faiss-gpu, `.[gpu]`); HNSW has no GPU version, IVF stays on the CPU."""
+        return index if self._gpu is None else faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, index)
+
+    def _on_cpu(self, index: faiss.Index) -> faiss.Index:
+        return index if self._gpu is None else faiss.index_gpu_to_cpu(index)
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         ids = []
@@ -123,6 +144,8 @@ class VectorMemory(TextualMemory):
             self._tombstones.update(stored.tolist())
             if len(self._tombstones) > len(self._item_id):
                 self._rebuild()
+        elif len(stored) and self._gpu is not None:
+            self._rebuild()  # a GPU flat index cannot remove ids; rebuilding it from the live items is exact
         elif len(stored):
             self._index.remove_ids(stored)
         self._bm25_rows = []
@@ -197,7 +220,7 @@ class VectorMemory(TextualMemory):
 
     def _save_index(self, folder: Path) -> None:
         self._ensure_trained()
-        faiss.write_index(self._index, str(folder / INDEX_FILE))
+        faiss.write_index(self._on_cpu(self._index), str(folder / INDEX_FILE))
         ids = {"next_id": self._next_id, "ids": sorted(self._item_id.items()), "tombstones": sorted(self._tombstones)}
         (folder / IDS_FILE).write_text(json.dumps(ids))
 
@@ -217,6 +240,7 @@ class VectorMemory(TextualMemory):
             raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
         if index.d != self.embedder.dim:
             raise DataError(f"{folder / INDEX_FILE}: vectors of dim {index.d}, the embedder makes {self.embedder.dim}")
+        index = self._on_device(index)
         self._index, self._item_id, self._next_id, self._tombstones = index, item_id, next_id, tombstones
         self._faiss_id = {item: faiss_id for faiss_id, item in item_id.items()}
         if self.index_type == "hnsw":
@@ -226,5 +250,5 @@ class VectorMemory(TextualMemory):
 
     def index_nbytes(self) -> int:
         self._ensure_trained()
-        return int(faiss.serialize_index(self._index).nbytes) + self._bm25.nbytes()
+        return int(faiss.serialize_index(self._on_cpu(self._index)).nbytes) + self._bm25.nbytes()
 
