@@ -70,10 +70,10 @@ EOF
 
 if (( SMOKE )); then
   DEVICE=cpu; KV=(model=random_llama model.preset=tiny dtype=float32 experiment.memory_tokens=64,128)
-  MAIN=(model=random_llama model.preset=tiny); MAIN_DEVICES=(cpu)
+  MAIN=(model=random_llama model.preset=tiny dataset.n_sessions=2 experiment.max_new_tokens=4); MAIN_DEVICES=(cpu)
 else
   DEVICE=cuda; KV=(model=random_llama model.preset=8b dtype=bf16 experiment.memory_tokens=512,2048,8192)
-  MAIN=(model=random_llama model.preset=1b dtype=auto); MAIN_DEVICES=(cuda cpu)
+  MAIN=(model=random_llama model.preset=1b dtype=auto dataset.n_sessions=4 experiment.max_new_tokens=16); MAIN_DEVICES=(cuda cpu)
 fi
 COMMON=(embedder=hashing logger=none)
 
@@ -83,13 +83,15 @@ step kv_reuse "$PYTHON" -m memos_lab run -m experiment=kv_reuse experiment.mode=
   hydra.sweep.dir="$OUT/runs/kv_reuse"
 for device in "${MAIN_DEVICES[@]}"; do
   step "main_$device" "$PYTHON" -m memos_lab run experiment=scheduling "${COMMON[@]}" "${MAIN[@]}" device=$device \
-    dataset.n_conversations=1 dataset.n_sessions=4 experiment.max_new_tokens=16 hydra.run.dir="$OUT/runs/main_$device"
+    dataset.n_conversations=1 hydra.run.dir="$OUT/runs/main_$device"
 done
 
 "$PYTHON" - "$OUT" <<'EOF' 2>&1 | tee -a "$LOG"
 """Gather the runs' metrics into OUTDIR/metrics.json (stdlib only)."""
 import json, sys, xml.etree.ElementTree as ET
 from pathlib import Path
+
+import yaml  # transformers' own dependency
 
 out = Path(sys.argv[1])
 metrics = {}
@@ -104,7 +106,8 @@ if junit.exists():
         metrics[f"gpu_tests/{key}"] = int(suite.get(key, 0))
 for run in sorted((out / "runs" / "kv_reuse").glob("*/metrics.json")):
     values = json.loads(run.read_text())
-    tokens = int(values.get("kv/memory_tokens", 0))
+    tokens = yaml.safe_load((run.parent / "config.yaml").read_text())["experiment"]["memory_tokens"]  # as asked
+    metrics[f"kv_reuse/{tokens}/prompt_memory_tokens"] = values.get("kv/memory_tokens")  # with the chat template
     for key in ("kv/ttft_speedup", "kv/saved_frac", "kv/theoretical_saved_frac", "kv/greedy_match_frac",
                 "kv/ttft_ms_full_p50", "kv/ttft_ms_reuse_p50", "kv/cache_mb", "kv/max_logit_diff"):
         if key in values:

@@ -58,7 +58,8 @@ class VectorMemory(TextualMemory):
         bm25_k1: float = 1.5,
         bm25_b: float = 0.75,
         bm25_stemming: bool = False,
-        device: str = "cpu",
+        *,
+        device: str = "cpu",  # where the index lives: a runtime choice, so not among the settings a cube stores
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
