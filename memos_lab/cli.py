@@ -12,13 +12,16 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.errors import ConfigError, MemosError
 from memos_lab.provenance import COMMAND_VARIABLE
 from memos_lab.settings import register_schemas, settings_class_of
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
@@ -76,9 +79,37 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             _check_hydra_choices(hydra_choices)
             cfg = compose(config_name, overrides=first_values, return_hydra_config=True)
+            choices = [line for line in first_values if line.split("=", 1)[0].lstrip("+~") in groups or "/" in line.split("=", 1)[0]]
+            defaults = compose(config_name, overrides=choices)
+        for override in parsed:
+            _check_value_types(override, defaults, groups)
         check_settings(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def _check_value_types(override: Override, defaults: DictConfig, groups: dict[str, list[str]]) -> None:
+    """A setting whose default is a number or a bool takes only that kind of value, or null (`seed=abc` is
+    refused here, not as a ValueError deep inside a job). Ints and floats mix: YAML writes `1` for 1.0."""
+    key = override.key_or_group
+    if key in groups or "/" in key or override.is_delete() or key.startswith("hydra."):
+        return
+    default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
+    if isinstance(default, bool):
+        kinds: tuple[type, ...] = (bool,)
+    elif isinstance(default, (int, float)):
+        kinds = (int, float)
+    else:
+        return
+    if override.is_interval_sweep():
+        return  # bounds for a sweeper to sample from; the sweeper checks them
+    values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    for value in values:
+        if value is None or (isinstance(value, str) and value.startswith("${")):
+            continue  # null, or an interpolation resolved later
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            valid = "true or false" if bool in kinds else "a number"
+            raise ConfigError(f"override {key}={value!r}: {key} takes {valid} (its default is {default!r})")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -87,8 +118,10 @@ def check_settings(cfg: DictConfig) -> None:
     from hydra.utils import get_object
 
     for key in cfg:
+        if key == "hydra" or OmegaConf.is_missing(cfg, key):  # a missing `???` is the command's own check
+            continue
         node = cfg[key]
-        if key == "hydra" or not isinstance(node, DictConfig):
+        if not isinstance(node, DictConfig):
             continue
         target = node.get("_target_") or node.get("fn")
         if not isinstance(target, str):

@@ -1,5 +1,6 @@
-"""One writer at a time per cube folder or MOS root: an exclusive file lock beside the folder, whose file
-names the holder (pid, host, command) so that a writer who gives up can say who it waited for."""
+"""Holding the writer lock of a cube folder or MOS root (artifact.writer_lock) for a whole read-change-write:
+the lock file names its holder (pid, host, command), so that a writer who gives up can say who it waited for,
+and the next writer clears what an interrupted write left."""
 
 from __future__ import annotations
 
@@ -11,45 +12,49 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
+from memos_lab.artifact import remove_stale_staging, writer_lock
 from memos_lab.errors import BusyError, ConfigError
 
 _HOLDER_BYTES = 512  # the holder line is ours, but the file may not be: never read more
 
 
-def lock_path(folder: Path) -> Path:
-    """`<parent>/.<name>.lock`: beside the folder, since a cube folder is replaced whole on every write."""
-    folder = Path(folder)
-    return folder.parent / f".{folder.name}.lock"
+def lock_file(target: Path) -> Path:
+    return Path(writer_lock(target).lock_file)
 
 
 @contextmanager
-def writer_lock(folder: Path, timeout: float) -> Iterator[None]:
-    """Hold the exclusive writer lock of `folder` (reentrant within a process); wait up to `timeout` seconds,
-    then raise BusyError naming the holder."""
+def hold_writer_lock(target: Path, timeout: float) -> Iterator[None]:
+    """Hold `target`'s writer lock, waiting up to `timeout` seconds, then raise BusyError naming the holder.
+    Staging leftovers of `target` (an interrupted write's) are removed once the lock is held."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
         raise ConfigError(f"lock_timeout_s must be a number of seconds >= 0, got {timeout!r}")
-    path = lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path, is_singleton=True, preserve_lock_file=True, on_acquired=_write_holder)
+    lock = writer_lock(target, timeout)
     try:
-        lock.acquire(timeout=timeout)
+        lock.acquire()
     except Timeout:
         raise BusyError(
-            f"{folder} is held by another writer ({_read_holder(path)}); gave up after {timeout:g} s (lock_timeout_s)"
+            f"{target} is held by another writer ({_read_holder(Path(lock.lock_file))}); "
+            f"gave up after {timeout:g} s (lock_timeout_s)"
         ) from None
     try:
+        _write_holder(Path(lock.lock_file))
+        remove_stale_staging(Path(target), held=True)
         yield
     finally:
         lock.release()
 
 
-def _write_holder(fd: int) -> None:
+def _write_holder(path: Path) -> None:
     command = " ".join(sys.argv)[:200]
     line = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}: {command}\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+    handle = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, line.encode("utf-8", "replace"))
+    finally:
+        os.close(handle)
 
 
 def _read_holder(path: Path) -> str:

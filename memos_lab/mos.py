@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from memos_lab.artifact import atomic_write_text
-from memos_lab.cube import MemCube
-from memos_lab.cube import MANIFEST_FILE
+from memos_lab.artifact import atomic_write_text, read_json_file, remove_stale_staging
+from memos_lab.cube import MANIFEST_FILE, MemCube
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
-from memos_lab.locking import writer_lock
+from memos_lab.locking import hold_writer_lock
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import MAX_ID_CHARS, SearchFilter, TextualMemory
 
@@ -77,7 +76,8 @@ class MOS:
         self._unsaved: set[str] = set()  # cubes changed here since they were read or saved
         self.root = None if root is None else Path(root)
         if self.root is not None:
-            with writer_lock(self.root, lock_timeout_s):
+            with hold_writer_lock(self.root, lock_timeout_s):
+                remove_stale_staging(self.root / REGISTRY_FILE, held=True)  # an interrupted registry write's
                 self._sync()
 
     def attach(self, listener: MemoryListener) -> None:
@@ -237,7 +237,7 @@ class MOS:
         if self.root is None:
             raise ConfigError("this MOS has no root folder to save cubes into (MOS(..., root=DIR))")
         folder = self.root / CUBES_DIR / cube_id
-        with writer_lock(self.root, self.lock_timeout_s), writer_lock(folder, self.lock_timeout_s):
+        with hold_writer_lock(self.root, self.lock_timeout_s), hold_writer_lock(folder, self.lock_timeout_s):
             if _stamp(folder / MANIFEST_FILE) != self._cube_stamps.get(cube_id):
                 raise BusyError(
                     f"{folder}: another process saved cube {cube_id!r} after this one read it; "
@@ -259,7 +259,7 @@ class MOS:
         if self.root is None:
             change()
             return
-        with writer_lock(self.root, self.lock_timeout_s):
+        with hold_writer_lock(self.root, self.lock_timeout_s):
             self._sync()
             change()
             registry = {
@@ -296,7 +296,7 @@ class MOS:
 
     def _read_cube(self, cube_id: str, owner: str) -> MemCube:
         folder = self.root / CUBES_DIR / cube_id
-        with writer_lock(folder, self.lock_timeout_s):  # never half of one dump and half of the next
+        with hold_writer_lock(folder, self.lock_timeout_s):  # never half of one dump and half of the next
             stamp = _stamp(folder / MANIFEST_FILE)
             if stamp is None:  # registered but never saved: it was empty
                 cube = MemCube.create(owner, self._new_textual_memory(), cube_id)
@@ -366,7 +366,7 @@ def _check_cube_id(cube_id: object, what: str) -> str:
 def _read_registry(path: Path) -> tuple[set[str], dict[str, tuple[str, dict[str, str]]]]:
     """Users and cubes (owner, shares) of a registry file, every id and mode checked: it may not be ours."""
     try:
-        registry = json.loads(path.read_text(encoding="utf-8"))
+        registry = read_json_file(path)  # bounded, strict, never through a link
         users = {_check_user_id(user, "user id") for user in registry["users"]}
         cubes = {
             _check_cube_id(cube_id, "cube id"): (

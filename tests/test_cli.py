@@ -37,9 +37,17 @@ def test_help_lists_commands_and_group_choices(tmp_path):
         ("experiment=retrieval,bogus", "unknown choice 'bogus' for config group 'experiment'"),
         ("memory=[", "malformed override"),
         ("no_such_key=1", "no_such_key"),
+        ("seed=abc", "override seed='abc': seed takes a number"),
+        ("experiment.top_k=abc", "experiment.top_k takes a number"),
+        ("seed=1,abc", "seed takes a number"),
+        ("logger=none", None),
+        ("memory.lexical_weight=0.5", None),
     ],
 )
 def test_bad_overrides_fail_before_any_work(override, message):
+    if message is None:  # a well-typed override passes
+        validate_overrides([override])
+        return
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         validate_overrides([override])
 

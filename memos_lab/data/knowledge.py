@@ -46,6 +46,13 @@ def _get(record: Mapping[str, Any], key: str, where: str) -> Any:
     return value
 
 
+def _list(record: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = _get(record, key, where)
+    if not isinstance(value, list):
+        raise DataError(f"{where}: key {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
 def _text(record: Mapping[str, Any], key: str, where: str) -> str:
     value = _get(record, key, where)
     if not isinstance(value, str) or not value.strip():
@@ -96,13 +103,21 @@ def load_zsre(path: str, limit: int | None = None) -> list[KnowledgeEdit]:
                 relation="zsre",
                 prompt=_text(row, "src", where),
                 target_new=_text(row, "alt", where),
-                target_old=str(answers[0]) if isinstance(answers, list) and answers else None,
+                target_old=_first_answer(answers),
                 paraphrases=(_text(row, "rephrase", where),),
                 locality=(LocalityProbe(_text(row, "loc", where), _text(row, "loc_ans", where)),),
                 metadata={"source": "zsre", "pred": str(row.get("pred") or "")},
             )
         )
     return edits
+
+
+def _first_answer(answers: Any) -> str | None:
+    """The true answer of a zsRE record: real files hold a list of strings, but also a bare string or a
+    list with empty or nested entries; nothing usable gives None (the probability metrics skip the edit)."""
+    while isinstance(answers, list):
+        answers = next((a for a in answers if a and (not isinstance(a, str) or a.strip())), None)
+    return answers.strip() if isinstance(answers, str) and answers.strip() else None
 
 
 def load_counterfact(path: str, limit: int | None = None) -> list[KnowledgeEdit]:
@@ -119,12 +134,12 @@ def load_counterfact(path: str, limit: int | None = None) -> list[KnowledgeEdit]
                 edit_id=f"counterfact-{row.get('case_id', i)}",
                 subject=subject,
                 relation=str(_get(row, "requested_rewrite", where).get("relation_id") or ""),
-                prompt=template.format(subject),
+                prompt=template.replace("{}", subject),
                 target_new=_text(row, "requested_rewrite.target_new.str", where),
                 target_old=target_true,
-                paraphrases=tuple(str(p) for p in _get(row, "paraphrase_prompts", where)),
+                paraphrases=tuple(str(p) for p in _list(row, "paraphrase_prompts", where)),
                 # neighbours share the relation and the old object: they should keep answering target_true
-                locality=tuple(LocalityProbe(str(p), target_true) for p in _get(row, "neighborhood_prompts", where)),
+                locality=tuple(LocalityProbe(str(p), target_true) for p in _list(row, "neighborhood_prompts", where)),
                 metadata={"source": "counterfact"},
             )
         )

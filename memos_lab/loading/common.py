@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.cube import MANIFEST_FILE, MemCube, read_manifest
 from memos_lab.errors import AccessDeniedError, ConfigError
-from memos_lab.locking import writer_lock
+from memos_lab.locking import hold_writer_lock
 from memos_lab.models.embedder import Embedder
 
 Loader = Callable[[DictConfig], dict[str, Any]]
@@ -39,7 +39,7 @@ def cube_writer(load: Loader) -> Loader:
 
     @functools.wraps(load)
     def locked(cfg: DictConfig) -> dict[str, Any]:
-        with writer_lock(Path(required(cfg, "cube_dir")), cfg.lock_timeout_s):
+        with hold_writer_lock(Path(required(cfg, "cube_dir")), cfg.lock_timeout_s):
             return load(cfg)
 
     return locked
