@@ -221,9 +221,9 @@ class VectorMemory(TextualMemory):
         except (RuntimeError, OSError, ValueError, KeyError, TypeError) as error:
             raise DataError(f"{folder}: unreadable vector index ({str(error).strip().splitlines()[0][:200]})") from None
         base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
-        if type(base) is not _INDEX_CLASSES[self.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if type(base) is not _INDEX_CLASSES[self.settings.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
             found = type(base or index).__name__
-            raise DataError(f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.index_type} index this memory uses")
+            raise DataError(f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.settings.index_type} index this memory uses")
         if set(item_id.values()) != {item.id for item in items} or index.ntotal != len(item_id) + len(tombstones):
             raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
         if index.d != self.embedder.dim:
