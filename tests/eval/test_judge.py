@@ -142,3 +142,22 @@ def test_the_key_is_sent_but_never_described(server, monkeypatch):
     assert generator.served_as == "stub-model"
     assert "sk-secret-value" not in json.dumps(generator.describe())
     assert generator.describe()["api_key_env"] == "MEMOS_TEST_KEY"
+
+
+def test_a_server_dying_mid_run_costs_counted_failures_not_the_run(server):
+    from hydra import compose, initialize_config_dir
+
+    from memos_lab.cli import CONF_DIR
+    from memos_lab.experiments import scheduling
+    from memos_lab.loggers.base import Tracker
+
+    Stub.replies = [completion("OK")] + [completion("Lisbon")] * 3 + ["DROP"] * 200  # the check, 3 answers, then dead
+    overrides = ["experiment=scheduling", "model=tiny_llama", "embedder=hashing", "logger=none",
+                 "dataset.n_conversations=1", "dataset.n_sessions=2", "llm=openai_compatible", f"llm.base_url={server}",
+                 "llm.model=stub-model", "llm.max_retries=0", "llm.timeout_s=2", "llm.max_consecutive_failures=2"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    metrics = scheduling.run(cfg, Tracker())
+    assert metrics["qa/questions"] > 5 and metrics["qa/answer_failures"] == metrics["qa/questions"] - 3
+    assert "qa/f1" in metrics and metrics["qa/prompt_tokens_total"] == 3 * 11
+    assert len(Stub.requests) == 1 + 3 + 2  # after two failures in a row the server is not called again

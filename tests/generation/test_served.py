@@ -51,7 +51,7 @@ def test_the_judge_runs_on_the_served_model(served_url: str, tiny_folder: Path):
 def test_the_scheduling_experiment_answers_through_the_server(served_url: str, tiny_folder: Path):
     overrides = [
         "experiment=scheduling", "model=tiny_llama", "embedder=hashing", "logger=none", "dataset.n_conversations=1",
-        "dataset.n_sessions=2", "dataset.turns_per_session=6", "experiment.working_memory.max_items=4",
+        "dataset.n_sessions=2", "experiment.working_memory.max_items=4",
         "experiment.max_new_tokens=4",
         "llm=openai_compatible", f"llm.base_url={served_url}", f"llm.model={tiny_folder}",
     ]  # fmt: skip

@@ -368,7 +368,7 @@ class LoRAMemory(ParametricMemory):
         model = self.model.model
         if any(e.hidden is None for e in examples):
             return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        embeds = torch.zeros((*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype)
+        embeds = torch.zeros((*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype, device=ids.device)
         for row, example in enumerate(examples):
             embeds[row, ids.shape[1] - len(example.hidden):] = example.hidden
         layers = model.model.layers
@@ -408,7 +408,9 @@ class LoRAMemory(ParametricMemory):
         # Target-only loss needs logits at the last positions alone: skips most of the vocabulary projection.
         keep = longest + 1 if self.settings.loss == "target" else width
         logits = self._logits(examples, keep)
-        ids = torch.tensor([[0] * (width - len(e.prompt) - len(e.target)) + e.prompt + e.target for e in examples])
+        ids = torch.tensor(
+            [[0] * (width - len(e.prompt) - len(e.target)) + e.prompt + e.target for e in examples], device=logits.device
+        )
         predicted, gold = logits[:, :-1], ids[:, width - keep + 1:]
         labels = torch.full_like(gold, IGNORE)
         targets = torch.zeros_like(gold, dtype=torch.bool)

@@ -9,10 +9,10 @@ fused with BM25's best candidates by reciprocal rank, as in general_text.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import faiss
 import numpy as np
@@ -34,8 +34,20 @@ IDS_FILE = "vector_ids.json"
 _IVF_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 
 
+def _faiss_gpu(device: str) -> int | None:
+    """The GPU number a `device` setting names, when faiss can use it; None: the index stays on the CPU."""
+    from memos_lab.models.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type != "cuda" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        return None
+    return resolved.index or 0
+
+
 @dataclass(frozen=True)
 class VectorSettings(FusionSettings):
+    # where the index lives: a runtime choice passed to the constructor, not a setting a cube stores
+    config_keys: ClassVar[Mapping[str, Any]] = {"device": "cpu"}
     # flat: exact; hnsw: graph ANN (fast search, no true removal); ivf: inverted lists
     index_type: str = "hnsw"
     hnsw_m: int = 32
@@ -57,9 +69,11 @@ class VectorMemory(TextualMemory):
     settings_class = VectorSettings
     settings: VectorSettings
 
-    def __init__(self, embedder: Embedder, **settings: Any) -> None:
+    def __init__(self, embedder: Embedder, device: str = "cpu", **settings: Any) -> None:
         super().__init__(embedder)
         self.settings = VectorSettings.from_mapping(settings)
+        self._gpu = _faiss_gpu(device) if self.settings.index_type == "flat" else None
+        self._gpu_resources = faiss.StandardGpuResources() if self._gpu is not None else None  # lives as long as the index
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
@@ -74,7 +88,7 @@ class VectorMemory(TextualMemory):
     def _new_index(self, n_train: int = 0) -> faiss.Index:
         dim = self.embedder.dim
         if self.settings.index_type == "flat":
-            base = faiss.IndexFlatIP(dim)
+            return self._on_device(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
         elif self.settings.index_type == "hnsw":
             base = faiss.IndexHNSWFlat(dim, self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = self.settings.ef_construction
@@ -85,6 +99,14 @@ class VectorMemory(TextualMemory):
             base = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             base.nprobe = min(self.settings.ivf_nprobe, nlist)
         return faiss.IndexIDMap2(base)
+
+    def _on_device(self, index: faiss.Index) -> faiss.Index:
+        """A flat index (exact: the same hits as on the CPU, up to float rounding) on the GPU when `device` is
+        one and faiss has GPU support (faiss-gpu, `.[gpu]`); HNSW has no GPU version, IVF stays on the CPU."""
+        return index if self._gpu is None else faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, index)
+
+    def _on_cpu(self, index: faiss.Index) -> faiss.Index:
+        return index if self._gpu is None else faiss.index_gpu_to_cpu(index)
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         ids = []
@@ -110,6 +132,8 @@ class VectorMemory(TextualMemory):
             self._tombstones.update(stored.tolist())
             if len(self._tombstones) > len(self._item_id):
                 self._rebuild()
+        elif len(stored) and self._gpu is not None:
+            self._rebuild()  # a GPU flat index cannot remove ids; rebuilding it from the live items is exact
         elif len(stored):
             self._index.remove_ids(stored)
         self._bm25_rows = []
@@ -188,7 +212,7 @@ class VectorMemory(TextualMemory):
 
     def _save_index(self, folder: Path) -> None:
         self._ensure_trained()
-        faiss.write_index(self._index, str(folder / INDEX_FILE))
+        faiss.write_index(self._on_cpu(self._index), str(folder / INDEX_FILE))
         ids = {"next_id": self._next_id, "ids": sorted(self._item_id.items()), "tombstones": sorted(self._tombstones)}
         (folder / IDS_FILE).write_text(json.dumps(ids))
 
@@ -208,6 +232,7 @@ class VectorMemory(TextualMemory):
             raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
         if index.d != self.embedder.dim:
             raise DataError(f"{folder / INDEX_FILE}: vectors of dim {index.d}, the embedder makes {self.embedder.dim}")
+        index = self._on_device(index)
         self._index, self._item_id, self._next_id, self._tombstones = index, item_id, next_id, tombstones
         self._faiss_id = {item: faiss_id for faiss_id, item in item_id.items()}
         if self.settings.index_type == "hnsw":
@@ -217,5 +242,5 @@ class VectorMemory(TextualMemory):
 
     def index_nbytes(self) -> int:
         self._ensure_trained()
-        return int(faiss.serialize_index(self._index).nbytes) + self._bm25.nbytes()
+        return int(faiss.serialize_index(self._on_cpu(self._index)).nbytes) + self._bm25.nbytes()
 
