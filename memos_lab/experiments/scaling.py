@@ -4,6 +4,7 @@ Builds a store of `experiment.size` synthetic items (their vectors precomputed: 
 the embedder's), then times `queries` searches through the public API with the query vectors encoded
 beforehand, so the numbers are the index's own cost. Separately, `ingest_items_per_s` times add()
 with the configured embedder on `ingest_sample` fresh items (what loading real text costs).
+`deleted_fraction` soft-deletes that share of the store (chosen at random) before the searches are timed.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     size, n_queries, vectors = int(cfg.experiment.size), int(cfg.experiment.queries), cfg.experiment.vectors
     if vectors not in ("random", "embedder"):
         raise ConfigError(f"experiment.vectors: unknown {vectors!r}; valid: ['random', 'embedder']")
+    deleted_fraction = cfg.experiment.get("deleted_fraction", 0.0)
+    if isinstance(deleted_fraction, bool) or not isinstance(deleted_fraction, (int, float)) or not 0 <= deleted_fraction < 1:
+        raise ConfigError(f"experiment.deleted_fraction must be a number in [0, 1), got {deleted_fraction!r}")
     rng = np.random.default_rng(int(cfg.seed))
     embedder = hydra.utils.instantiate(cfg.embedder)
     texts = synthetic_texts(rng, size)
@@ -62,6 +66,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     batch = int(cfg.experiment.batch_size)
     build_s = 0.0
+    item_ids: list[str] = []
     for start in range(0, size, batch):
         chunk = texts[start : start + batch]
         if vectors == "random":
@@ -74,9 +79,11 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             for i, (text, vector) in enumerate(zip(chunk, matrix))
         ]
         started = time.perf_counter()
-        memory.add(items)
+        item_ids += memory.add(items)
         build_s += time.perf_counter() - started
         tracker.log({"scaling/items": start + len(chunk)})
+    for row in rng.choice(size, round(deleted_fraction * size), replace=False):
+        memory.delete(item_ids[row])
     memory.search(queries[0], 10)  # lazy structures (BM25, IVF training, tree nodes) are built here, once
 
     search_ms = []
@@ -96,4 +103,5 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     metrics[f"{PREFIX}build_items_per_s"] = size / build_s if build_s else 0.0  # indexing only, vectors given
     metrics[f"{PREFIX}ingest_items_per_s"] = len(sample) / ingest_s if ingest_s else 0.0  # with the embedder
     metrics[f"{PREFIX}items"] = size
+    metrics[f"{PREFIX}deleted_fraction"] = float(deleted_fraction)
     return metrics
