@@ -118,10 +118,10 @@ def check_settings(cfg: DictConfig) -> None:
     from hydra.utils import get_object
 
     for key in cfg:
-        if OmegaConf.is_missing(cfg, key):
-            continue  # a required `???` value: the command names it when it reads it
+        if key == "hydra" or OmegaConf.is_missing(cfg, key):  # a missing `???` is the command's own check
+            continue
         node = cfg[key]
-        if key == "hydra" or not isinstance(node, DictConfig):
+        if not isinstance(node, DictConfig):
             continue
         target = node.get("_target_") or node.get("fn")
         if not isinstance(target, str):
