@@ -27,6 +27,7 @@ holds that lock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -322,6 +323,9 @@ def trusted_settings(config: Mapping[str, Any], family: str, where: str) -> tupl
             raise ConfigError(f"{where}.{key}: not a setting of {cls.__name__}; valid: {', '.join(parameters)}")
         if not isinstance(value, str | int | float | bool | types.NoneType):
             raise ConfigError(f"{where}.{key}: must be a plain value (string, number, boolean or null), got {_type_name(value)}")
+        hint = _type_hints(cls.__init__).get(key, Any)
+        if _mismatch(value, hint, "") is not None:
+            raise ConfigError(f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}")
         settings[key] = value
     return cls, settings
 
@@ -453,7 +457,7 @@ def _mismatch(value: Any, hint: Any, path: str) -> tuple[str, str] | None:
     if typing.is_typeddict(hint) or dataclasses.is_dataclass(hint):  # a dataclass as its asdict() record
         if not isinstance(value, dict):
             return path, "an object"
-        hints = typing.get_type_hints(hint)
+        hints = _type_hints(hint)
         required = hint.__required_keys__ if typing.is_typeddict(hint) else {
             f.name for f in dataclasses.fields(hint) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         }
@@ -470,6 +474,12 @@ def _mismatch(value: Any, hint: Any, path: str) -> tuple[str, str] | None:
     if isinstance(hint, type):
         return None if isinstance(value, hint) else (path, _describe(hint))
     raise TypeError(f"check_json cannot check {hint!r}")  # a programming error, not bad data
+
+
+@functools.cache
+def _type_hints(cls: Any) -> dict[str, Any]:
+    """A record type's field types, evaluated once (get_type_hints evaluates our string annotations)."""
+    return typing.get_type_hints(cls)
 
 
 _MISSING = object()

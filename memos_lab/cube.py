@@ -134,13 +134,20 @@ class MemCube:
         text._load_index(artifact.folder / INDEX_DIR, items)
         fields_ = {key: meta[key] for key in ("cube_id", "owner", "created_at", "memory_config")}
         cube = cls(CubeManifest(**fields_), text)
+        classes = {}
         for slot, path in meta["slots"].items():
             if slot not in SLOTS:
                 raise IncompatibleError(f"{artifact.where('slots')}: unknown slot {slot!r}; valid: {list(SLOTS)}")
-            slot_class = trusted_class(path, slot, artifact.where(f"slots.{slot}"))
+            classes[slot] = trusted_class(path, slot, artifact.where(f"slots.{slot}"))
             if model is None:
                 raise ConfigError(f"{folder}: the cube has {slot} memory, which needs a model to load (pass model=...)")
-            setattr(cube, slot, slot_class.load(artifact.child(slot), model))
+        try:
+            for slot, slot_class in classes.items():
+                setattr(cube, slot, slot_class.load(artifact.child(slot), model))
+        except BaseException:
+            if hasattr(cube.parametric, "close"):  # a failed load leaves no adapter on the shared model
+                cube.parametric.close()
+            raise
         return cube
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from memos_lab.artifact import atomic_write_text, remove_stale_staging
+from memos_lab.artifact import atomic_write_text, read_json_file, remove_stale_staging
 from memos_lab.cube import MANIFEST_FILE, MemCube
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
 from memos_lab.locking import hold_writer_lock
@@ -366,7 +366,7 @@ def _check_cube_id(cube_id: object, what: str) -> str:
 def _read_registry(path: Path) -> tuple[set[str], dict[str, tuple[str, dict[str, str]]]]:
     """Users and cubes (owner, shares) of a registry file, every id and mode checked: it may not be ours."""
     try:
-        registry = json.loads(path.read_text(encoding="utf-8"))
+        registry = read_json_file(path)  # bounded, strict, never through a link
         users = {_check_user_id(user, "user id") for user in registry["users"]}
         cubes = {
             _check_cube_id(cube_id, "cube id"): (

@@ -136,5 +136,5 @@ def test_users_shares_and_cubes_survive_a_restart(tmp_path, embedder):
     with pytest.raises(AccessDeniedError):
         reopened.search("mallory", "tea", cube_ids=["alice-cube"])
     (tmp_path / "registry.json").write_text("{broken")
-    with pytest.raises(MemosError, match="registry.json: unreadable"):
+    with pytest.raises(MemosError, match="registry.json: not valid JSON"):
         MOS(lambda: GeneralTextMemory(embedder), root=tmp_path)

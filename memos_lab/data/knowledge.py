@@ -46,6 +46,13 @@ def _get(record: Mapping[str, Any], key: str, where: str) -> Any:
     return value
 
 
+def _list(record: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = _get(record, key, where)
+    if not isinstance(value, list):
+        raise DataError(f"{where}: key {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
 def _text(record: Mapping[str, Any], key: str, where: str) -> str:
     value = _get(record, key, where)
     if not isinstance(value, str) or not value.strip():
@@ -119,12 +126,12 @@ def load_counterfact(path: str, limit: int | None = None) -> list[KnowledgeEdit]
                 edit_id=f"counterfact-{row.get('case_id', i)}",
                 subject=subject,
                 relation=str(_get(row, "requested_rewrite", where).get("relation_id") or ""),
-                prompt=template.format(subject),
+                prompt=template.replace("{}", subject),
                 target_new=_text(row, "requested_rewrite.target_new.str", where),
                 target_old=target_true,
-                paraphrases=tuple(str(p) for p in _get(row, "paraphrase_prompts", where)),
+                paraphrases=tuple(str(p) for p in _list(row, "paraphrase_prompts", where)),
                 # neighbours share the relation and the old object: they should keep answering target_true
-                locality=tuple(LocalityProbe(str(p), target_true) for p in _get(row, "neighborhood_prompts", where)),
+                locality=tuple(LocalityProbe(str(p), target_true) for p in _list(row, "neighborhood_prompts", where)),
                 metadata={"source": "counterfact"},
             )
         )

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from memos_lab.data.local_json import read_json_records, require
+from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
     ADVERSARIAL, MULTI_HOP, OPEN_DOMAIN, SINGLE_HOP, TEMPORAL, Conversation, Question, Session, Turn,
 )  # fmt: skip
@@ -37,6 +37,8 @@ def _conversation(record: dict[str, Any], index: int, include_captions: bool) ->
     conversation_id = str(record.get("sample_id") or f"locomo-{index}")
     where = f"LoCoMo record {index} ({conversation_id})"
     body = require(record, "conversation", where)
+    if not isinstance(body, dict):
+        raise DataError(f"{where}: conversation must be an object, got {type(body).__name__}")
     speakers = (str(require(body, "speaker_a", f"{where} conversation")), str(require(body, "speaker_b", f"{where} conversation")))
     numbers = sorted(int(m.group(1)) for key, value in body.items() if value is not None and (m := _SESSION_KEY.fullmatch(key)))
     if not numbers:
@@ -46,11 +48,11 @@ def _conversation(record: dict[str, Any], index: int, include_captions: bool) ->
         session_where = f"{where} session_{number}"
         time = _iso_time(require(body, f"session_{number}_date_time", f"{where} conversation"), session_where)
         turns = tuple(_turn(turn, f"session_{number}", time, include_captions, f"{session_where} turn {i}")
-                      for i, turn in enumerate(require(body, f"session_{number}", f"{where} conversation", list)))  # fmt: skip
+                      for i, turn in enumerate(require_list(body, f"session_{number}", f"{where} conversation")))  # fmt: skip
         sessions.append(Session(f"session_{number}", time, turns))
     last_time = sessions[-1].time
     questions = tuple(_question(qa, f"{conversation_id}/q{i}", last_time, f"{where} qa {i}")
-                      for i, qa in enumerate(require(record, "qa", where, list)))  # fmt: skip
+                      for i, qa in enumerate(require_list(record, "qa", where)))  # fmt: skip
     return Conversation(conversation_id, speakers, tuple(sessions), questions)
 
 
@@ -67,7 +69,7 @@ def _question(qa: Any, question_id: str, time: str, where: str) -> Question:
     if category_id not in CATEGORIES:
         raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(CATEGORIES)}")
     answer_key = "adversarial_answer" if category_id == 5 and qa.get("answer") is None else "answer"
-    evidence = tuple(part.strip() for entry in require(qa, "evidence", where, list) for part in str(entry).split(";") if part.strip())
+    evidence = tuple(part.strip() for entry in require_list(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
     return Question(
         question_id=question_id,
         question=str(require(qa, "question", where)),

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from memos_lab.data.local_json import read_json_records, require
+from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
     KNOWLEDGE_UPDATE, MULTI_HOP, SINGLE_HOP, TEMPORAL, UNANSWERABLE, Conversation, Question, Session, Turn,
 )  # fmt: skip
@@ -38,9 +38,9 @@ def _conversation(record: dict[str, Any], index: int) -> Conversation:
     where = f"LongMemEval record {index}"
     question_id = str(require(record, "question_id", where))
     where = f"{where} ({question_id})"
-    sessions_in = require(record, "haystack_sessions", where)
-    session_ids = [str(s) for s in require(record, "haystack_session_ids", where)]
-    dates = [_iso_time(d, f"{where} haystack_dates") for d in require(record, "haystack_dates", where)]
+    sessions_in = require_list(record, "haystack_sessions", where, list)
+    session_ids = [str(s) for s in require_list(record, "haystack_session_ids", where)]
+    dates = [_iso_time(d, f"{where} haystack_dates") for d in require_list(record, "haystack_dates", where)]
     if not len(sessions_in) == len(session_ids) == len(dates):
         raise DataError(f"{where}: haystack_sessions, haystack_session_ids and haystack_dates differ in length")
     sessions, marked = [], []
@@ -50,10 +50,10 @@ def _conversation(record: dict[str, Any], index: int) -> Conversation:
             turn_where = f"{where} session {session_id} turn {j}"
             turns.append(Turn(f"{session_id}:{j}", str(require(turn, "role", turn_where)),
                               str(require(turn, "content", turn_where)), session_id, date))  # fmt: skip
-            if turn.get("has_answer"):
+            if turn.get("has_answer"):  # `require` above made sure the turn is an object
                 marked.append(turns[-1].turn_id)
         sessions.append(Session(session_id, date, tuple(turns)))
-    answer_sessions = {str(s) for s in require(record, "answer_session_ids", where)}
+    answer_sessions = {str(s) for s in require_list(record, "answer_session_ids", where)}
     evidence = marked or [t.turn_id for s in sessions if s.session_id in answer_sessions for t in s.turns]
     question_type = str(require(record, "question_type", where))
     if question_type not in QUESTION_TYPES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import hydra.utils
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from memos_lab.artifact import parse_json
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
@@ -85,10 +85,7 @@ def jsonl_items(path: Path, user: str) -> Iterator[MemoryItem]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not JSON ({error.msg})") from None
+        record = parse_json(line.encode("utf-8"), where)  # strict: depth, lone surrogates, NaN
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f"{where}: a record needs a string field 'text'")
         tags = record.get("tags", [])

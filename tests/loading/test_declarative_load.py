@@ -87,7 +87,7 @@ def test_a_cube_owned_by_someone_else_is_refused_and_left_unchanged(tmp_path):
 @pytest.mark.parametrize(
     "records, message",
     [
-        (['{"text": "ok"}', "{not json"], r"in.jsonl:2: not JSON"),
+        (['{"text": "ok"}', "{not json"], r"in.jsonl:2: not valid JSON"),
         ([{"txt": "typo"}], r"in.jsonl:1: a record needs a string field 'text'"),
         ([{"text": "x", "tags": "a,b"}], r"in.jsonl:1: 'tags' must be a list"),
         ([{"text": "   "}], r"text must be a non-empty string"),

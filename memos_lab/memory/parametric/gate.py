@@ -17,6 +17,7 @@ KEYS = ("subject", "prompt")
 # Embedder settings that name places on this machine: a stored gate may not choose them (a model folder
 # could bring code, a cache folder is written to); a saved gate keeps no cache folder.
 LOCAL_PATHS = ("model_path", "cache_dir")
+MAX_STORED_SIZE = 1 << 16
 
 
 class GateSettings(TypedDict):
@@ -79,7 +80,9 @@ class EditGate:
     def from_stored(cls, settings: Any, where: str) -> EditGate:
         """The gate of a saved memory's `settings()`, checked as untrusted data."""
         check_json(settings, GateSettings, where)
-        for key in LOCAL_PATHS:
-            if settings["embedder"].get(key) is not None:
+        for key, value in settings["embedder"].items():
+            if key in LOCAL_PATHS and value is not None:
                 raise DataError(f"{where}.embedder.{key}: a stored gate cannot name a path on this machine")
+            if isinstance(value, int) and not 0 < value <= MAX_STORED_SIZE:  # dim, batch size: no memory bomb
+                raise DataError(f"{where}.embedder.{key}: {value} is outside 1..{MAX_STORED_SIZE}")
         return cls(settings["embedder"], settings["threshold"], settings["key"])

@@ -487,6 +487,9 @@ class LoRAMemory(ParametricMemory):
             gate = EditGate.from_stored(meta["gate"], artifact.where("meta.gate")) if meta["gate"] else None
         except (TypeError, ValueError, MemosError) as error:
             raise IncompatibleError(f"{artifact.where('meta.settings/gate')}: {error}") from None
+        hidden = model.model.config.hidden_size
+        if settings.rank > hidden:  # checked before anything of that size is allocated
+            raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {settings.rank} is above the model's width {hidden}")
         config = settings.for_depth(model.model.config.num_hidden_layers).lora_config()
         # Read every adapter before touching the model, so a bad file leaves the model as it was.
         loaded = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import typing
@@ -53,6 +54,11 @@ def read_items(path: Path, dim: int) -> list[MemoryItem]:
     return [_item(path, dim, *row) for row in rows]
 
 
+@functools.cache
+def _metadata_types() -> dict[str, object]:
+    return typing.get_type_hints(MemoryMetadata)
+
+
 def _item(path: Path, dim: int, item_id: object, text: object, metadata_json: object, blob: object) -> MemoryItem:
     where = f"{path}: item {str(item_id)[:80]!r}"
     for column, value, kind in (("id", item_id, str), ("text", text, str), ("metadata", metadata_json, str)):
@@ -65,7 +71,7 @@ def _item(path: Path, dim: int, item_id: object, text: object, metadata_json: ob
     if not isinstance(values, dict) or set(values) - _METADATA_FIELDS:
         unknown = sorted(set(values) - _METADATA_FIELDS) if isinstance(values, dict) else values
         raise DataError(f"{where}: unknown metadata field(s) {unknown}")
-    hints = typing.get_type_hints(MemoryMetadata)
+    hints = _metadata_types()
     for key, value in values.items():
         check_json(value, hints[key], f"{where} metadata.{key}")
     values["tags"] = tuple(values.get("tags", ()))
