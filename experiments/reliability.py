@@ -83,6 +83,8 @@ def prepare(kind: str, folder: Path) -> None:
 
 
 def write_forever(kind: str, folder: Path) -> None:
+    # Composed once, so the loop is the loader's own work (reading, embedding, writing the cube).
+    cfg = load_cfg(folder / "cube", folder / "start.jsonl") if kind == "load" else None
     for step in range(10**6):
         if kind == "dump":
             cube = MemCube.load(folder / "cube", EMBEDDER)
@@ -93,7 +95,8 @@ def write_forever(kind: str, folder: Path) -> None:
             mos.add("alice", "c", texts(f"step{step}", BATCH))
             mos.save("alice", "c")
         else:
-            load(load_cfg(folder / "cube", write_jsonl(folder / f"step{step}.jsonl", f"step{step}", BATCH)))
+            cfg.input = str(write_jsonl(folder / f"step{step}.jsonl", f"step{step}", BATCH))
+            load(cfg)
 
 
 def next_open(kind: str, folder: Path) -> tuple[int, Path]:
@@ -282,6 +285,19 @@ def write_readme(out: Path, ann_runs: list[Path], ann_command: str, fuzz_command
         "2 shared CPU cores; raw figures in the JSON files beside this one.",
         "",
         *rows,
+        "",
+        "Notes:",
+        "- kill -9: a writer loops (50 new items per write) and is killed after 0.05-1.5 s; \"intact\" means the",
+        "  next open succeeds and holds whole batches only. \"kills left one to clean\" counts kills that hit a",
+        "  write in progress (a staging folder was present); the next open removed every one.",
+        "- concurrent writers are forked processes calling the loader and the MOS directly (a round costs no",
+        "  interpreter start); tests/loading/test_load_writers.py checks two `python -m memos_lab load` processes.",
+        "  A MOS writer whose team-cube save was refused (another writer saved first) reopened the root and",
+        "  redid its change: those are the \"stale saves refused and redone\".",
+        "- ANN: both runs share the machine with other jobs (load average about 15 on 2 cores), which inflates",
+        "  the absolute times; the ratio of the two p50s is the figure the issue's target is about (within 2x).",
+        "  Before this change the filtered search grew its candidate count to the whole store once items were",
+        "  deleted (the issue measured p50 2.2 ms -> 25.6 ms with 1% deleted).",
         "",
     ]
     (out / "README.md").write_text("\n".join(text))
