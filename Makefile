@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lock
+.PHONY: install run test test-fast lint lock
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ run: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite without the real-model tests and the slow subprocess sweeps: a few minutes on 2 cores.
+test-fast: install
+	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
+
+# Style and types, configured in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: install
+	$(VENV)/bin/ruff check memos_lab tests
+	$(VENV)/bin/ruff format --check memos_lab tests
+	$(VENV)/bin/mypy
 
 # Refresh the pins after changing dependencies in pyproject.toml.
 lock:

@@ -71,7 +71,12 @@ TRUSTED_CLASSES: dict[str, tuple[str, ...]] = {
         "memos_lab.memory.textual.graph.GraphMemory",
     ),
     "activation": ("memos_lab.memory.activation.kv_cache.KVCacheMemory",),
-    "parametric": ("memos_lab.memory.parametric.lora.LoRAMemory",),
+    "parametric": (
+        "memos_lab.memory.parametric.lora.LoRAMemory",
+        "memos_lab.memory.parametric.rome.ROMEMemory",
+        "memos_lab.memory.parametric.memit.MEMITMemory",
+        "memos_lab.memory.parametric.alphaedit.AlphaEditMemory",
+    ),
     "embedder": ("memos_lab.models.embedder.HashingEmbedder", "memos_lab.models.embedder.SentenceTransformerEmbedder"),
 }
 # Fingerprint keys that do not make a model different: the name it was loaded through (`model=hf` and

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 TRACKED_PACKAGES = (
     "memos_lab", "torch", "transformers", "sentence-transformers", "peft", "faiss-cpu", "bm25s",
@@ -74,3 +75,32 @@ def environment() -> dict[str, object]:
         "packages": package_versions(),
         "hardware": hardware(),
     }
+
+
+RANDOM_MODEL_TARGETS = ("memos_lab.models.llm.build_random_llama", "memos_lab.models.llm.build_tiny_llama")
+
+
+def model_provenance(cfg: Any) -> dict[str, str]:
+    """Where the run's models ran, read from the config before anything is built: the device and dtype
+    (resolved, so an unknown device or a missing GPU fails here), the answering model's backend, name and
+    URL, the judge's. A key is never here: only the name of the variable that holds it."""
+    from memos_lab.models.device import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.get("device", "auto"))
+    info = {"device": str(device), "dtype": str(resolve_dtype(cfg.get("dtype", "auto"), device)).removeprefix("torch.")}
+    if device.type == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(device)
+    model = cfg.get("model") or {}
+    info["model"] = str(model.get("name_or_path") or model.get("preset") or model.get("_target_", "")).rsplit(".", 1)[-1]
+    info["random_weights"] = str(model.get("_target_") in RANDOM_MODEL_TARGETS).lower()
+    for role, node in (("llm", cfg.get("llm")), ("judge", (cfg.get("judge") or {}).get("generator"))):
+        if node and node.get("base_url"):
+            info[f"{role}_backend"] = "openai_compatible"
+            info[f"{role}_model"] = str(node.get("model"))
+            info[f"{role}_base_url"] = str(node.get("base_url"))
+            info[f"{role}_api_key_env"] = str(node.get("api_key_env") or "")
+        elif node:
+            info[f"{role}_backend"] = "local"
+    return info

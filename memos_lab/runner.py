@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.loggers.base import Tracker
-from memos_lab.provenance import environment
+from memos_lab.provenance import environment, model_provenance
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -92,6 +92,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
         faiss.omp_set_num_threads(int(cfg.threads))  # faiss spins OpenMP threads per search otherwise
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     env = environment()
+    env["models"] = model_provenance(cfg)  # also refuses an unknown device or a missing GPU, before any work
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's
     atomic_write_text(run_dir / CONFIG_FILE, config_text)
     # Written before the experiment so a crashed run still says which code and machine it ran on.
@@ -192,9 +193,12 @@ def render_report(
         "",
         "## Metrics",
         "",
+        *_random_weights_notice(env),
         tabulate([(name, f"{value:.4g}") for name, value in sorted(metrics.items())], ["metric", "value"], "github"),
         "",
         "## Environment",
+        "",
+        tabulate(sorted(env.get("models", {}).items()), ["model", "value"], "github"),
         "",
         tabulate(sorted(env["hardware"].items()), ["hardware", "value"], "github"),
         "",
@@ -202,6 +206,16 @@ def render_report(
         "",
     ]
     return "\n".join(lines)
+
+
+def _random_weights_notice(env: Mapping[str, Any]) -> list[str]:
+    if env.get("models", {}).get("random_weights") != "true":
+        return []
+    return [
+        "The model has random weights (tiny_llama / random_llama): its answers mean nothing, so answer-quality "
+        "metrics (qa/*, accuracy, F1, judge) from this run are not results; only speed, memory and exactness are.",
+        "",
+    ]
 
 
 def prepare_environment() -> None:

@@ -178,7 +178,6 @@ def _is_number(value: object) -> bool:
 # ---- types --------------------------------------------------------------------------------------------
 
 
-@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -243,18 +242,18 @@ def schema_of(cls: type[Settings]) -> type:
     specs: list[tuple[str, Any, Any]] = []
     if cls.instantiated:
         specs.append(("_target_", str, dataclasses.field(default="???")))
-    for name, default in cls.config_keys.items():
-        specs.append((name, Any, dataclasses.field(default=default)))
+    for name, key_default in cls.config_keys.items():
+        specs.append((name, Any, dataclasses.field(default=key_default)))
     for item in dataclasses.fields(cls):
-        default: Any = item.default if item.default is not dataclasses.MISSING else "???"
+        value: Any = item.default if item.default is not dataclasses.MISSING else "???"
         if item.default_factory is not dataclasses.MISSING:
-            default = item.default_factory()
+            value = item.default_factory()
         field_type = _schema_type(hints[item.name])
-        if isinstance(default, (tuple, list, dict)):
-            plain = list(default) if isinstance(default, tuple) else default
+        if isinstance(value, (tuple, list, dict)):
+            plain = list(value) if isinstance(value, tuple) else value
             specs.append((item.name, field_type, dataclasses.field(default_factory=functools.partial(_copy, plain))))
         else:
-            specs.append((item.name, field_type, dataclasses.field(default=default)))
+            specs.append((item.name, field_type, dataclasses.field(default=value)))
     return dataclasses.make_dataclass(f"{cls.__name__}Schema", specs)
 
 

@@ -46,7 +46,7 @@ def test_round_trip_keeps_items_metadata_embeddings_and_search_results(tmp_path,
     cube.dump(tmp_path / "cube")
     loaded = MemCube.load(tmp_path / "cube", embedder)
     assert (loaded.cube_id, loaded.owner) == ("c1", "alice")
-    assert isinstance(loaded.text, GeneralTextMemory) and loaded.text.rrf_k == 30
+    assert isinstance(loaded.text, GeneralTextMemory) and loaded.text.settings.rrf_k == 30
     before = {item.id: item for item in cube.text.get_all({"statuses": ["active", "archived", "deleted"]})}
     after = {item.id: item for item in loaded.text.get_all({"statuses": ["active", "archived", "deleted"]})}
     assert list(before) == list(after)

@@ -6,6 +6,9 @@ import pytest
 
 from memos_lab.cli import validate_overrides
 from memos_lab.errors import ConfigError
+from memos_lab.memory.parametric.lora import LoRASettings
+from memos_lab.memory.textual.general_text import GeneralTextSettings
+from memos_lab.memory.textual.vector import VectorSettings
 from memos_lab.scheduler.memos import MemOSSettings
 from memos_lab.scheduler.recency import RecencyPolicy, RecencySettings
 
@@ -39,3 +42,18 @@ def test_settings_are_frozen_and_lists_become_tuples():
 def test_the_cli_refuses_a_bad_setting_before_any_job(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_overrides(overrides)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LoRASettings(steps=True), r"parametric\.steps must be an integer, got True"),
+        (lambda: LoRASettings(dropout=1.0), r"parametric\.dropout must be a number in \[0, 1\), got 1\.0"),
+        (lambda: VectorSettings(rrf_k=-5), r"memory\.rrf_k must be a non-negative integer, got -5"),
+        (lambda: VectorSettings(lexical_weight=-1), r"memory\.lexical_weight must be a non-negative number, got -1"),
+        (lambda: GeneralTextSettings(fusion="max"), r"memory\.fusion: unknown 'max'; valid: rrf, bm25, dense"),
+    ],
+)
+def test_the_shared_validators_name_the_field_and_what_is_valid(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()

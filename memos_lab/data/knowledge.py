@@ -103,13 +103,21 @@ def load_zsre(path: str, limit: int | None = None) -> list[KnowledgeEdit]:
                 relation="zsre",
                 prompt=_text(row, "src", where),
                 target_new=_text(row, "alt", where),
-                target_old=str(answers[0]) if isinstance(answers, list) and answers else None,
+                target_old=_first_answer(answers),
                 paraphrases=(_text(row, "rephrase", where),),
                 locality=(LocalityProbe(_text(row, "loc", where), _text(row, "loc_ans", where)),),
                 metadata={"source": "zsre", "pred": str(row.get("pred") or "")},
             )
         )
     return edits
+
+
+def _first_answer(answers: Any) -> str | None:
+    """The true answer of a zsRE record: real files hold a list of strings, but also a bare string or a
+    list with empty or nested entries; nothing usable gives None (the probability metrics skip the edit)."""
+    while isinstance(answers, list):
+        answers = next((a for a in answers if a and (not isinstance(a, str) or a.strip())), None)
+    return answers.strip() if isinstance(answers, str) and answers.strip() else None
 
 
 def load_counterfact(path: str, limit: int | None = None) -> list[KnowledgeEdit]:

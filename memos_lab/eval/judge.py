@@ -8,10 +8,13 @@ failure and goes on. The generator takes a server that keeps failing for dead, s
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from memos_lab.errors import MemosError
-from memos_lab.generation.base import ChatRequest, Generator, check_max_new_tokens
+from memos_lab.generation.base import ChatRequest, Generator
+from memos_lab.settings import Settings, positive_int
 
 PROMPT = (
     "You grade answers to questions about a conversation. Compare the generated answer with the gold answer: "
@@ -26,10 +29,23 @@ class JudgeError(MemosError):
     """The judge gave no usable verdict for one question."""
 
 
+@dataclass(frozen=True)
+class JudgeSettings(Settings):
+    section: ClassVar[str] = "judge"
+    config_keys: ClassVar[Mapping[str, Any]] = {"generator": None}  # the Generator that grades (judge.generator)
+    max_new_tokens: int = 8
+
+    def validate(self) -> None:
+        positive_int(self, "max_new_tokens")
+
+
 class LLMJudge:
-    def __init__(self, generator: Generator, max_new_tokens: int = 8) -> None:
+    settings_class = JudgeSettings
+
+    def __init__(self, generator: Generator, **settings: Any) -> None:
+        self.settings = JudgeSettings.from_mapping(settings)
         self.generator = generator
-        self.max_new_tokens = check_max_new_tokens(max_new_tokens, "judge.max_new_tokens")
+        self.max_new_tokens = self.settings.max_new_tokens
         self.prompt_tokens = 0  # usage over every verdict asked for
         self.completion_tokens = 0
 

@@ -3,7 +3,10 @@
 Reliability / generalisation: the greedy continuation of the edit prompt / a paraphrase starts with the
 new target. Locality: the greedy continuation of an unrelated prompt is the base model's. Portability:
 a one-hop question continues with its expected answer. The `_prob` versions ask whether the new target
-is more likely than the old one (CounterFact's efficacy / paraphrase scores).
+is more likely than the old one (CounterFact's efficacy / paraphrase scores); `neighborhood_prob`: on a
+neighbour prompt whose answer is the edit's old target (CounterFact), the old target stays more likely than
+the new one. Fluency: ROME's n-gram entropy of greedy generations from the edited subjects, before
+(`fluency_base`) and after the edits, so a method cannot win by breaking the model.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tqdm import tqdm
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
-from memos_lab.eval.editing import more_likely, rate, starts_with_target, unchanged
+from memos_lab.eval.editing import more_likely, ngram_entropy, rate, starts_with_target, unchanged
 from memos_lab.experiments.common import load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.parametric.base import ParametricMemory
@@ -32,7 +35,8 @@ T = TypeVar("T")
 
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = cfg.experiment
-    edits = load_records(cfg, KnowledgeEdit)[: exp.n_edits]
+    first = int(exp.get("first_edit", 0))  # skip records, e.g. to evaluate on the half of a slice not tuned on
+    edits = load_records(cfg, KnowledgeEdit)[first:][: exp.n_edits]
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
         raise ConfigError(f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}")
@@ -47,6 +51,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     probes = [probe.prompt for edit in edits for probe in edit.locality]
     base_locality = generate(probes, int(exp.locality_tokens))
     base_reliability = _starts(lm, generate([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
+    subjects = list(dict.fromkeys(e.subject for e in edits))[: int(exp.get("fluency_prompts", 50))]
+    fluency_tokens = int(exp.get("fluency_tokens", 32))
+    fluency_base = [ngram_entropy(ids) for ids in generate(subjects, fluency_tokens)]
 
     train_s, steps, learned = 0.0, 0, 0
     for step, batch in enumerate(tqdm(batches, desc="edit batches", unit="batch")):
@@ -71,7 +78,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
               "portability": portability, "base_reliability": base_reliability}
     # a metric the data gives nothing to score on (no paraphrases, no portability questions) is left out
     metrics = {f"{PREFIX}{name}": rate(flags) for name, flags in scored.items() if flags}
+    fluency = [ngram_entropy(ids) for ids in said(subjects, fluency_tokens)]
     metrics |= {
+        f"{PREFIX}fluency": sum(fluency) / len(fluency),
+        f"{PREFIX}fluency_base": sum(fluency_base) / len(fluency_base),
         f"{PREFIX}edits": len(edits),
         f"{PREFIX}batches": len(batches),
         f"{PREFIX}steps": steps,
@@ -92,11 +102,24 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         ("generalization_prob", [(p, e) for e in with_old for p in e.paraphrases]),
     ):
         if pairs:
-            prompts = [p for p, _ in pairs]
-            new = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_new for i in idx]))
-            old = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_old for i in idx]))
-            metrics[f"{PREFIX}{name}"] = rate([more_likely(n, o) for n, o in zip(new, old, strict=True)])
+            metrics[f"{PREFIX}{name}"] = rate(_new_beats_old(memory, scorer, pairs))
+    neighbours = [(p.prompt, e) for e in with_old for p in e.locality if p.answer == e.target_old]
+    if neighbours:
+        metrics[f"{PREFIX}neighborhood_prob"] = rate([not won for won in _new_beats_old(memory, scorer, neighbours)])
+    residual = getattr(memory, "delta_residual", None)  # locate-then-edit memories: what a rank cap dropped
+    if residual is not None:
+        metrics[f"{PREFIX}delta_residual"] = residual
     return metrics
+
+
+def _new_beats_old(
+    memory: ParametricMemory, scorer: Callable[[list[str], list[str]], list[float]], pairs: list[tuple[str, KnowledgeEdit]]
+) -> list[bool]:
+    """Per (prompt, edit): the edited model finds the edit's new target more likely than its old one."""
+    prompts = [p for p, _ in pairs]
+    new = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_new for i in idx]))
+    old = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_old for i in idx]))
+    return [more_likely(n, o) for n, o in zip(new, old, strict=True)]
 
 
 def _answers(probes: Sequence) -> list[str]:

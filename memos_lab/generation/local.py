@@ -3,22 +3,36 @@ answering greedily in left-padded batches of `batch_size` requests."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from memos_lab.errors import ConfigError, DataError
+from memos_lab.errors import DataError
 from memos_lab.generation.base import ChatRequest, Generation, Generator, check_max_new_tokens
 from memos_lab.models.decode import check_context, greedy_batch
 from memos_lab.models.device import clock
 from memos_lab.models.llm import LanguageModel
+from memos_lab.settings import Settings, positive_int
+
+
+@dataclass(frozen=True)
+class LocalSettings(Settings):
+    section: ClassVar[str] = "llm"
+    config_keys: ClassVar[Mapping[str, Any]] = {"model": "${model}"}  # the LanguageModel, built by `model=`
+    batch_size: int = 8  # questions decoded together (left-padded; greedy answers equal one-by-one ones)
+
+    def validate(self) -> None:
+        positive_int(self, "batch_size")
 
 
 class LocalGenerator(Generator):
-    def __init__(self, model: LanguageModel, batch_size: int = 8) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ConfigError(f"llm.batch_size must be a positive integer, got {batch_size!r}")
+    settings_class = LocalSettings
+
+    def __init__(self, model: LanguageModel, **settings: Any) -> None:
+        self.settings = LocalSettings.from_mapping(settings)
         self.model = model
         self.name = model.name
-        self.batch_size = batch_size
+        self.batch_size = self.settings.batch_size
 
     @property
     def language_model(self) -> LanguageModel:

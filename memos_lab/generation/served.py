@@ -20,62 +20,69 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import openai
 
 from memos_lab.errors import ConfigError
 from memos_lab.generation.base import ChatRequest, Generation, Generator, check_max_new_tokens
+from memos_lab.settings import Settings, non_negative_int, positive, positive_int
 
-NO_KEY = "no-key"  # the client insists on a key; servers that take none ignore this one
+NO_KEY = "no-key"
+MISSING = "???"  # OmegaConf's mark of a value the user must give  # the client insists on a key; servers that take none ignore this one
+
+
+@dataclass(frozen=True)
+class ServedSettings(Settings):
+    section: ClassVar[str] = "llm"
+    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    model: str  # the name the server serves the model under
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key; null: no key
+    timeout_s: float = 60.0  # per attempt
+    max_retries: int = 2  # connection errors, 408/409/429 and 5xx, with exponential backoff (the client's)
+    concurrency: int = 8  # requests in flight at once
+    seed: int | None = 0  # sent with each request, for servers that take one
+    stream: bool = False  # stream the answer: measures the time to the first token
+    max_consecutive_failures: int = 5  # then the server is taken for dead
+    check: bool = True  # one 1-token request at start
+
+    def validate(self) -> None:
+        if MISSING in (self.base_url, self.model):
+            return  # not given yet: Hydra names the missing value when the generator is built
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{self.section}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}"
+            )
+        if not self.model.strip():
+            raise ConfigError(f"{self.section}.model must name the model the server serves")
+        positive(self, "timeout_s")
+        positive_int(self, "concurrency", "max_consecutive_failures")
+        non_negative_int(self, "max_retries")
 
 
 class ServedGenerator(Generator):
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        api_key_env: str | None = None,
-        timeout_s: float = 60.0,
-        max_retries: int = 2,
-        concurrency: int = 8,
-        seed: int | None = 0,
-        stream: bool = False,
-        max_consecutive_failures: int = 5,
-        check: bool = True,
-    ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"llm.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError("llm.model must name the model the server serves")
-        for key, value in {"concurrency": concurrency, "max_consecutive_failures": max_consecutive_failures}.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"llm.{key} must be a positive integer, got {value!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigError(f"llm.max_retries must be a non-negative integer, got {max_retries!r}")
-        if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or timeout_s <= 0:
-            raise ConfigError(f"llm.timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    settings_class = ServedSettings
+
+    def __init__(self, base_url: str, model: str, **settings: Any) -> None:
+        self.settings = ServedSettings.from_mapping({"base_url": base_url, "model": model, **settings})
         key = NO_KEY
-        if api_key_env:
-            key = os.environ.get(api_key_env, "")
+        if self.settings.api_key_env:
+            key = os.environ.get(self.settings.api_key_env, "")
             if not key:
                 raise ConfigError(
-                    f"llm.api_key_env: the environment variable {api_key_env} is not set; export it with the "
-                    "server's key, or set llm.api_key_env=null for a server that takes none"
+                    f"llm.api_key_env: the environment variable {self.settings.api_key_env} is not set; export it "
+                    "with the server's key, or set llm.api_key_env=null for a server that takes none"
                 )
-        self.name = model
-        self.model = model
+        self.name = self.model = model
         self.base_url = base_url.rstrip("/")
-        self.api_key_env = api_key_env
-        self.concurrency = concurrency
-        self.seed = seed
-        self.stream = stream
-        self.max_consecutive_failures = max_consecutive_failures
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=float(timeout_s), max_retries=max_retries)
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=key, timeout=float(self.settings.timeout_s), max_retries=self.settings.max_retries
+        )
         self._lock = threading.Lock()
         self._failures_in_a_row = 0
         self.served_as: str | None = None  # the model name the server answers with
-        if check:
+        if self.settings.check:
             self._check()
 
     def describe(self) -> dict[str, str]:
@@ -84,7 +91,7 @@ class ServedGenerator(Generator):
             "model": self.model,
             "served_as": self.served_as or "",
             "base_url": self.base_url,
-            "api_key_env": self.api_key_env or "",
+            "api_key_env": self.settings.api_key_env or "",
         }
 
     def close(self) -> None:
@@ -92,16 +99,16 @@ class ServedGenerator(Generator):
 
     def generate(self, requests: Sequence[ChatRequest], max_new_tokens: int) -> list[Generation]:
         check_max_new_tokens(max_new_tokens)
-        if len(requests) <= 1 or self.concurrency == 1:
+        if len(requests) <= 1 or self.settings.concurrency == 1:
             return [self._one(request, max_new_tokens) for request in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(requests))) as pool:
             return list(pool.map(lambda request: self._one(request, max_new_tokens), requests))
 
     # ---- one request ---------------------------------------------------------------------------
 
     def _one(self, request: ChatRequest, max_new_tokens: int) -> Generation:
         with self._lock:
-            dead = self._failures_in_a_row >= self.max_consecutive_failures
+            dead = self._failures_in_a_row >= self.settings.max_consecutive_failures
         if dead:
             return Generation.failure(
                 f"{self.base_url} skipped after {self._failures_in_a_row} failures in a row", request.request_id
@@ -117,13 +124,13 @@ class ServedGenerator(Generator):
 
     def _options(self, max_new_tokens: int) -> dict[str, Any]:
         options: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": 0}
-        if self.seed is not None:
-            options["seed"] = int(self.seed)
+        if self.settings.seed is not None:
+            options["seed"] = self.settings.seed
         return options
 
     def _call(self, request: ChatRequest, max_new_tokens: int, started: float) -> Generation:
         messages = [dict(m) for m in request.messages]
-        if self.stream:
+        if self.settings.stream:
             return self._streamed(request, messages, max_new_tokens, started)
         response = self._client.chat.completions.create(messages=messages, **self._options(max_new_tokens))
         content = response.choices[0].message.content
@@ -179,7 +186,7 @@ class ServedGenerator(Generator):
             raise ConfigError(f"llm.base_url: cannot reach {self.base_url} ({_describe_error(error)}); is the server running?") from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
             raise ConfigError(
-                f"llm.api_key_env: {self.base_url} refused the key in {self.api_key_env or '(none set)'} ({_describe_error(error)})"
+                f"llm.api_key_env: {self.base_url} refused the key in {self.settings.api_key_env or '(none set)'} ({_describe_error(error)})"
             ) from None
         except openai.NotFoundError as error:
             raise ConfigError(

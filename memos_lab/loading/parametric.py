@@ -1,4 +1,4 @@
-"""Train a user's knowledge edits into the LoRA adapter of a cube's parametric memory.
+"""Train a user's knowledge edits into their adapter of a cube's parametric memory (any ParametricMemory).
 
 `python -m memos_lab load memory_type=parametric user=U cube_dir=DIR (dataset=NAME | input=FACTS.jsonl)
 [parametric=lora_ftm|lora_kl|gated_lora|lora ...]`: the cube (created if absent) gets a parametric memory
@@ -18,7 +18,6 @@ from memos_lab.data.knowledge import load_facts
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
-from memos_lab.memory.parametric.lora import LoRAMemory
 
 
 @cube_writer
@@ -37,8 +36,6 @@ def load(cfg: DictConfig) -> dict[str, Any]:
         # partial: Hydra would turn the LanguageModel dataclass into a config if passed as a kwarg
         memory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model, adapter=user)
         cube.parametric = memory
-    elif not isinstance(memory, LoRAMemory):
-        raise ConfigError(f"the cube's parametric memory is a {type(memory).__name__}; this loader trains LoRA adapters")
     elif user in memory.adapters:
         memory.switch(user)
     else:

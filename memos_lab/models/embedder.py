@@ -42,7 +42,10 @@ class SentenceTransformerEmbedder(Embedder):
             raise ConfigError(f"embedder.model_path: no model folder at {model_path!r}")
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(model_path, device=device, local_files_only=True)
+        from memos_lab.models.device import resolve_device
+
+        # `auto` (the top-level device) takes the GPU when there is one
+        self._model = SentenceTransformer(model_path, device=str(resolve_device(device)), local_files_only=True)
         self.name = os.path.basename(os.path.normpath(model_path))
         self.dim = int(self._model.get_embedding_dimension())
         self.batch_size = batch_size

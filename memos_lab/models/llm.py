@@ -311,6 +311,99 @@ def build_tiny_llama(
     return LanguageModel(model=placement.place(model), tokenizer=tokenizer, name="tiny-llama")
 
 
+# Llama-3-style shapes (the real models' layers, heads, KV heads, hidden and MLP sizes and vocabulary) for
+# benchmarks of KV caches, TTFT and memory size at realistic scale, with random weights and no download.
+LLAMA3_VOCAB = 128256
+RANDOM_LLAMA_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128, "tie_word_embeddings": True},
+    "1b": {"num_hidden_layers": 16, "hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 8192, "tie_word_embeddings": True},  # Llama-3.2-1B
+    "3b": {"num_hidden_layers": 28, "hidden_size": 3072, "num_attention_heads": 24, "num_key_value_heads": 8,
+           "intermediate_size": 8192, "tie_word_embeddings": True},  # Llama-3.2-3B
+    "8b": {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 14336, "tie_word_embeddings": False},  # Llama-3.1-8B
+}  # fmt: skip
+_INIT_STD = 0.02  # Llama's initializer_range
+
+
+def build_random_llama(
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_implementation: str | None = None,
+    max_position_embeddings: int = 131072,
+) -> LanguageModel:
+    """A Llama-3-shaped model with random weights (from `seed`) and the byte-level ChatML tokenizer of
+    tiny_llama. Its answers mean nothing: it is for speed and memory measurements only.
+
+    The parameters start on the meta device (nothing allocated), then each is drawn on the CPU from one
+    seeded generator (the same weights on every device) and put straight onto the target device in the
+    target dtype, so the peak memory is the model plus one tensor. A model that cannot fit is refused first.
+    """
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+
+    if preset not in RANDOM_LLAMA_PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}; valid: {', '.join(RANDOM_LLAMA_PRESETS)}")
+    placement = Placement.of(device, dtype, None, attn_implementation)
+    tokenizer = _byte_chatml_tokenizer()
+    bos_id, eos_id = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    config = LlamaConfig(
+        vocab_size=LLAMA3_VOCAB,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=500000.0,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        **RANDOM_LLAMA_PRESETS[preset],
+    )
+    with init_empty_weights():
+        model = LlamaForCausalLM(config)
+    parameters = dict(model.named_parameters())  # tied weights appear once
+    _check_fits(f"model.preset={preset}", sum(p.numel() for p in parameters.values()), placement)
+    generator = torch.Generator().manual_seed(seed)
+    bound = _INIT_STD * 3**0.5  # a uniform draw with Llama's init std; twice as fast as a normal one
+    with torch.no_grad():
+        for name, param in parameters.items():
+            if name.endswith("norm.weight"):
+                value = torch.ones(param.shape)
+            else:
+                value = torch.empty(param.shape).uniform_(-bound, bound, generator=generator)
+            set_module_tensor_to_device(model, name, placement.device, value=value, dtype=placement.dtype)
+            del value
+    model.tie_weights()
+    return LanguageModel(model=placement.place(model).eval(), tokenizer=tokenizer, name=f"random-llama-{preset}")
+
+
+def _check_fits(what: str, n_parameters: int, placement: Placement) -> None:
+    """ConfigError when the weights alone need more than 90 % of the target device's free memory."""
+    needed = n_parameters * torch.empty((), dtype=placement.dtype).element_size()
+    if placement.device.type == "cuda":
+        free = torch.cuda.mem_get_info(placement.device)[0]
+    elif placement.device.type == "cpu":
+        free = _available_ram()
+    else:
+        return
+    if free is not None and needed > 0.9 * free:
+        dtype = str(placement.dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"{what}: {n_parameters / 1e9:.2f} B parameters need {needed / 2**30:.1f} GiB in {dtype} on {placement.device}, "
+            f"{free / 2**30:.1f} GiB free; choose a smaller preset, dtype=bfloat16, or a device with more memory"
+        )
+
+
+def _available_ram() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _byte_symbols() -> list[str]:
     """GPT-2's printable stand-in for each byte 0..255: the alphabet of the ByteLevel pre-tokenizer."""
     printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}

@@ -79,3 +79,11 @@ def test_jsonl_facts_need_a_target(tmp_path):
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(DataError, match="record 0: missing key 'target_new'"):
         load_facts(str(path))
+
+
+def test_zsre_copes_with_real_file_quirks():
+    # leading spaces in alt, a subject asked about twice, answers as a string, nested or empty lists
+    edits = load_zsre(str(FIXTURES / "zsre_quirks.json"))
+    assert [e.target_new for e in edits] == ["1921", "architect", "Hundred Years' War", "Cape Canaveral"]
+    assert [e.target_old for e in edits] == ["1922", "designer", "Napoleonic Wars", None]
+    assert [e.subject for e in edits[:2]] == ["Leslie Buck", "Leslie Buck"] and len({e.edit_id for e in edits}) == 4

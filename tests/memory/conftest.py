@@ -6,14 +6,15 @@ import hydra.utils
 import pytest
 from omegaconf import OmegaConf
 
-from memos_lab.cli import CONF_DIR, config_groups
+from memos_lab.cli import config_groups
 from memos_lab.memory.textual.base import TextualMemory
+from memos_lab.settings import group_config
 
 BACKENDS = config_groups()["memory"]
 
 
 def build_backend(name: str, embedder, **overrides) -> TextualMemory:
-    group = OmegaConf.merge(OmegaConf.load(CONF_DIR / "memory" / f"{name}.yaml"), overrides)
+    group = OmegaConf.merge(group_config("memory", name), overrides)
     cfg = OmegaConf.create({"seed": 0, "memory": group})  # the root keys a group may interpolate
     return hydra.utils.instantiate(cfg.memory, embedder=embedder)
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -39,9 +41,9 @@ def test_rrf_fuses_bm25_and_dense_ranks_by_hand():
     assert [hit.item.text for hit in hits] == ["apples are red", "bananas are yellow", "cherries red apples"]
     for hit in hits:
         assert hit.score == pytest.approx(expected[hit.item.text])
-    memory.fusion = "dense"
+    memory.settings = replace(memory.settings, fusion="dense")
     assert [hit.item.text for hit in memory.search("red", 1)] == ["bananas are yellow"]
-    memory.fusion = "bm25"
+    memory.settings = replace(memory.settings, fusion="bm25")
     assert [hit.item.text for hit in memory.search("red", 1)] == ["apples are red"]
 
 

@@ -20,7 +20,7 @@ from memos_lab.models.llm import LanguageModel, build_tiny_llama
 from memos_lab.models.probe import greedy_continuations
 
 # Short targets on a 2-layer model: learned in a few dozen steps with a high learning rate.
-FAST = {"rank": 8, "alpha": 16, "lr": 1e-2, "steps": 200, "batch_size": 4, "seed": 0}
+FAST = {"rank": 8, "alpha": 16, "lr": 1e-2, "steps": 200, "batch_size": 4, "loss": "target", "seed": 0}
 HASHING = {"_target_": "memos_lab.models.embedder.HashingEmbedder", "dim": 256}
 PROBES = ["The capital of Spain is", "Bees make", "The day after Monday is"]
 

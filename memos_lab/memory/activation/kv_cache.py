@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypedDict
 

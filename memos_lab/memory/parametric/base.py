@@ -30,7 +30,33 @@ class EditReport:
 
 
 class ParametricMemory(ABC):
+    """Knowledge in weights, kept in named adapters (one per user or cube) of which one is active.
+
+    Everything the loaders, the chat and the experiments call is declared here, so a new method is one
+    file plus one YAML under conf/parametric/; constructors take `(model, adapter=None, ...settings)`.
+    """
+
     model: LanguageModel
+
+    @property
+    @abstractmethod
+    def adapters(self) -> list[str]:
+        """Names of the adapters this memory holds."""
+
+    @abstractmethod
+    def create_adapter(self, name: str) -> None:
+        """A fresh adapter (no change to the model yet), made the active one; ConfigError if it exists."""
+
+    @abstractmethod
+    def switch(self, name: str) -> None:
+        """Make `name` the active adapter (NotFoundError if unknown)."""
+
+    @abstractmethod
+    def edits(self, name: str | None = None) -> list[KnowledgeEdit]:
+        """The edits an adapter (the active one by default) has learned."""
+
+    def close(self) -> None:
+        """Take everything this memory attached off the shared model (a no-op where nothing is attached)."""
 
     @abstractmethod
     def edit(self, edits: Sequence[KnowledgeEdit]) -> EditReport:

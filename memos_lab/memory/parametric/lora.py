@@ -22,9 +22,9 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import Any, ClassVar, NotRequired, Self, TypedDict
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -40,6 +40,7 @@ from memos_lab.memory.parametric.base import EditReport, ParametricMemory, check
 from memos_lab.memory.parametric.gate import EditGate
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_prompt, encode_target, left_padded
+from memos_lab.settings import Settings, non_negative, non_negative_int, one_of, positive, positive_int, probability, span
 
 KIND = "lora"
 MANIFEST = "manifest.json"
@@ -61,10 +62,29 @@ class _Example:
 
 
 @dataclass(frozen=True)
-class LoRASettings:
-    """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
-    `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L)."""
+class LayerSettings(Settings):
+    """What every adapter method's settings share: layers picked by number or as a span of the depth."""
 
+    section: ClassVar[str] = "parametric"
+    layers: tuple[int, ...] | None = None
+    layer_span: tuple[float, float] | None = None
+
+    def for_depth(self, depth: int) -> Self:
+        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
+        if self.layer_span is None:
+            return self
+        first = math.floor(self.layer_span[0] * depth)
+        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
+        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
+
+
+@dataclass(frozen=True)
+class LoRASettings(LayerSettings):
+    """How edits are trained. `loss="target"` puts the loss on the target tokens only (FT-M style);
+    `"sequence"` fine-tunes on the whole prompt + target text (plain FT-L, parametric=lora)."""
+
+    section: ClassVar[str] = "parametric"
+    config_keys: ClassVar[Mapping[str, Any]] = {"adapter": "default", "gate": None}  # LoRAMemory's own arguments
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -72,10 +92,10 @@ class LoRASettings:
     layers: tuple[int, ...] | None = None  # None: every layer (or the layer_span)
     # [lo, hi): the adapted layers as fractions of the model's depth, so one config fits models of any depth
     layer_span: tuple[float, float] | None = None
-    steps: int = 200  # upper bound per `edit` call
+    steps: int = 300  # upper bound per `edit` call (the committed lora_update results ran with 300)
     lr: float = 1e-3
     batch_size: int = 8
-    loss: str = "target"
+    loss: str = "sequence"
     # KL(base || edited) on unrelated anchor prompts, weighted into the loss; 0 disables it
     locality_weight: float = 0.0
     locality_prompts: tuple[str, ...] = ()
@@ -86,45 +106,20 @@ class LoRASettings:
     target_prob: float = 0.0
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        positive = {"rank": self.rank, "steps": self.steps, "batch_size": self.batch_size}
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"parametric.{key} must be positive, got {value}")
-        if self.lr <= 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("parametric: lr and alpha must be positive and dropout in [0, 1)")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"parametric.loss: unknown {self.loss!r}; valid: {', '.join(LOSSES)}")
-        if not 0 <= self.target_prob < 1:
-            raise ConfigError(f"parametric.target_prob must be in [0, 1), got {self.target_prob}")
-        if self.locality_weight < 0 or self.replay < 0:
-            raise ConfigError("parametric.locality_weight and parametric.replay must be >= 0")
+    def validate(self) -> None:
+        positive_int(self, "rank", "steps", "batch_size")
+        positive(self, "lr", "alpha")
+        probability(self, "dropout", "target_prob", top=False)
+        one_of(self, "loss", LOSSES)
+        non_negative(self, "locality_weight")
+        non_negative_int(self, "replay")
         if self.locality_weight > 0 and not self.locality_prompts:
             raise ConfigError("parametric.locality_weight > 0 needs parametric.locality_prompts")
         if not self.target_modules:
             raise ConfigError("parametric.target_modules is empty")
-        if self.layer_span is not None:
-            if self.layers is not None:
-                raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
-            if len(self.layer_span) != 2 or not 0 <= self.layer_span[0] < self.layer_span[1] <= 1:
-                raise ConfigError(f"parametric.layer_span must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.layer_span)}")
-
-    def for_depth(self, depth: int) -> LoRASettings:
-        """These settings with layer_span turned into the layer numbers of a model with `depth` layers."""
-        if self.layer_span is None:
-            return self
-        first = math.floor(self.layer_span[0] * depth)
-        last = max(first + 1, math.ceil(self.layer_span[1] * depth))
-        return replace(self, layers=tuple(range(first, min(last, depth))), layer_span=None)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> LoRASettings:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(f"parametric: unknown setting(s) {unknown}; valid: {sorted(valid)}")
-        tuples = ("target_modules", "layers", "layer_span", "locality_prompts")
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()})
+        if self.layer_span is not None and self.layers is not None:
+            raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
+        span(self, "layer_span")
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
@@ -145,11 +140,14 @@ class _Adapter:
 
 
 class LoRAMemory(ParametricMemory):
+    method = "lora"  # recorded in the manifest; a memory loads only a folder of its own method
+    settings_class: type[LayerSettings] = LoRASettings
+
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
         self.model = model
-        self.settings = LoRASettings.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
+        self.settings = self.settings_class.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
         self.gate = gate  # the prototype every adapter's own gate copies its settings from
         self.enabled = True
         self._adapters: dict[str, _Adapter] = {}
@@ -457,12 +455,14 @@ class LoRAMemory(ParametricMemory):
     def save(self, folder: Path) -> None:
         """Write the memory as an artifact into `folder` (absent, empty or an earlier save), all at once."""
         meta = {
+            "method": self.method,
             "settings": asdict(self.settings),
             "gate": self.gate.settings() if self.gate is not None else None,
             "active": self._active,
             "enabled": self.enabled,
             "adapters": [
-                {"name": name, "edits": [edit_to_record(edit) for edit in adapter.edits]}
+                {"name": name, "rank": self.model.model.peft_config[adapter.key].r,
+                 "edits": [edit_to_record(edit) for edit in adapter.edits]}
                 for name, adapter in self._adapters.items()
             ],
         }
@@ -475,6 +475,11 @@ class LoRAMemory(ParametricMemory):
         write_artifact(Path(folder), KIND, meta, build=build, fingerprint=self.model.fingerprint())
 
     @classmethod
+    def _stored_config(cls, settings: LayerSettings, entry: Mapping[str, Any]) -> LoraConfig:
+        """The config a stored adapter is attached with (rebuilt from the settings, never read from disk)."""
+        return settings.lora_config()
+
+    @classmethod
     def load(cls, folder: Path, model: LanguageModel) -> Self:
         folder = Path(folder)
         artifact = read_artifact(
@@ -482,15 +487,17 @@ class LoRAMemory(ParametricMemory):
         )
         artifact.check_meta(LoRAMeta)
         meta = artifact.meta
+        if meta.get("method", "lora") != cls.method:
+            raise IncompatibleError(f"{folder} holds a {meta.get('method')!r} memory, not {cls.method!r}")
         try:
-            settings = LoRASettings.from_mapping(meta["settings"])
+            settings = cls.settings_class.from_mapping(meta["settings"])
             gate = EditGate.from_stored(meta["gate"], artifact.where("meta.gate")) if meta["gate"] else None
         except (TypeError, ValueError, MemosError) as error:
             raise IncompatibleError(f"{artifact.where('meta.settings/gate')}: {error}") from None
         hidden = model.model.config.hidden_size
         if settings.rank > hidden:  # checked before anything of that size is allocated
             raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {settings.rank} is above the model's width {hidden}")
-        config = settings.for_depth(model.model.config.num_hidden_layers).lora_config()
+        settings = settings.for_depth(model.model.config.num_hidden_layers)
         # Read every adapter before touching the model, so a bad file leaves the model as it was.
         loaded = []
         for i, entry in enumerate(meta["adapters"]):
@@ -499,6 +506,7 @@ class LoRAMemory(ParametricMemory):
                 raise DataError(f"{artifact.where(f'meta.adapters[{i}].name')}: bad adapter name {name!r}")
             check_json(entry["edits"], list[KnowledgeEdit], str(folder / MANIFEST), prefix=f"meta.adapters[{i}].edits")
             edits = [edit_from_record(r, f"{folder} edit {j}") for j, r in enumerate(entry["edits"])]
+            config = cls._stored_config(settings, entry)
             state = artifact.read_peft_adapter(f"{ADAPTERS_DIR}/{name}", config)
             loaded.append((name, copy.deepcopy(config), state, edits))
         memory = cls(model, gate=gate, adapter=None, **asdict(settings))
@@ -519,10 +527,12 @@ class LoRAMemory(ParametricMemory):
 
 class _AdapterEntry(TypedDict):
     name: str
+    rank: NotRequired[int]
     edits: list[dict[str, Any]]
 
 
 class LoRAMeta(TypedDict):
+    method: NotRequired[str]
     settings: dict[str, Any]
     gate: dict[str, Any] | None
     active: str | None

@@ -6,7 +6,6 @@ keeps its index over them by implementing `_index_add`, `_index_remove` and `_se
 
 from __future__ import annotations
 
-import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from memos_lab.errors import ConfigError, DataError, MemosError, NotFoundError
 from memos_lab.memory.item import ACTIVE, ARCHIVED, DELETED, STATUSES, MemoryItem, MemoryMetadata, now_iso
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import Settings
 
 KEY_FIELD = "key"  # metadata.extra field holding an item's index key, when it differs from its text
 MAX_TEXT_CHARS = 100_000  # longer texts are a bug upstream (a whole file read as one memory), not a memory
@@ -79,6 +79,8 @@ class SearchHit:
 
 
 class TextualMemory(ABC):
+    settings: Settings  # a backend's frozen settings dataclass (memos_lab/settings.py), built in __init__
+
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
         self._items: dict[str, MemoryItem] = {}
@@ -225,18 +227,8 @@ class TextualMemory(ABC):
         return len(self._items)
 
     def config(self) -> dict[str, object]:
-        """The constructor arguments besides the embedder, so a stored memory can be rebuilt as it was.
-
-        Backends keep each constructor argument in an attribute of the same name; arguments a subclass
-        passes on through **kwargs are found in its base classes' constructors.
-        """
-        names: dict[str, None] = {}
-        for cls in type(self).__mro__:
-            if "__init__" in vars(cls) and cls is not TextualMemory and issubclass(cls, TextualMemory):
-                for name, parameter in inspect.signature(cls.__init__).parameters.items():
-                    if name not in ("self", "embedder") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
-                        names[name] = None
-        return {name: getattr(self, name) for name in names}
+        """The settings besides the embedder, so a stored memory can be rebuilt as it was."""
+        return self.settings.to_dict()
 
     # ---- what a backend implements --------------------------------------------------------------
 

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
-from memos_lab.memory.textual.lexical import Bm25Index, reciprocal_rank_fusion
+from memos_lab.memory.textual.lexical import Bm25Index, FusionSettings, reciprocal_rank_fusion
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import non_negative, one_of
 
 FUSIONS = ("rrf", "bm25", "dense")
+
+
+@dataclass(frozen=True)
+class GeneralTextSettings(FusionSettings):
+    fusion: str = "rrf"  # rrf | bm25 | dense
+    # >0: also rank items by their own text when a reader gave them a richer key (the committed
+    # retrieval results ran with 0.5)
+    text_weight: float = 0.5
+
+    def validate(self) -> None:
+        super().validate()
+        one_of(self, "fusion", FUSIONS)
+        non_negative(self, "text_weight")
 
 
 class GeneralTextMemory(TextualMemory):
@@ -22,47 +37,26 @@ class GeneralTextMemory(TextualMemory):
     score = w_lex / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense).
     """
 
-    def __init__(
-        self,
-        embedder: Embedder,
-        fusion: str = "rrf",
-        rrf_k: int = 60,
-        lexical_weight: float = 1.0,
-        dense_weight: float = 1.0,
-        bm25_k1: float = 1.5,
-        bm25_b: float = 0.75,
-        bm25_stemming: bool = False,
-        text_weight: float = 0.0,
-    ) -> None:
-        if fusion not in FUSIONS:
-            raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
-        numbers = {"rrf_k": rrf_k, "lexical_weight": lexical_weight, "dense_weight": dense_weight,
-                   "bm25_k1": bm25_k1, "bm25_b": bm25_b, "text_weight": text_weight}  # fmt: skip
-        for name, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"memory.{name} must be a non-negative number, got {value!r}")
+    settings_class: type[GeneralTextSettings] = GeneralTextSettings
+    settings: GeneralTextSettings
+
+    def __init__(self, embedder: Embedder, **settings: Any) -> None:
         super().__init__(embedder)
-        self.fusion = fusion
-        self.rrf_k = rrf_k
-        self.lexical_weight = lexical_weight
-        self.dense_weight = dense_weight
-        self.bm25_k1 = bm25_k1
-        self.bm25_b = bm25_b
-        self.bm25_stemming = bm25_stemming
-        self.text_weight = text_weight
+        self.settings = self.settings_class.from_mapping(settings)
+        s = self.settings
         self._row_ids: list[str] = []  # row i of the indexes holds item _row_ids[i]
         self._matrix = np.zeros((0, embedder.dim), dtype=np.float32)
-        self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
+        self._bm25 = Bm25Index(s.bm25_k1, s.bm25_b, s.bm25_stemming)
         # With text_weight > 0, items whose key differs from their text are also ranked by the text alone.
         self._text_matrix = np.zeros((0, embedder.dim), dtype=np.float32)
-        self._text_bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
+        self._text_bm25 = Bm25Index(s.bm25_k1, s.bm25_b, s.bm25_stemming)
         self._has_keys = False
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
         self._matrix = np.vstack([self._matrix, np.stack([item.embedding for item in items])])
         self._bm25.invalidate()
-        if self.text_weight:
+        if self.settings.text_weight:
             keyed = [i for i, item in enumerate(items) if self.key(item) != item.text]
             self._has_keys = self._has_keys or bool(keyed)
             vectors = np.stack([item.embedding for item in items])
@@ -77,7 +71,7 @@ class GeneralTextMemory(TextualMemory):
         self._row_ids = [self._row_ids[row] for row in keep]
         self._matrix = self._matrix[keep]
         self._bm25.invalidate()
-        if self.text_weight:
+        if self.settings.text_weight:
             self._text_matrix = self._text_matrix[keep]
             self._text_bm25.invalidate()
 
@@ -99,22 +93,22 @@ class GeneralTextMemory(TextualMemory):
         rankings = self._rankings(query, mask)
         if len(rankings) == 1:
             return rankings[0][1].astype(np.float64)
-        return reciprocal_rank_fusion(rankings, mask, self.rrf_k)
+        return reciprocal_rank_fusion(rankings, mask, self.settings.rrf_k)
 
     def _rankings(self, query: str, mask: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """(weight, one score per row) for each ranking to fuse; subclasses add structural rankings."""
         rankings = []
-        if self.fusion in ("rrf", "bm25"):
-            rankings.append((self.lexical_weight, self._bm25_scores(query)))
-        if self.fusion in ("rrf", "dense"):
-            rankings.append((self.dense_weight, self._dense_scores(query)))
-        if self.text_weight and self._has_keys:  # without keys the text rankings would repeat the others
-            if self.fusion in ("rrf", "bm25"):
+        if self.settings.fusion in ("rrf", "bm25"):
+            rankings.append((self.settings.lexical_weight, self._bm25_scores(query)))
+        if self.settings.fusion in ("rrf", "dense"):
+            rankings.append((self.settings.dense_weight, self._dense_scores(query)))
+        if self.settings.text_weight and self._has_keys:  # without keys the text rankings would repeat the others
+            if self.settings.fusion in ("rrf", "bm25"):
                 texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
-                rankings.append((self.text_weight * self.lexical_weight, self._text_bm25.scores(query, texts)))
-            if self.fusion in ("rrf", "dense"):
+                rankings.append((self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query, texts)))
+            if self.settings.fusion in ("rrf", "dense"):
                 dense = self._text_matrix @ self.embedder.encode([query])[0]
-                rankings.append((self.text_weight * self.dense_weight, dense))
+                rankings.append((self.settings.text_weight * self.settings.dense_weight, dense))
         return rankings
 
     def _dense_scores(self, query: str) -> np.ndarray:

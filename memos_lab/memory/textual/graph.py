@@ -15,7 +15,9 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -24,8 +26,9 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from memos_lab.artifact import read_json_file
 from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem
-from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.memory.textual.general_text import GeneralTextMemory, GeneralTextSettings
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import non_negative, probability
 
 GRAPH_FILE = "graph.json"
 _NAME = re.compile(r"\b[A-Z][\w-]*(?:\s+[A-Z][\w-]*)*")
@@ -47,23 +50,26 @@ def extract_entities(text: str, terms: bool = False) -> set[str]:
     return found
 
 
+@dataclass(frozen=True)
+class GraphSettings(GeneralTextSettings):
+    entity_weight: float = 1.0  # weight of the entity ranking in the fusion (0 turns the graph off)
+    expansion_weight: float = 0.3  # credit for entities one co-occurrence hop from the query's
+    neighbour_weight: float = 0.0  # share of the best `next`-linked item's score an item gains
+    max_entity_share: float = 0.05  # entities named in more of the items than this share (speakers) rank nothing
+    terms: bool = False  # also link content words, not only capitalised names
+
+    def validate(self) -> None:
+        super().validate()
+        non_negative(self, "entity_weight", "expansion_weight", "neighbour_weight")
+        probability(self, "max_entity_share")
+
+
 class GraphMemory(GeneralTextMemory):
-    def __init__(
-        self,
-        embedder: Embedder,
-        entity_weight: float = 1.0,
-        expansion_weight: float = 0.3,
-        neighbour_weight: float = 0.0,
-        max_entity_share: float = 0.05,
-        terms: bool = False,
-        **fusion_settings: object,  # general_text's: fusion, rrf_k, lexical_weight, dense_weight, bm25_*
-    ) -> None:
-        super().__init__(embedder, **fusion_settings)
-        self.entity_weight = entity_weight
-        self.expansion_weight = expansion_weight
-        self.neighbour_weight = neighbour_weight
-        self.max_entity_share = max_entity_share
-        self.terms = terms
+    settings_class = GraphSettings
+    settings: GraphSettings
+
+    def __init__(self, embedder: Embedder, **settings: Any) -> None:
+        super().__init__(embedder, **settings)
         self.graph = nx.Graph()
         self._last_of_session: dict[str, str] = {}  # session -> its latest item, to link the next one
         self._row_of: dict[str, int] | None = None
@@ -75,7 +81,7 @@ class GraphMemory(GeneralTextMemory):
         for item in items:
             node = f"item:{item.id}"
             self.graph.add_node(node, kind="item")
-            entities = sorted(extract_entities(self.key(item), self.terms))
+            entities = sorted(extract_entities(self.key(item), self.settings.terms))
             for entity in entities:
                 self.graph.add_node(f"entity:{entity}", kind="entity")
                 self.graph.add_edge(node, f"entity:{entity}", relation="mentions")
@@ -106,13 +112,13 @@ class GraphMemory(GeneralTextMemory):
 
     def _rankings(self, query: str, mask: np.ndarray) -> list[tuple[float, np.ndarray]]:
         rankings = super()._rankings(query, mask)
-        if self.entity_weight:
-            rankings.append((self.entity_weight, self._entity_scores(query)))
+        if self.settings.entity_weight:
+            rankings.append((self.settings.entity_weight, self._entity_scores(query)))
         return rankings
 
     def _fused_scores(self, query: str, mask: np.ndarray) -> np.ndarray:
         scores = super()._fused_scores(query, mask)
-        if not self.neighbour_weight:
+        if not self.settings.neighbour_weight:
             return scores
         masked = np.where(mask, scores, -np.inf)
         boosted = scores.copy()
@@ -120,28 +126,28 @@ class GraphMemory(GeneralTextMemory):
         for row, item_id in enumerate(self._row_ids):
             neighbours = [rows[n[5:]] for n in self.graph.neighbors(f"item:{item_id}") if n.startswith("item:")]
             if neighbours:
-                boosted[row] += self.neighbour_weight * max(0.0, float(masked[neighbours].max()))
+                boosted[row] += self.settings.neighbour_weight * max(0.0, float(masked[neighbours].max()))
         return boosted
 
     def query_entities(self, query: str) -> dict[str, float]:
         """Entities of the query (weight 1) and their co-occurring neighbours (`expansion_weight`)."""
         words = set(re.findall(r"[a-z0-9][\w-]*", query.lower()))
-        named = {e for e in extract_entities(query, self.terms) if self.graph.has_node(f"entity:{e}")}
+        named = {e for e in extract_entities(query, self.settings.terms) if self.graph.has_node(f"entity:{e}")}
         named |= {e for e in words if self.graph.has_node(f"entity:{e}")}
         weights = {f"entity:{e}": 1.0 for e in named}
-        if self.expansion_weight:
+        if self.settings.expansion_weight:
             for entity in list(weights):
                 edges = [(n, d["weight"]) for n, d in self.graph[entity].items() if n.startswith("entity:")]
                 total = sum(weight for _, weight in edges) or 1
                 for neighbour, weight in edges:
                     if neighbour not in weights or weights[neighbour] < 1.0:
-                        weights[neighbour] = weights.get(neighbour, 0.0) + self.expansion_weight * weight / total
+                        weights[neighbour] = weights.get(neighbour, 0.0) + self.settings.expansion_weight * weight / total
         return weights
 
     def _entity_scores(self, query: str) -> np.ndarray:
         scores = np.zeros(len(self._row_ids), dtype=np.float64)
         rows = self._rows()
-        common = max(1.0, self.max_entity_share * len(rows))
+        common = max(1.0, self.settings.max_entity_share * len(rows))
         for entity, weight in self.query_entities(query).items():
             mentions = [n[5:] for n in self.graph.neighbors(entity) if n.startswith("item:")]
             if len(mentions) > common:

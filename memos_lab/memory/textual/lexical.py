@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import bm25s
 import numpy as np
 
+from memos_lab.settings import Settings, non_negative, non_negative_int
+
 # bm25s sets its own logger to DEBUG on import and logs every index build; keep runs readable.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class FusionSettings(Settings):
+    """The lexical + dense fusion settings every text backend shares."""
+
+    section: ClassVar[str] = "memory"
+    rrf_k: int = 60  # reciprocal rank fusion: score = w / (rrf_k + rank)
+    lexical_weight: float = 1.0
+    dense_weight: float = 1.0
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    bm25_stemming: bool = False  # strip plural, -ing and -ed suffixes before BM25
+
+    def validate(self) -> None:
+        non_negative_int(self, "rrf_k")
+        non_negative(self, "lexical_weight", "dense_weight", "bm25_k1", "bm25_b")
 
 
 class Bm25Index:

@@ -13,15 +13,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from memos_lab.artifact import read_json_file
-from memos_lab.errors import ConfigError, DataError
+from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem
-from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.memory.textual.general_text import GeneralTextMemory, GeneralTextSettings
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import non_negative, non_negative_int, positive_int
 
 TREE_FILE = "tree.json"
 NO_SESSION = "(no session)"
@@ -35,30 +37,28 @@ class TreeNode:
     centroid: np.ndarray
 
 
+@dataclass(frozen=True)
+class TreeTextSettings(GeneralTextSettings):
+    leaf_size: int = 16  # items per topic, on average
+    topic_weight: float = 0.3  # the topic's similarity added to an item's dense score
+    session_weight: float = 0.3  # the session's similarity added to an item's dense score
+    beam: int = 0  # >0: search only under the `beam` best topics (hard descent)
+    summary_items: int = 2  # members nearest the centroid that make a node's summary
+    seed: int = 0  # k-means
+
+    def validate(self) -> None:
+        super().validate()
+        positive_int(self, "leaf_size", "summary_items")
+        non_negative_int(self, "beam")
+        non_negative(self, "topic_weight", "session_weight")
+
+
 class TreeTextMemory(GeneralTextMemory):
-    def __init__(
-        self,
-        embedder: Embedder,
-        leaf_size: int = 16,
-        topic_weight: float = 0.3,
-        session_weight: float = 0.3,
-        beam: int = 0,
-        summary_items: int = 2,
-        seed: int = 0,
-        **fusion_settings: object,  # general_text's: fusion, rrf_k, lexical_weight, dense_weight, bm25_*
-    ) -> None:
-        super().__init__(embedder, **fusion_settings)
-        for name, value in {"leaf_size": leaf_size, "summary_items": summary_items}.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
-        if isinstance(beam, bool) or not isinstance(beam, int) or beam < 0:
-            raise ConfigError(f"memory.beam must be a non-negative integer, got {beam!r}")
-        self.leaf_size = leaf_size
-        self.topic_weight = topic_weight
-        self.session_weight = session_weight
-        self.beam = beam
-        self.summary_items = summary_items
-        self.seed = seed
+    settings_class = TreeTextSettings
+    settings: TreeTextSettings
+
+    def __init__(self, embedder: Embedder, **settings: Any) -> None:
+        super().__init__(embedder, **settings)
         self._topic_of: dict[str, int] = {}  # item id -> topic number
         self._clustered_size = 0  # store size at the last full clustering
         self._nodes: dict[str, TreeNode] | None = None  # built lazily after changes
@@ -86,11 +86,11 @@ class TreeTextMemory(GeneralTextMemory):
 
     def _cluster(self) -> None:
         n = len(self._row_ids)
-        k = max(1, round(n / self.leaf_size))
+        k = max(1, round(n / self.settings.leaf_size))
         if k == 1:
             labels = np.zeros(n, dtype=np.int64)
         else:
-            kmeans = faiss.Kmeans(self.embedder.dim, k, niter=20, seed=self.seed, spherical=True, min_points_per_centroid=1)
+            kmeans = faiss.Kmeans(self.embedder.dim, k, niter=20, seed=self.settings.seed, spherical=True, min_points_per_centroid=1)
             kmeans.train(self._matrix)
             labels = kmeans.index.search(self._matrix, 1)[1][:, 0]
         self._topic_of = {item_id: int(label) for item_id, label in zip(self._row_ids, labels)}
@@ -117,7 +117,7 @@ class TreeTextMemory(GeneralTextMemory):
 
     def _node(self, node_id: str, rows: list[int]) -> TreeNode:
         centroid = _normalised(self._matrix[rows].sum(axis=0, keepdims=True))[0]
-        nearest = np.argsort(-(self._matrix[rows] @ centroid), kind="stable")[: self.summary_items]
+        nearest = np.argsort(-(self._matrix[rows] @ centroid), kind="stable")[: self.settings.summary_items]
         summary = " … ".join(self._items[self._row_ids[rows[i]]].text for i in sorted(nearest))
         return TreeNode(node_id, tuple(self._row_ids[row] for row in rows), summary, centroid)
 
@@ -139,13 +139,13 @@ class TreeTextMemory(GeneralTextMemory):
     def _dense_scores(self, query: str) -> np.ndarray:
         query_vector = self.embedder.encode([query])[0]
         topic, session = self._parent_similarity(query_vector)
-        return self._matrix @ query_vector + self.topic_weight * topic + self.session_weight * session
+        return self._matrix @ query_vector + self.settings.topic_weight * topic + self.settings.session_weight * session
 
     def _fused_scores(self, query: str, mask: np.ndarray) -> np.ndarray:
-        if not self.beam:
+        if not self.settings.beam:
             return super()._fused_scores(query, mask)
         topic, _ = self._parent_similarity(self.embedder.encode([query])[0])
-        best = np.unique(topic[mask])[::-1][: self.beam]
+        best = np.unique(topic[mask])[::-1][: self.settings.beam]
         inside = mask & (topic >= best[-1])
         scores = super()._fused_scores(query, inside)
         scores[~inside] = -np.inf

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from memos_lab.artifact import read_json_file
-from memos_lab.errors import ConfigError, DataError
+from memos_lab.errors import DataError
 from memos_lab.memory.item import ACTIVE, MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
-from memos_lab.memory.textual.lexical import Bm25Index, fuse_ranked_lists
+from memos_lab.memory.textual.lexical import Bm25Index, FusionSettings, fuse_ranked_lists
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import one_of, positive_int
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 FUSIONS = ("dense", "rrf")
@@ -31,49 +34,32 @@ IDS_FILE = "vector_ids.json"
 _IVF_POINTS_PER_LIST = 39  # faiss warns below this many training points per centroid
 
 
+@dataclass(frozen=True)
+class VectorSettings(FusionSettings):
+    # flat: exact; hnsw: graph ANN (fast search, no true removal); ivf: inverted lists
+    index_type: str = "hnsw"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    ivf_nlist: int = 1024  # capped at items/39 while the store is small
+    ivf_nprobe: int = 16
+    fusion: str = "rrf"  # rrf | dense
+    candidates: int = 100  # dense and lexical candidates taken into the fusion
+
+    def validate(self) -> None:
+        super().validate()
+        one_of(self, "index_type", INDEX_TYPES)
+        one_of(self, "fusion", FUSIONS)
+        positive_int(self, "hnsw_m", "ef_construction", "ef_search", "ivf_nlist", "ivf_nprobe", "candidates")
+
+
 class VectorMemory(TextualMemory):
-    def __init__(
-        self,
-        embedder: Embedder,
-        index_type: str = "hnsw",
-        hnsw_m: int = 32,
-        ef_construction: int = 200,
-        ef_search: int = 128,
-        ivf_nlist: int = 1024,
-        ivf_nprobe: int = 16,
-        fusion: str = "rrf",
-        candidates: int = 100,
-        rrf_k: int = 60,
-        lexical_weight: float = 1.0,
-        dense_weight: float = 1.0,
-        bm25_k1: float = 1.5,
-        bm25_b: float = 0.75,
-        bm25_stemming: bool = False,
-    ) -> None:
-        if index_type not in INDEX_TYPES:
-            raise ConfigError(f"memory.index_type: unknown {index_type!r}; valid: {list(INDEX_TYPES)}")
-        if fusion not in FUSIONS:
-            raise ConfigError(f"memory.fusion: unknown {fusion!r}; valid: {list(FUSIONS)}")
-        positive = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search,
-                    "ivf_nlist": ivf_nlist, "ivf_nprobe": ivf_nprobe, "candidates": candidates}  # fmt: skip
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"memory.{name} must be a positive integer, got {value!r}")
+    settings_class = VectorSettings
+    settings: VectorSettings
+
+    def __init__(self, embedder: Embedder, **settings: Any) -> None:
         super().__init__(embedder)
-        self.index_type = index_type
-        self.hnsw_m = hnsw_m
-        self.ef_construction = ef_construction
-        self.ef_search = ef_search
-        self.ivf_nlist = ivf_nlist
-        self.ivf_nprobe = ivf_nprobe
-        self.fusion = fusion
-        self.candidates = candidates
-        self.rrf_k = rrf_k
-        self.lexical_weight = lexical_weight
-        self.dense_weight = dense_weight
-        self.bm25_k1 = bm25_k1
-        self.bm25_b = bm25_b
-        self.bm25_stemming = bm25_stemming
+        self.settings = VectorSettings.from_mapping(settings)
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
@@ -82,24 +68,24 @@ class VectorMemory(TextualMemory):
         self._selector: tuple[frozenset[str], object, list[object]] | None = None  # built per statuses filter
         self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
         self._index = self._new_index()
-        self._bm25 = Bm25Index(bm25_k1, bm25_b, bm25_stemming)
+        self._bm25 = Bm25Index(self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemming)
         self._bm25_rows: list[str] = []  # item ids in BM25 row order; emptied when the store changes
 
     # ---- index maintenance ----------------------------------------------------------------------
 
     def _new_index(self, n_train: int = 0) -> faiss.Index:
         dim = self.embedder.dim
-        if self.index_type == "flat":
+        if self.settings.index_type == "flat":
             base = faiss.IndexFlatIP(dim)
-        elif self.index_type == "hnsw":
-            base = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            base.hnsw.efConstruction = self.ef_construction
-            base.hnsw.efSearch = self.ef_search
+        elif self.settings.index_type == "hnsw":
+            base = faiss.IndexHNSWFlat(dim, self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = self.settings.ef_construction
+            base.hnsw.efSearch = self.settings.ef_search
         else:
             # Fewer lists than asked when the store is small, so every list gets enough training points.
-            nlist = max(1, min(self.ivf_nlist, n_train // _IVF_POINTS_PER_LIST))
+            nlist = max(1, min(self.settings.ivf_nlist, n_train // _IVF_POINTS_PER_LIST))
             base = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            base.nprobe = min(self.ivf_nprobe, nlist)
+            base.nprobe = min(self.settings.ivf_nprobe, nlist)
         return faiss.IndexIDMap2(base)
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
@@ -125,7 +111,7 @@ class VectorMemory(TextualMemory):
         pending = set(self._pending)
         stored = np.asarray([i for i in removed if i not in pending], dtype=np.int64)
         self._pending = [i for i in self._pending if i in self._item_id]
-        if self.index_type == "hnsw":
+        if self.settings.index_type == "hnsw":
             self._tombstones.update(stored.tolist())
             if len(self._tombstones) > len(self._item_id):
                 self._rebuild()
@@ -167,14 +153,14 @@ class VectorMemory(TextualMemory):
         self._ensure_trained()
         query_vector = self.embedder.encode([query])[0:1].astype(np.float32)
         # Over-fetch until enough candidates pass the filter (or the whole store was seen).
-        needed = want = max(top_k, self.candidates)
+        needed = want = max(top_k, self.settings.candidates)
         while True:
             dense = self._dense_candidates(query_vector, want, search_filter)
             if len(dense) >= needed or want >= len(self._item_id) + len(self._tombstones):
                 break
             want *= 4
         dense = dense[:needed]
-        if self.fusion == "dense":
+        if self.settings.fusion == "dense":
             return [SearchHit(self._items[item_id], score) for item_id, score in dense[:top_k]]
         return self._fuse(query, dense, top_k, search_filter)
 
@@ -203,9 +189,9 @@ class VectorMemory(TextualMemory):
             if excluded:
                 batch = faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64))
                 selector = faiss.IDSelectorNot(batch)
-                if self.index_type == "hnsw":
-                    params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.ef_search)
-                elif self.index_type == "ivf":
+                if self.settings.index_type == "hnsw":
+                    params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.settings.ef_search)
+                elif self.settings.index_type == "ivf":
                     params = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self._index).nprobe)
                 else:
                     params = faiss.SearchParameters(sel=selector)
@@ -219,15 +205,16 @@ class VectorMemory(TextualMemory):
             self._bm25.invalidate()
         lexical = self._bm25.scores(query, lambda: [self.key(self._items[i]) for i in self._bm25_rows])
         positive = np.flatnonzero(lexical > 0)
-        limit = 4 * self.candidates
+        limit = 4 * self.settings.candidates
         shortlist = positive
         if len(positive) > limit:  # sort only the best few: cheap even at a million items
             shortlist = positive[np.argpartition(-lexical[positive], limit - 1)[:limit]]
         lexical_top = self._lexical_ranked(shortlist, lexical, search_filter, len(dense))
         if len(lexical_top) < len(dense) and len(shortlist) < len(positive):  # a tight filter: sort them all
             lexical_top = self._lexical_ranked(positive, lexical, search_filter, len(dense))
+        s = self.settings
         fused = fuse_ranked_lists(
-            [(self.dense_weight, [item_id for item_id, _ in dense]), (self.lexical_weight, lexical_top)], self.rrf_k
+            [(s.dense_weight, [item_id for item_id, _ in dense]), (s.lexical_weight, lexical_top)], s.rrf_k
         )
         return [SearchHit(self._items[item_id], score) for item_id, score in fused[:top_k]]
 
@@ -252,9 +239,9 @@ class VectorMemory(TextualMemory):
         except (RuntimeError, OSError, ValueError, KeyError, TypeError) as error:
             raise DataError(f"{folder}: unreadable vector index ({str(error).strip().splitlines()[0][:200]})") from None
         base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
-        if type(base) is not _INDEX_CLASSES[self.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if type(base) is not _INDEX_CLASSES[self.settings.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
             found = type(base or index).__name__
-            raise DataError(f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.index_type} index this memory uses")
+            raise DataError(f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.settings.index_type} index this memory uses")
         if set(item_id.values()) != {item.id for item in items} or index.ntotal != len(item_id) + len(tombstones):
             raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
         if index.d != self.embedder.dim:
@@ -263,10 +250,10 @@ class VectorMemory(TextualMemory):
         self._faiss_id = {item: faiss_id for faiss_id, item in item_id.items()}
         self._inactive = {}
         self._note_statuses(items)
-        if self.index_type == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = self.ef_search
-        elif self.index_type == "ivf":
-            faiss.extract_index_ivf(index).nprobe = self.ivf_nprobe
+        if self.settings.index_type == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = self.settings.ef_search
+        elif self.settings.index_type == "ivf":
+            faiss.extract_index_ivf(index).nprobe = self.settings.ivf_nprobe
 
     def index_nbytes(self) -> int:
         self._ensure_trained()

@@ -1,0 +1,414 @@
+"""Locate-then-edit parametric memory: closed-form edits of the MLP `down_proj` weights, kept as LoRA adapters.
+
+The shared core of ROME, MEMIT and AlphaEdit (rome.py, memit.py, alphaedit.py add only their update rule):
+
+1. key: the input of `down_proj` at the subject's last token, at each edited layer (averaged over the
+   edit prompt and `context_templates` model-written prefixes of it);
+2. target value: one vector δ per edit, added to the MLP output of the last edited layer at the subject's
+   last token and optimised (`v_steps` Adam steps, the weights frozen) so the model says the new target,
+   with ROME's KL term on "<subject> is a" and a weight decay on δ, its norm clamped;
+3. the update: the method's closed form (a least-squares solve weighted by the key statistics E[k kᵀ]
+   of `key_stats.py`), turning keys into the target values.
+
+Every delta is stored exactly as a LoRA adapter on `down_proj` of the edited layers: the adapter holds the
+sum of the adapter's edits, factorised by SVD into lora_B @ lora_A with alpha = rank (scaling 1). The rank
+is the delta's numerical rank (at most the number of edits), or `rank` when set, with the dropped part
+reported as `delta_residual` (relative Frobenius norm). Saving, switching, merging, fingerprints and
+refusals are LoRAMemory's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from peft import LoraConfig
+
+from memos_lab.data.schema import KnowledgeEdit
+from memos_lab.errors import ConfigError, DataError
+from memos_lab.memory.parametric import key_stats
+from memos_lab.memory.parametric.base import EditReport, check_batch
+from memos_lab.memory.parametric.gate import EditGate
+from memos_lab.memory.parametric.lora import LayerSettings, LoRAMemory, _norm
+from memos_lab.models.llm import LanguageModel
+from memos_lab.models.probe import encode_target, greedy_continuations, left_padded
+
+MODULE = "down_proj"
+TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You", "It")  # MEMIT's context-template openings
+TEMPLATE_TOKENS = 10
+RANK_TOLERANCE = 1e-6  # singular values below this fraction of the largest count as zero
+
+
+@dataclass(frozen=True)
+class EditorSettings(LayerSettings):
+    """The settings every locate-then-edit method shares (method files add their own)."""
+
+    layers: tuple[int, ...] | None = None
+    layer_span: tuple[float, float] | None = None  # [lo, hi) as fractions of the depth, as for LoRA
+    rank: int | None = None  # None: the exact delta (its numerical rank); else truncated, residual reported
+    v_steps: int = 25  # Adam steps on the target vectors per batch
+    v_lr: float = 0.5
+    kl_weight: float = 0.0625  # ROME's KL(base || edited) on "<subject> is a"
+    weight_decay: float = 0.5  # on |δ|² / |h|², h the hidden state δ is added to
+    clamp_norm: float = 4.0  # |δ| <= clamp_norm * |h|
+    v_stop_nll: float = 0.05  # stop early once every edit's mean target-token NLL is below this
+    context_templates: int = 0  # model-written prefixes the key and value are averaged over (MEMIT: 5)
+    stats_corpus: str = "model"  # key_stats.CORPORA
+    stats_tokens: int = 20000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.layer_span is not None and self.layers is not None:
+            raise ConfigError("parametric: set layers or layer_span, not both")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"parametric.rank must be >= 1 or null (exact), got {self.rank}")
+        if self.v_steps < 1 or self.v_lr <= 0 or self.clamp_norm <= 0:
+            raise ConfigError("parametric: v_steps, v_lr and clamp_norm must be positive")
+        if min(self.kl_weight, self.weight_decay, self.v_stop_nll, self.context_templates) < 0:
+            raise ConfigError("parametric: kl_weight, weight_decay, v_stop_nll and context_templates must be >= 0")
+        if self.context_templates > len(TEMPLATE_STARTS):
+            raise ConfigError(f"parametric.context_templates must be at most {len(TEMPLATE_STARTS)}")
+        if self.stats_corpus not in key_stats.CORPORA:
+            raise ConfigError(f"parametric.stats_corpus: unknown {self.stats_corpus!r}; valid: {', '.join(key_stats.CORPORA)}")
+
+    def for_depth(self, depth: int) -> Self:
+        resolved = super().for_depth(depth)
+        layers = resolved.layers
+        if not layers:
+            raise ConfigError("parametric: a locate-then-edit method needs layers or layer_span")
+        bad = [layer for layer in layers if not 0 <= layer < depth]
+        if bad:
+            raise ConfigError(f"parametric.layers: {bad} out of range; this model has {depth} layers (0-{depth - 1})")
+        if max(layers) == depth - 1:  # the target vector sits at the subject, which only later layers carry on
+            raise ConfigError(f"parametric.layers: the last edited layer must be below the top one ({depth - 1})")
+        return resolved
+
+    def lora_config(self, rank: int = 1) -> LoraConfig:
+        return LoraConfig(r=rank, lora_alpha=rank, target_modules=[MODULE], layers_to_transform=list(self.layers), bias="none")
+
+
+@dataclass
+class _Request:
+    """One edit, tokenised: each template row's prompt ids and the index of the subject's last token in it."""
+
+    edit: KnowledgeEdit
+    rows: list[tuple[list[int], int]]
+    target: list[int]
+    essence: tuple[list[int], int]  # "<subject> is a"
+
+
+class LocateThenEditMemory(LoRAMemory):
+    method: ClassVar[str]
+    settings_class = EditorSettings
+
+    def __init__(
+        self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default",
+        cache_dir: str | Path = "~/.cache/memos_lab", **settings: Any,
+    ) -> None:
+        if gate is not None:
+            raise ConfigError(f"parametric={self.method} edits are not gated: set parametric.gate=null")
+        self.cache_dir = Path(cache_dir).expanduser()  # where the key statistics are cached
+        self.delta_residual = 0.0  # of the last stored adapter, when `rank` truncates it
+        self._templates: list[str] | None = None
+        self._moments: dict[int, torch.Tensor] | None = None
+        super().__init__(model, gate=None, adapter=adapter, **settings)
+
+    @classmethod
+    def _stored_config(cls, settings: EditorSettings, entry: Mapping[str, Any]) -> LoraConfig:
+        """An adapter holds its delta at the delta's rank, which the manifest records per adapter."""
+        rank = entry.get("rank")
+        if not isinstance(rank, int) or rank < 1:
+            raise DataError(f"parametric memory manifest: adapter {entry.get('name')!r} has no valid rank ({rank!r})")
+        return settings.lora_config(rank)
+
+    # -- the method --------------------------------------------------------------------------------
+    @abstractmethod
+    def _deltas(self, requests: list[_Request], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+        """This batch's weight deltas {layer: (d_model, d_key)}, given the optimised value shifts δ (n, d_model)."""
+
+    def statistics(self) -> dict[int, torch.Tensor]:
+        """E[k kᵀ] of each edited layer (computed once per model and corpus, then read from the cache)."""
+        if self._moments is None:
+            s = self.settings
+            self._moments = key_stats.second_moments(self.model, s.layers, s.stats_corpus, s.stats_tokens, self.cache_dir, s.seed)
+        return self._moments
+
+    # -- editing -----------------------------------------------------------------------------------
+    def edit(self, edits: Sequence[KnowledgeEdit]) -> EditReport:
+        check_batch(edits)
+        adapter = self._adapter()
+        name = self.active_adapter
+        requests = [self._request(edit) for edit in edits]  # bad input fails here, before anything changes
+        self.statistics()
+        started = time.perf_counter()
+        with self._adapter_on(adapter.key):
+            shifts, steps, loss = self._optimise_values(requests)
+            new = self._deltas(requests, shifts, name)
+        current = self._current_deltas(adapter.key)
+        prompts = {_norm(edit.prompt) for edit in edits}
+        kept = [edit for edit in adapter.edits if _norm(edit.prompt) not in prompts]
+        self._store(name, {layer: current[layer] + new.get(layer, 0) for layer in self.settings.layers}, kept + list(edits))
+        with self._adapter_on(self._adapter().key):
+            learned = self._learned(requests)
+        return EditReport(len(edits), steps, time.perf_counter() - started, loss, learned)
+
+    def _request(self, edit: KnowledgeEdit) -> _Request:
+        try:
+            target = encode_target(self.model, edit.target_new)
+        except DataError as error:
+            raise DataError(f"edit {edit.edit_id!r}: {error}") from None
+        rows = [self._locate(prefix + edit.prompt, edit.subject, edit.edit_id) for prefix in self.templates()]
+        essence = self._locate(f"{edit.subject.strip()} is a", edit.subject, edit.edit_id)
+        return _Request(edit, rows, target, essence)
+
+    def _locate(self, text: str, subject: str, edit_id: str) -> tuple[list[int], int]:
+        """The ids of `text` and the index of the last token of the (last) occurrence of `subject` in it."""
+        found = list(re.finditer(re.escape(subject.strip()), text, flags=re.IGNORECASE)) if subject.strip() else []
+        if not found:
+            raise DataError(f"edit {edit_id!r}: subject {subject!r} does not occur in its prompt {text!r}")
+        end = found[-1].end()
+        encoded = self.model.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        ids, offsets = [int(i) for i in encoded["input_ids"]], encoded["offset_mapping"]
+        at = max(i for i, (start, stop) in enumerate(offsets) if start < end and stop > start)
+        return ids, at
+
+    def templates(self) -> list[str]:
+        """"" and `context_templates` short model-written prefixes (greedy, so no randomness)."""
+        if self._templates is None:
+            starts = list(TEMPLATE_STARTS[: self.settings.context_templates])
+            said = greedy_continuations(self.model, starts, TEMPLATE_TOKENS) if starts else []
+            prefixes = [f"{s}{self.model.tokenizer.decode(ids, skip_special_tokens=True)}" for s, ids in zip(starts, said, strict=True)]
+            self._templates = [""] + [" ".join(p.replace("{", " ").replace("}", " ").split()) + ". " for p in prefixes]
+        return self._templates
+
+    # -- the target values -------------------------------------------------------------------------
+    def _optimise_values(self, requests: list[_Request]) -> tuple[torch.Tensor, int, float]:
+        """δ per edit at the MLP output of the last edited layer, so that every template says the target."""
+        s = self.settings
+        layer = max(s.layers)
+        rows, at, owner, targets = [], [], [], []
+        for i, request in enumerate(requests):
+            for ids, index in request.rows:
+                rows.append(ids + request.target)
+                at.append(index)
+                owner.append(i)
+                targets.append(request.target)
+        n_target_rows = len(rows)
+        for i, request in enumerate(requests):
+            rows.append(request.essence[0])
+            at.append(request.essence[1])
+            owner.append(i)
+        owner_t = torch.tensor(owner)
+        ids, mask, positions = left_padded(self.model, rows)
+        width = ids.shape[1]
+        cols = torch.tensor([width - len(r) + a for r, a in zip(rows, at, strict=True)])
+        row_ix = torch.arange(len(rows))
+        # the positions whose logits predict each target token, and those tokens
+        pred_rows = torch.tensor([r for r, t in enumerate(targets) for _ in t])
+        pred_cols = torch.tensor([width - len(t) - 1 + j for t in targets for j in range(len(t))])
+        gold = torch.tensor([tok for t in targets for tok in t])
+        token_owner = owner_t[pred_rows]
+        tokens_per_edit = torch.bincount(token_owner, minlength=len(requests)).float()
+        essence_rows = torch.arange(n_target_rows, len(rows))
+
+        model = self.model.model
+        lm_head = model.get_output_embeddings()
+        mlp = model.model.layers[layer].mlp
+        block = model.model.layers[layer]
+        shift = torch.zeros(len(requests), mlp.down_proj.out_features, requires_grad=True)
+        seen: dict[str, torch.Tensor] = {}
+
+        def add_shift(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            return output.index_put((row_ix, cols), shift[owner_t], accumulate=True)
+
+        def keep_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, cols].detach()
+
+        def forward() -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            target_logp = lm_head(hidden[pred_rows, pred_cols]).log_softmax(-1)
+            essence_logp = lm_head(hidden[essence_rows, width - 1]).log_softmax(-1)
+            return target_logp.gather(-1, gold[:, None]).squeeze(-1), essence_logp
+
+        with torch.no_grad(), _hooked(block, keep_hidden):
+            _, base_essence = forward()
+        reference = seen["h"][:n_target_rows]
+        ref_norm = torch.zeros(len(requests)).index_add_(0, owner_t[:n_target_rows], reference.norm(dim=-1))
+        ref_norm /= torch.bincount(owner_t[:n_target_rows], minlength=len(requests)).float()
+        optimizer = torch.optim.Adam([shift], lr=s.v_lr)
+        steps, nll_value = 0, float("nan")
+        with _frozen(model), _hooked(mlp, add_shift):
+            for steps in range(1, s.v_steps + 1):
+                token_logp, essence_logp = forward()
+                nll = torch.zeros(len(requests)).index_add(0, token_owner, -token_logp) / tokens_per_edit
+                kl = torch.nn.functional.kl_div(essence_logp, base_essence, log_target=True, reduction="none").sum(-1)
+                decay = (shift.norm(dim=-1) / ref_norm) ** 2
+                loss = (nll + s.kl_weight * kl + s.weight_decay * decay).sum()
+                nll_value = float(nll.detach().mean())
+                if float(nll.detach().max()) < s.v_stop_nll:
+                    break
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():  # |δ| <= clamp_norm |h|
+                    limit = s.clamp_norm * ref_norm
+                    norms = shift.norm(dim=-1)
+                    shift.mul_(torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None])
+        if not torch.isfinite(shift).all():
+            raise ConfigError(f"parametric={self.method}: the target vectors diverged; lower parametric.v_lr")
+        return shift.detach(), steps, nll_value
+
+    # -- keys and hidden states under pending deltas ------------------------------------------------
+    @torch.no_grad()
+    def _keys_and_hidden(
+        self, requests: list[_Request], layer: int, pending: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per edit: the key at `layer` (mean over templates) and the output of the last edited layer at the
+        subject (the plain prompt), with this batch's `pending` deltas applied."""
+        rows = [ids for r in requests for ids, _ in r.rows]
+        at = [index for r in requests for _, index in r.rows]
+        ids, mask, positions = left_padded(self.model, rows)
+        cols = torch.tensor([ids.shape[1] - len(r) + a for r, a in zip(rows, at, strict=True)])
+        row_ix = torch.arange(len(rows))
+        seen: dict[str, torch.Tensor] = {}
+        layers = self.model.model.model.layers
+
+        def keep_key(module: torch.nn.Module, args: Any) -> None:
+            seen["k"] = args[0][row_ix, cols]
+
+        def keep_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, cols]
+            raise key_stats.StopForward  # nothing above the last edited layer is needed
+
+        with _pending(layers, pending), _pre_hooked(layers[layer].mlp.down_proj, keep_key), _hooked(layers[max(self.settings.layers)], keep_hidden):
+            try:
+                self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            except key_stats.StopForward:
+                pass
+        per = len(requests[0].rows)
+        keys = seen["k"].reshape(len(requests), per, -1).mean(1)
+        hidden = seen["h"].reshape(len(requests), per, -1)[:, 0]
+        return keys, hidden
+
+    def keys(self, edits: Sequence[KnowledgeEdit], layer: int) -> torch.Tensor:
+        """The keys of `edits` at `layer` on the model with the active adapter applied."""
+        requests = [self._request(edit) for edit in edits]
+        with self._adapter_on(self._adapter().key):
+            return self._keys_and_hidden(requests, layer, {})[0]
+
+    @torch.no_grad()
+    def _learned(self, requests: list[_Request]) -> bool:
+        """Every target token is the teacher-forced argmax after the plain edit prompt."""
+        for start in range(0, len(requests), 32):
+            chunk = requests[start:start + 32]
+            rows = [r.rows[0][0] + r.target for r in chunk]
+            ids, mask, positions = left_padded(self.model, rows)
+            logits = self.model.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            width = ids.shape[1]
+            for row, request in enumerate(chunk):
+                at = torch.arange(width - len(request.target) - 1, width - 1)
+                if logits[row, at].argmax(-1).tolist() != request.target:
+                    return False
+        return True
+
+    # -- the adapter holding the deltas -------------------------------------------------------------
+    @contextmanager
+    def _adapter_on(self, key: str) -> Iterator[None]:
+        model = self.model.model
+        model.set_adapter(key)
+        model.enable_adapters()
+        try:
+            yield
+        finally:
+            model.disable_adapters()
+
+    def _current_deltas(self, key: str) -> dict[int, torch.Tensor]:
+        """The weight delta the adapter `key` adds at each edited layer (scaling * B @ A)."""
+        layers = self.model.model.model.layers
+        deltas = {}
+        for layer in self.settings.layers:
+            module = getattr(layers[layer].mlp, MODULE)
+            a, b = module.lora_A[key].weight, module.lora_B[key].weight
+            deltas[layer] = (module.scaling[key] * (b.double() @ a.double())).detach()
+        return deltas
+
+    def _store(self, name: str, totals: dict[int, torch.Tensor], edits: list[KnowledgeEdit]) -> None:
+        """Replace adapter `name` by one holding `totals` exactly (or truncated to `rank`), B @ A by SVD."""
+        factors, ranks, dropped, whole = {}, [], 0.0, 0.0
+        for layer, total in totals.items():
+            u, sigma, vh = torch.linalg.svd(total.double(), full_matrices=False)
+            keep = int((sigma > sigma[0] * RANK_TOLERANCE).sum()) if sigma[0] > 0 else 0
+            factors[layer] = (u * sigma, vh)
+            ranks.append(keep)
+        rank = max(1, max(ranks)) if self.settings.rank is None else self.settings.rank
+        for layer, (us, vh) in factors.items():
+            b, a = us[:, :rank], vh[:rank]
+            dropped += float((totals[layer].double() - b @ a).norm() ** 2)
+            whole += float(totals[layer].double().norm() ** 2)
+        self.delta_residual = (dropped / whole) ** 0.5 if whole > 0 else 0.0
+        old = self._adapters.pop(name)
+        self.model.model.delete_adapter(old.key)
+        self._attach(name, self.settings.lora_config(rank), state=None)
+        self._adapters[name].edits = edits
+        layers = self.model.model.model.layers
+        key = self._adapters[name].key
+        with torch.no_grad():
+            for layer, (us, vh) in factors.items():
+                module = getattr(layers[layer].mlp, MODULE)
+                width = min(rank, us.shape[1])
+                module.lora_A[key].weight.zero_()[:width] = vh[:width].float()
+                module.lora_B[key].weight.zero_()[:, :width] = us[:, :width].float()
+
+
+@contextmanager
+def _hooked(module: torch.nn.Module, hook: Callable) -> Iterator[None]:
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _pre_hooked(module: torch.nn.Module, hook: Callable) -> Iterator[None]:
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _pending(layers: torch.nn.ModuleList, deltas: dict[int, torch.Tensor]) -> Iterator[None]:
+    """The model with extra weight deltas on `down_proj` of some layers (a batch's not yet stored update)."""
+    handles = []
+    for layer, delta in deltas.items():
+        weight = delta.float()
+        handles.append(getattr(layers[layer].mlp, MODULE).register_forward_hook(
+            lambda module, args, output, w=weight: output + args[0] @ w.T))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """No gradients for the weights while the target vectors are optimised."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
