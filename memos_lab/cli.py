@@ -217,8 +217,11 @@ def _report(args: Sequence[str]) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=lambda text: [name for name in text.split(",") if name])
     parser.add_argument("--note", help="a line for the report's header, e.g. the suite that regenerates it")
+    parser.add_argument("--mix-pinned", action="store_true", help="allow runs that differ in a pinned setting")
     options = parser.parse_args(list(args))
-    summary = write_report(options.folders, options.out, command_line("report", args), options.metrics, options.note)
+    summary = write_report(
+        options.folders, options.out, command_line("report", args), options.metrics, options.note, options.mix_pinned
+    )
     print(
         f"wrote {summary.out / 'report.md'}: {summary.configurations} configuration(s), "
         f"{summary.runs} run(s), {summary.failed} failed"
@@ -256,7 +259,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "run": (_run, "run an experiment: python -m memos_lab run [-m] [group=choice ...] [key=value ...]"),
     "load": (_load, "load data into a persistent cube: python -m memos_lab load memory_type=declarative "
              "user=U cube_dir=DIR [dataset=NAME | input=FILE.jsonl] [memory=...] [reader=fast|fine]"),
-    "report": (_report, "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT]"),
+    "report": (_report, "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT] "
+               "[--mix-pinned]"),
 }
 
 

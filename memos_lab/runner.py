@@ -92,6 +92,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
         faiss.omp_set_num_threads(int(cfg.threads))  # faiss spins OpenMP threads per search otherwise
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     env = environment()
+    env["pinned"] = pinned_settings(cfg)
     env["models"] = model_provenance(cfg)  # also refuses an unknown device or a missing GPU, before any work
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's
     atomic_write_text(run_dir / CONFIG_FILE, config_text)
@@ -115,6 +116,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last: marks done
     inner.finish(metrics)
     return _checked_objective(cfg, metrics)  # checked after writing: the run itself is sound and kept
+
+
+def pinned_settings(cfg: DictConfig) -> dict[str, str]:
+    """The settings an experiment declares results depend on beyond the swept ones (`experiment.pinned`:
+    prompt versions, judge model...): recorded in provenance and every report; `report` refuses to mix them."""
+    return {str(key): str(OmegaConf.select(cfg, str(key), default=None)) for key in cfg.experiment.get("pinned") or []}
 
 
 def _checked_objective(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
@@ -190,6 +197,7 @@ def render_report(
         f"- seed: {cfg.seed}",
         f"- wall time: {wall_s:.1f} s",
         f"- configuration: {', '.join(f'{k}={v}' for k, v in sorted(choices.items()) if v and not k.startswith('hydra'))}",
+        *([f"- pinned: {', '.join(f'{k}={v}' for k, v in env['pinned'].items())}"] if env.get("pinned") else []),
         "",
         "## Metrics",
         "",

@@ -223,7 +223,8 @@ def _describe(hint: Any) -> str:
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(values, DictConfig):
         return typing.cast(dict[str, Any], OmegaConf.to_container(values, resolve=True))
-    return dict(values)
+    # keyword arguments from hydra.utils.instantiate(..., _partial_=True) may still hold ListConfig/DictConfig values
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value for key, value in values.items()}
 
 
 def _frozen(value: Any) -> Any:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from memos_lab.cli import CONF_DIR
 from memos_lab.settings import SCHEMA_GROUP, Settings, _matches, settings_class_of
 
-NOT_COMPONENTS = ("hydra", "hparams_search", "local")  # Hydra's own settings, searches, per-machine files
+NOT_COMPONENTS = ("hydra", "hparams_search", "local", "prompt")  # Hydra's own settings, searches, per-machine files, prompt texts
 # How to compose each group: the primary config and the overrides that bring the group in.
 COMPOSE = {
     "memory_type": ("load", ["user=u", "cube_dir=d"]),

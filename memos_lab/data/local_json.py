@@ -35,5 +35,5 @@ def require_list(record: Any, key: str, where: str, item: type | None = None) ->
     value = require(record, key, where)
     if not isinstance(value, list) or (item is not None and not all(isinstance(v, item) for v in value)):
         expected = f"a list of {item.__name__}" if item is not None else "a list"
-        raise DataError(f"{where}: {key} must be {expected}, got {type(value).__name__}")
+        raise DataError(f"{where}: {key!r} must be {expected}, got {type(value).__name__}")
     return value

@@ -9,7 +9,7 @@ A list of conversations: `conversation` holds `speaker_a`, `speaker_b`, `session
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
     ADVERSARIAL, MULTI_HOP, OPEN_DOMAIN, SINGLE_HOP, TEMPORAL, Conversation, Question, Session, Turn,
 )  # fmt: skip
-from memos_lab.errors import DataError
+from memos_lab.errors import ConfigError, DataError
 
 CATEGORIES = {1: MULTI_HOP, 2: TEMPORAL, 3: OPEN_DOMAIN, 4: SINGLE_HOP, 5: ADVERSARIAL}
 _SESSION_KEY = re.compile(r"session_(\d+)")
@@ -25,15 +25,35 @@ _DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%I:%M %p on 
 
 
 def load_locomo(
-    path: str, include_captions: bool = True, limit: int | None = None, cache_dir: str | None = None
+    path: str,
+    include_captions: bool = True,
+    limit: int | None = None,
+    cache_dir: str | None = None,
+    category_map: Mapping[int, str] | None = None,
 ) -> Iterator[Conversation]:
-    """`include_captions` appends an image's caption to the turn that shares it, as LoCoMo baselines do."""
+    """`include_captions` appends an image's caption to the turn that shares it, as LoCoMo baselines do.
+    `category_map` names the dataset's category ids (default: the dataset's own code, `CATEGORIES`)."""
+    categories = checked_category_map(category_map)
     records = read_json_records(path, "LoCoMo", cache_dir)
     for index, record in enumerate(records[:limit]):
-        yield _conversation(record, index, include_captions)
+        yield _conversation(record, index, include_captions, categories)
 
 
-def _conversation(record: dict[str, Any], index: int, include_captions: bool) -> Conversation:
+def checked_category_map(category_map: Mapping[int, str] | None) -> dict[int, str]:
+    if category_map is None:
+        return dict(CATEGORIES)
+    known = {MULTI_HOP, TEMPORAL, OPEN_DOMAIN, SINGLE_HOP, ADVERSARIAL}
+    mapped = {}
+    for key, name in dict(category_map).items():
+        if str(name) not in known or not str(key).lstrip("-").isdigit():
+            raise ConfigError(
+                f"dataset.category_map: {key}: {name!r} is not an integer id mapped to one of {sorted(known)}"
+            )
+        mapped[int(key)] = str(name)
+    return mapped
+
+
+def _conversation(record: dict[str, Any], index: int, include_captions: bool, categories: dict[int, str]) -> Conversation:
     conversation_id = str(record.get("sample_id") or f"locomo-{index}")
     where = f"LoCoMo record {index} ({conversation_id})"
     body = require(record, "conversation", where)
@@ -51,7 +71,7 @@ def _conversation(record: dict[str, Any], index: int, include_captions: bool) ->
                       for i, turn in enumerate(require_list(body, f"session_{number}", f"{where} conversation")))  # fmt: skip
         sessions.append(Session(f"session_{number}", time, turns))
     last_time = sessions[-1].time
-    questions = tuple(_question(qa, f"{conversation_id}/q{i}", last_time, f"{where} qa {i}")
+    questions = tuple(_question(qa, f"{conversation_id}/q{i}", last_time, f"{where} qa {i}", categories)
                       for i, qa in enumerate(require_list(record, "qa", where)))  # fmt: skip
     return Conversation(conversation_id, speakers, tuple(sessions), questions)
 
@@ -64,18 +84,19 @@ def _turn(turn: Any, session_id: str, time: str, include_captions: bool, where: 
     return Turn(str(require(turn, "dia_id", where)), str(require(turn, "speaker", where)), text, session_id, time)
 
 
-def _question(qa: Any, question_id: str, time: str, where: str) -> Question:
+def _question(qa: Any, question_id: str, time: str, where: str, categories: dict[int, str]) -> Question:
     category_id = require(qa, "category", where)
-    if category_id not in CATEGORIES:
-        raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(CATEGORIES)}")
-    answer_key = "adversarial_answer" if category_id == 5 and qa.get("answer") is None else "answer"
+    if category_id not in categories:
+        raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(categories)}")
+    adversarial = categories[category_id] == ADVERSARIAL
+    answer_key = "adversarial_answer" if adversarial and qa.get("answer") is None else "answer"
     evidence = tuple(part.strip() for entry in require_list(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
     return Question(
         question_id=question_id,
         question=str(require(qa, "question", where)),
-        answer=str(qa.get(answer_key) if category_id == 5 else require(qa, "answer", where)),
+        answer=str(qa.get(answer_key) if adversarial else require(qa, "answer", where)),
         evidence=evidence,
-        category=CATEGORIES[category_id],
+        category=categories[category_id],
         category_id=int(category_id),
         time=time,
     )

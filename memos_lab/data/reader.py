@@ -57,7 +57,7 @@ class FastReader(Reader):
 
     name = "fast"
 
-    def __init__(self, context_turns: int = 0, date_in_key: bool = False) -> None:
+    def __init__(self, context_turns: int = 1, date_in_key: bool = False) -> None:
         if isinstance(context_turns, bool) or not isinstance(context_turns, int) or context_turns < 0:
             raise ConfigError(f"reader.context_turns must be a non-negative integer, got {context_turns!r}")
         self.context_turns = context_turns
@@ -73,7 +73,7 @@ class FastReader(Reader):
                 window = turns[max(0, i - self.context_turns) : i + self.context_turns + 1]
                 key = "\n".join(f"{t.speaker}: {t.text}" for t in window)
                 if self.date_in_key:
-                    key = f"[{_spoken_date(session.time)}]\n{key}"
+                    key = f"[{spoken_date(session.time)}]\n{key}"
                 items.append(turn_item(conversation, turn, user, key=key[:MAX_TEXT_CHARS]))
         return items
 
@@ -137,7 +137,7 @@ def _facts(text: str, limit: int) -> list[str]:
     return [fact[:MAX_TEXT_CHARS] for fact in facts if fact][:limit]
 
 
-def _spoken_date(iso_time: str) -> str:
+def spoken_date(iso_time: str) -> str:
     """"2023-05-08T13:56" -> "8 May 2023"; anything unparseable is kept as it is."""
     try:
         moment = datetime.fromisoformat(iso_time)

@@ -34,6 +34,7 @@ class JudgeSettings(Settings):
     section: ClassVar[str] = "judge"
     config_keys: ClassVar[Mapping[str, Any]] = {"generator": None}  # the Generator that grades (judge.generator)
     max_new_tokens: int = 8
+    prompt: str = PROMPT  # {question}, {gold}, {prediction}; the QA protocol passes its pinned judge prompt
 
     def validate(self) -> None:
         positive_int(self, "max_new_tokens")
@@ -45,6 +46,7 @@ class LLMJudge:
     def __init__(self, generator: Generator, **settings: Any) -> None:
         self.settings = JudgeSettings.from_mapping(settings)
         self.generator = generator
+        self.prompt = self.settings.prompt
         self.max_new_tokens = self.settings.max_new_tokens
         self.prompt_tokens = 0  # usage over every verdict asked for
         self.completion_tokens = 0
@@ -62,7 +64,7 @@ class LLMJudge:
 
     def _verdicts(self, items: Sequence[tuple[str, str, str]]) -> list[bool | str]:
         requests = [
-            ChatRequest.user(PROMPT.format(question=q, gold=g, prediction=p), request_id=str(i))
+            ChatRequest.user(self.prompt.format(question=q, gold=g, prediction=p), request_id=str(i))
             for i, (q, g, p) in enumerate(items)
         ]
         verdicts: list[bool | str] = []

@@ -1,14 +1,16 @@
-"""Answer-quality metrics, LoCoMo style (Maharana et al. 2024): token F1 and exact match after normalisation.
+"""Answer-quality metrics, LoCoMo style (Maharana et al. 2024): token F1, BLEU-1 and exact match after
+normalisation.
 
 Normalisation lower-cases, drops commas and punctuation, the articles and "and", and collapses spaces
 (LoCoMo also Porter-stems tokens; we do not, so scores can be a little lower on inflected answers).
 Multi-hop gold answers are comma-separated parts, each matched by its best part of the prediction.
 For questions whose answer is not in the memory (unanswerable, adversarial) an answer that declines
-scores 1 and any other answer 0, on both metrics.
+scores 1 and any other answer 0, on every metric.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -30,6 +32,7 @@ DECLINE_PHRASES = (
 class QAScore:
     f1: float
     em: float
+    bleu1: float
 
 
 def normalize_answer(text: str) -> str:
@@ -56,6 +59,17 @@ def multi_answer_f1(prediction: str, gold: str) -> float:
     return sum(max(token_f1(p, g) for p in predictions) for g in golds) / len(golds)
 
 
+def bleu1(prediction: str, gold: str) -> float:
+    """Sentence BLEU with unigram weights only: clipped unigram precision times the brevity penalty,
+    over normalised tokens (as nltk's sentence_bleu with weights (1, 0, 0, 0), unsmoothed)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not expected:
+        return 0.0
+    clipped = sum((Counter(predicted) & Counter(expected)).values())
+    brevity = 1.0 if len(predicted) > len(expected) else math.exp(1 - len(expected) / len(predicted))
+    return brevity * clipped / len(predicted)
+
+
 def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
@@ -69,9 +83,9 @@ def score_answer(prediction: str, gold: str, category: str) -> QAScore:
     """F1 and EM of one answer for a question of the given category (memos_lab.data.schema names)."""
     if category in NO_EVIDENCE_CATEGORIES:
         credit = float(declines(prediction))
-        return QAScore(credit, credit)
+        return QAScore(credit, credit, credit)
     gold = str(gold)
     if category == OPEN_DOMAIN:  # LoCoMo lists alternatives after ';' and scores the first
         gold = gold.split(";")[0].strip()
     f1 = multi_answer_f1(prediction, gold) if category == MULTI_HOP else token_f1(prediction, gold)
-    return QAScore(f1, exact_match(prediction, gold))
+    return QAScore(f1, exact_match(prediction, gold), bleu1(prediction, gold))

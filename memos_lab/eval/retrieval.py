@@ -22,7 +22,8 @@ def per_query_metrics(
 
     qrels: query id -> its relevant (evidence) document ids; run: query id -> document id -> score.
     `recall_all@k` is 1 when every relevant document is in the top k (LoCoMo practice for
-    multi-evidence questions), `recall_any@k` when at least one is.
+    multi-evidence questions), `recall_any@k` when at least one is, and `recall@k` is the share of the
+    relevant documents in the top k (the fractional recall of the LoCoMo paper's retrieval table).
     """
     from ranx import Qrels, Run, evaluate
 
@@ -41,10 +42,31 @@ def per_query_metrics(
         scores = {names[0]: scores}
     result: dict[str, np.ndarray] = {}
     for k in cutoffs:
+        result[f"recall@{k}"] = np.asarray(scores[f"recall@{k}"], dtype=float)
         result[f"recall_all@{k}"] = (np.asarray(scores[f"recall@{k}"]) >= 1.0 - 1e-9).astype(float)
         result[f"recall_any@{k}"] = np.asarray(scores[f"hit_rate@{k}"], dtype=float)
     result[f"ndcg@{ndcg_cutoff}"] = np.asarray(scores[f"ndcg@{ndcg_cutoff}"], dtype=float)
     result["mrr"] = np.asarray(scores["mrr"], dtype=float)
+    return result
+
+
+def session_recall(
+    qrels: Mapping[str, Sequence[str]],
+    run: Mapping[str, Mapping[str, float]],
+    session_of: Mapping[str, str],
+    cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+) -> dict[str, np.ndarray]:
+    """Session-level recall, aligned with `sorted(qrels)`: the sessions of the top-k documents against the
+    sessions of the evidence. `session_recall_all@k` is 1 when every evidence session holds one of the top k
+    documents, `session_recall_any@k` when one does. Ties keep the run's order (the order of its hits)."""
+    result = {f"session_recall_{kind}@{k}": np.zeros(len(qrels)) for kind in ("all", "any") for k in cutoffs}
+    for row, qid in enumerate(sorted(qrels)):
+        wanted = {session_of[doc] for doc in qrels[qid]}
+        ranked = sorted((run.get(qid) or {}).items(), key=lambda pair: -pair[1])  # stable: ties keep hit order
+        for k in cutoffs:
+            found = {session_of.get(doc) for doc, _ in ranked[:k]}
+            result[f"session_recall_all@{k}"][row] = float(wanted <= found)
+            result[f"session_recall_any@{k}"][row] = float(bool(wanted & found))
     return result
 
 

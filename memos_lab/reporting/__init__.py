@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from memos_lab.artifact import atomic_write_text
+from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
-from memos_lab.reporting.runs import RunRecord, collect_runs
+from memos_lab.reporting.runs import RunRecord, check_pinned, collect_runs
 from memos_lab.reporting.table import (
     Comparison,
+    Configuration,
     choose_metrics,
     group_configurations,
     paired_tests,
@@ -40,10 +43,19 @@ class ReportSummary:
 
 
 def write_report(
-    folders: Sequence[Path], out: Path, command: str, metrics: Sequence[str] | None = None, note: str | None = None
+    folders: Sequence[Path],
+    out: Path,
+    command: str,
+    metrics: Sequence[str] | None = None,
+    note: str | None = None,
+    mix_pinned: bool = False,
 ) -> ReportSummary:
-    """Aggregate the runs under `folders` into out/report.md, table.csv, runs.csv and PNG plots."""
+    """Aggregate the runs under `folders` into out/report.md, table.csv, runs.csv and PNG plots.
+
+    Runs that differ in a setting their experiment pins (prompt version, judge model...) are refused
+    unless `mix_pinned`."""
     runs = collect_runs(list(folders))  # raises before anything is written when there is nothing sound to report
+    pinned = check_pinned(runs, mix_pinned)
     chosen = choose_metrics(runs, metrics)
     keys, common = swept_keys(runs)
     configurations = group_configurations(runs, keys)
@@ -56,7 +68,8 @@ def write_report(
         plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(configurations, chosen), out))
     atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
     atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
-    markdown = render(runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out)
+    intervals = confidence_intervals(configurations, ci_metrics(runs))
+    markdown = render(runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out, pinned, intervals)
     atomic_write_text(out / REPORT_FILE, markdown)
     failed = sum(not run.ok for run in runs)
     return ReportSummary(out, len(runs), failed, len(configurations))
@@ -94,6 +107,8 @@ def render(
     comparisons: Sequence[Comparison],
     plots: Sequence[Path],
     out: Path,
+    pinned: dict[str, str] | None = None,
+    intervals: Sequence[Interval] = (),
 ) -> str:
     failed = [run for run in runs if not run.ok]
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -106,6 +121,7 @@ def render(
         f"- folders: {', '.join(f'`{folder}`' for folder in folders)}",
         f"- runs: {len(runs)} ({len(runs) - len(failed)} finished, {len(failed)} failed)",
         f"- settings common to all runs: {', '.join(f'{k}={v}' for k, v in common.items()) or 'none'}",
+        *([f"- pinned settings: {', '.join(f'{k}={v}' for k, v in pinned.items())}"] if pinned else []),
         "",
         "## Results",
         "",
@@ -120,11 +136,59 @@ def render(
             [(str(run.path), run.seed, " ".join(f"{k}={v}" for k, v in run.overrides.items()), run.failure) for run in failed],
             ["run", "seed", "overrides", "why"], "github",
         ), ""]  # fmt: skip
+    lines += _interval_section(intervals)
     lines += _significance_section(comparisons)
     if plots:
         lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.relative_to(out)})" for plot in plots] + [""]
     lines += _provenance_section(runs)
     return "\n".join(lines)
+
+
+@dataclass
+class Interval:
+    """A bootstrap 95% CI of one metric's mean over the per-query scores of one configuration (all its seeds)."""
+
+    configuration: str
+    metric: str
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
+def ci_metrics(runs: Sequence[RunRecord]) -> list[str]:
+    """The metrics an experiment asks CIs for (`experiment.ci_metrics`)."""
+    for run in runs:
+        names = (run.config.get("experiment") or {}).get("ci_metrics")
+        if names:
+            return [str(name) for name in names]
+    return []
+
+
+def confidence_intervals(configurations: Sequence[Configuration], metrics: Sequence[str]) -> list[Interval]:
+    intervals = []
+    for number, configuration in enumerate(configurations, 1):
+        for metric in metrics:
+            values = [v for run in configuration.finished for v in run.per_query().get(metric, {}).values()]
+            if values:
+                low, high = bootstrap_ci(values)
+                intervals.append(Interval(f"#{number}", metric, len(values), float(np.mean(values)), low, high))
+    return intervals
+
+
+def _interval_section(intervals: Sequence[Interval]) -> list[str]:
+    if not intervals:
+        return []
+    rows = [(i.configuration, i.metric, i.n, f"{i.mean:.4g}", f"[{i.low:.4g}, {i.high:.4g}]") for i in intervals]
+    return [
+        "## Bootstrap 95% confidence intervals",
+        "",
+        "Percentile bootstrap (2000 resamples, seeded) of the mean over the per-question scores of each"
+        " configuration (`#` as in the table; the seeds' questions pooled).",
+        "",
+        tabulate(rows, ["#", "metric", "questions", "mean", "95% CI"], "github", disable_numparse=True),
+        "",
+    ]
 
 
 def _significance_section(comparisons: Sequence[Comparison]) -> list[str]:

@@ -181,3 +181,30 @@ def _load_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
+
+
+def pinned_values(run: RunRecord) -> dict[str, str]:
+    """The run's `experiment.pinned` settings, as its provenance recorded them (else from its config)."""
+    recorded = run.provenance.get("pinned")
+    if isinstance(recorded, dict):
+        return {str(key): str(value) for key, value in recorded.items()}
+    keys = (run.config.get("experiment") or {}).get("pinned") or []
+    return {str(key): run.setting(str(key)) for key in keys}
+
+
+def check_pinned(runs: list[RunRecord], allow_mixed: bool) -> dict[str, str]:
+    """Pinned setting -> its value in every run; DataError when runs differ in one, unless `allow_mixed`
+    (then the differing ones read 'mixed: a, b')."""
+    seen: dict[str, dict[str, list[RunRecord]]] = {}
+    for run in runs:
+        for key, value in pinned_values(run).items():
+            seen.setdefault(key, {}).setdefault(value, []).append(run)
+    summary = {}
+    for key, values in seen.items():
+        if len(values) > 1 and not allow_mixed:
+            where = "; ".join(f"{value}: {len(members)} run(s), e.g. {members[0].path}" for value, members in values.items())
+            raise DataError(
+                f"runs differ in the pinned setting {key} ({where}); report them separately, or pass --mix-pinned"
+            )
+        summary[key] = next(iter(values)) if len(values) == 1 else "mixed: " + ", ".join(values)
+    return summary

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
+from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.parametric.base import EditReport, ParametricMemory
 from memos_lab.scheduler.base import Entry, MemScheduler
 
@@ -50,7 +51,7 @@ class Consolidator:
         """Train the current candidates into the adapter; None when there were none."""
         edits, seen = [], set()
         for entry in self.candidates(scheduler):
-            edit = recitation_edit(entry)
+            edit = recitation_edit(entry.item)
             if edit is not None and edit.prompt not in seen:
                 seen.add(edit.prompt)
                 edits.append(edit)
@@ -61,18 +62,18 @@ class Consolidator:
         return report
 
 
-def recitation_edit(entry: Entry) -> KnowledgeEdit | None:
+def recitation_edit(item: MemoryItem) -> KnowledgeEdit | None:
     """The memory's first half as the prompt, the rest as the target; None for texts too short to split."""
-    words = entry.item.text.split()
+    words = item.text.split()
     if len(words) < 2 * MIN_PROMPT_WORDS:
         return None
     cut = max(MIN_PROMPT_WORDS, len(words) // 2)
-    speaker = entry.item.text.split(":", 1)[0] if ":" in entry.item.text else ""
+    speaker = item.text.split(":", 1)[0] if ":" in item.text else ""
     return KnowledgeEdit(
-        edit_id=entry.item.id,
+        edit_id=item.id,
         subject=speaker,
         relation="memory",
         prompt=" ".join(words[:cut]),
         target_new=" ".join(words[cut:]),
-        metadata={"source": entry.item.metadata.source or ""},
+        metadata={"source": item.metadata.source or ""},
     )

@@ -71,7 +71,7 @@ def test_bad_sources_are_refused_before_anything_is_stored(tmp_path):
 def test_a_closed_form_editor_is_stored_in_the_cube_and_loaded_back(tmp_path):
     cube_dir = tmp_path / "cube"
     editor = ["model=tiny_llama", "embedder=hashing", "threads=1", "parametric=memit", "parametric.layer_span=null",
-              "parametric.layers=[0]", "parametric.v_steps=5", "parametric.stats_tokens=1500", "parametric.stats_corpus=synthetic",
+              "parametric.layer_span=null", "parametric.layers=[0]", "parametric.v_steps=5", "parametric.stats_tokens=1500", "parametric.stats_corpus=synthetic",
               f"paths.cache_dir={tmp_path / 'cache'}"]
     summary = load(compose_load("memory_type=parametric", "user=alice", f"cube_dir={cube_dir}", "dataset=synthetic_facts",
                                 "dataset.n_edits=3", *editor))

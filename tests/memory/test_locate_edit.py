@@ -48,7 +48,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def make(cls, lm, cache, **settings):
-    base = {"cache_dir": cache, "stats_tokens": TOKENS, "v_steps": 10, "layers": [1]}
+    base = {"cache_dir": cache, "stats_tokens": TOKENS, "v_steps": 10, "layers": [1], "layer_span": None, "stats_corpus": "model"}
     if cls is MEMITMemory:
         base |= {"layers": [0, 1], "mom2_weight": 1.0}
     if cls is AlphaEditMemory:

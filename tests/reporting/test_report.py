@@ -221,3 +221,48 @@ def test_report_cli_writes_the_report(tmp_path, capsys):
     report = (tmp_path / "out" / "report.md").read_text().splitlines()
     assert report[2] == f"- command: `python -m memos_lab report {' '.join(args[:5])} --note 'suite x.sh'`"
     assert report[3] == "- note: suite x.sh"
+
+
+def qa_run(path: Path, overrides: list[str], answer_prompt: str, f1: dict[str, float]) -> Path:
+    """A finished qa run: pinned settings in its provenance, per-question F1."""
+    make_run(path, overrides, {"qa/f1": sum(f1.values()) / len(f1), "run/wall_s": 1.0}, experiment="qa",
+             per_query={"qa/f1": f1})  # fmt: skip
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    config["experiment"].update(pinned=["prompt.answer.version"], ci_metrics=["qa/f1"])
+    config["prompt"] = {"answer": {"version": answer_prompt}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    provenance = {**PROVENANCE, "pinned": {"prompt.answer.version": answer_prompt}}
+    (path / "provenance.json").write_text(json.dumps(provenance))
+    return path
+
+
+def test_runs_with_different_prompt_versions_are_not_mixed_without_the_switch(tmp_path, capsys):
+    scores = {f"q{i}": float(i % 2) for i in range(20)}
+    qa_run(tmp_path / "runs" / "a", ["experiment.context=none"], "answer_v1", scores)
+    qa_run(tmp_path / "runs" / "b", ["experiment.context=oracle"], "answer_v2", scores)
+    with pytest.raises(DataError, match="differ in the pinned setting prompt.answer.version .*--mix-pinned"):
+        write_report([tmp_path / "runs"], tmp_path / "out", command="report")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "pinned setting prompt.answer.version" in error
+
+    write_report([tmp_path / "runs"], tmp_path / "out", command="report", mix_pinned=True)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "pinned settings: prompt.answer.version=mixed: answer_v1, answer_v2" in report
+
+
+def test_the_report_prints_bootstrap_cis_and_the_pinned_prompt(tmp_path):
+    qa_run(tmp_path / "runs" / "a", ["experiment.context=none"], "answer_v1", {f"q{i}": float(i % 2) for i in range(20)})
+    qa_run(tmp_path / "runs" / "b", ["experiment.context=oracle"], "answer_v1", {f"q{i}": 1.0 for i in range(20)})
+    write_report([tmp_path / "runs"], tmp_path / "out", command="report")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "pinned settings: prompt.answer.version=answer_v1" in report
+    assert "## Bootstrap 95% confidence intervals" in report
+    rows = [line.replace(" ", "") for line in report.splitlines()]
+    assert "|#2|qa/f1|20|1|[1,1]|" in rows  # all 1: no spread
+    [first] = [row for row in rows if row.startswith("|#1|qa/f1|20|0.5|[")]
+    low, high = (float(x) for x in first.split("[")[1].rstrip("]|").split(","))
+    assert 0.25 <= low < 0.5 < high <= 0.75  # 20 coin flips: about 0.5 ± 0.22

@@ -39,12 +39,10 @@ def test_only_often_used_old_enough_memories_are_consolidated_and_the_store_keep
 
 def test_recitation_edits_split_the_memory_text():
     from memos_lab.memory.item import MemoryItem
-    from memos_lab.scheduler.base import Entry
 
-    entry = Entry(MemoryItem("Leo: we adopted a rescue dog called Biscuit", id="x"), 8, frozenset(), 0, 1)
-    edit = recitation_edit(entry)
+    edit = recitation_edit(MemoryItem("Leo: we adopted a rescue dog called Biscuit", id="x"))
     assert (edit.prompt, edit.target_new, edit.subject) == ("Leo: we adopted a", "rescue dog called Biscuit", "Leo")
-    assert recitation_edit(Entry(MemoryItem("too short here"), 3, frozenset(), 0, 1)) is None
+    assert recitation_edit(MemoryItem("too short here")) is None
 
 
 def test_bad_settings():

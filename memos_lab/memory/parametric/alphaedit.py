@@ -22,6 +22,9 @@ from memos_lab.memory.parametric.memit import MEMITMemory
 
 @dataclass(frozen=True)
 class AlphaEditSettings(EditorSettings):
+    layer_span: tuple[float, float] | None = (0.1, 0.27)  # as MEMIT's
+    clamp_norm: float = 0.75
+    stats_corpus: str = "synthetic"
     nullspace_threshold: float = 1e-2  # eigenvalues of C below this fraction of the largest span the null space
     l2: float = 10.0
 

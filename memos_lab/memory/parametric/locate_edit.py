@@ -50,6 +50,7 @@ RANK_TOLERANCE = 1e-6  # singular values below this fraction of the largest coun
 class EditorSettings(LayerSettings):
     """The settings every locate-then-edit method shares (method files add their own)."""
 
+    config_keys: ClassVar[Mapping[str, Any]] = {"adapter": "default", "gate": None, "cache_dir": "~/.cache/memos_lab"}
     layers: tuple[int, ...] | None = None
     layer_span: tuple[float, float] | None = None  # [lo, hi) as fractions of the depth, as for LoRA
     rank: int | None = None  # None: the exact delta (its numerical rank); else truncated, residual reported

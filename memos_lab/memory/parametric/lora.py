@@ -495,8 +495,9 @@ class LoRAMemory(ParametricMemory):
         except (TypeError, ValueError, MemosError) as error:
             raise IncompatibleError(f"{artifact.where('meta.settings/gate')}: {error}") from None
         hidden = model.model.config.hidden_size
-        if settings.rank > hidden:  # checked before anything of that size is allocated
-            raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {settings.rank} is above the model's width {hidden}")
+        rank = getattr(settings, "rank", None)  # None: an editor's exact delta, sized by its edits
+        if rank is not None and rank > hidden:  # checked before anything of that size is allocated
+            raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {rank} is above the model's width {hidden}")
         settings = settings.for_depth(model.model.config.num_hidden_layers)
         # Read every adapter before touching the model, so a bad file leaves the model as it was.
         loaded = []

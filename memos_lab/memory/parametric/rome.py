@@ -16,6 +16,8 @@ from memos_lab.memory.parametric.locate_edit import EditorSettings, LocateThenEd
 
 @dataclass(frozen=True)
 class ROMESettings(EditorSettings):
+    layer_span: tuple[float, float] | None = (0.17, 0.19)  # one layer: 5 of SmolLM2's 30
+    stats_corpus: str = "synthetic"
     ridge: float = 1e-4  # C + ridge * mean(diag C) * I, so C is invertible whatever the corpus
 
     def for_depth(self, depth: int) -> ROMESettings:

@@ -11,6 +11,7 @@ import numpy as np
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, FusionSettings, reciprocal_rank_fusion
+from memos_lab.memory.textual.stages import staged_search
 from memos_lab.models.embedder import Embedder
 from memos_lab.settings import non_negative, one_of
 
@@ -35,6 +36,7 @@ class GeneralTextMemory(TextualMemory):
 
     fusion="rrf" fuses the BM25 and dense rankings by reciprocal rank (Cormack et al. 2009):
     score = w_lex / (rrf_k + rank_bm25) + w_dense / (rrf_k + rank_dense).
+    The search stages (speaker, feedback, diversity, session_quota; see stages.py) re-rank the best `stage_pool`.
     """
 
     settings_class: type[GeneralTextSettings] = GeneralTextSettings
@@ -51,6 +53,7 @@ class GeneralTextMemory(TextualMemory):
         self._text_matrix = np.zeros((0, embedder.dim), dtype=np.float32)
         self._text_bm25 = Bm25Index(s.bm25_k1, s.bm25_b, s.bm25_stemming)
         self._has_keys = False
+        self._last_query: tuple[str, np.ndarray] | None = None
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
@@ -76,6 +79,9 @@ class GeneralTextMemory(TextualMemory):
             self._text_bm25.invalidate()
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        return staged_search(self.settings, query, lambda k: self._ranked(query, k, search_filter), top_k)
+
+    def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         mask = np.fromiter(
             (search_filter.matches(self._items[item_id]) for item_id in self._row_ids), bool, len(self._row_ids)
         )
@@ -107,12 +113,18 @@ class GeneralTextMemory(TextualMemory):
                 texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
                 rankings.append((self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query, texts)))
             if self.settings.fusion in ("rrf", "dense"):
-                dense = self._text_matrix @ self.embedder.encode([query])[0]
+                dense = self._text_matrix @ self._query_vector(query)
                 rankings.append((self.settings.text_weight * self.settings.dense_weight, dense))
         return rankings
 
     def _dense_scores(self, query: str) -> np.ndarray:
-        return self._matrix @ self.embedder.encode([query])[0]
+        return self._matrix @ self._query_vector(query)
+
+    def _query_vector(self, query: str) -> np.ndarray:
+        """The query's embedding, encoded once per search though several rankings use it."""
+        if self._last_query is None or self._last_query[0] != query:
+            self._last_query = (query, self.embedder.encode([query])[0])
+        return self._last_query[1]
 
     def _bm25_scores(self, query: str) -> np.ndarray:
         return self._bm25.scores(query, lambda: [self.key(self._items[item_id]) for item_id in self._row_ids])

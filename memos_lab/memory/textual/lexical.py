@@ -10,15 +10,16 @@ from typing import ClassVar
 import bm25s
 import numpy as np
 
-from memos_lab.settings import Settings, non_negative, non_negative_int
+from memos_lab.memory.textual.stages import SearchStages
+from memos_lab.settings import non_negative, non_negative_int
 
 # bm25s sets its own logger to DEBUG on import and logs every index build; keep runs readable.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
-class FusionSettings(Settings):
-    """The lexical + dense fusion settings every text backend shares."""
+class FusionSettings(SearchStages):
+    """The lexical + dense fusion settings every text backend shares, and the search stages after it."""
 
     section: ClassVar[str] = "memory"
     rrf_k: int = 60  # reciprocal rank fusion: score = w / (rrf_k + rank)
@@ -29,6 +30,7 @@ class FusionSettings(Settings):
     bm25_stemming: bool = False  # strip plural, -ing and -ed suffixes before BM25
 
     def validate(self) -> None:
+        super().validate()
         non_negative_int(self, "rrf_k")
         non_negative(self, "lexical_weight", "dense_weight", "bm25_k1", "bm25_b")
 

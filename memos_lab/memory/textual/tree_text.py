@@ -137,14 +137,14 @@ class TreeTextMemory(GeneralTextMemory):
         return np.array(topic), np.array(session)
 
     def _dense_scores(self, query: str) -> np.ndarray:
-        query_vector = self.embedder.encode([query])[0]
+        query_vector = self._query_vector(query)
         topic, session = self._parent_similarity(query_vector)
         return self._matrix @ query_vector + self.settings.topic_weight * topic + self.settings.session_weight * session
 
     def _fused_scores(self, query: str, mask: np.ndarray) -> np.ndarray:
         if not self.settings.beam:
             return super()._fused_scores(query, mask)
-        topic, _ = self._parent_similarity(self.embedder.encode([query])[0])
+        topic, _ = self._parent_similarity(self._query_vector(query))
         best = np.unique(topic[mask])[::-1][: self.settings.beam]
         inside = mask & (topic >= best[-1])
         scores = super()._fused_scores(query, inside)

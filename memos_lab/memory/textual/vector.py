@@ -23,6 +23,7 @@ from memos_lab.errors import DataError
 from memos_lab.memory.item import ACTIVE, MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, FusionSettings, fuse_ranked_lists
+from memos_lab.memory.textual.stages import staged_search
 from memos_lab.models.embedder import Embedder
 from memos_lab.settings import one_of, positive_int
 
@@ -150,6 +151,9 @@ class VectorMemory(TextualMemory):
     # ---- search ---------------------------------------------------------------------------------
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+        return staged_search(self.settings, query, lambda k: self._ranked(query, k, search_filter), top_k)
+
+    def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         self._ensure_trained()
         query_vector = self.embedder.encode([query])[0:1].astype(np.float32)
         # Over-fetch until enough candidates pass the filter (or the whole store was seen).

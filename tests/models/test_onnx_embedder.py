@@ -1,0 +1,39 @@
+"""The ONNX embedder: refuses what it cannot run, and matches the torch MiniLM (integration)."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from memos_lab.errors import ConfigError
+from memos_lab.models.embedder import OnnxEmbedder, SentenceTransformerEmbedder
+
+
+def test_unknown_quantisation_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="quantize.*int8"):
+        OnnxEmbedder(export_dir=str(tmp_path), quantize="int4")
+
+
+def test_a_missing_runtime_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        OnnxEmbedder(export_dir=str(tmp_path))
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no model folder"):
+        OnnxEmbedder(export_dir=str(tmp_path), model_path=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.integration
+def test_onnx_minilm_matches_torch_and_is_exported_once(tmp_path):
+    texts = ["Caroline: I went to a LGBTQ support group yesterday.", "hi", "Melanie: " + "a long turn " * 200]
+    reference = SentenceTransformerEmbedder().encode(texts)
+    fp32 = OnnxEmbedder(export_dir=str(tmp_path), quantize="none")
+    np.testing.assert_allclose(fp32.encode(texts), reference, atol=1e-4)
+    exported = sorted(tmp_path.rglob("*.onnx"))
+    stamps = [path.stat().st_mtime_ns for path in exported]
+    int8 = OnnxEmbedder(export_dir=str(tmp_path), quantize="int8")
+    assert (int8.encode(texts) * reference).sum(axis=1).min() > 0.97  # int8 weights: close, not equal
+    assert [path.stat().st_mtime_ns for path in exported] == stamps  # the fp32 export was reused
+    assert int8.dim == 384 and len(sorted(tmp_path.rglob("*.onnx"))) == 2
