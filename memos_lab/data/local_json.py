@@ -23,12 +23,10 @@ def read_json_records(path: str | Path, dataset: str, cache_dir: str | None = No
     return [dict(record) for record in table]
 
 
-def require(record: Any, key: str, where: str, kind: type | None = None) -> Any:
-    """record[key] (of type `kind`, if given), or a DataError naming the key and the record."""
+def require(record: Any, key: str, where: str) -> Any:
+    """record[key], or a DataError naming the key and the record."""
     if not isinstance(record, dict) or record.get(key) is None:
         raise DataError(f"{where}: missing key {key!r}")
-    if kind is not None and not isinstance(record[key], kind):
-        raise DataError(f"{where}: {key!r} must be a {kind.__name__}, got {type(record[key]).__name__}")
     return record[key]
 
 

@@ -4,6 +4,7 @@ Builds a store of `experiment.size` synthetic items (their vectors precomputed: 
 the embedder's), then times `queries` searches through the public API with the query vectors encoded
 beforehand, so the numbers are the index's own cost. Separately, `ingest_items_per_s` times add()
 with the configured embedder on `ingest_sample` fresh items (what loading real text costs).
+`deleted_fraction` soft-deletes that share of the store (chosen at random) before the searches are timed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from memos_lab.experiments.common import ExperimentSettings
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 from memos_lab.models.embedder import Embedder
-from memos_lab.settings import one_of, positive_int, uses_settings
+from memos_lab.settings import in_range, one_of, positive_int, uses_settings
 
 PREFIX = "scaling/"
 NAMES = ["Ana", "Ben", "Caroline", "Dev", "Eva", "Farid", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena"]
@@ -59,16 +60,18 @@ class ScalingSettings(ExperimentSettings):
     top_k: int = 10
     batch_size: int = 5000  # items per add() call while building
     ingest_sample: int = 1000  # items added through the embedder to time end-to-end ingest
+    deleted_fraction: float = 0.0  # share of the store soft-deleted (at random) before the searches are timed
 
     def validate(self) -> None:
         one_of(self, "vectors", ("random", "embedder"))
         positive_int(self, "size", "queries", "top_k", "batch_size", "ingest_sample")
+        in_range(self, "deleted_fraction", 0.0, 0.99)  # deleting everything leaves nothing to search
 
 
 @uses_settings(ScalingSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = ScalingSettings.from_mapping(cfg.experiment)
-    size, n_queries, vectors = exp.size, exp.queries, exp.vectors
+    size, n_queries, vectors, deleted_fraction = exp.size, exp.queries, exp.vectors, exp.deleted_fraction
     rng = np.random.default_rng(int(cfg.seed))
     embedder = hydra.utils.instantiate(cfg.embedder)
     texts = synthetic_texts(rng, size)
@@ -78,6 +81,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     batch = exp.batch_size
     build_s = 0.0
+    item_ids: list[str] = []
     for start in range(0, size, batch):
         chunk = texts[start : start + batch]
         if vectors == "random":
@@ -90,9 +94,11 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             for i, (text, vector) in enumerate(zip(chunk, matrix))
         ]
         started = time.perf_counter()
-        memory.add(items)
+        item_ids += memory.add(items)
         build_s += time.perf_counter() - started
         tracker.log({"scaling/items": start + len(chunk)})
+    for row in rng.choice(size, round(deleted_fraction * size), replace=False):
+        memory.delete(item_ids[row])
     memory.search(queries[0], 10)  # lazy structures (BM25, IVF training, tree nodes) are built here, once
 
     search_ms = []
@@ -112,4 +118,5 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     metrics[f"{PREFIX}build_items_per_s"] = size / build_s if build_s else 0.0  # indexing only, vectors given
     metrics[f"{PREFIX}ingest_items_per_s"] = len(sample) / ingest_s if ingest_s else 0.0  # with the embedder
     metrics[f"{PREFIX}items"] = size
+    metrics[f"{PREFIX}deleted_fraction"] = float(deleted_fraction)
     return metrics

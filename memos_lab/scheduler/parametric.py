@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from memos_lab.data.schema import KnowledgeEdit
-from memos_lab.errors import ConfigError
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.parametric.base import EditReport, ParametricMemory
 from memos_lab.scheduler.base import Entry, MemScheduler

@@ -51,8 +51,8 @@ def broken_locomo(tmp_path: Path, damage) -> str:
         (lambda r: r[0]["qa"][2].pop("evidence"), r"conv-a\) qa 2: missing key 'evidence'"),
         (lambda r: r[0]["qa"][0].update(category=9), r"qa 0: unknown category 9"),
         (lambda r: r[1]["conversation"].update({"session_1_date_time": "yesterday"}), r"session_1: unreadable date 'yesterday'"),
-        (lambda r: r[0]["conversation"].update(session_1=5), r"conv-a\) conversation: 'session_1' must be a list, got int"),
-        (lambda r: r[0]["qa"][1].update(evidence="D1:3"), r"conv-a\) qa 1: 'evidence' must be a list, got str"),
+        (lambda r: r[0]["conversation"].update(session_1=5), r"conv-a\) conversation: '?session_1'? must be a list, got int"),
+        (lambda r: r[0]["qa"][1].update(evidence="D1:3"), r"conv-a\) qa 1: '?evidence'? must be a list, got str"),
     ],
 )
 def test_locomo_with_missing_keys_names_the_key_and_record(tmp_path, damage, message):

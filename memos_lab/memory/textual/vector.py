@@ -1,8 +1,9 @@
 """`vector`: dense vectors in a faiss index (flat, HNSW or IVF), built for stores of millions of items.
 
 Every item gets a stable int64 faiss id (IndexIDMap2), so purging items never renumbers the others.
-HNSW cannot remove vectors; purged ids become tombstones, skipped in results and dropped when the
-index is rebuilt (once they outnumber the live vectors). With fusion="rrf" the dense candidates are
+HNSW cannot remove vectors; purged ids become tombstones, dropped when the index is rebuilt (once they
+outnumber the live vectors). Tombstones and soft-deleted or archived items are ruled out inside faiss by an
+IDSelector, so a search does not over-fetch past them. With fusion="rrf" the dense candidates are
 fused with BM25's best candidates by reciprocal rank, as in general_text.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from memos_lab.artifact import read_json_file
 from memos_lab.errors import DataError
-from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.item import ACTIVE, MemoryItem
 from memos_lab.memory.textual.base import SearchFilter, SearchHit, TextualMemory
 from memos_lab.memory.textual.lexical import Bm25Index, FusionSettings, fuse_ranked_lists
 from memos_lab.memory.textual.stages import staged_search
@@ -78,6 +79,8 @@ class VectorMemory(TextualMemory):
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
         self._tombstones: set[int] = set()
+        self._inactive: dict[int, str] = {}  # faiss id -> status, of items that are not active
+        self._selector: tuple[frozenset[str], object, list[object]] | None = None  # built per statuses filter
         self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
         self._index = self._new_index()
         self._bm25 = Bm25Index(self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemming)
@@ -115,6 +118,7 @@ class VectorMemory(TextualMemory):
             self._item_id[self._next_id] = item.id
             ids.append(self._next_id)
             self._next_id += 1
+        self._note_statuses(items)
         if self._index.is_trained:
             self._index.add_with_ids(np.stack([item.embedding for item in items]), np.asarray(ids, dtype=np.int64))
         else:
@@ -125,6 +129,8 @@ class VectorMemory(TextualMemory):
         removed = [self._faiss_id.pop(item_id) for item_id in item_ids]
         for faiss_id in removed:
             del self._item_id[faiss_id]
+            self._inactive.pop(faiss_id, None)
+        self._selector = None
         pending = set(self._pending)
         stored = np.asarray([i for i in removed if i not in pending], dtype=np.int64)
         self._pending = [i for i in self._pending if i in self._item_id]
@@ -144,11 +150,23 @@ class VectorMemory(TextualMemory):
         self._index = self._new_index(n_train=len(ids))
         self._tombstones.clear()
         self._pending = []
+        self._selector = None
         if ids:
             vectors = np.stack([self._items[self._item_id[i]].embedding for i in ids])
             if not self._index.is_trained:
                 self._index.train(vectors)
             self._index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def _note_statuses(self, items: Sequence[MemoryItem]) -> None:
+        for item in items:
+            if item.metadata.status == ACTIVE:
+                self._inactive.pop(self._faiss_id[item.id], None)
+            else:
+                self._inactive[self._faiss_id[item.id]] = item.metadata.status
+        self._selector = None
+
+    def _on_replace(self, item: MemoryItem) -> None:
+        self._note_statuses([item])
 
     def _ensure_trained(self) -> None:
         if self._pending:
@@ -163,12 +181,13 @@ class VectorMemory(TextualMemory):
         self._ensure_trained()
         query_vector = self.embedder.encode([query])[0:1].astype(np.float32)
         # Over-fetch until enough candidates pass the filter (or the whole store was seen).
-        want = max(top_k, self.settings.candidates)
+        needed = want = max(top_k, self.settings.candidates)
         while True:
             dense = self._dense_candidates(query_vector, want, search_filter)
-            if len(dense) >= want or want >= len(self._item_id) + len(self._tombstones):
+            if len(dense) >= needed or want >= len(self._item_id) + len(self._tombstones):
                 break
             want *= 4
+        dense = dense[:needed]
         if self.settings.fusion == "dense":
             return [SearchHit(self._items[item_id], score) for item_id, score in dense[:top_k]]
         return self._fuse(query, dense, top_k, search_filter)
@@ -177,13 +196,36 @@ class VectorMemory(TextualMemory):
         k = min(k, self._index.ntotal)
         if k == 0:
             return []
-        scores, ids = self._index.search(query_vector, k)
+        scores, ids = self._index.search(query_vector, k, params=self._search_params(search_filter))
         found = []
         for score, faiss_id in zip(scores[0], ids[0]):
             item_id = self._item_id.get(int(faiss_id))  # -1 (not enough neighbours) and tombstones map to None
             if item_id is not None and search_filter.matches(self._items[item_id]):
                 found.append((item_id, float(score)))
         return found
+
+    def _search_params(self, search_filter: SearchFilter) -> object | None:
+        """faiss search parameters whose IDSelector rules out the items of statuses the filter excludes and
+        HNSW tombstones; None when nothing is ruled out (or the filter wants inactive items only)."""
+        statuses = frozenset(search_filter.statuses)
+        if ACTIVE not in statuses:
+            return None  # few items qualify: the over-fetch loop finds them
+        if self._selector is None or self._selector[0] != statuses:
+            excluded = [faiss_id for faiss_id, status in self._inactive.items() if status not in statuses]
+            excluded += self._tombstones
+            params, keep = None, []
+            if excluded:
+                batch = faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64))
+                selector = faiss.IDSelectorNot(batch)
+                if self.settings.index_type == "hnsw":
+                    params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.settings.ef_search)
+                elif self.settings.index_type == "ivf":
+                    params = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self._index).nprobe)
+                else:
+                    params = faiss.SearchParameters(sel=selector)
+                keep = [batch, selector]  # faiss holds raw pointers: the Python objects must outlive the params
+            self._selector = (statuses, params, keep)
+        return self._selector[1]
 
     def _fuse(self, query: str, dense: list[tuple[str, float]], top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         if not self._bm25_rows:
@@ -235,6 +277,8 @@ class VectorMemory(TextualMemory):
         index = self._on_device(index)
         self._index, self._item_id, self._next_id, self._tombstones = index, item_id, next_id, tombstones
         self._faiss_id = {item: faiss_id for faiss_id, item in item_id.items()}
+        self._inactive = {}
+        self._note_statuses(items)
         if self.settings.index_type == "hnsw":
             faiss.downcast_index(index.index).hnsw.efSearch = self.settings.ef_search
         elif self.settings.index_type == "ivf":
