@@ -39,7 +39,7 @@ from memos_lab.loading.declarative import load
 from memos_lab.locking import hold_writer_lock
 from memos_lab.memory.textual.general_text import GeneralTextMemory
 from memos_lab.models.embedder import HashingEmbedder
-from memos_lab.mos import CUBES_DIR, REGISTRY_FILE, MOS
+from memos_lab.mos import CUBES_DIR, MOS, REGISTRY_FILE
 
 BATCH = 50  # items per write in the kill loops: an intact store holds a multiple of it
 EMBEDDER = HashingEmbedder(512)  # conf/embedder/hashing.yaml's
@@ -60,7 +60,9 @@ def load_cfg(cube_dir: Path, source: Path) -> Any:
 
 
 def write_jsonl(path: Path, tag: str, count: int) -> Path:
-    path.write_text("".join(json.dumps({"text": text, "source": f"{tag}:{i}"}) + "\n" for i, text in enumerate(texts(tag, count))))
+    path.write_text(
+        "".join(json.dumps({"text": text, "source": f"{tag}:{i}"}) + "\n" for i, text in enumerate(texts(tag, count)))
+    )
     return path
 
 
@@ -103,7 +105,9 @@ def next_open(kind: str, folder: Path) -> tuple[int, Path]:
     """Open as the next user would; the number of items stored, and the cube folder."""
     if kind == "save":
         mos = MOS(new_memory, root=folder / "root")
-        return len(mos.get_all("alice", "c", {"statuses": ["active", "archived", "deleted"]})), folder / "root" / CUBES_DIR / "c"
+        return len(
+            mos.get_all("alice", "c", {"statuses": ["active", "archived", "deleted"]})
+        ), folder / "root" / CUBES_DIR / "c"
     with hold_writer_lock(folder / "cube", 30):  # what the loader does before it reads the cube
         return len(MemCube.load(folder / "cube", EMBEDDER).text), folder / "cube"
 
@@ -225,7 +229,9 @@ def mos_round(folder: Path, writers: int) -> dict[str, int]:
     lost_cubes = sum(f"c{n}" not in final.readable_cubes(f"u{n}") for n in reported)
     lost_shares = sum(f"c{n}" not in final.readable_cubes("owner") for n in reported)
     lost_items = sum(f"u{n} was here" not in team for n in reported)
-    lost_items += sum(len(final.get_all(f"u{n}", f"c{n}")) != 5 for n in reported if f"c{n}" in final.readable_cubes(f"u{n}"))
+    lost_items += sum(
+        len(final.get_all(f"u{n}", f"c{n}")) != 5 for n in reported if f"c{n}" in final.readable_cubes(f"u{n}")
+    )
     return {"writers": writers, "exit_0": len(reported), "lost_users": lost_users, "lost_cubes": lost_cubes,
             "lost_shares": lost_shares, "lost_items": lost_items, "stale_saves_redone": redone.value}  # fmt: skip
 
@@ -287,13 +293,13 @@ def write_readme(out: Path, ann_runs: list[Path], ann_command: str, fuzz_command
         *rows,
         "",
         "Notes:",
-        "- kill -9: a writer loops (50 new items per write) and is killed after 0.05-1.5 s; \"intact\" means the",
-        "  next open succeeds and holds whole batches only. \"kills left one to clean\" counts kills that hit a",
+        '- kill -9: a writer loops (50 new items per write) and is killed after 0.05-1.5 s; "intact" means the',
+        '  next open succeeds and holds whole batches only. "kills left one to clean" counts kills that hit a',
         "  write in progress (a staging folder was present); the next open removed every one.",
         "- concurrent writers are forked processes calling the loader and the MOS directly (a round costs no",
         "  interpreter start); tests/loading/test_load_writers.py checks two `python -m memos_lab load` processes.",
         "  A MOS writer whose team-cube save was refused (another writer saved first) reopened the root and",
-        "  redid its change: those are the \"stale saves refused and redone\".",
+        '  redid its change: those are the "stale saves refused and redone".',
         "- ANN: both runs share the machine with other jobs (load average about 15 on 2 cores), which inflates",
         "  the absolute times; the ratio of the two p50s is the figure the issue's target is about (within 2x).",
         "  Before this change the filtered search grew its candidate count to the whole store once items were",

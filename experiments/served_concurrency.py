@@ -34,7 +34,9 @@ def questions(n: int) -> list[ChatRequest]:
         turns = conversation.turns
         for question in conversation.questions:
             context = "\n".join(f"{t.speaker}: {t.text}" for t in turns[:12])
-            requests.append(ChatRequest.user(question.question, system=f"Memories:\n{context}", request_id=question.question_id))
+            requests.append(
+                ChatRequest.user(question.question, system=f"Memories:\n{context}", request_id=question.question_id)
+            )
     return requests[:n]
 
 
@@ -43,7 +45,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--questions", type=int, default=24)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--server-args", default="", help="extra `transformers serve` flags, e.g. --continuous-batching")
+    parser.add_argument(
+        "--server-args", default="", help="extra `transformers serve` flags, e.g. --continuous-batching"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/served/concurrency.json"))
     args = parser.parse_args()
     cache = os.environ.get("MEMOS_LAB_CACHE", os.path.expanduser("~/.cache/memos_lab"))

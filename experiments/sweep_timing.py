@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +43,7 @@ def main() -> None:
         "# Sweep wall time by launcher",
         "",
         f"- command: `{options.command}`",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {os.cpu_count()} CPU cores; load average (1 min) before/after each sweep in the table",
         "",
         tabulate(timing[["launcher", "repeat", "wall_s", "load_before", "load_after"]], headers="keys",
@@ -54,7 +54,9 @@ def main() -> None:
         same = all(
             untimed_metrics(Path(row_b.sweep_dir)) == untimed_metrics(Path(row_a.sweep_dir))
             for row_a, row_b in zip(
-                timing[timing.launcher == baseline].itertuples(), timing[timing.launcher == launcher].itertuples()
+                timing[timing.launcher == baseline].itertuples(),
+                timing[timing.launcher == launcher].itertuples(),
+                strict=False,
             )
         )
         lines.append(

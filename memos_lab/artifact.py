@@ -169,9 +169,13 @@ class Artifact:
             if key in PEFT_INFORMATIONAL:
                 continue
             if key not in wanted:
-                raise IncompatibleError(f"{where}: {key}: memos_lab writes no such key; refused (it could change the base model)")
+                raise IncompatibleError(
+                    f"{where}: {key}: memos_lab writes no such key; refused (it could change the base model)"
+                )
             if _canonical(value) != _canonical(wanted[key]):
-                raise IncompatibleError(f"{where}: {key} is {_short_json(value)}, memos_lab writes {_short_json(wanted[key])}; refused")
+                raise IncompatibleError(
+                    f"{where}: {key} is {_short_json(value)}, memos_lab writes {_short_json(wanted[key])}; refused"
+                )
         tensors = self.read_tensors(f"{folder}/{PEFT_WEIGHTS}")
         return {name.removeprefix(PEFT_PREFIX): tensor for name, tensor in tensors.items()}
 
@@ -212,7 +216,9 @@ def read_artifact(
         check_plain(raw, str(path))
     version = raw.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
-        raise IncompatibleError(f"{path}: artifact version {version} is newer than this memos_lab reads ({VERSION}); upgrade memos_lab")
+        raise IncompatibleError(
+            f"{path}: artifact version {version} is newer than this memos_lab reads ({VERSION}); upgrade memos_lab"
+        )
     check_json(raw, _Manifest, str(path))
     if raw["kind"] != kind:
         raise IncompatibleError(f"{path}: holds a {raw['kind']!r} artifact, not a {kind!r}")
@@ -238,7 +244,9 @@ def check_fingerprint(stored: Mapping[str, str] | None, current: Mapping[str, st
     and dtype are those it was made with; the name it was loaded through does not matter."""
     if not stored:
         raise IncompatibleError(f"{where}: records no model fingerprint, so it cannot be matched to a model")
-    differing = sorted(k for k in set(stored) | set(current) if k not in FINGERPRINT_IGNORED and stored.get(k) != current.get(k))
+    differing = sorted(
+        k for k in set(stored) | set(current) if k not in FINGERPRINT_IGNORED and stored.get(k) != current.get(k)
+    )
     if differing:
         raise IncompatibleError(
             f"{where}: made with model {stored.get('name')!r}, not with the loaded {current.get('name')!r} "
@@ -275,13 +283,17 @@ def write_peft_adapter(folder: Path, config: Any, tensors: Mapping[str, Any]) ->
 
     folder = Path(folder)
     folder.mkdir(parents=True)
-    save_file({PEFT_PREFIX + name: t.detach().contiguous().clone() for name, t in tensors.items()}, str(folder / PEFT_WEIGHTS))
+    save_file(
+        {PEFT_PREFIX + name: t.detach().contiguous().clone() for name, t in tensors.items()}, str(folder / PEFT_WEIGHTS)
+    )
     (folder / PEFT_CONFIG).write_text(json.dumps(_peft_json(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _peft_json(config: Any) -> dict[str, Any]:
     """A peft config as the JSON its save_pretrained writes (sets become sorted lists)."""
-    return json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v)))
+    return json.loads(
+        json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
+    )
 
 
 def _canonical(value: Any) -> str:
@@ -299,7 +311,9 @@ def trusted_class(path: object, family: str, where: str) -> type:
     allowed = TRUSTED_CLASSES[family]
     if not isinstance(path, str) or path not in allowed:
         names = ", ".join(name.rpartition(".")[2] for name in allowed)
-        raise IncompatibleError(f"{where} names {_short(path)}; a stored artifact may only name the {family} classes {names}")
+        raise IncompatibleError(
+            f"{where} names {_short(path)}; a stored artifact may only name the {family} classes {names}"
+        )
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)  # a fixed, registered name: our own code
 
@@ -331,10 +345,14 @@ def trusted_settings(config: Mapping[str, Any], family: str, where: str) -> tupl
         if key not in parameters or key.startswith("_"):
             raise ConfigError(f"{where}.{key}: not a setting of {cls.__name__}; valid: {', '.join(parameters)}")
         if not isinstance(value, str | int | float | bool | types.NoneType):
-            raise ConfigError(f"{where}.{key}: must be a plain value (string, number, boolean or null), got {_type_name(value)}")
+            raise ConfigError(
+                f"{where}.{key}: must be a plain value (string, number, boolean or null), got {_type_name(value)}"
+            )
         hint = _type_hints(cls.__init__).get(key, Any)
         if _mismatch(value, hint, "") is not None:
-            raise ConfigError(f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}")
+            raise ConfigError(
+                f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}"
+            )
         settings[key] = value
     return cls, settings
 
@@ -345,7 +363,9 @@ def _check_targets(manifest: Any, targets: Mapping[str, str], where: str) -> Non
         if isinstance(value, dict) and HYDRA_KEYS & set(value):
             keys = sorted(HYDRA_KEYS & set(value))
             if path not in targets or keys != ["_target_"]:
-                raise IncompatibleError(f"{where}: {path} holds {', '.join(keys)}; a stored artifact cannot name code there")
+                raise IncompatibleError(
+                    f"{where}: {path} holds {', '.join(keys)}; a stored artifact cannot name code there"
+                )
             trusted_class(value["_target_"], targets[path], f"{where}: {path}._target_")
 
 
@@ -454,7 +474,9 @@ def _mismatch(value: Any, hint: Any, path: str) -> tuple[str, str] | None:
         deeper = [m for arm in args if (m := _mismatch(value, arm, path)) is not None and m[0] != path]
         return deeper[0] if deeper else (path, " or ".join(_describe(arm) for arm in args))
     if origin is Literal:
-        return None if value in args and type(value) in {type(a) for a in args} else (path, " or ".join(map(repr, args)))
+        return (
+            None if value in args and type(value) in {type(a) for a in args} else (path, " or ".join(map(repr, args)))
+        )
     if origin in (list, tuple, Sequence):  # a JSON array (tuple[T, ...] for fields kept as tuples)
         if not isinstance(value, list):
             return path, _describe(hint)
@@ -467,9 +489,15 @@ def _mismatch(value: Any, hint: Any, path: str) -> tuple[str, str] | None:
         if not isinstance(value, dict):
             return path, "an object"
         hints = _type_hints(hint)
-        required = _required_keys(hint) if typing.is_typeddict(hint) else {
-            f.name for f in dataclasses.fields(hint) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        }
+        required = (
+            _required_keys(hint)
+            if typing.is_typeddict(hint)
+            else {
+                f.name
+                for f in dataclasses.fields(hint)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            }
+        )
         extra, missing = sorted(set(value) - set(hints)), sorted(required - set(value))
         if extra:
             return f"{path}.{extra[0]}", "unknown field (valid: " + ", ".join(hints) + ")"
@@ -490,7 +518,10 @@ def _type_hints(cls: Any) -> dict[str, Any]:
     """A record type's field types, evaluated once (get_type_hints evaluates our string annotations),
     with TypedDict's Required/NotRequired markers taken off."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    return {k: typing.get_args(h)[0] if typing.get_origin(h) in (typing.Required, typing.NotRequired) else h for k, h in hints.items()}
+    return {
+        k: typing.get_args(h)[0] if typing.get_origin(h) in (typing.Required, typing.NotRequired) else h
+        for k, h in hints.items()
+    }
 
 
 @functools.cache
@@ -499,7 +530,11 @@ def _required_keys(cls: Any) -> frozenset[str]:
     3.11 cannot see NotRequired when it builds __required_keys__."""
     hints = typing.get_type_hints(cls, include_extras=True)
     optional = {k for k, h in hints.items() if typing.get_origin(h) is typing.NotRequired}
-    return frozenset(hints) - optional if cls.__total__ else frozenset(k for k, h in hints.items() if typing.get_origin(h) is typing.Required)
+    return (
+        frozenset(hints) - optional
+        if cls.__total__
+        else frozenset(k for k, h in hints.items() if typing.get_origin(h) is typing.Required)
+    )
 
 
 _MISSING = object()
@@ -515,7 +550,14 @@ def _at(value: Any, path: str) -> Any:
 
 
 def _describe(hint: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "an object"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "an object",
+    }
     origin = typing.get_origin(hint)
     if origin in (list, tuple, Sequence):
         return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
@@ -525,7 +567,14 @@ def _describe(hint: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "an object"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "an object",
+    }
     if value is None:
         return "null"
     if value is _MISSING:
@@ -744,7 +793,9 @@ def write_manifest(
         "files": files,
         "children": list(children),
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    (staging / MANIFEST).write_text(
+        json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 def _drop_empty_folders(staging: Path, keep: set[str]) -> None:
@@ -756,9 +807,8 @@ def _drop_empty_folders(staging: Path, keep: set[str]) -> None:
 def _check_replaceable(folder: Path) -> None:
     if not folder.exists() and not folder.is_symlink():
         return
-    if folder.is_dir() and not folder.is_symlink():
-        if not any(folder.iterdir()) or _is_artifact(folder):
-            return
+    if folder.is_dir() and not folder.is_symlink() and (not any(folder.iterdir()) or _is_artifact(folder)):
+        return
     raise ConfigError(f"{folder} exists and is not an empty folder or a memos_lab artifact; it is not replaced")
 
 

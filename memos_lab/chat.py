@@ -144,7 +144,13 @@ class MemChat:
         prompt_ids = model.encode_chat(messages)
         prefix, built, kv_hit = self._memory_cache(memories, lines)
         decoded = greedy(model, prompt_ids, self.max_new_tokens, prefix)
-        return decoded.token_ids, decoded.first_token_at, built + len(prompt_ids) - decoded.reused, len(prompt_ids), kv_hit
+        return (
+            decoded.token_ids,
+            decoded.first_token_at,
+            built + len(prompt_ids) - decoded.reused,
+            len(prompt_ids),
+            kv_hit,
+        )
 
     def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool]:
         """The system message's cache from the activation tier: (cache, tokens computed to build it, hit)."""

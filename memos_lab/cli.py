@@ -78,7 +78,11 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             _check_hydra_choices(hydra_choices)
-            choices = [line for line in first_values if line.split("=", 1)[0].lstrip("+~") in groups or "/" in line.split("=", 1)[0]]
+            choices = [
+                line
+                for line in first_values
+                if line.split("=", 1)[0].lstrip("+~") in groups or "/" in line.split("=", 1)[0]
+            ]
             defaults = compose(config_name, overrides=choices)
             for override in parsed:  # before composing them: its message names the default, Hydra's does not
                 _check_value_types(override, defaults, groups)
@@ -257,10 +261,16 @@ def _load(args: Sequence[str]) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "run": (_run, "run an experiment: python -m memos_lab run [-m] [group=choice ...] [key=value ...]"),
-    "load": (_load, "load data into a persistent cube: python -m memos_lab load memory_type=declarative "
-             "user=U cube_dir=DIR [dataset=NAME | input=FILE.jsonl] [memory=...] [reader=fast|fine]"),
-    "report": (_report, "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT] "
-               "[--mix-pinned]"),
+    "load": (
+        _load,
+        "load data into a persistent cube: python -m memos_lab load memory_type=declarative "
+        "user=U cube_dir=DIR [dataset=NAME | input=FILE.jsonl] [memory=...] [reader=fast|fine]",
+    ),
+    "report": (
+        _report,
+        "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT] "
+        "[--mix-pinned]",
+    ),
 }
 
 
@@ -271,8 +281,11 @@ def usage() -> str:
     width = max(map(len, groups))
     lines += ["", "config groups (group=choice):"]
     lines += [f"  {group:<{width}} {', '.join(choices)}" for group, choices in groups.items()]
-    lines += ["", "Hydra flags: -m/--multirun for sweeps, --cfg job to print the composed config.",
-              "Sweeps run elsewhere with hydra/launcher=joblib|ray|ray_cluster|slurm; hydra/sweeper=optuna searches."]
+    lines += [
+        "",
+        "Hydra flags: -m/--multirun for sweeps, --cfg job to print the composed config.",
+        "Sweeps run elsewhere with hydra/launcher=joblib|ray|ray_cluster|slurm; hydra/sweeper=optuna searches.",
+    ]
     return "\n".join(lines)
 
 

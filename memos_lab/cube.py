@@ -96,7 +96,10 @@ class MemCube:
         items = list(self.text._items.values())
         meta = {
             **{key: value for key, value in asdict(self.manifest).items() if key != "schema_version"},
-            "memory_config": {**self.manifest.memory_config, "text": {"_target_": require_trusted(self.text, "textual", "cube text memory"), **self.text.config()}},
+            "memory_config": {
+                **self.manifest.memory_config,
+                "text": {"_target_": require_trusted(self.text, "textual", "cube text memory"), **self.text.config()},
+            },
             "embedder": {"name": self.text.embedder.name, "dim": self.text.embedder.dim},
             "item_count": len(items),
             "slots": {slot: require_trusted(memory, slot, f"cube slot {slot}") for slot, memory in slots.items()},
@@ -123,14 +126,20 @@ class MemCube:
                 f"the given embedder is {embedder.name} (dim {embedder.dim})"
             )
         text_config = dict(meta["memory_config"]["text"])
-        memory_class = trusted_class(text_config.pop("_target_", None), "textual", artifact.where("memory_config.text._target_"))
+        memory_class = trusted_class(
+            text_config.pop("_target_", None), "textual", artifact.where("memory_config.text._target_")
+        )
         try:
             text = memory_class(embedder=embedder, **text_config)
         except (TypeError, ValueError, MemosError) as error:
-            raise IncompatibleError(f"{artifact.where('memory_config.text')}: does not fit {memory_class.__name__}: {error}") from None
+            raise IncompatibleError(
+                f"{artifact.where('memory_config.text')}: does not fit {memory_class.__name__}: {error}"
+            ) from None
         items = read_items(artifact.path(ITEMS_FILE), embedder.dim)
         if len(items) != meta["item_count"]:
-            raise DataError(f"{artifact.folder / ITEMS_FILE}: holds {len(items)} items, the manifest says {meta['item_count']}")
+            raise DataError(
+                f"{artifact.folder / ITEMS_FILE}: holds {len(items)} items, the manifest says {meta['item_count']}"
+            )
         text._items = {item.id: item for item in items}
         text._load_index(artifact.folder / INDEX_DIR, items)
         fields_ = {key: meta[key] for key in ("cube_id", "owner", "created_at", "memory_config")}
@@ -177,7 +186,9 @@ def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     if raw.get("format") != "memos_lab.cube" or raw.get("schema_version") != 1:
         version = raw.get("schema_version")
         if raw.get("format") == "memos_lab.cube" and isinstance(version, int) and version > 1:
-            raise IncompatibleError(f"{folder / MANIFEST_FILE}: cube schema version {version} is newer than this memos_lab reads; upgrade memos_lab")
+            raise IncompatibleError(
+                f"{folder / MANIFEST_FILE}: cube schema version {version} is newer than this memos_lab reads; upgrade memos_lab"
+            )
         raise DataError(f"{folder / MANIFEST_FILE}: not a memos_lab cube manifest")
     check_json(raw.get("slots"), dict[str, str], f"{folder / MANIFEST_FILE}: slots")
     return {
@@ -190,4 +201,3 @@ def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
         "files": raw.get("files"),
         "children": sorted(raw["slots"]),
     }
-

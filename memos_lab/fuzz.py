@@ -67,8 +67,19 @@ DEEP = "[" * 200_000 + "]" * 200_000
 # Audit events that run a program or code; any of them during a load counts as a code execution.
 RUN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "exec"})
 # Audit events that change files: a code execution unless inside the sample or the datasets cache.
-WRITE_EVENTS = frozenset({"os.mkdir", "os.remove", "os.rename", "os.rmdir", "shutil.rmtree", "shutil.copyfile",
-                          "os.symlink", "os.link", "os.truncate"})
+WRITE_EVENTS = frozenset(
+    {
+        "os.mkdir",
+        "os.remove",
+        "os.rename",
+        "os.rmdir",
+        "shutil.rmtree",
+        "shutil.copyfile",
+        "os.symlink",
+        "os.link",
+        "os.truncate",
+    }
+)
 DEADLINE_S = 20.0
 MEMORY_LIMIT_BYTES = 8 << 30  # address space: a load that tries to allocate more fails (counted as a raw error)
 
@@ -149,7 +160,9 @@ class Guard:
             self.executions.append(f"{event} {str(args)[:120]}")
         elif event in WRITE_EVENTS:
             paths = [os.fsdecode(a) for a in args if isinstance(a, str | bytes | os.PathLike)]
-            if any(isinstance(a, int) and a >= 0 for a in args):  # relative to a folder descriptor, whose open was checked
+            if any(
+                isinstance(a, int) and a >= 0 for a in args
+            ):  # relative to a folder descriptor, whose open was checked
                 paths = [p for p in paths if os.path.isabs(p)]
             if not all(_inside(os.path.realpath(p), self.writable) for p in paths):
                 self.executions.append(f"{event} {str(args)[:120]}")
@@ -240,16 +253,29 @@ def build_samples(workdir: Path) -> list[Sample]:
     kv.add("maya", "Maya lives in Lisbon")
     kv.save(samples / "kv_cache")
     gate = EditGate({"_target_": "memos_lab.models.embedder.HashingEmbedder", "dim": 64}, threshold=0.3)
-    lora = LoRAMemory(lm, gate=gate, adapter="alice", rank=2, alpha=4, steps=2, target_modules=["q_proj"], stop_when_learned=False)
-    lora.edit([KnowledgeEdit("e0", "Anouk Elphick", "city", "Anouk Elphick lives in", "Oslo", paraphrases=("Anouk lives in",))])
+    lora = LoRAMemory(
+        lm, gate=gate, adapter="alice", rank=2, alpha=4, steps=2, target_modules=["q_proj"], stop_when_learned=False
+    )
+    lora.edit(
+        [
+            KnowledgeEdit(
+                "e0", "Anouk Elphick", "city", "Anouk Elphick lives in", "Oslo", paraphrases=("Anouk lives in",)
+            )
+        ]
+    )
     lora.save(samples / "lora")
     cube = MemCube.create("alice", new_text(), cube_id="c1")
     cube.text.add(["Maya lives in Lisbon", "Tom bought a red bicycle"])
     cube.activation, cube.parametric = kv, lora
     cube.dump(samples / "cube")
     lora.close()
-    write_artifact(samples / "stats", "stats", {"layer": 1, "samples": 8}, files={"cov.safetensors": _tensor_bytes()},
-                   fingerprint=lm.fingerprint())
+    write_artifact(
+        samples / "stats",
+        "stats",
+        {"layer": 1, "samples": 8},
+        files={"cov.safetensors": _tensor_bytes()},
+        fingerprint=lm.fingerprint(),
+    )
     mos = MOS(new_text, root=samples / "mos_root")
     for user in ("alice", "bob"):
         mos.register_user(user)
@@ -264,8 +290,14 @@ def build_samples(workdir: Path) -> list[Sample]:
     for name in ("locomo_tiny.json", "longmemeval_tiny.json", "zsre_tiny.json", "counterfact_tiny.json"):
         shutil.copy(fixtures / name, inputs / name)
     (inputs / "items.jsonl").write_text(
-        "\n".join(json.dumps(r) for r in [{"text": "Maya lives in Lisbon", "tags": ["home"], "session": "s1"},
-                                          {"text": "Tom bought a bicycle", "user": "alice"}]) + "\n"
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"text": "Maya lives in Lisbon", "tags": ["home"], "session": "s1"},
+                {"text": "Tom bought a bicycle", "user": "alice"},
+            ]
+        )
+        + "\n"
     )
 
     def load_cube(path: Path) -> Any:
@@ -282,16 +314,37 @@ def build_samples(workdir: Path) -> list[Sample]:
     def load_mos(path: Path) -> Any:
         return MOS(new_text, root=path)
 
-    cube_json = ["manifest.json", "index/vector_ids.json", "activation/manifest.json", "parametric/manifest.json",
-                 "parametric/adapters/alice/adapter_config.json"]
+    cube_json = [
+        "manifest.json",
+        "index/vector_ids.json",
+        "activation/manifest.json",
+        "parametric/manifest.json",
+        "parametric/adapters/alice/adapter_config.json",
+    ]
     return [
         Sample("cube", samples / "cube", load_cube, cube_json, ["items.sqlite", "index/vectors.faiss"]),
-        Sample("kv_cache", samples / "kv_cache", lambda p: KVCacheMemory.load(p, lm), ["manifest.json"], ["00000.safetensors"]),
-        Sample("lora", samples / "lora", load_lora, ["manifest.json", "adapters/alice/adapter_config.json"],
-               ["adapters/alice/adapter_model.safetensors"]),
+        Sample(
+            "kv_cache",
+            samples / "kv_cache",
+            lambda p: KVCacheMemory.load(p, lm),
+            ["manifest.json"],
+            ["00000.safetensors"],
+        ),
+        Sample(
+            "lora",
+            samples / "lora",
+            load_lora,
+            ["manifest.json", "adapters/alice/adapter_config.json"],
+            ["adapters/alice/adapter_model.safetensors"],
+        ),
         Sample("stats", samples / "stats", load_stats, ["manifest.json"], ["cov.safetensors"]),
-        Sample("mos_root", samples / "mos_root", load_mos, ["registry.json", "cubes/shared/manifest.json"],
-               ["cubes/shared/items.sqlite"]),
+        Sample(
+            "mos_root",
+            samples / "mos_root",
+            load_mos,
+            ["registry.json", "cubes/shared/manifest.json"],
+            ["cubes/shared/items.sqlite"],
+        ),
         Sample("locomo", inputs / "locomo_tiny.json", lambda p: list(load_locomo(str(p))), [""]),
         Sample("longmemeval", inputs / "longmemeval_tiny.json", lambda p: list(load_longmemeval(str(p))), [""]),
         Sample("zsre", inputs / "zsre_tiny.json", lambda p: load_zsre(str(p)), [""]),
@@ -359,7 +412,9 @@ def mutate_json(root: Path, relative: str, path_index: int, new: Any, resign: bo
         file.write_text(_dump(set_at(value, path, new)), encoding="utf-8", errors="surrogatepass")
     if resign and relative:
         _resign(root, relative)
-    return f"json {relative or file.name} {'/'.join(map(str, path))} = {repr(new)[:40]}{' (re-signed)' if resign else ''}"
+    return (
+        f"json {relative or file.name} {'/'.join(map(str, path))} = {repr(new)[:40]}{' (re-signed)' if resign else ''}"
+    )
 
 
 def mutate_bytes(root: Path, relative: str, how: int, offset: int, resign: bool) -> str:
@@ -385,8 +440,17 @@ def mutate_files(root: Path, outside: Path, sample: Sample, how: int, pick: int)
     names = sample.payload_files + [n for n in sample.json_files if n]
     name = names[pick % len(names)] if names else ""
     target = root / name if name else root
-    kind = ("symlink-out", "symlink-out-resigned", "devzero", "fifo", "unlisted", "entry-escape", "entry-absolute",
-            "sql-view", "dir-symlink")[how % 9]
+    kind = (
+        "symlink-out",
+        "symlink-out-resigned",
+        "devzero",
+        "fifo",
+        "unlisted",
+        "entry-escape",
+        "entry-absolute",
+        "sql-view",
+        "dir-symlink",
+    )[how % 9]
     if kind.startswith("symlink-out") and name:
         target.unlink()
         target.symlink_to(outside / "secret.txt")
@@ -410,9 +474,11 @@ def mutate_files(root: Path, outside: Path, sample: Sample, how: int, pick: int)
     elif kind == "sql-view" and (root / "items.sqlite").is_file():
         with contextlib.closing(sqlite3.connect(root / "items.sqlite")) as db, db:
             db.execute("ALTER TABLE items RENAME TO real_items")
-            db.execute("CREATE VIEW items AS WITH RECURSIVE r(position, id, text, metadata, embedding) AS "
-                       "(SELECT 0, 'a', 'b', '{}', NULL UNION ALL SELECT position + 1, id, text, metadata, embedding FROM r) "
-                       "SELECT * FROM r")
+            db.execute(
+                "CREATE VIEW items AS WITH RECURSIVE r(position, id, text, metadata, embedding) AS "
+                "(SELECT 0, 'a', 'b', '{}', NULL UNION ALL SELECT position + 1, id, text, metadata, embedding FROM r) "
+                "SELECT * FROM r"
+            )
         _resign(root, "items.sqlite")
     elif kind == "dir-symlink" and (root / "index").is_dir():
         shutil.rmtree(root / "index")
@@ -453,8 +519,17 @@ class Fuzzer:
         self.outside = self.workdir / "outside"
         self.outside.mkdir(exist_ok=True)
         (self.outside / "secret.txt").write_text("not yours\n")
-        roots = [self.workdir / "cases", Path(sys.prefix), Path(sys.base_prefix), Path(__file__).resolve().parent,
-                 Path(os.environ["HF_DATASETS_CACHE"]), Path("/proc"), Path("/sys"), Path("/dev/null"), Path("/dev/urandom")]
+        roots = [
+            self.workdir / "cases",
+            Path(sys.prefix),
+            Path(sys.base_prefix),
+            Path(__file__).resolve().parent,
+            Path(os.environ["HF_DATASETS_CACHE"]),
+            Path("/proc"),
+            Path("/sys"),
+            Path("/dev/null"),
+            Path("/dev/urandom"),
+        ]
         self.guard = Guard(roots, [self.workdir / "cases", Path(os.environ["HF_DATASETS_CACHE"])])
         for sample in self.samples.values():  # warm every import and cache, so the oracle sees only the load
             self._load(sample, sample.path)
@@ -488,7 +563,7 @@ class Fuzzer:
         except MemosError as error:
             message = str(error)
             outcome.result, outcome.message = ("refused", message) if "\n" not in message.strip() else ("raw", message)
-        except BaseException as error:  # noqa: BLE001 - the oracle counts every other exception as a traceback
+        except BaseException as error:
             if isinstance(error, KeyboardInterrupt):
                 raise
             outcome.result, outcome.message = "raw", f"{type(error).__name__}: {str(error)[:300]}"
@@ -533,7 +608,9 @@ def mutations(fuzzer: Fuzzer) -> Any:
     from hypothesis import strategies as st
 
     names = sorted(fuzzer.samples)
-    plant = st.one_of(st.sampled_from(PLANTS + ("<DEEP>",)), st.text(max_size=20), st.integers(), st.floats(allow_nan=False))
+    plant = st.one_of(
+        st.sampled_from((*PLANTS, "<DEEP>")), st.text(max_size=20), st.integers(), st.floats(allow_nan=False)
+    )
 
     @st.composite
     def one(draw: Any) -> tuple[str, Callable[[Path, Path, Sample], str]]:
@@ -556,7 +633,11 @@ def mutations(fuzzer: Fuzzer) -> Any:
 
 def planted_cases(fuzzer: Fuzzer) -> Iterator[tuple[str, Callable[[Path, Path, Sample], str]]]:
     """Every node of every JSON file of every artifact sample, replaced by every planted `_target_` and class path."""
-    plants = [p for p in PLANTS if (isinstance(p, dict) and p) or p in ("builtins.print", "os.makedirs", "memos_lab.fuzz.Sentinel")]
+    plants = [
+        p
+        for p in PLANTS
+        if (isinstance(p, dict) and p) or p in ("builtins.print", "os.makedirs", "memos_lab.fuzz.Sentinel")
+    ]
     for name, sample in sorted(fuzzer.samples.items()):
         if not sample.path.is_dir():
             continue
@@ -564,7 +645,12 @@ def planted_cases(fuzzer: Fuzzer) -> Iterator[tuple[str, Callable[[Path, Path, S
             value = json.loads((sample.path / relative).read_text())
             for index in range(len(json_paths(value))):
                 for new in plants:
-                    yield name, (lambda r, i, n: lambda root, outside, s: mutate_json(root, r, i, n, True))(relative, index, new)
+                    yield (
+                        name,
+                        (lambda r, i, n: lambda root, outside, s: mutate_json(root, r, i, n, True))(
+                            relative, index, new
+                        ),
+                    )
 
 
 # ---- the long campaign ------------------------------------------------------------------------------------
@@ -584,8 +670,12 @@ def campaign(examples: int, workdir: Path, seed: int = 0, planted_first: bool = 
         planted = len(outcomes)
 
         @hypothesis_seed(seed)
-        @settings(max_examples=max(0, examples - planted), deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=max(0, examples - planted),
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(mutations(fuzzer))
         def draw(case: tuple[str, Callable[[Path, Path, Sample], str]]) -> None:
             outcomes.append(fuzzer.run(*case))

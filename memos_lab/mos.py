@@ -264,7 +264,10 @@ class MOS:
             change()
             registry = {
                 "users": sorted(self._users),
-                "cubes": {cube_id: {"owner": cube.owner, "shares": self._shares[cube_id]} for cube_id, cube in self._cubes.items()},
+                "cubes": {
+                    cube_id: {"owner": cube.owner, "shares": self._shares[cube_id]}
+                    for cube_id, cube in self._cubes.items()
+                },
             }
             atomic_write_text(self.root / REGISTRY_FILE, json.dumps(registry, indent=2, sort_keys=True) + "\n")
             self._registry_stamp = _stamp(self.root / REGISTRY_FILE)
@@ -382,7 +385,10 @@ def _read_registry(path: Path) -> tuple[set[str], dict[str, tuple[str, dict[str,
         cubes = {
             _check_cube_id(cube_id, "cube id"): (
                 _check_user_id(entry["owner"], f"cube {cube_id!r}: owner"),
-                {_check_user_id(user, f"cube {cube_id!r}: shared with"): mode for user, mode in entry["shares"].items()},
+                {
+                    _check_user_id(user, f"cube {cube_id!r}: shared with"): mode
+                    for user, mode in entry["shares"].items()
+                },
             )
             for cube_id, entry in registry["cubes"].items()
         }

@@ -93,7 +93,9 @@ def model_provenance(cfg: Any) -> dict[str, str]:
 
         info["gpu"] = torch.cuda.get_device_name(device)
     model = cfg.get("model") or {}
-    info["model"] = str(model.get("name_or_path") or model.get("preset") or model.get("_target_", "")).rsplit(".", 1)[-1]
+    info["model"] = str(model.get("name_or_path") or model.get("preset") or model.get("_target_", "")).rsplit(".", 1)[
+        -1
+    ]
     info["random_weights"] = str(model.get("_target_") in RANDOM_MODEL_TARGETS).lower()
     for role, node in (("llm", cfg.get("llm")), ("judge", (cfg.get("judge") or {}).get("generator"))):
         if node and node.get("base_url"):

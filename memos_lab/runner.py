@@ -134,6 +134,8 @@ def _warn_undeclared(cfg: DictConfig, metrics: Mapping[str, float]) -> None:
     undeclared = sorted(name for name in metrics if find_spec([*declared, *RUN_METRICS], name) is None)
     if undeclared:
         log.warning("metrics not declared in experiment.metrics (no unit for the report): %s", ", ".join(undeclared))
+
+
 def pinned_settings(cfg: DictConfig) -> dict[str, str]:
     """The settings an experiment declares results depend on beyond the swept ones (`experiment.pinned`:
     prompt versions, judge model...): recorded in provenance and every report; `report` refuses to mix them."""
@@ -144,7 +146,9 @@ def _checked_objective(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, 
     """`objective` names the metric a run returns to a sweeper; a typo must not pass as a missing value."""
     objective = cfg.get("objective")
     if objective and objective not in metrics:
-        raise ConfigError(f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}")
+        raise ConfigError(
+            f"objective {objective!r} is not a metric of this experiment; valid: {', '.join(sorted(metrics))}"
+        )
     return metrics
 
 
@@ -202,7 +206,8 @@ def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def render_report(
-    cfg: DictConfig, choices: Mapping[str, str], metrics: Mapping[str, float], env: Mapping[str, Any], wall_s: float) -> str:
+    cfg: DictConfig, choices: Mapping[str, str], metrics: Mapping[str, float], env: Mapping[str, Any], wall_s: float
+) -> str:
     from tabulate import tabulate
 
     lines = [

@@ -77,9 +77,7 @@ class Settings:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if not _matches(value, hints[item.name]):
-                raise ConfigError(
-                    f"{self.section}.{item.name} must be {_describe(hints[item.name])}, got {value!r}"
-                )
+                raise ConfigError(f"{self.section}.{item.name} must be {_describe(hints[item.name])}, got {value!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -232,7 +230,11 @@ def _describe(hint: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin is tuple:
-        return f"a list of ({_describe(args[0])})" if len(args) == 2 and args[1] is Ellipsis else f"a list of {len(args)} values"
+        return (
+            f"a list of ({_describe(args[0])})"
+            if len(args) == 2 and args[1] is Ellipsis
+            else f"a list of {len(args)} values"
+        )
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
@@ -242,14 +244,19 @@ def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(values, DictConfig):
         return typing.cast(dict[str, Any], OmegaConf.to_container(values, resolve=True))
     # keyword arguments from hydra.utils.instantiate(..., _partial_=True) may still hold ListConfig/DictConfig values
-    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value for key, value in values.items()}
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in values.items()
+    }
 
 
 def _frozen(value: Any, hint: Any = Any) -> Any:
     """Lists become tuples; dicts become the nested settings dataclass the annotation names."""
     nested = _nested_settings(hint)
     if isinstance(value, list):
-        return tuple(nested.from_mapping(item) if nested and isinstance(item, dict) else _frozen(item) for item in value)
+        return tuple(
+            nested.from_mapping(item) if nested and isinstance(item, dict) else _frozen(item) for item in value
+        )
     if nested is not None and isinstance(value, dict):
         return nested.from_mapping(value)
     return value

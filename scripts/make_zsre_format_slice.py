@@ -15,23 +15,35 @@ from pathlib import Path
 
 # country, capital, official language, currency, continent
 COUNTRIES = [
-    ("France", "Paris", "French", "euro", "Europe"), ("Germany", "Berlin", "German", "euro", "Europe"),
-    ("Italy", "Rome", "Italian", "euro", "Europe"), ("Spain", "Madrid", "Spanish", "euro", "Europe"),
-    ("Portugal", "Lisbon", "Portuguese", "euro", "Europe"), ("Japan", "Tokyo", "Japanese", "yen", "Asia"),
-    ("China", "Beijing", "Mandarin", "yuan", "Asia"), ("India", "New Delhi", "Hindi", "rupee", "Asia"),
+    ("France", "Paris", "French", "euro", "Europe"),
+    ("Germany", "Berlin", "German", "euro", "Europe"),
+    ("Italy", "Rome", "Italian", "euro", "Europe"),
+    ("Spain", "Madrid", "Spanish", "euro", "Europe"),
+    ("Portugal", "Lisbon", "Portuguese", "euro", "Europe"),
+    ("Japan", "Tokyo", "Japanese", "yen", "Asia"),
+    ("China", "Beijing", "Mandarin", "yuan", "Asia"),
+    ("India", "New Delhi", "Hindi", "rupee", "Asia"),
     ("Brazil", "Brasilia", "Portuguese", "real", "South America"),
     ("Argentina", "Buenos Aires", "Spanish", "peso", "South America"),
     ("Mexico", "Mexico City", "Spanish", "peso", "North America"),
     ("Canada", "Ottawa", "English", "Canadian dollar", "North America"),
     ("Australia", "Canberra", "English", "Australian dollar", "Oceania"),
-    ("Egypt", "Cairo", "Arabic", "Egyptian pound", "Africa"), ("Kenya", "Nairobi", "Swahili", "shilling", "Africa"),
-    ("Russia", "Moscow", "Russian", "ruble", "Europe"), ("Turkey", "Ankara", "Turkish", "lira", "Asia"),
-    ("Poland", "Warsaw", "Polish", "zloty", "Europe"), ("Sweden", "Stockholm", "Swedish", "krona", "Europe"),
-    ("Norway", "Oslo", "Norwegian", "krone", "Europe"), ("Greece", "Athens", "Greek", "euro", "Europe"),
-    ("Thailand", "Bangkok", "Thai", "baht", "Asia"), ("South Korea", "Seoul", "Korean", "won", "Asia"),
-    ("Peru", "Lima", "Spanish", "sol", "South America"), ("Nigeria", "Abuja", "English", "naira", "Africa"),
-    ("Morocco", "Rabat", "Arabic", "dirham", "Africa"), ("Vietnam", "Hanoi", "Vietnamese", "dong", "Asia"),
-    ("Iran", "Tehran", "Persian", "rial", "Asia"), ("Netherlands", "Amsterdam", "Dutch", "euro", "Europe"),
+    ("Egypt", "Cairo", "Arabic", "Egyptian pound", "Africa"),
+    ("Kenya", "Nairobi", "Swahili", "shilling", "Africa"),
+    ("Russia", "Moscow", "Russian", "ruble", "Europe"),
+    ("Turkey", "Ankara", "Turkish", "lira", "Asia"),
+    ("Poland", "Warsaw", "Polish", "zloty", "Europe"),
+    ("Sweden", "Stockholm", "Swedish", "krona", "Europe"),
+    ("Norway", "Oslo", "Norwegian", "krone", "Europe"),
+    ("Greece", "Athens", "Greek", "euro", "Europe"),
+    ("Thailand", "Bangkok", "Thai", "baht", "Asia"),
+    ("South Korea", "Seoul", "Korean", "won", "Asia"),
+    ("Peru", "Lima", "Spanish", "sol", "South America"),
+    ("Nigeria", "Abuja", "English", "naira", "Africa"),
+    ("Morocco", "Rabat", "Arabic", "dirham", "Africa"),
+    ("Vietnam", "Hanoi", "Vietnamese", "dong", "Asia"),
+    ("Iran", "Tehran", "Persian", "rial", "Asia"),
+    ("Netherlands", "Amsterdam", "Dutch", "euro", "Europe"),
     ("Hungary", "Budapest", "Hungarian", "forint", "Europe"),
 ]
 # relation: (column, question, rephrased question)
@@ -86,10 +98,19 @@ def make(n: int, seed: int) -> list[dict[str, object]]:
         alt = rng.choice(sorted({row[column] for row in COUNTRIES} - {true}))
         loc, loc_ans = rng.choice(LOCALITY)
         src = question.format(country[0])
-        records.append({
-            "subject": country[0], "src": src, "pred": true, "rephrase": rephrase.format(country[0]), "alt": alt,
-            "answers": [true], "loc": loc, "loc_ans": loc_ans, "cond": f"{true} >> {alt} || {src}",
-        })
+        records.append(
+            {
+                "subject": country[0],
+                "src": src,
+                "pred": true,
+                "rephrase": rephrase.format(country[0]),
+                "alt": alt,
+                "answers": [true],
+                "loc": loc,
+                "loc_ans": loc_ans,
+                "cond": f"{true} >> {alt} || {src}",
+            }
+        )
     return records
 
 

@@ -11,9 +11,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from memos_lab.memory.textual.general_text import GeneralTextMemory  # noqa: E402
-from memos_lab.models.embedder import HashingEmbedder  # noqa: E402
-from memos_lab.settings import register_schemas  # noqa: E402
+from memos_lab.memory.textual.general_text import GeneralTextMemory
+from memos_lab.models.embedder import HashingEmbedder
+from memos_lab.settings import register_schemas
 
 # Tests compose conf/ with Hydra directly, as the CLI does after registering the settings schemas.
 register_schemas()

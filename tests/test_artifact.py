@@ -69,7 +69,9 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 # ---- reads outside the artifact (issue 17, finding 2) ------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "index/../../x", "./items.sqlite", "a\\b", ".hidden"])
+@pytest.mark.parametrize(
+    "entry", ["../../etc/passwd", "/etc/passwd", "index/../../x", "./items.sqlite", "a\\b", ".hidden"]
+)
 def test_file_entries_outside_the_folder_are_refused(cube_dir: Path, entry: str) -> None:
     value = manifest(cube_dir)
     value["files"][entry] = {"bytes": 1, "sha256": "0" * 64}
@@ -162,7 +164,9 @@ def test_deep_json_is_one_line(cube_dir: Path) -> None:
         ("fingerprint", 1e999, "only finite numbers"),
     ],
 )
-def test_wrong_json_types_are_one_line_naming_the_field(cube_dir: Path, field: str, value: object, message: str) -> None:
+def test_wrong_json_types_are_one_line_naming_the_field(
+    cube_dir: Path, field: str, value: object, message: str
+) -> None:
     data = manifest(cube_dir)
     node = data
     *parents, last = field.split(".")
@@ -200,7 +204,10 @@ def test_a_stored_gate_cannot_name_a_model_folder(lm: LanguageModel, tmp_path: P
     for adapter_key in list(lm.model.peft_config):
         lm.model.delete_adapter(adapter_key)
     value = manifest(tmp_path / "m")
-    value["meta"]["gate"]["embedder"] = {"_target_": "memos_lab.models.embedder.SentenceTransformerEmbedder", "model_path": str(tmp_path)}
+    value["meta"]["gate"]["embedder"] = {
+        "_target_": "memos_lab.models.embedder.SentenceTransformerEmbedder",
+        "model_path": str(tmp_path),
+    }
     write_manifest(tmp_path / "m", value)
     with pytest.raises(IncompatibleError, match="embedder.model_path: a stored gate cannot name a path"):
         LoRAMemory.load(tmp_path / "m", lm)
@@ -210,14 +217,21 @@ def test_a_stored_gate_cannot_name_a_model_folder(lm: LanguageModel, tmp_path: P
 
 
 def test_every_backend_in_conf_is_a_registered_class() -> None:
-    for group, family in [("memory", "textual"), ("parametric", "parametric"), ("activation", "activation"), ("embedder", "embedder")]:
+    for group, family in [
+        ("memory", "textual"),
+        ("parametric", "parametric"),
+        ("activation", "activation"),
+        ("embedder", "embedder"),
+    ]:
         for file in sorted((CONF / group).glob("*.yaml")):
             target = (yaml.safe_load(file.read_text()) or {}).get("_target_")
             if target is not None:
                 assert target in artifact.TRUSTED_CLASSES[family], f"add {target} to TRUSTED_CLASSES[{family!r}]"
 
 
-@pytest.mark.parametrize("target", ["builtins.print", "os.makedirs", "memos_lab.fuzz.Sentinel", "memos_lab.cube.MemCube", 5])
+@pytest.mark.parametrize(
+    "target", ["builtins.print", "os.makedirs", "memos_lab.fuzz.Sentinel", "memos_lab.cube.MemCube", 5]
+)
 def test_a_class_outside_the_registry_is_refused_even_inside_memos_lab(target: object) -> None:
     with pytest.raises(IncompatibleError, match="may only name the embedder classes HashingEmbedder"):
         artifact.trusted_class(target, "embedder", "x")
@@ -247,7 +261,10 @@ def test_the_name_a_model_was_loaded_through_does_not_matter_but_its_weights_do(
     lora.close()
     LoRAMemory.load(tmp_path / "lora", renamed).close()
     write_artifact(tmp_path / "stats", "stats", {"n": 1}, files={"cov.bin": b"\x00" * 8}, fingerprint=lm.fingerprint())
-    assert read_artifact(tmp_path / "stats", "stats", fingerprint=renamed.fingerprint()).read_bytes("cov.bin") == b"\x00" * 8
+    assert (
+        read_artifact(tmp_path / "stats", "stats", fingerprint=renamed.fingerprint()).read_bytes("cov.bin")
+        == b"\x00" * 8
+    )
     with pytest.raises(IncompatibleError, match="differs in .*weights_sha256"):
         read_artifact(tmp_path / "stats", "stats", fingerprint=build_tiny_llama(seed=1).fingerprint())
 
@@ -255,7 +272,9 @@ def test_the_name_a_model_was_loaded_through_does_not_matter_but_its_weights_do(
 # ---- version-1 artifacts ------------------------------------------------------------------------------
 
 
-def test_a_version_1_cube_with_both_slots_loads_unchanged_and_dumps_as_version_2(lm: LanguageModel, tmp_path: Path) -> None:
+def test_a_version_1_cube_with_both_slots_loads_unchanged_and_dumps_as_version_2(
+    lm: LanguageModel, tmp_path: Path
+) -> None:
     old = tmp_path / "old"
     shutil.copytree(FIXTURES / "cube_v1", old)
     before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
@@ -263,7 +282,9 @@ def test_a_version_1_cube_with_both_slots_loads_unchanged_and_dumps_as_version_2
     try:
         assert sorted(item.text for item in cube.text.get_all()) == ["Maya lives in Lisbon", "Tom bought a red bicycle"]
         assert cube.activation.keys() == ["maya"] and cube.parametric.edits("alice")[0].target_new == "Oslo"
-        assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before  # nothing rewritten
+        assert {
+            p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()
+        } == before  # nothing rewritten
         cube.dump(tmp_path / "new")
     finally:
         cube.parametric.close()
@@ -294,7 +315,11 @@ def test_opening_removes_only_our_stale_staging_and_only_when_no_writer_holds_th
     stale = [cube_dir.with_name(".cube.abcd1234.tmp"), cube_dir.with_name(".cube.x1y2z3w4.tmp.old")]
     for path in stale:
         path.mkdir()
-    others = [cube_dir.with_name(".cube.x.abcd1234.tmp"), cube_dir.with_name(".cubes.abcd1234.tmp"), cube_dir.with_name("cube.abcd1234.tmp")]
+    others = [
+        cube_dir.with_name(".cube.x.abcd1234.tmp"),
+        cube_dir.with_name(".cubes.abcd1234.tmp"),
+        cube_dir.with_name("cube.abcd1234.tmp"),
+    ]
     for path in others:
         path.mkdir()
     with writer_lock(cube_dir, timeout=0):
@@ -307,7 +332,9 @@ def test_opening_removes_only_our_stale_staging_and_only_when_no_writer_holds_th
     assert not stale[0].exists()
 
 
-def test_an_interrupted_dump_leaves_only_what_the_next_open_removes(cube_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_dump_leaves_only_what_the_next_open_removes(
+    cube_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cube = MemCube.load(cube_dir, EMBEDDER)
     monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # as if killed before cleaning up
 

@@ -11,7 +11,6 @@ from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.memory.textual.general_text import GeneralTextMemory
 from memos_lab.models.decode import greedy
-from memos_lab.models.llm import LanguageModel, build_tiny_llama
 from memos_lab.mos import MOS
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
@@ -73,6 +72,7 @@ def test_kv_mode_answers_token_for_token_like_text_mode_and_prefills_less(embedd
     # A miss builds the new working memory's cache from the longest cached prefix, not from scratch.
     assert all(a.prefilled_tokens < a.prompt_tokens for a in answers[1:])
 
+
 def test_the_activation_tier_evicts_by_the_scheduler_policy(embedder, tiny):
     scheduler = make_scheduler(embedder, max_items=2)
     scheduler.working.policy = LFUPolicy()
@@ -92,7 +92,9 @@ def test_the_activation_tier_evicts_by_the_scheduler_policy(embedder, tiny):
 def test_parametric_mode_puts_no_memories_in_the_prompt(embedder, tiny):
     lora = LoRAMemory(tiny, rank=2, steps=2, target_modules=["q_proj", "v_proj"])
     try:
-        chat = MemChat(make_scheduler(embedder), LocalGenerator(tiny), mode="parametric", max_new_tokens=3, parametric=lora)
+        chat = MemChat(
+            make_scheduler(embedder), LocalGenerator(tiny), mode="parametric", max_new_tokens=3, parametric=lora
+        )
         answer = chat.ask("What is the name of Leo's dog?")
         system = chat.messages([], "q")[0]["content"]
         assert "Biscuit" not in system and answer.prompt_tokens < 200
@@ -104,8 +106,9 @@ def test_greedy_matches_transformers_generate(tiny):
     prompt = tiny.encode_chat([{"role": "user", "content": "hello there"}])
     decoded = greedy(tiny, prompt, 8)
     ours, reused = decoded.token_ids, decoded.reused
-    reference = tiny.model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
-                                    pad_token_id=tiny.tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    reference = tiny.model.generate(
+        torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=tiny.tokenizer.pad_token_id
+    )[0, len(prompt) :].tolist()
     stop = tiny.tokenizer.eos_token_id
     assert ours == (reference[: reference.index(stop)] if stop in reference else reference) and reused == 0
 

@@ -22,7 +22,12 @@ from omegaconf import OmegaConf
 from memos_lab.cli import CONF_DIR
 from memos_lab.settings import SCHEMA_GROUP, Settings, _matches, settings_class_of
 
-NOT_COMPONENTS = ("hydra", "hparams_search", "local", "prompt")  # Hydra's own settings, searches, per-machine files, prompt texts
+NOT_COMPONENTS = (
+    "hydra",
+    "hparams_search",
+    "local",
+    "prompt",
+)  # Hydra's own settings, searches, per-machine files, prompt texts
 # How to compose each group: the primary config and the overrides that bring the group in.
 COMPOSE = {
     "memory_type": ("load", ["user=u", "cube_dir=d"]),
@@ -67,7 +72,9 @@ def literal_values(data: dict[str, Any]) -> dict[str, Any]:
 
 def _marked(path: Path) -> Any:
     name = path.relative_to(CONF_DIR).as_posix()
-    marks = [pytest.mark.xfail(strict=True, reason="not converted to a settings dataclass yet")] if name in PENDING else []
+    marks = (
+        [pytest.mark.xfail(strict=True, reason="not converted to a settings dataclass yet")] if name in PENDING else []
+    )
     return pytest.param(path, id=name, marks=marks)
 
 
@@ -98,11 +105,15 @@ def check_against_settings(path: Path, cls: type[Settings], node: dict[str, Any]
     unknown = sorted(set(node) - allowed)
     assert not unknown, f"{path}: {unknown} are not settings of {cls.__name__}; valid: {sorted(declared)}"
     missing = sorted(set(declared) - set(node))
-    assert not missing, f"{path}: {missing} missing: name /{SCHEMA_GROUP}/{cls.__module__}.{cls.__name__} in its defaults"
+    assert not missing, (
+        f"{path}: {missing} missing: name /{SCHEMA_GROUP}/{cls.__module__}.{cls.__name__} in its defaults"
+    )
     cls.from_mapping({k: v for k, v in node.items() if k not in cls.config_keys})  # types and ranges
     named = schema_named(data)
     if named is not None:  # the component's own file: it may not restate a default differently
-        assert named == f"{cls.__module__}.{cls.__name__}", f"{path}: names schema {named} for a target reading {cls.__name__}"
+        assert named == f"{cls.__module__}.{cls.__name__}", (
+            f"{path}: names schema {named} for a target reading {cls.__name__}"
+        )
         for key, value in literal_values(data).items():
             # declared_in_yaml: data each file states (an experiment's metric list); dicts: keyword arguments
             # of what they configure, which checks them (e.g. the scheduling experiment's `working_memory`)

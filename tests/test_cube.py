@@ -25,8 +25,13 @@ def filled_cube(embedder) -> MemCube:
     cube = MemCube.create("alice", memory, cube_id="c1")
     memory.add(
         [
-            MemoryItem("Maya lives in Lisbon", MemoryMetadata(user="alice", session="s1", tags=("home",), event_time="2024-01-02")),
-            MemoryItem("Tom bought a red bicycle last week", MemoryMetadata(user="alice", session="s2", extra={"k": "v"})),
+            MemoryItem(
+                "Maya lives in Lisbon",
+                MemoryMetadata(user="alice", session="s1", tags=("home",), event_time="2024-01-02"),
+            ),
+            MemoryItem(
+                "Tom bought a red bicycle last week", MemoryMetadata(user="alice", session="s2", extra={"k": "v"})
+            ),
             "alice likes green tea",
             "Oslo is cold in winter",
         ]
@@ -104,10 +109,16 @@ def test_newer_schema_is_refused_clearly(dumped, embedder):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda d: (d / "items.sqlite").write_bytes((d / "items.sqlite").read_bytes()[:100]), "items.sqlite: truncated"),
+        (
+            lambda d: (d / "items.sqlite").write_bytes((d / "items.sqlite").read_bytes()[:100]),
+            "items.sqlite: truncated",
+        ),
         (lambda d: (d / "items.sqlite").unlink(), "items.sqlite: missing"),
         (lambda d: (d / MANIFEST_FILE).unlink(), "manifest.json is missing"),
-        (lambda d: (d / MANIFEST_FILE).write_text('{"format": "memos_lab.cube", "sche'), "manifest.json: not valid JSON"),
+        (
+            lambda d: (d / MANIFEST_FILE).write_text('{"format": "memos_lab.cube", "sche'),
+            "manifest.json: not valid JSON",
+        ),
         (lambda d: edit_manifest(d, files={"../outside": {"bytes": 1, "sha256": "x"}}), "only relative paths inside"),
         (lambda d: edit_manifest(d, item_count=1), "holds 5 items, the manifest says 1"),
     ],
@@ -143,7 +154,9 @@ def test_forged_item_store_is_rejected_even_with_matching_checksums(tmp_path, em
         MemCube.load(tmp_path / "cube", embedder)
 
 
-@pytest.mark.parametrize("target", ["os.system", "subprocess.Popen", "memos_lab.nosuch.Class", "memos_lab.errors.DataError"])
+@pytest.mark.parametrize(
+    "target", ["os.system", "subprocess.Popen", "memos_lab.nosuch.Class", "memos_lab.errors.DataError"]
+)
 def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
     manifest = json.loads((dumped / MANIFEST_FILE).read_text())
     manifest["meta"]["memory_config"]["text"]["_target_"] = target
@@ -156,7 +169,10 @@ def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
     "slots, message",
     [
         ({"activation": "builtins.object"}, "slots.activation names 'builtins.object'"),
-        ({"activation": "memos_lab.cube.MemCube"}, "slots.activation names 'memos_lab.cube.MemCube'; .* only name the activation"),
+        (
+            {"activation": "memos_lab.cube.MemCube"},
+            "slots.activation names 'memos_lab.cube.MemCube'; .* only name the activation",
+        ),
         ({"plugins": "memos_lab.cube.MemCube"}, "unknown slot 'plugins'"),
     ],
 )
@@ -188,7 +204,6 @@ class _FakeSlot:
 
 def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, monkeypatch):
     import memos_lab.cube as cube_module
-
     from memos_lab.memory.activation.base import ActivationMemory
 
     monkeypatch.setattr(_FakeSlot, "__module__", "memos_lab.cube")  # pose as a memos_lab class
@@ -198,7 +213,9 @@ def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, mon
     cube = filled_cube(embedder)
     cube.activation = _FakeSlot("kv")
     cube.dump(tmp_path / "cube")
-    assert json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())["meta"]["slots"] == {"activation": "memos_lab.cube._FakeSlot"}
+    assert json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())["meta"]["slots"] == {
+        "activation": "memos_lab.cube._FakeSlot"
+    }
     with pytest.raises(ConfigError, match="activation memory, which needs a model"):
         MemCube.load(tmp_path / "cube", embedder)
     loaded = MemCube.load(tmp_path / "cube", embedder, model="m")

@@ -18,13 +18,23 @@ import memos_lab.fuzz as fuzz
 from memos_lab.fuzz import Fuzzer, json_paths, mutate_json, mutations
 
 settings.register_profile("ci", max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-settings.register_profile("long", max_examples=5000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+settings.register_profile(
+    "long", max_examples=5000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 # The manifest of each artifact kind (the LoRA manifest holds the gate's settings) and the MOS registry.
-MANIFESTS = {"cube": "manifest.json", "kv_cache": "manifest.json", "lora": "manifest.json", "stats": "manifest.json",
-             "mos_root": "registry.json"}
-PLANTED = [{"_target_": "os.makedirs", "name": "PLANTED_DIR"}, {"nested": [{"_target_": "memos_lab.fuzz.Sentinel"}]},
-           "builtins.print"]
+MANIFESTS = {
+    "cube": "manifest.json",
+    "kv_cache": "manifest.json",
+    "lora": "manifest.json",
+    "stats": "manifest.json",
+    "mos_root": "registry.json",
+}
+PLANTED = [
+    {"_target_": "os.makedirs", "name": "PLANTED_DIR"},
+    {"nested": [{"_target_": "memos_lab.fuzz.Sentinel"}]},
+    "builtins.print",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +79,10 @@ def test_the_campaign_entry_point_writes_the_counts(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(fuzz, "build_samples", lambda w: [s for s in _SAMPLES if s.name in ("stats", "jsonl")])
     assert fuzz.main(["--examples", "20", "--no-planted", "--out", str(tmp_path / "fuzz.json")]) == 0
     report = json.loads((tmp_path / "fuzz.json").read_text())
-    assert report["examples"] == 20 and report["raw_tracebacks"] == report["code_executions"] == report["outside_reads"] == 0
+    assert (
+        report["examples"] == 20
+        and report["raw_tracebacks"] == report["code_executions"] == report["outside_reads"] == 0
+    )
     assert report["command"].startswith("python -m memos_lab.fuzz --examples 20")
 
 

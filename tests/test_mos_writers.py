@@ -32,7 +32,10 @@ def test_two_processes_changing_one_registry_lose_nothing(tmp_path, embedder):
     assert set(second.readable_cubes("bob")) == {"a", "b"}  # the other process's share is followed at once
     registry = json.loads((tmp_path / "registry.json").read_text())
     assert registry["users"] == ["alice", "bob"]
-    assert {cube: entry["shares"] for cube, entry in registry["cubes"].items()} == {"a": {"bob": "write"}, "b": {"alice": "read"}}
+    assert {cube: entry["shares"] for cube, entry in registry["cubes"].items()} == {
+        "a": {"bob": "write"},
+        "b": {"alice": "read"},
+    }
     first.unshare_cube("alice", "a", "bob")
     with pytest.raises(AccessDeniedError):
         second.add("bob", "a", ["bob was here"])  # revoked in another process: refused here too
@@ -63,7 +66,9 @@ def test_bad_cube_ids_are_refused_on_write_and_on_read(tmp_path, embedder, cube_
     mos.register_user("alice")
     with pytest.raises(ConfigError, match="cube id"):
         mos.create_cube("alice", cube_id=cube_id)
-    (tmp_path / "registry.json").write_text(json.dumps({"users": ["alice"], "cubes": {cube_id: {"owner": "alice", "shares": {}}}}))
+    (tmp_path / "registry.json").write_text(
+        json.dumps({"users": ["alice"], "cubes": {cube_id: {"owner": "alice", "shares": {}}}})
+    )
     with pytest.raises(DataError, match="registry.json: cube id") as refused:
         open_root(tmp_path, embedder)
     assert "\n" not in str(refused.value)

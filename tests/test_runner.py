@@ -1,4 +1,5 @@
 import json
+from typing import ClassVar
 
 import pytest
 from omegaconf import OmegaConf
@@ -9,7 +10,7 @@ from memos_lab.runner import _checked_metrics, read_metrics, run_experiment
 
 
 class RecordingTracker(Tracker):
-    instances: list["RecordingTracker"] = []
+    instances: ClassVar[list["RecordingTracker"]] = []
 
     def __init__(self):
         self.finished = None
@@ -116,7 +117,9 @@ def test_a_rerun_without_resume_removes_the_stale_metrics_first(tmp_path):
 def test_an_objective_that_is_not_a_metric_is_named_and_the_run_kept(tmp_path):
     cfg = make_cfg(f"{__name__}.constant_experiment")
     cfg.objective = "toy/nosuch"
-    with pytest.raises(ConfigError, match="objective 'toy/nosuch' is not a metric of this experiment; valid: run/wall_s, toy/count"):
+    with pytest.raises(
+        ConfigError, match="objective 'toy/nosuch' is not a metric of this experiment; valid: run/wall_s, toy/count"
+    ):
         run_experiment(cfg, tmp_path, {})
     assert json.loads((tmp_path / "metrics.json").read_text())["toy/score"] == 0.5
 

@@ -35,7 +35,10 @@ def test_settings_are_frozen_and_lists_become_tuples():
     "overrides, message",
     [
         (["scheduler.usage_weight=-1"], r"scheduler\.usage_weight must be a non-negative number, got -1"),
-        (["scheduler=recency", "scheduler.half_life=abc"], r"scheduler.half_life='abc': scheduler.half_life takes a number \(its default is 16.0\)"),
+        (
+            ["scheduler=recency", "scheduler.half_life=abc"],
+            r"scheduler.half_life='abc': scheduler.half_life takes a number \(its default is 16.0\)",
+        ),
         (["scheduler.usage_weigth=1"], r"Could not override 'scheduler\.usage_weigth'"),
     ],
 )

@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from memos_lab.cli import CONF_DIR, _group_sweep_runs, main, validate_overrides
-from memos_lab.errors import ConfigError
 from memos_lab.runner import run_experiment
 
 pytestmark = pytest.mark.slow  # sweeps in subprocesses: `make test-fast` leaves them out
@@ -46,14 +45,16 @@ def test_same_config_and_seed_give_the_same_metrics(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*SMALL_RUN, "seed=3"])
     first = run_experiment(cfg, tmp_path / "a", {})
-    second = run_experiment(cfg, tmp_path / "b", {})
+    run_experiment(cfg, tmp_path / "b", {})
     assert untimed(tmp_path / "a" / "metrics.json") == untimed(tmp_path / "b" / "metrics.json")
     assert first["retrieval/recall_all@10"] > 0  # something was measured, not two empty results
     assert (tmp_path / "a" / "per_query.json").read_text() == (tmp_path / "b" / "per_query.json").read_text()
 
 
 def test_ray_launcher_on_a_local_instance_matches_the_basic_launcher(basic_sweep, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs hydra-ray-launcher (pip install 'memos_lab[launchers]')")
+    pytest.importorskip(
+        "hydra_plugins.hydra_ray_launcher", reason="needs hydra-ray-launcher (pip install 'memos_lab[launchers]')"
+    )
     sweep = tmp_path / "ray"
     result = memos_lab(
         "run", "-m", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
@@ -124,7 +125,10 @@ def test_bad_launcher_or_sweeper_fails_before_any_job(override, message, tmp_pat
         ("hydra_plugins.hydra_ray_launcher", ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"]),
         ("hydra_plugins.hydra_ray_launcher", ["hydra/launcher=ray_cluster"]),
         ("hydra_plugins.hydra_submitit_launcher", ["hydra/launcher=slurm", "hydra.launcher.partition=cpu"]),
-        ("hydra_plugins.hydra_optuna_sweeper", ["hydra/sweeper=optuna", "objective=retrieval/mrr", "memory.rrf_k=int(interval(1,100))"]),
+        (
+            "hydra_plugins.hydra_optuna_sweeper",
+            ["hydra/sweeper=optuna", "objective=retrieval/mrr", "memory.rrf_k=int(interval(1,100))"],
+        ),
         ("hydra_plugins.hydra_optuna_sweeper", ["hparams_search=retrieval_fusion"]),
     ],
 )

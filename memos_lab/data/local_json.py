@@ -19,7 +19,9 @@ def read_json_records(path: str | Path, dataset: str, cache_dir: str | None = No
     try:
         table = datasets.load_dataset("json", data_files=str(file), split="train", cache_dir=cache_dir)
     except Exception as error:  # datasets raises many types (Arrow, JSON, its own) for a malformed file
-        raise DataError(f"dataset.path: {file} is not a readable {dataset} JSON file ({type(error).__name__}: {error})") from None
+        raise DataError(
+            f"dataset.path: {file} is not a readable {dataset} JSON file ({type(error).__name__}: {error})"
+        ) from None
     return [dict(record) for record in table]
 
 

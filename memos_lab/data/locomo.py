@@ -15,7 +15,15 @@ from typing import Any
 
 from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
-    ADVERSARIAL, MULTI_HOP, OPEN_DOMAIN, SINGLE_HOP, TEMPORAL, Conversation, Question, Session, Turn,
+    ADVERSARIAL,
+    MULTI_HOP,
+    OPEN_DOMAIN,
+    SINGLE_HOP,
+    TEMPORAL,
+    Conversation,
+    Question,
+    Session,
+    Turn,
 )  # fmt: skip
 from memos_lab.errors import ConfigError, DataError
 
@@ -53,14 +61,21 @@ def checked_category_map(category_map: Mapping[int, str] | None) -> dict[int, st
     return mapped
 
 
-def _conversation(record: dict[str, Any], index: int, include_captions: bool, categories: dict[int, str]) -> Conversation:
+def _conversation(
+    record: dict[str, Any], index: int, include_captions: bool, categories: dict[int, str]
+) -> Conversation:
     conversation_id = str(record.get("sample_id") or f"locomo-{index}")
     where = f"LoCoMo record {index} ({conversation_id})"
     body = require(record, "conversation", where)
     if not isinstance(body, dict):
         raise DataError(f"{where}: conversation must be an object, got {type(body).__name__}")
-    speakers = (str(require(body, "speaker_a", f"{where} conversation")), str(require(body, "speaker_b", f"{where} conversation")))
-    numbers = sorted(int(m.group(1)) for key, value in body.items() if value is not None and (m := _SESSION_KEY.fullmatch(key)))
+    speakers = (
+        str(require(body, "speaker_a", f"{where} conversation")),
+        str(require(body, "speaker_b", f"{where} conversation")),
+    )
+    numbers = sorted(
+        int(m.group(1)) for key, value in body.items() if value is not None and (m := _SESSION_KEY.fullmatch(key))
+    )
     if not numbers:
         raise DataError(f"{where}: conversation has no session_N turn lists")
     sessions = []
@@ -90,7 +105,9 @@ def _question(qa: Any, question_id: str, time: str, where: str, categories: dict
         raise DataError(f"{where}: unknown category {category_id!r}; valid: {sorted(categories)}")
     adversarial = categories[category_id] == ADVERSARIAL
     answer_key = "adversarial_answer" if adversarial and qa.get("answer") is None else "answer"
-    evidence = tuple(part.strip() for entry in require_list(qa, "evidence", where) for part in str(entry).split(";") if part.strip())
+    evidence = tuple(
+        part.strip() for entry in require_list(qa, "evidence", where) for part in str(entry).split(";") if part.strip()
+    )
     return Question(
         question_id=question_id,
         question=str(require(qa, "question", where)),

@@ -15,7 +15,15 @@ from typing import Any
 
 from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
-    KNOWLEDGE_UPDATE, MULTI_HOP, SINGLE_HOP, TEMPORAL, UNANSWERABLE, Conversation, Question, Session, Turn,
+    KNOWLEDGE_UPDATE,
+    MULTI_HOP,
+    SINGLE_HOP,
+    TEMPORAL,
+    UNANSWERABLE,
+    Conversation,
+    Question,
+    Session,
+    Turn,
 )  # fmt: skip
 from memos_lab.errors import DataError
 
@@ -44,7 +52,7 @@ def _conversation(record: dict[str, Any], index: int) -> Conversation:
     if not len(sessions_in) == len(session_ids) == len(dates):
         raise DataError(f"{where}: haystack_sessions, haystack_session_ids and haystack_dates differ in length")
     sessions, marked = [], []
-    for session_id, date, turns_in in zip(session_ids, dates, sessions_in):
+    for session_id, date, turns_in in zip(session_ids, dates, sessions_in, strict=False):
         turns = []
         for j, turn in enumerate(turns_in):
             turn_where = f"{where} session {session_id} turn {j}"

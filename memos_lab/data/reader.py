@@ -109,10 +109,17 @@ class FineReader(Reader):
             for _, turns in windows
         ]
         items = []
-        for (session, turns), generation in zip(windows, self.generator.generate(requests, self.max_new_tokens), strict=True):
+        for (session, turns), generation in zip(
+            windows, self.generator.generate(requests, self.max_new_tokens), strict=True
+        ):
             if generation.failed:
                 self.failures += 1
-                log.warning("fine reader: no facts for %s/%s: %s", conversation.conversation_id, turns[0].turn_id, generation.error)
+                log.warning(
+                    "fine reader: no facts for %s/%s: %s",
+                    conversation.conversation_id,
+                    turns[0].turn_id,
+                    generation.error,
+                )
                 continue
             turn_ids = [turn.turn_id for turn in turns]
             for fact in _facts(generation.text, self.max_facts):
@@ -138,7 +145,7 @@ def _facts(text: str, limit: int) -> list[str]:
 
 
 def spoken_date(iso_time: str) -> str:
-    """"2023-05-08T13:56" -> "8 May 2023"; anything unparseable is kept as it is."""
+    """ "2023-05-08T13:56" -> "8 May 2023"; anything unparseable is kept as it is."""
     try:
         moment = datetime.fromisoformat(iso_time)
     except ValueError:

@@ -33,12 +33,14 @@ def rate(flags: Sequence[bool]) -> float:
     return sum(bool(f) for f in flags) / len(flags) if flags else float("nan")
 
 
-def ngram_entropy(tokens: Sequence[object], ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+def ngram_entropy(
+    tokens: Sequence[object], ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
+) -> float:
     """ROME's fluency score of one generation: the weighted mean of the entropies (bits) of its n-gram
     frequency distributions; a generation that repeats itself scores low. 0 for fewer than 2 tokens."""
     scores = []
     for n, weight in zip(ns, weights, strict=True):
-        grams = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
         total = sum(grams.values())
         entropy = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
         scores.append(weight * entropy)

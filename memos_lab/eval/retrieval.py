@@ -33,7 +33,7 @@ def per_query_metrics(
     query_ids = sorted(qrels)
     # ranx drops queries whose run is empty; a sentinel document keeps them (scored as misses).
     run_dict = {qid: dict(run.get(qid) or {"__no_result__": 0.0}) for qid in query_ids}
-    qrels_dict = {qid: {doc: 1 for doc in qrels[qid]} for qid in query_ids}
+    qrels_dict = {qid: dict.fromkeys(qrels[qid], 1) for qid in query_ids}
     names = [f"recall@{k}" for k in cutoffs] + [f"hit_rate@{k}" for k in cutoffs] + [f"ndcg@{ndcg_cutoff}", "mrr"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's cast warnings inside ranx are noise here

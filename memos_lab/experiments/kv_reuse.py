@@ -110,7 +110,9 @@ def _dialogues(
             ids = session.prompt_ids()
             _measure(lm, ids, session.prefix(ids), session.prefill, exp, tally)
             session.add("assistant", history[2 * t + 1].text)
-            tracker.log({"turn/prompt_tokens": len(ids), "turn/reused_tokens": tally.reused_tokens[-1]}, step=len(tally.prompts))
+            tracker.log(
+                {"turn/prompt_tokens": len(ids), "turn/reused_tokens": tally.reused_tokens[-1]}, step=len(tally.prompts)
+            )
         cache_bytes += stored.nbytes + session.cache.nbytes
         cache_tokens += len(stored) + len(session.cache)
         if int(exp.compose_memories) > 1:
@@ -141,14 +143,14 @@ def _sweep(
     memory = new_memory()
     stored = memory.add_set("memory", texts)
     tally = Tally()
-    ids = lm.encode_chat(memory_messages(texts) + [{"role": "user", "content": question}])
+    ids = lm.encode_chat([*memory_messages(texts), {"role": "user", "content": question}])
     _measure(lm, ids, memory.best_prefix(ids)[1], lambda: memory.prefill(ids), exp, tally)
     metrics = _summary(lm, tally, [stored.token_ids])
     metrics[f"{PREFIX}cache_mb"] = stored.nbytes / 2**20
     metrics[f"{PREFIX}cache_kib_per_token"] = stored.nbytes / len(stored) / 1024
     metrics[f"{PREFIX}memory_tokens"] = len(stored)
     metrics[f"{PREFIX}question_tokens"] = len(ids) - len(stored)
-    tracker.log({k: v for k, v in metrics.items()})
+    tracker.log(dict(metrics.items()))
     return metrics
 
 
@@ -193,7 +195,7 @@ def _summary(lm: LanguageModel, tally: Tally, cached: Sequence[Sequence[int]]) -
     reuse_tokens = full_tokens - sum(tally.reused_tokens)
     ideal = perfect_prefix_reuse(tally.prompts, cached)
     full_flops = sum(prefill_flops(dims, 0, n) for n in tally.prompt_tokens)
-    reuse_flops = sum(prefill_flops(dims, r, n) for r, n in zip(tally.reused_tokens, tally.prompt_tokens))
+    reuse_flops = sum(prefill_flops(dims, r, n) for r, n in zip(tally.reused_tokens, tally.prompt_tokens, strict=False))
     full_p50, reuse_p50 = float(np.median(tally.ttft_full_ms)), float(np.median(tally.ttft_reuse_ms))
     metrics = {
         "prefill_tokens_full": full_tokens,
@@ -260,7 +262,9 @@ def _memory_texts(lm: LanguageModel, turns: Sequence[Turn], budget_tokens: int) 
     if not texts:
         raise DataError("the dataset has no turns to build a memory from")
     if used < budget_tokens and len(texts) == len(turns):
-        raise DataError(f"the conversation has only about {used} tokens of turns; memory_tokens={budget_tokens} needs more")
+        raise DataError(
+            f"the conversation has only about {used} tokens of turns; memory_tokens={budget_tokens} needs more"
+        )
     return texts
 
 

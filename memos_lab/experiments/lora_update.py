@@ -46,7 +46,9 @@ class LoRAUpdateSettings(ExperimentSettings):
     fluency_tokens: int = 32
 
     def validate(self) -> None:
-        positive_int(self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size", "fluency_prompts", "fluency_tokens")
+        positive_int(
+            self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size", "fluency_prompts", "fluency_tokens"
+        )
         non_negative_int(self, "first_edit")
 
 
@@ -56,12 +58,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     edits = load_records(cfg, KnowledgeEdit)[exp.first_edit :][: exp.n_edits]
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
-        raise ConfigError(f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}")
+        raise ConfigError(
+            f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}"
+        )
     lm: LanguageModel = hydra.utils.instantiate(cfg.model)
     # partial: Hydra would turn the LanguageModel dataclass into a config if passed as a kwarg
     memory: ParametricMemory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=lm)
     size = -(-len(edits) // n_batches)
-    batches = [edits[i:i + size] for i in range(0, len(edits), size)]
+    batches = [edits[i : i + size] for i in range(0, len(edits), size)]
     answer_tokens = 1 + max(len(encode_target(lm, t)) for e in edits for t in [e.target_new, *_answers(e.portability)])
     generate = _generator(lm, int(exp.eval_batch_size))
     # Locality is measured against the untouched base model, so its answers are taken before any edit.
@@ -78,8 +82,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         train_s += report.seconds
         steps += report.steps
         learned += report.learned
-        tracker.log({f"{PREFIX}batch_train_s": report.seconds, f"{PREFIX}batch_steps": report.steps,
-                     f"{PREFIX}batch_loss": report.final_loss}, step=step)
+        tracker.log(
+            {
+                f"{PREFIX}batch_train_s": report.seconds,
+                f"{PREFIX}batch_steps": report.steps,
+                f"{PREFIX}batch_loss": report.final_loss,
+            },
+            step=step,
+        )
 
     def said(prompts: list[str], n: int) -> list[list[int]]:
         return _routed(memory, prompts, lambda idx: generate([prompts[i] for i in idx], n))
@@ -91,8 +101,13 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     portable = [(p.prompt, p.answer) for e in edits for p in e.portability if p.answer]
     portability = _starts(lm, said([p for p, _ in portable], answer_tokens), [a for _, a in portable])
 
-    scored = {"reliability": reliability, "generalization": generalization, "locality": locality,
-              "portability": portability, "base_reliability": base_reliability}
+    scored = {
+        "reliability": reliability,
+        "generalization": generalization,
+        "locality": locality,
+        "portability": portability,
+        "base_reliability": base_reliability,
+    }
     # a metric the data gives nothing to score on (no paraphrases, no portability questions) is left out
     metrics = {f"{PREFIX}{name}": rate(flags) for name, flags in scored.items() if flags}
     fluency = [ngram_entropy(ids) for ids in said(subjects, fluency_tokens)]
@@ -130,7 +145,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
 
 def _new_beats_old(
-    memory: ParametricMemory, scorer: Callable[[list[str], list[str]], list[float]], pairs: list[tuple[str, KnowledgeEdit]]
+    memory: ParametricMemory,
+    scorer: Callable[[list[str], list[str]], list[float]],
+    pairs: list[tuple[str, KnowledgeEdit]],
 ) -> list[bool]:
     """Per (prompt, edit): the edited model finds the edit's new target more likely than its old one."""
     prompts = [p for p, _ in pairs]
@@ -157,8 +174,10 @@ def _scorer(lm: LanguageModel, batch_size: int) -> Callable[[list[str], list[str
 
 
 def _starts(lm: LanguageModel, continuations: list[list[int]], targets: Sequence[str]) -> list[bool]:
-    return [starts_with_target(lm.tokenizer.decode(ids, skip_special_tokens=True), t)
-            for ids, t in zip(continuations, targets, strict=True)]
+    return [
+        starts_with_target(lm.tokenizer.decode(ids, skip_special_tokens=True), t)
+        for ids, t in zip(continuations, targets, strict=True)
+    ]
 
 
 def _routed(memory: ParametricMemory, prompts: list[str], fn: Callable[[list[int]], list[T]]) -> list[T]:

@@ -47,7 +47,9 @@ def context_text(edits: Sequence[KnowledgeEdit]) -> str:
     return CONTEXT_HEADER + "\n".join(fact_text(edit) for edit in edits) + "\n\n"
 
 
-def answer(lm: LanguageModel, ids: list[int], max_new_tokens: int, prefix: KVCache | None = None) -> tuple[list[int], float]:
+def answer(
+    lm: LanguageModel, ids: list[int], max_new_tokens: int, prefix: KVCache | None = None
+) -> tuple[list[int], float]:
     """Greedy continuation of raw token ids (no chat template) and the seconds to its first token."""
     started = clock(lm.device)
     decoded = greedy(lm, ids, max_new_tokens, prefix)
@@ -89,7 +91,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     questions += [(edit.paraphrases[0], edit.target_new, "generalization") for edit in asked if edit.paraphrases]
     n_new = int(exp.max_new_tokens)
     metrics: dict[str, float] = {
-        f"{PREFIX}facts": len(edits), f"{PREFIX}questions": len(questions), f"{PREFIX}context_tokens": len(context_ids)
+        f"{PREFIX}facts": len(edits),
+        f"{PREFIX}questions": len(questions),
+        f"{PREFIX}context_tokens": len(context_ids),
     }
 
     parametric: ParametricMemory | None = None
@@ -149,7 +153,9 @@ def _storage_bytes(form: str, context: str, cache: KVCache | None, parametric: P
 def _update_seconds(form, lm, edits, encode, cache, parametric) -> float:
     """Seconds until a changed fact (the middle one gets another fact's target) is served."""
     middle = len(edits) // 2
-    changed = replace(edits[middle], target_new=edits[middle - 1].target_new, edit_id=f"{edits[middle].edit_id}-changed")
+    changed = replace(
+        edits[middle], target_new=edits[middle - 1].target_new, edit_id=f"{edits[middle].edit_id}-changed"
+    )
     updated = [*edits[:middle], changed, *edits[middle + 1 :]]
     started = clock(lm.device)
     if form == "kv":  # the cache up to the changed fact is kept, the rest recomputed

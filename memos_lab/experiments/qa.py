@@ -316,7 +316,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         )
     conversations = load_records(cfg, Conversation)
     check_answers(conversations)
-    asked = {c.conversation_id: select_questions(c, settings.max_questions, settings.subset_seed) for c in conversations}
+    asked = {
+        c.conversation_id: select_questions(c, settings.max_questions, settings.subset_seed) for c in conversations
+    }
     generator: Generator = hydra.utils.instantiate(cfg.llm)
     model = generator.require_weights(f"experiment.form={settings.form}") if settings.form != "text" else None
     window = context_window(generator, settings)
@@ -328,7 +330,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     builder = ContextBuilder(settings, answer_prompt, generator.count_tokens, window)
     activation = None
     if settings.form == "kv":
-        activation = build_activation(cfg.activation, model, template=answer_prompt.system, budget_mb=settings.kv_budget_mb)
+        activation = build_activation(
+            cfg.activation, model, template=answer_prompt.system, budget_mb=settings.kv_budget_mb
+        )
     tracker.log_artifact(SETUP_ARTIFACT, setup_record(generator, judge, answer_prompt, judge_prompt, conversations))
 
     records: list[QARecord] = []
@@ -397,10 +401,10 @@ def answer_conversation(
     batches them, or sends them concurrently), one by one from the cached memory prefix for the kv form.
     A question the answerer fails on is a counted failure."""
     shown = [[] if settings.form == "parametric" else item.lines for item in prepared]
-    messages = [prompt.messages(lines, item.question.question) for lines, item in zip(shown, prepared)]
+    messages = [prompt.messages(lines, item.question.question) for lines, item in zip(shown, prepared, strict=False)]
     if activation is not None:
         generations = []
-        for lines, message, item in zip(shown, messages, prepared):
+        for lines, message, item in zip(shown, messages, prepared, strict=False):
             prefix, build_ms = cached_prefix(activation, prompt.memory_block(lines))
             timing.kv_build_ms.append(build_ms)
             generation = answer_from_prefix(
@@ -409,7 +413,10 @@ def answer_conversation(
             timing.generate_s += generation.latency_ms / 1000
             generations.append(generation)
     else:
-        requests = [ChatRequest.of(message, item.question.question_id) for message, item in zip(messages, prepared)]
+        requests = [
+            ChatRequest.of(message, item.question.question_id)
+            for message, item in zip(messages, prepared, strict=False)
+        ]
         started = time.perf_counter()
         with parametric.applied() if parametric is not None else nullcontext():
             generations = generator.generate(requests, settings.max_new_tokens)

@@ -73,7 +73,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     candidates = grid_candidates(cfg, folds, len(conversations))
     plain = evaluate(cfg, conversations, tracker)
     metrics = summarise(plain, PREFIX, tuple(cfg.experiment.cutoffs))
-    per_query_log = {f"{PREFIX}{name}": dict(zip(plain.query_ids, values.tolist(), strict=True)) for name, values in plain.per_query.items()}
+    per_query_log = {
+        f"{PREFIX}{name}": dict(zip(plain.query_ids, values.tolist(), strict=True))
+        for name, values in plain.per_query.items()
+    }
     _log_categories(tracker, "retrieval/by_category", plain, tuple(cfg.experiment.cutoffs))
     if folds:
         metric = str(cfg.experiment.select_by)
@@ -203,7 +206,9 @@ def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dic
     if folds == 0:
         return []
     if folds < 2 or folds > conversations:
-        raise ConfigError(f"experiment.folds={folds}: needs 2 to {conversations} (the dataset's conversations), or 0 for none")
+        raise ConfigError(
+            f"experiment.folds={folds}: needs 2 to {conversations} (the dataset's conversations), or 0 for none"
+        )
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     grid = list(cfg.experiment.get("grid") or [])
@@ -212,12 +217,17 @@ def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dic
     axes: list[tuple[str, list[object]]] = []
     for override in OverridesParser.create().parse_overrides(grid):
         key = override.key_or_group
-        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING or isinstance(OmegaConf.select(cfg, key), DictConfig):
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING or isinstance(
+            OmegaConf.select(cfg, key), DictConfig
+        ):
             raise ConfigError(f"experiment.grid: {key!r} is not a setting of this config (a config group like "
                               "memory= needs one job per choice)")  # fmt: skip
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         axes.append((key, values))
-    candidates = [dict(zip([key for key, _ in axes], combination, strict=True)) for combination in itertools.product(*(v for _, v in axes))]
+    candidates = [
+        dict(zip([key for key, _ in axes], combination, strict=True))
+        for combination in itertools.product(*(v for _, v in axes))
+    ]
     from hydra.errors import InstantiationException
 
     embedder = hydra.utils.instantiate(cfg.embedder)
@@ -244,11 +254,15 @@ def choose(scores: Sequence[np.ndarray], rows: np.ndarray) -> int:
     return int(np.argmax(means))
 
 
-def cross_validate(evaluations: Sequence[Evaluation], fold_of: Mapping[str, int], folds: int, metric: str) -> CrossValidation:
+def cross_validate(
+    evaluations: Sequence[Evaluation], fold_of: Mapping[str, int], folds: int, metric: str
+) -> CrossValidation:
     """Choose each fold's candidate on the other folds' questions by `metric`, score it on the fold's own."""
     query_ids = evaluations[0].query_ids
     if any(evaluation.query_ids != query_ids for evaluation in evaluations):
-        raise ConfigError("experiment.grid: candidates answered different questions; a grid may change search, not data")
+        raise ConfigError(
+            "experiment.grid: candidates answered different questions; a grid may change search, not data"
+        )
     fold = np.array([fold_of[qid] for qid in query_ids])
     held_out = {name: np.zeros(len(query_ids)) for name in evaluations[0].per_query}
     choices, fold_scores = [], []
@@ -272,7 +286,9 @@ def _cv_metrics(result: CrossValidation, evaluations: Sequence[Evaluation], cand
     for name, values in result.held_out.items():
         metrics.setdefault(f"{CV_PREFIX}{name}", float(np.mean(values)))
     metrics.update(_category_means(result.held_out, evaluations[0], CV_PREFIX))
-    every = choose([evaluation.per_query[metric] for evaluation in evaluations], np.ones(len(evaluations[0].query_ids), bool))
+    every = choose(
+        [evaluation.per_query[metric] for evaluation in evaluations], np.ones(len(evaluations[0].query_ids), bool)
+    )
     for i, evaluation in enumerate(evaluations):  # each candidate on all questions: in-sample, for the ablation
         metrics[f"{CV_PREFIX}candidate{i}/{metric}"] = float(np.mean(evaluation.per_query[metric]))
     for k, (choice, score) in enumerate(zip(result.choices, result.fold_scores, strict=True)):

@@ -35,7 +35,7 @@ def synthetic_texts(rng: np.random.Generator, count: int, start: int = 0) -> lis
     picks = [rng.integers(0, len(words), count) for words in (NAMES, VERBS, NOUNS, PLACES)]
     return [
         f"{NAMES[a]} {VERBS[b]} {NOUNS[c]} in {PLACES[d]} (note {start + i})"
-        for i, (a, b, c, d) in enumerate(zip(*picks))
+        for i, (a, b, c, d) in enumerate(zip(*picks, strict=False))
     ]
 
 
@@ -44,7 +44,7 @@ class _KnownQueries(Embedder):
 
     def __init__(self, inner: Embedder, queries: Sequence[str]) -> None:
         self.inner, self.name, self.dim = inner, inner.name, inner.dim
-        self._known = dict(zip(queries, inner.encode(list(queries))))
+        self._known = dict(zip(queries, inner.encode(list(queries)), strict=False))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if all(text in self._known for text in texts):
@@ -91,7 +91,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             matrix = embedder.encode(chunk)
         items = [
             MemoryItem(text, MemoryMetadata(session=f"s{(start + i) // 20}"), embedding=vector)
-            for i, (text, vector) in enumerate(zip(chunk, matrix))
+            for i, (text, vector) in enumerate(zip(chunk, matrix, strict=False))
         ]
         started = time.perf_counter()
         item_ids += memory.add(items)

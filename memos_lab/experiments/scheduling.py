@@ -86,7 +86,9 @@ class SchedulingSettings(ExperimentSettings):
     # The nested sections are the keyword arguments of what they configure, which checks them:
     working_memory: dict[str, Any] = field(default_factory=dict)  # Budget: max_items and/or max_tokens
     activation: dict[str, Any] = field(default_factory=dict)  # mode=kv: max_mb of the activation tier
-    consolidation: dict[str, Any] = field(default_factory=dict)  # mode=parametric: Consolidator's min_uses, min_age, max_items
+    consolidation: dict[str, Any] = field(
+        default_factory=dict
+    )  # mode=parametric: Consolidator's min_uses, min_age, max_items
     max_new_tokens: int = 24
     max_conversations: int | None = None  # keep SmolLM2 runs small: the first N conversations
 
@@ -200,7 +202,11 @@ def _mean(values: list[float]) -> float:
 
 def _summary(records: list[QuestionRecord], evictions: int) -> dict[str, float]:
     hits = [r.hit_all for r in records if r.hit_all is not None]
-    return {"progress/questions": len(records), "progress/working_hit_rate": _mean(hits), "progress/evictions": evictions}
+    return {
+        "progress/questions": len(records),
+        "progress/working_hit_rate": _mean(hits),
+        "progress/evictions": evictions,
+    }
 
 
 def per_query(records: list[QuestionRecord]) -> dict[str, dict[str, float]]:
@@ -254,4 +260,3 @@ def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
         if judged:
             metrics["qa/judge"] = _mean(judged)
     return metrics
-

@@ -73,4 +73,3 @@ class LocalGenerator(Generator):
                     request_id=requests[index].request_id,
                 )
         return [results[i] for i in range(len(requests))]
-

@@ -77,7 +77,10 @@ class ServedGenerator(Generator):
         self.name = self.model = model
         self.base_url = base_url.rstrip("/")
         self._client = openai.OpenAI(
-            base_url=self.base_url, api_key=key, timeout=float(self.settings.timeout_s), max_retries=self.settings.max_retries
+            base_url=self.base_url,
+            api_key=key,
+            timeout=float(self.settings.timeout_s),
+            max_retries=self.settings.max_retries,
         )
         self._lock = threading.Lock()
         self._failures_in_a_row = 0
@@ -183,7 +186,9 @@ class ServedGenerator(Generator):
             )
             self.served_as = str(response.model)
         except openai.APIConnectionError as error:  # APITimeoutError included
-            raise ConfigError(f"llm.base_url: cannot reach {self.base_url} ({_describe_error(error)}); is the server running?") from None
+            raise ConfigError(
+                f"llm.base_url: cannot reach {self.base_url} ({_describe_error(error)}); is the server running?"
+            ) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
             raise ConfigError(
                 f"llm.api_key_env: {self.base_url} refused the key in {self.settings.api_key_env or '(none set)'} ({_describe_error(error)})"
@@ -199,7 +204,9 @@ class ServedGenerator(Generator):
                 f"({_describe_error(error)}){self._served_models()}"
             ) from None
         except openai.OpenAIError as error:
-            raise ConfigError(f"llm: {self.base_url} sent no usable reply to a test request ({_describe_error(error)})") from None
+            raise ConfigError(
+                f"llm: {self.base_url} sent no usable reply to a test request ({_describe_error(error)})"
+            ) from None
 
     def _served_models(self) -> str:
         try:

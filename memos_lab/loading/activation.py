@@ -28,7 +28,9 @@ class ActivationLoadSettings(Settings):
     max_items: int = 64  # the most recent active memories of the user
     items: bool = True  # one cache per memory (composable, reused by the memory's id)
     assembled: bool = True  # plus one cache of all of them in time order (exact composition)
-    budget_mb: float | None = 1024  # activation budget of the cube (MiB); least recently used caches are evicted beyond it
+    budget_mb: float | None = (
+        1024  # activation budget of the cube (MiB); least recently used caches are evicted beyond it
+    )
 
     def validate(self) -> None:
         positive_int(self, "max_items")
@@ -40,7 +42,9 @@ class ActivationLoadSettings(Settings):
 def load(cfg: DictConfig) -> dict[str, Any]:
     required(cfg, "user")
     if cfg.get("dataset") is not None or cfg.get("input") is not None:
-        raise ConfigError("activation loading caches the memories already in the cube; load text first with memory_type=declarative")
+        raise ConfigError(
+            "activation loading caches the memories already in the cube; load text first with memory_type=declarative"
+        )
     options = ActivationLoadSettings.from_mapping(cfg.memory_type)
     max_items = options.max_items
     embedder = hydra.utils.instantiate(cfg.embedder)

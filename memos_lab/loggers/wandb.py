@@ -43,7 +43,9 @@ class WandbTracker(Tracker):
                 settings=wandb.Settings(silent=True, console="off"),
             )
         except wandb.errors.UsageError as error:  # online without `wandb login`, a bad entity...
-            raise ConfigError(f"W&B ({self.mode} mode): {error}; offline runs need nothing: logger.mode=offline") from None
+            raise ConfigError(
+                f"W&B ({self.mode} mode): {error}; offline runs need nothing: logger.mode=offline"
+            ) from None
 
     def log(self, values: Mapping[str, float], step: int | None = None) -> None:
         self._run.log(dict(values), step=step)

@@ -109,7 +109,9 @@ def stop_token_ids(lm: LanguageModel) -> set[int]:
     return {i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id}
 
 
-def left_padded(lm: LanguageModel, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_padded(
+    lm: LanguageModel, sequences: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ids, attention mask and position ids of left-padded sequences (every one ends at the last column),
     on the model's device."""
     width = max(len(s) for s in sequences)
@@ -227,7 +229,9 @@ def _decode(
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(step)], dim=1)
             positions = positions[:, -1:] + 1
-        out = lm.model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = lm.model(
+            input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
         cache = out.past_key_values
         token = out.logits[:, -1].argmax(-1)
 

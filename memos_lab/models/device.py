@@ -34,7 +34,9 @@ def resolve_device(device: str | None = "auto") -> torch.device:
         return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name}: no CUDA GPU is visible to torch {torch.__version__}; use device=cpu or auto")
+            raise ConfigError(
+                f"device={name}: no CUDA GPU is visible to torch {torch.__version__}; use device=cpu or auto"
+            )
         index = int(name.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")

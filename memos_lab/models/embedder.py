@@ -51,7 +51,9 @@ class SentenceTransformerEmbedder(Embedder):
         self.dim = int(self._model.get_embedding_dimension())
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self._cache = None if cache_dir is None else EmbeddingCache(Path(cache_dir) / f"{self.name}-{self.dim}.sqlite", self.dim)
+        self._cache = (
+            None if cache_dir is None else EmbeddingCache(Path(cache_dir) / f"{self.name}-{self.dim}.sqlite", self.dim)
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return _cached_encode(self._cache, texts, self._encode, self.dim)
@@ -84,14 +86,16 @@ class EmbeddingCache:
             unique = list(dict.fromkeys(keys))
             for start in range(0, len(unique), 500):  # SQLite caps the number of bound parameters
                 chunk = unique[start : start + 500]
-                rows = db.execute(f"SELECT sha256, vector FROM vectors WHERE sha256 IN ({','.join('?' * len(chunk))})", chunk)
+                rows = db.execute(
+                    f"SELECT sha256, vector FROM vectors WHERE sha256 IN ({','.join('?' * len(chunk))})", chunk
+                )
                 for key, blob in rows:
                     if len(blob) == 4 * self.dim:  # anything else is damage: embed again
                         found[key] = np.frombuffer(blob, "<f4")
-            missing = {key: text for key, text in zip(keys, texts) if key not in found}
+            missing = {key: text for key, text in zip(keys, texts, strict=False) if key not in found}
             if missing:
                 vectors = encode(list(missing.values()))
-                found.update(zip(missing, vectors))
+                found.update(zip(missing, vectors, strict=False))
                 with db:
                     db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
                                    ((key, np.asarray(found[key], "<f4").tobytes()) for key in missing))  # fmt: skip
@@ -161,7 +165,9 @@ class OnnxEmbedder(Embedder):
         try:
             import onnxruntime
         except ImportError as error:
-            raise ConfigError(f"this embedder needs the package onnxruntime (pip install 'onnxruntime=={ONNXRUNTIME_VERSION}')") from error
+            raise ConfigError(
+                f"this embedder needs the package onnxruntime (pip install 'onnxruntime=={ONNXRUNTIME_VERSION}')"
+            ) from error
         from transformers import AutoTokenizer
 
         folder = Path(model_path)
@@ -177,7 +183,9 @@ class OnnxEmbedder(Embedder):
         self._session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self._inputs = [node.name for node in self._session.get_inputs()]
         self.dim = int(self._session.get_outputs()[0].shape[-1])
-        self._cache = None if cache_dir is None else EmbeddingCache(Path(cache_dir) / f"{self.name}-{self.dim}.sqlite", self.dim)
+        self._cache = (
+            None if cache_dir is None else EmbeddingCache(Path(cache_dir) / f"{self.name}-{self.dim}.sqlite", self.dim)
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return _cached_encode(self._cache, texts, self._encode, self.dim)
@@ -223,7 +231,9 @@ def _sentence_transformer_layout(folder: Path) -> tuple[str, int]:
 
 def exported_onnx_model(folder: Path, export_dir: Path, quantize: str) -> Path:
     """The ONNX file for `folder` (exported on first use, then reused): export_dir/<name>-<weights hash>/."""
-    weights = next((folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).exists()), None)
+    weights = next(
+        (folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).exists()), None
+    )
     if weights is None:
         raise ConfigError(f"embedder.model_path: no model.safetensors in {folder}")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]

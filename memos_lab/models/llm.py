@@ -104,9 +104,7 @@ class LanguageModel:
 
 def _fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, name: str) -> dict[str, str]:
     config = {
-        k: v
-        for k, v in model.config.to_dict().items()
-        if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
+        k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS
     }
     tokenizer_state = {
         "vocab": sorted(tokenizer.get_vocab().items()),

@@ -51,7 +51,7 @@ def target_logprobs(
     pairs = [(encode_prompt(lm, p), encode_target(lm, t)) for p, t in zip(prompts, targets, strict=True)]
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         ids, mask, positions = left_padded(lm, [p + t for p, t in chunk])
         logprobs = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.log_softmax(-1)
         width = ids.shape[1]

@@ -15,9 +15,8 @@ from tabulate import tabulate
 
 from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError
-from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.eval.stats import bootstrap_ci
-from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
+from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
 from memos_lab.reporting.runs import RunRecord, check_pinned, collect_runs
 from memos_lab.reporting.table import (
@@ -29,6 +28,7 @@ from memos_lab.reporting.table import (
     summary_frames,
     swept_keys,
 )
+from memos_lab.runner import COMPLETE_MARKER as WALL_TIME
 from memos_lab.runner import RUN_METRICS
 
 REPORT_FILE = "report.md"
@@ -181,7 +181,12 @@ def _units_section(specs: dict[str, MetricSpec]) -> list[str]:
         return []
     arrow = {True: "higher is better", False: "lower is better", None: "-"}
     rows = [(name, spec.unit, arrow[spec.higher_is_better], spec.version) for name, spec in specs.items()]
-    return ["Units, as the experiment declares them:", "", tabulate(rows, ["metric", "unit", "direction", "version"], "github"), ""]
+    return [
+        "Units, as the experiment declares them:",
+        "",
+        tabulate(rows, ["metric", "unit", "direction", "version"], "github"),
+        "",
+    ]
 
 
 @dataclass
@@ -246,7 +251,9 @@ def _significance_section(comparisons: Sequence[Comparison]) -> list[str]:
         f"Two-sided paired t-test (ranx) on per-query scores, pairing each query under the same seed; "
         f"significant at α = {ALPHA} with Bonferroni correction over {len(comparisons)} tests (p ≤ {threshold:.2g}).",
         "",
-        tabulate(rows, ["metric", "A", "B", "pairs", "mean A", "mean B", "p", "significant"], "github", disable_numparse=True),
+        tabulate(
+            rows, ["metric", "A", "B", "pairs", "mean A", "mean B", "p", "significant"], "github", disable_numparse=True
+        ),
         "",
     ]
 
@@ -269,4 +276,4 @@ def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
             lines += ["", tabulate(values, [section, "value (runs)"], "github", disable_numparse=True)]
         else:
             lines.append(f"- {section}: unknown (no {section} recorded)")
-    return lines + [""]
+    return [*lines, ""]

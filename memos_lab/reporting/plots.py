@@ -69,7 +69,7 @@ def plot_against_setting(
         return None
     x_values = list(dict.fromkeys(configuration.settings[key] for configuration in configurations))
     numbers = _as_numbers(x_values)
-    positions = dict(zip(x_values, numbers if numbers else range(len(x_values))))
+    positions = dict(zip(x_values, numbers if numbers else range(len(x_values)), strict=False))
     lines: dict[str, list[Configuration]] = {}
     for configuration in configurations:
         rest = ", ".join(f"{k}={v}" for k, v in configuration.settings.items() if k != key)
@@ -79,15 +79,19 @@ def plot_against_setting(
     if len(lines) > MAX_LINES:
         lines, style = {"": list(configurations)}, {**style, "linestyle": "none"}
     figure, axes = _grid(len(metrics))
-    for axis, metric in zip(axes, metrics):
+    for axis, metric in zip(axes, metrics, strict=False):
         for label, members in lines.items():
             points = sorted(
-                (positions[c.settings[key]], c.values(metric).mean(), c.values(metric).std(ddof=1) if len(c.values(metric)) > 1 else 0.0)
+                (
+                    positions[c.settings[key]],
+                    c.values(metric).mean(),
+                    c.values(metric).std(ddof=1) if len(c.values(metric)) > 1 else 0.0,
+                )
                 for c in members
                 if len(c.values(metric))
             )
             if points:
-                xs, ys, errors = zip(*points)
+                xs, ys, errors = zip(*points, strict=False)
                 axis.errorbar(xs, ys, yerr=errors, label=label or None, **style)
         axis.set_title(metric, fontsize=9)
         axis.set_xlabel(key)
@@ -108,7 +112,7 @@ def plot_latency_vs_quality(
     if not quality:
         return None
     figure, axes = _grid(len(quality))
-    for axis, metric in zip(axes, quality):
+    for axis, metric in zip(axes, quality, strict=False):
         for number, configuration in enumerate(configurations, 1):
             x, y = configuration.values(latency), configuration.values(metric)
             if len(x) and len(y):

@@ -202,7 +202,9 @@ def check_pinned(runs: list[RunRecord], allow_mixed: bool) -> dict[str, str]:
     summary = {}
     for key, values in seen.items():
         if len(values) > 1 and not allow_mixed:
-            where = "; ".join(f"{value}: {len(members)} run(s), e.g. {members[0].path}" for value, members in values.items())
+            where = "; ".join(
+                f"{value}: {len(members)} run(s), e.g. {members[0].path}" for value, members in values.items()
+            )
             raise DataError(
                 f"runs differ in the pinned setting {key} ({where}); report them separately, or pass --mix-pinned"
             )

@@ -60,7 +60,7 @@ def group_configurations(runs: Sequence[RunRecord], keys: Sequence[str]) -> list
     groups: dict[tuple[str, ...], list[RunRecord]] = {}
     for run in runs:
         groups.setdefault(tuple(run.setting(key) for key in keys), []).append(run)
-    return [Configuration(dict(zip(keys, values)), members) for values, members in groups.items()]
+    return [Configuration(dict(zip(keys, values, strict=False)), members) for values, members in groups.items()]
 
 
 def choose_metrics(runs: Sequence[RunRecord], requested: Sequence[str] | None) -> list[str]:
@@ -89,11 +89,18 @@ def format_cell(configuration: Configuration, metric: str) -> str:
     return text if len(values) == len(configuration.finished) else f"{text} (n={len(values)})"
 
 
-def summary_frames(configurations: Sequence[Configuration], metrics: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def summary_frames(
+    configurations: Sequence[Configuration], metrics: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Markdown view with 'mean ± std' cells, CSV view with separate mean and std columns)."""
     shown, numeric = [], []
     for number, configuration in enumerate(configurations, 1):
-        base = {"#": number, **configuration.settings, "seeds": len(configuration.finished), "failed": len(configuration.failed)}
+        base = {
+            "#": number,
+            **configuration.settings,
+            "seeds": len(configuration.finished),
+            "failed": len(configuration.failed),
+        }
         shown.append({**base, **{name: format_cell(configuration, name) for name in metrics}})
         row = dict(base)
         for name in metrics:
@@ -130,6 +137,8 @@ def paired_tests(configurations: Sequence[Configuration], metrics: Sequence[str]
             else:
                 p_value = float(paired_student_t_test(control_scores, treatment_scores)[0])
             comparisons.append(
-                Comparison(metric, control, treatment, len(left), control_scores.mean(), treatment_scores.mean(), p_value)
+                Comparison(
+                    metric, control, treatment, len(left), control_scores.mean(), treatment_scores.mean(), p_value
+                )
             )
     return comparisons

@@ -20,7 +20,9 @@ def test_zsre_maps_src_to_alt_with_rephrase_and_loc():
     assert first.target_new == "University of Michigan"
     assert first.target_old == "Illinois Institute of Technology"
     assert first.paraphrases == ("What university did Watts Humphrey take part in?",)
-    assert first.locality == (LocalityProbe("nq question: who played desmond doss father in hacksaw ridge", "Hugo Weaving"),)
+    assert first.locality == (
+        LocalityProbe("nq question: who played desmond doss father in hacksaw ridge", "Hugo Weaving"),
+    )
     assert second.subject == "Ramalinaceae" and second.edit_id == "zsre-1"
 
 

@@ -46,12 +46,21 @@ def broken_locomo(tmp_path: Path, damage) -> str:
     [
         (lambda r: r[0].pop("qa"), r"record 0 \(conv-a\): missing key 'qa'"),
         (lambda r: r[1]["conversation"].pop("speaker_b"), r"record 1 \(conv-b\) conversation: missing key 'speaker_b'"),
-        (lambda r: r[0]["conversation"]["session_2"][1].pop("dia_id"), r"conv-a\) session_2 turn 1: missing key 'dia_id'"),
+        (
+            lambda r: r[0]["conversation"]["session_2"][1].pop("dia_id"),
+            r"conv-a\) session_2 turn 1: missing key 'dia_id'",
+        ),
         (lambda r: r[0]["conversation"].pop("session_2_date_time"), r"missing key 'session_2_date_time'"),
         (lambda r: r[0]["qa"][2].pop("evidence"), r"conv-a\) qa 2: missing key 'evidence'"),
         (lambda r: r[0]["qa"][0].update(category=9), r"qa 0: unknown category 9"),
-        (lambda r: r[1]["conversation"].update({"session_1_date_time": "yesterday"}), r"session_1: unreadable date 'yesterday'"),
-        (lambda r: r[0]["conversation"].update(session_1=5), r"conv-a\) conversation: '?session_1'? must be a list, got int"),
+        (
+            lambda r: r[1]["conversation"].update({"session_1_date_time": "yesterday"}),
+            r"session_1: unreadable date 'yesterday'",
+        ),
+        (
+            lambda r: r[0]["conversation"].update(session_1=5),
+            r"conv-a\) conversation: '?session_1'? must be a list, got int",
+        ),
         (lambda r: r[0]["qa"][1].update(evidence="D1:3"), r"conv-a\) qa 1: '?evidence'? must be a list, got str"),
     ],
 )
@@ -71,10 +80,15 @@ def test_missing_or_malformed_files_fail_clearly(tmp_path):
 def test_longmemeval_records_become_one_conversation_per_question(tmp_path):
     update, abstain, multi = load_longmemeval(str(LONGMEMEVAL), cache_dir=str(tmp_path))
     [question] = update.questions
-    assert question.category == KNOWLEDGE_UPDATE and question.evidence == ("s2:0",) and question.time == "2023-06-01T10:00"
+    assert (
+        question.category == KNOWLEDGE_UPDATE and question.evidence == ("s2:0",) and question.time == "2023-06-01T10:00"
+    )
     assert update.sessions[1].time == "2023-05-20T02:21" and update.turns[1].speaker == "assistant"
     assert abstain.questions[0].category == UNANSWERABLE and abstain.questions[0].evidence == ()
-    assert multi.questions[0].category == MULTI_HOP and multi.questions[0].evidence == ("s5:0", "s6:0")  # no has_answer marks
+    assert multi.questions[0].category == MULTI_HOP and multi.questions[0].evidence == (
+        "s5:0",
+        "s6:0",
+    )  # no has_answer marks
 
 
 def test_longmemeval_missing_key_is_named(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from datetime import datetime, timedelta
@@ -62,12 +63,12 @@ def test_turns_are_well_formed(conversations: list[Conversation]) -> None:
         assert len({t.turn_id for t in turns}) == len(turns)
         assert len(set(conversation.speakers)) == 2
         times = [datetime.fromisoformat(s.time) for s in conversation.sessions]
-        assert all(later - earlier > timedelta(days=13) for earlier, later in zip(times, times[1:]))
+        assert all(later - earlier > timedelta(days=13) for earlier, later in itertools.pairwise(times))
         for n, session in enumerate(conversation.sessions, 1):
             assert [t.turn_id for t in session.turns] == [f"D{n}:{i}" for i in range(1, len(session.turns) + 1)]
             assert all(t.session_id == session.session_id and t.time == session.time for t in session.turns)
             speakers = [t.speaker for t in session.turns]
-            assert all(a != b for a, b in zip(speakers, speakers[1:]))
+            assert all(a != b for a, b in itertools.pairwise(speakers))
             assert set(speakers) == set(conversation.speakers)
             assert all("{" not in t.text for t in session.turns)  # every template field was filled
 

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -16,10 +17,10 @@ from memos_lab.generation.served import ServedGenerator
 
 
 class Stub(BaseHTTPRequestHandler):
-    replies: list = []  # per request: a body string, an (HTTP status, body) pair, "HANG" or "DROP"
-    requests: list[dict] = []
+    replies: ClassVar[list] = []  # per request: a body string, an (HTTP status, body) pair, "HANG" or "DROP"
+    requests: ClassVar[list[dict]] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         Stub.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         reply = Stub.replies.pop(0) if Stub.replies else completion("CORRECT")
         if reply == "HANG":

@@ -4,7 +4,14 @@ import pytest
 
 from memos_lab.data.schema import ADVERSARIAL, MULTI_HOP, OPEN_DOMAIN, SINGLE_HOP, TEMPORAL, UNANSWERABLE
 from memos_lab.eval.qa import (
-    QAScore, bleu1, declines, exact_match, multi_answer_f1, normalize_answer, score_answer, token_f1,
+    QAScore,
+    bleu1,
+    declines,
+    exact_match,
+    multi_answer_f1,
+    normalize_answer,
+    score_answer,
+    token_f1,
 )  # fmt: skip
 from memos_lab.eval.stats import bootstrap_ci
 

@@ -41,7 +41,9 @@ def test_sweep_mode_reports_the_requested_lengths() -> None:
     m = run("experiment.mode=sweep", "experiment.memory_tokens=300", "experiment.question_tokens=20")
     assert 300 <= m["kv/memory_tokens"] <= 340  # + the system message's template tokens
     assert 20 < m["kv/question_tokens"] <= 45  # + the user and assistant template tokens
-    assert m["kv/saved_frac"] == pytest.approx(m["kv/memory_tokens"] / (m["kv/memory_tokens"] + m["kv/question_tokens"]))
+    assert m["kv/saved_frac"] == pytest.approx(
+        m["kv/memory_tokens"] / (m["kv/memory_tokens"] + m["kv/question_tokens"])
+    )
     assert m["kv/max_logit_diff"] <= 1e-5
 
 

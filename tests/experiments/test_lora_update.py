@@ -11,9 +11,19 @@ from memos_lab.errors import ConfigError
 from memos_lab.experiments.lora_update import run
 from memos_lab.loggers.base import Tracker
 
-TINY = ["experiment=lora_update", "dataset=synthetic_facts", "dataset.n_edits=6", "model=tiny_llama",
-        "embedder=hashing", "logger=none", "parametric.lr=1e-2", "parametric.batch_size=6", "parametric.layers=null",
-        "parametric.layer_span=null", "parametric.target_prob=0.0"]  # a random tiny model's outputs stay flat
+TINY = [
+    "experiment=lora_update",
+    "dataset=synthetic_facts",
+    "dataset.n_edits=6",
+    "model=tiny_llama",
+    "embedder=hashing",
+    "logger=none",
+    "parametric.lr=1e-2",
+    "parametric.batch_size=6",
+    "parametric.layers=null",
+    "parametric.layer_span=null",
+    "parametric.target_prob=0.0",
+]  # a random tiny model's outputs stay flat
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +40,23 @@ def compose_run(*overrides: str):
 
 
 def test_sequential_gated_editing_writes_every_metric():
-    metrics = run(compose_run("parametric=gated_lora", "parametric.gate.threshold=0.3", "experiment.n_batches=2",
-                              "parametric.replay=3"), Tracker())
-    for name in ("reliability", "generalization", "locality", "portability", "reliability_prob",
-                 "generalization_prob", "retention", "train_s", "adapter_mb"):
+    metrics = run(
+        compose_run(
+            "parametric=gated_lora", "parametric.gate.threshold=0.3", "experiment.n_batches=2", "parametric.replay=3"
+        ),
+        Tracker(),
+    )
+    for name in (
+        "reliability",
+        "generalization",
+        "locality",
+        "portability",
+        "reliability_prob",
+        "generalization_prob",
+        "retention",
+        "train_s",
+        "adapter_mb",
+    ):
         assert f"lora/{name}" in metrics, name
     assert metrics["lora/reliability"] == 1.0 and metrics["lora/retention"] == 1.0  # learned, and kept
     assert metrics["lora/base_reliability"] == 0.0  # the random model knew none of it

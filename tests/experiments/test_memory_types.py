@@ -13,8 +13,19 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def config(*overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["experiment=memory_types", "dataset=synthetic_facts", "model=tiny_llama",
-                                            "logger=none", "experiment.n_facts=4", "parametric.steps=2", "parametric.layers=null", *overrides])
+        return compose(
+            "config",
+            overrides=[
+                "experiment=memory_types",
+                "dataset=synthetic_facts",
+                "model=tiny_llama",
+                "logger=none",
+                "experiment.n_facts=4",
+                "parametric.steps=2",
+                "parametric.layers=null",
+                *overrides,
+            ],
+        )
 
 
 @pytest.mark.parametrize("form", ["text", "kv", "lora"])

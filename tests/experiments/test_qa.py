@@ -60,7 +60,10 @@ def test_retrieved_text_run_reports_scores_latency_recall_and_artefacts():
         assert name in metrics, name
     assert "qa/j" not in metrics and metrics["qa/judge_failures"] == 0  # judge=none: no J, nothing failed
     assert metrics["qa/f1_ci95_low"] <= metrics["qa/f1"] <= metrics["qa/f1_ci95_high"]
-    assert metrics["qa/prompt_tokens_mean"] <= 1024 and metrics["qa/context_tokens_mean"] < metrics["qa/prompt_tokens_mean"]
+    assert (
+        metrics["qa/prompt_tokens_mean"] <= 1024
+        and metrics["qa/context_tokens_mean"] < metrics["qa/prompt_tokens_mean"]
+    )
     for row in rows:
         assert {"question", "gold", "answer", "verdict", "retrieved", "shown_turns"} <= set(row)
         assert len(row["retrieved"]) <= 3 and set(row["shown_turns"]) <= set(row["retrieved"])
@@ -119,9 +122,10 @@ def test_longmemeval_abstention_is_scored_apart():
     metrics, artifacts = run(base=base)
     categories = {row["category"] for row in artifacts[qa.ANSWERS_ARTIFACT]["questions"]}
     assert UNANSWERABLE in categories and f"qa/{UNANSWERABLE}/f1" in metrics
-    assert metrics[f"qa/{UNANSWERABLE}/questions"] + sum(
-        metrics[f"qa/{c}/questions"] for c in categories - {UNANSWERABLE}
-    ) == metrics["qa/questions"]
+    assert (
+        metrics[f"qa/{UNANSWERABLE}/questions"] + sum(metrics[f"qa/{c}/questions"] for c in categories - {UNANSWERABLE})
+        == metrics["qa/questions"]
+    )
 
 
 def test_the_subset_is_seeded_per_conversation_and_category():

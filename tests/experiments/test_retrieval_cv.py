@@ -19,7 +19,10 @@ LOCOMO = Path(__file__).parents[1] / "data" / "fixtures" / "locomo_tiny.json"
 
 def composed(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=["embedder=hashing", "logger=none", "dataset=locomo", f"dataset.path={LOCOMO}", *overrides])
+        return compose(
+            "config",
+            overrides=["embedder=hashing", "logger=none", "dataset=locomo", f"dataset.path={LOCOMO}", *overrides],
+        )
 
 
 def evaluation(scores: list[float]) -> Evaluation:

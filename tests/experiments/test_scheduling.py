@@ -77,9 +77,14 @@ def test_an_interrupted_run_returns_what_it_measured(monkeypatch):
     assert "qa/f1" in metrics
 
 
-@pytest.mark.parametrize("override, message", [("experiment.working_memory.max_items=0", "max_items must be"),
-                                               ("experiment.top_k=-1", "top_k must be"),
-                                               ("experiment.mode=telepathy", "experiment.mode: unknown 'telepathy'; valid: text, kv, parametric")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("experiment.working_memory.max_items=0", "max_items must be"),
+        ("experiment.top_k=-1", "top_k must be"),
+        ("experiment.mode=telepathy", "experiment.mode: unknown 'telepathy'; valid: text, kv, parametric"),
+    ],
+)
 def test_bad_settings_fail_clearly(override, message):
     from memos_lab.errors import ConfigError
 

@@ -45,7 +45,9 @@ def test_served_answerer_and_judge_end_to_end(served_url: str, tiny_folder: Path
     assert artifacts[qa.SETUP_ARTIFACT]["answerer"]["backend"] != "local"
     # The same weights answering in-process give the same greedy answers.
     _, local_artifacts = qa_run("model=hf", f"model.name_or_path={tiny_folder}", "device=cpu")
-    assert [row["answer"] for row in rows] == [row["answer"] for row in local_artifacts[qa.ANSWERS_ARTIFACT]["questions"]]
+    assert [row["answer"] for row in rows] == [
+        row["answer"] for row in local_artifacts[qa.ANSWERS_ARTIFACT]["questions"]
+    ]
 
 
 def test_a_form_that_needs_the_weights_refuses_a_served_model(served_url: str, tiny_folder: Path):

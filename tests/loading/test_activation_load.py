@@ -16,7 +16,12 @@ from memos_lab.memory.activation.kv_cache import KVCacheMemory, memory_messages,
 from memos_lab.models.embedder import HashingEmbedder
 from memos_lab.models.llm import build_tiny_llama
 
-DATA = ["dataset=synthetic_dialogues", "dataset.n_conversations=1", "dataset.n_sessions=2", "dataset.turns_per_session=15"]
+DATA = [
+    "dataset=synthetic_dialogues",
+    "dataset.n_conversations=1",
+    "dataset.n_sessions=2",
+    "dataset.turns_per_session=15",
+]
 
 
 def compose_load(*overrides: str):
@@ -46,7 +51,7 @@ def test_caches_are_stored_in_the_cube_and_reused_exactly(cube_dir: Path) -> Non
     memory = cube.activation
     assert isinstance(memory, KVCacheMemory) and len(memory.keys()) == 6
     texts = memory.texts(activation.SET_KEY)
-    ids = lm.encode_chat(memory_messages(texts) + [{"role": "user", "content": "Where do I live?"}])
+    ids = lm.encode_chat([*memory_messages(texts), {"role": "user", "content": "Where do I live?"}])
     used = memory.prefill(ids)
     assert used.reused == len(memory.get(activation.SET_KEY))
     assert torch.allclose(used.logits, prefill(lm, ids).logits, atol=1e-5, rtol=0)
@@ -68,6 +73,8 @@ def test_missing_cube_and_extra_sources_are_config_errors(tmp_path: Path) -> Non
 
 
 def test_another_users_cube_is_refused(cube_dir: Path) -> None:
-    cfg = compose_load("memory_type=activation", "user=tom", f"cube_dir={cube_dir}", "embedder=hashing", "model=tiny_llama")
+    cfg = compose_load(
+        "memory_type=activation", "user=tom", f"cube_dir={cube_dir}", "embedder=hashing", "model=tiny_llama"
+    )
     with pytest.raises(AccessDeniedError):
         activation.load(cfg)

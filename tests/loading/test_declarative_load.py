@@ -33,8 +33,10 @@ def write_jsonl(path: Path, records: list[object]) -> Path:
 def test_jsonl_records_keep_their_metadata_and_reloading_adds_nothing(tmp_path):
     source = write_jsonl(
         tmp_path / "in.jsonl",
-        [{"text": "Maya moved to Lisbon", "session": "s1", "time": "2024-01-02", "tags": ["move"], "mood": "happy"},
-         {"text": "Tom likes tea", "user": "tom"}],  # fmt: skip
+        [
+            {"text": "Maya moved to Lisbon", "session": "s1", "time": "2024-01-02", "tags": ["move"], "mood": "happy"},
+            {"text": "Tom likes tea", "user": "tom"},
+        ],
     )
     cfg = compose_load("user=alice", f"cube_dir={tmp_path / 'cube'}", f"input={source}", "embedder=hashing")
     summary = load(cfg)
@@ -47,7 +49,12 @@ def test_jsonl_records_keep_their_metadata_and_reloading_adds_nothing(tmp_path):
     assert meta.extra == {"mood": "happy"} and meta.source == "in.jsonl:1"
     assert next(item for item in cube.text.get_all() if "Tom" in item.text).metadata.user == "tom"
     again = load(cfg)
-    assert (again["created"], again["items_added"], again["items_already_stored"], again["items_total"]) == (False, 0, 2, 2)
+    assert (again["created"], again["items_added"], again["items_already_stored"], again["items_total"]) == (
+        False,
+        0,
+        2,
+        2,
+    )
 
 
 def test_fast_reader_stores_one_item_per_turn_with_provenance(tmp_path):
@@ -114,9 +121,13 @@ def test_sources_and_required_keys_are_checked(tmp_path):
 
 def test_load_command_line(tmp_path):
     def memos_lab(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "memos_lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "memos_lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
 
-    ok = memos_lab("load", "memory_type=declarative", "user=alice", "cube_dir=cube", "dataset=synthetic_dialogues", *SMALL)
+    ok = memos_lab(
+        "load", "memory_type=declarative", "user=alice", "cube_dir=cube", "dataset=synthetic_dialogues", *SMALL
+    )
     assert ok.returncode == 0, ok.stderr
     assert "items_added: 30" in ok.stdout and "storing into cube" in ok.stderr  # summary and progress bar
     bad = memos_lab("load", "memory_type=nosuch", "user=alice", "cube_dir=cube")

@@ -19,7 +19,14 @@ from .test_declarative_load import compose_load, write_jsonl
 
 
 def start_load(cube_dir: Path, source: Path, *extra: str) -> subprocess.Popen:
-    args = ["load", "memory_type=declarative", "user=alice", f"cube_dir={cube_dir}", f"input={source}", "embedder=hashing"]
+    args = [
+        "load",
+        "memory_type=declarative",
+        "user=alice",
+        f"cube_dir={cube_dir}",
+        f"input={source}",
+        "embedder=hashing",
+    ]
     return subprocess.Popen(
         [sys.executable, "-m", "memos_lab", *args, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -27,7 +34,9 @@ def start_load(cube_dir: Path, source: Path, *extra: str) -> subprocess.Popen:
 
 def test_two_loads_into_one_new_cube_keep_both_sets_of_items(tmp_path):
     sources = [
-        write_jsonl(tmp_path / f"in{n}.jsonl", [{"text": f"writer {n} note {i}", "source": f"w{n}:{i}"} for i in range(5)])
+        write_jsonl(
+            tmp_path / f"in{n}.jsonl", [{"text": f"writer {n} note {i}", "source": f"w{n}:{i}"} for i in range(5)]
+        )
         for n in (1, 2)
     ]
     writers = [start_load(tmp_path / "cube", source) for source in sources]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from memos_lab.cube import MemCube
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
@@ -15,8 +14,12 @@ def corpus(n: int = 60) -> list[MemoryItem]:
     return [
         MemoryItem(
             f"{name} said the {TOPICS[i % len(TOPICS)]} was great, note {i}",
-            MemoryMetadata(user="u1" if i % 2 else "u2", session=f"s{i // 10}", event_time=f"2024-01-{1 + i % 28:02d}",
-                           tags=("rare",) if i == 37 else ()),  # fmt: skip
+            MemoryMetadata(
+                user="u1" if i % 2 else "u2",
+                session=f"s{i // 10}",
+                event_time=f"2024-01-{1 + i % 28:02d}",
+                tags=("rare",) if i == 37 else (),
+            ),
         )
         for i, name in ((i, ["Maya", "Tom", "Ana"][i % 3]) for i in range(n))
     ]
@@ -80,8 +83,14 @@ def test_index_size_is_reported(text_memory):
 
 
 def test_keys_index_items_under_a_richer_text(text_memory):
-    [plain, keyed] = text_memory.add(
-        ["Maya: yes!", MemoryItem("Maya: it was lovely", MemoryMetadata(extra={"key": "Tom: how was the Lisbon trip? Maya: it was lovely"}))]
+    [_plain, keyed] = text_memory.add(
+        [
+            "Maya: yes!",
+            MemoryItem(
+                "Maya: it was lovely",
+                MemoryMetadata(extra={"key": "Tom: how was the Lisbon trip? Maya: it was lovely"}),
+            ),
+        ]
     )
     [hit] = text_memory.search("Lisbon trip", 1)
     assert hit.item.id == keyed and hit.item.text == "Maya: it was lovely"

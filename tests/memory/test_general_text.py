@@ -74,10 +74,14 @@ def test_text_weight_adds_rankings_over_the_items_own_text(embedder, tmp_path):
     from memos_lab.memory.item import MemoryItem, MemoryMetadata
 
     memory = GeneralTextMemory(embedder, text_weight=0.5)
-    memory.add([MemoryItem("Maya: yes!", MemoryMetadata(extra={"key": "Tom: did you see Lisbon? Maya: yes!"})), "Lisbon trip"])
+    memory.add(
+        [MemoryItem("Maya: yes!", MemoryMetadata(extra={"key": "Tom: did you see Lisbon? Maya: yes!"})), "Lisbon trip"]
+    )
     mask = np.ones(2, bool)
     assert len(memory._rankings("Lisbon", mask)) == 4
     np.testing.assert_allclose(memory._text_matrix[0], embedder.encode(["Maya: yes!"])[0])
     MemCube.create("a", memory).dump(tmp_path / "c")
     loaded = MemCube.load(tmp_path / "c", embedder).text
-    assert [(h.item.id, h.score) for h in loaded.search("Lisbon", 2)] == [(h.item.id, h.score) for h in memory.search("Lisbon", 2)]
+    assert [(h.item.id, h.score) for h in loaded.search("Lisbon", 2)] == [
+        (h.item.id, h.score) for h in memory.search("Lisbon", 2)
+    ]

@@ -15,8 +15,10 @@ def test_names_are_extracted_without_function_words():
 def test_graph_links_items_entities_and_session_order(embedder):
     memory = GraphMemory(embedder)
     first, second = memory.add(
-        [MemoryItem("Caroline met Melanie in Boston", MemoryMetadata(session="s1")),
-         MemoryItem("it was sunny", MemoryMetadata(session="s1"))]  # fmt: skip
+        [
+            MemoryItem("Caroline met Melanie in Boston", MemoryMetadata(session="s1")),
+            MemoryItem("it was sunny", MemoryMetadata(session="s1")),
+        ]
     )
     graph = memory.graph
     assert graph.has_edge(f"item:{first}", "entity:caroline") and graph.has_edge(f"item:{first}", f"item:{second}")
@@ -37,7 +39,10 @@ def test_query_entities_expand_to_co_occurring_ones(embedder):
 
 
 def test_neighbour_weight_lifts_the_turn_after_a_hit(embedder):
-    items = [MemoryItem(t, MemoryMetadata(session="s")) for t in ("where is the zoo", "near the harbour", "unrelated chatter")]
+    items = [
+        MemoryItem(t, MemoryMetadata(session="s"))
+        for t in ("where is the zoo", "near the harbour", "unrelated chatter")
+    ]
     memory = GraphMemory(embedder, neighbour_weight=1.0, entity_weight=0.0)
     memory.add(items)
     assert [hit.item.text for hit in memory.search("zoo", 2)] == ["where is the zoo", "near the harbour"]

@@ -22,7 +22,9 @@ def test_nothing_a_caller_holds_can_change_a_stored_item(text_memory):
     vector[:] = 7.0  # the caller's own array: the stored copy was taken at construction
     extra["mood"] = "angry"
     stored = text_memory.get(item_id)
-    assert stored.embedding[0] == 1.0 and stored.metadata.extra == {"mood": "calm"} and stored.metadata.tags == ("move",)
+    assert (
+        stored.embedding[0] == 1.0 and stored.metadata.extra == {"mood": "calm"} and stored.metadata.tags == ("move",)
+    )
     for handed_out in (stored, text_memory.get_all()[0], text_memory.search("Lisbon", 1)[0].item):
         with pytest.raises(dataclasses.FrozenInstanceError):
             handed_out.text = "Maya moved to Mars"

@@ -48,7 +48,14 @@ def cache(tmp_path_factory) -> Path:
 
 
 def make(cls, lm, cache, **settings):
-    base = {"cache_dir": cache, "stats_tokens": TOKENS, "v_steps": 10, "layers": [1], "layer_span": None, "stats_corpus": "model"}
+    base = {
+        "cache_dir": cache,
+        "stats_tokens": TOKENS,
+        "v_steps": 10,
+        "layers": [1],
+        "layer_span": None,
+        "stats_corpus": "model",
+    }
     if cls is MEMITMemory:
         base |= {"layers": [0, 1], "mom2_weight": 1.0}
     if cls is AlphaEditMemory:
@@ -76,7 +83,7 @@ def test_merged_weights_are_base_plus_the_delta_and_its_rank_is_the_number_of_ed
         for layer in range(4):
             expected = base[layer] + deltas[layer].float() if layer in deltas else base[layer]
             assert torch.allclose(merged[layer], expected, atol=1e-6)
-        for layer, delta in deltas.items():
+        for delta in deltas.values():
             assert torch.linalg.matrix_rank(delta, rtol=1e-6) == len(EDITS)
         assert memory.model.model.peft_config[memory._adapter().key].r == len(EDITS)
         assert memory.delta_residual < 1e-6
@@ -190,8 +197,11 @@ def test_bad_edits_fail_in_one_line_and_leave_the_stored_adapter_alone(lm, cache
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"layers": [7]}, r"\[7\] out of range; this model has 4 layers"), ({"layers": [3]}, "below the top one"),
-     ({"layers": [0, 1]}, "exactly one layer")],
+    [
+        ({"layers": [7]}, r"\[7\] out of range; this model has 4 layers"),
+        ({"layers": [3]}, "below the top one"),
+        ({"layers": [0, 1]}, "exactly one layer"),
+    ],
 )
 def test_bad_layers_are_refused_before_the_model_is_touched(cache, settings, message):
     fresh = build_tiny_llama(seed=0, num_layers=4)

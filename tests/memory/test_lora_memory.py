@@ -10,8 +10,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.artifact import file_entry
+from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, NotFoundError
 from memos_lab.eval.editing import starts_with_target
 from memos_lab.memory.parametric.gate import EditGate
@@ -60,7 +60,10 @@ def said(lm: LanguageModel, prompts: list[str], n: int = 6) -> list[str]:
 
 def learned(lm: LanguageModel, memory: LoRAMemory, edits=EDITS) -> list[bool]:
     with memory.applied():
-        return [starts_with_target(text, e.target_new) for text, e in zip(said(lm, [e.prompt for e in edits]), edits)]
+        return [
+            starts_with_target(text, e.target_new)
+            for text, e in zip(said(lm, [e.prompt for e in edits]), edits, strict=False)
+        ]
 
 
 def state(lm: LanguageModel) -> dict[str, torch.Tensor]:
@@ -72,7 +75,9 @@ def test_tiny_model_learns_the_edits_and_base_answers_stay(lm, trained):
     prompts = [e.prompt for e in EDITS] + PROBES
     assert trained.report.learned and trained.report.steps < FAST["steps"]
     assert learned(lm, trained) == [True, True, True]
-    assert not any(starts_with_target(t, e.target_new) for t, e in zip(said(fresh, [e.prompt for e in EDITS]), EDITS))
+    assert not any(
+        starts_with_target(t, e.target_new) for t, e in zip(said(fresh, [e.prompt for e in EDITS]), EDITS, strict=False)
+    )
     # outside applied() the shared model answers exactly as the untouched one
     assert said(lm, prompts) == said(fresh, prompts)
 
@@ -148,7 +153,9 @@ def _edit_config(folder: Path, sign: bool = False, **changes) -> None:
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
     if sign:
         manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["files"]["adapters/alice/adapter_config.json"] = file_entry(folder, "adapters/alice/adapter_config.json")
+        manifest["files"]["adapters/alice/adapter_config.json"] = file_entry(
+            folder, "adapters/alice/adapter_config.json"
+        )
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -264,12 +271,15 @@ def test_settings_are_validated():
         LoRAMemory(build_tiny_llama(), target_prob=1.0)
 
 
-@pytest.mark.parametrize(("span", "depth", "layers"), [
-    ((0.67, 1.0), 30, tuple(range(20, 30))),  # SmolLM2-135M's upper third
-    ((0.07, 0.43), 30, tuple(range(2, 13))),
-    ((0.5, 1.0), 2, (1,)),
-    ((0.0, 0.01), 2, (0,)),  # never empty
-])
+@pytest.mark.parametrize(
+    ("span", "depth", "layers"),
+    [
+        ((0.67, 1.0), 30, tuple(range(20, 30))),  # SmolLM2-135M's upper third
+        ((0.07, 0.43), 30, tuple(range(2, 13))),
+        ((0.5, 1.0), 2, (1,)),
+        ((0.0, 0.01), 2, (0,)),  # never empty
+    ],
+)
 def test_layer_span_is_a_fraction_of_the_depth(span, depth, layers):
     from memos_lab.memory.parametric.lora import LoRASettings
 
@@ -306,7 +316,9 @@ def test_training_upper_layers_skips_the_frozen_ones_and_still_learns(lm):
         assert all(e.hidden is not None for e in examples)  # the Llama layout check accepted the shortcut
         memory.edit(EDITS)
         assert learned(lm, memory) == [True, True, True]
-        assert all(".layers.1." in name for name in memory.model.model.state_dict() if "lora_A" in name and "top_" in name)
+        assert all(
+            ".layers.1." in name for name in memory.model.model.state_dict() if "lora_A" in name and "top_" in name
+        )
     finally:
         memory.close()
 
@@ -316,8 +328,10 @@ def test_smollm2_learns_two_invented_facts_in_its_upper_layers(tmp_path):
     from memos_lab.models.llm import load_smollm2
 
     smol = load_smollm2("~/.cache/memos_lab")
-    edits = [fact(0, "Anouk Elphick", "Lisbon", "Anouk Elphick lives in the city of"),
-             fact(1, "Lazlo Voss", "Oslo", "Lazlo Voss lives in the city of")]
+    edits = [
+        fact(0, "Anouk Elphick", "Lisbon", "Anouk Elphick lives in the city of"),
+        fact(1, "Lazlo Voss", "Oslo", "Lazlo Voss lives in the city of"),
+    ]
     memory = LoRAMemory(smol, adapter="smol", layers=list(range(24, 30)), loss="target", lr=1e-2, steps=60)
     try:
         report = memory.edit(edits)

@@ -61,7 +61,9 @@ def test_backend_search_runs_the_stages():
 
 def speaker_hit(text, speaker, score):
     vector = np.ones(2, dtype=np.float32) / np.sqrt(2)
-    return SearchHit(MemoryItem(text=text, metadata=MemoryMetadata(tags=(f"speaker:{speaker}",)), embedding=vector), score)
+    return SearchHit(
+        MemoryItem(text=text, metadata=MemoryMetadata(tags=(f"speaker:{speaker}",)), embedding=vector), score
+    )
 
 
 def test_the_speaker_the_query_names_ranks_first():

@@ -78,7 +78,9 @@ def test_unknown_ids_and_bad_arguments_fail_clearly(text_memory):
 def test_merge_keeps_the_merged_items_archived_with_provenance(text_memory):
     old, new, other = text_memory.add(
         [
-            MemoryItem("Maya lives in Lisbon", MemoryMetadata(source="chat/D1:3", event_time="2024-01-01", tags=("home",))),
+            MemoryItem(
+                "Maya lives in Lisbon", MemoryMetadata(source="chat/D1:3", event_time="2024-01-01", tags=("home",))
+            ),
             MemoryItem("Maya lives in Porto now", MemoryMetadata(source="chat/D4:7", event_time="2024-05-01")),
             "Tom likes chess",
         ]

@@ -29,7 +29,7 @@ def test_topics_group_similar_items_and_parents_summarise_them(embedder):
 
 
 def test_hard_descent_returns_only_items_under_the_best_topic(embedder):
-    memory, ids = tree(embedder, beam=1)
+    memory, _ids = tree(embedder, beam=1)
     hits = memory.search("tea", 8)
     assert {hit.item.text for hit in hits} == set(CLUSTERS["tea"])
 

@@ -16,7 +16,12 @@ from memos_lab.models.llm import LanguageModel, build_random_llama, build_tiny_l
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-QUESTIONS = ["Where does Maya live?", "What is the name of Leo's dog, the small one?", "hi", "Which hobby did she pick up?"]
+QUESTIONS = [
+    "Where does Maya live?",
+    "What is the name of Leo's dog, the small one?",
+    "hi",
+    "Which hobby did she pick up?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +96,7 @@ def test_device_and_dtype_settings():
 
 
 def test_the_fingerprint_does_not_name_the_device(tiny):
-    assert not any("cpu" == value for value in tiny.fingerprint().values())
+    assert not any(value == "cpu" for value in tiny.fingerprint().values())
     assert tiny.describe()["device"] == "cpu"
 
 
@@ -100,7 +105,10 @@ def test_random_llama_has_llama3_shapes_and_is_reproducible():
     config = lm.model.config
     assert config.vocab_size == 128256 and config.num_key_value_heads == 2 and lm.name == "random-llama-tiny"
     assert lm.fingerprint() == build_random_llama("tiny", seed=1, device="cpu").fingerprint()
-    assert lm.fingerprint()["weights_sha256"] != build_random_llama("tiny", seed=2, device="cpu").fingerprint()["weights_sha256"]
+    assert (
+        lm.fingerprint()["weights_sha256"]
+        != build_random_llama("tiny", seed=2, device="cpu").fingerprint()["weights_sha256"]
+    )
     assert lm.model.lm_head.weight.data_ptr() == lm.model.model.embed_tokens.weight.data_ptr()  # tied, as Llama-3.2
     ids = lm.encode_chat([{"role": "user", "content": "hi"}])
     assert len(greedy(lm, ids, 3, stop=False).token_ids) == 3

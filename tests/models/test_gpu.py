@@ -46,7 +46,13 @@ def test_lora_memory_trains_and_answers_on_the_gpu():
 
     lm = build_tiny_llama(seed=0, device="cuda", dtype="float32")
     memory = LoRAMemory(lm, rank=4, steps=30, target_modules=["q_proj", "v_proj"])
-    report = memory.edit([KnowledgeEdit(edit_id="e1", subject="Maya", relation="lives in", prompt="Maya lives in the city of", target_new="Oslo")])
+    report = memory.edit(
+        [
+            KnowledgeEdit(
+                edit_id="e1", subject="Maya", relation="lives in", prompt="Maya lives in the city of", target_new="Oslo"
+            )
+        ]
+    )
     assert report.steps > 0 and next(lm.model.parameters()).device.type == "cuda"
     memory.close()
 

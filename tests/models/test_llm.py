@@ -135,7 +135,9 @@ def test_missing_smollm2_wheel_is_a_config_error(tmp_path: Path, monkeypatch: py
 
 
 def test_tiny_llama_config_instantiates() -> None:
-    cfg = OmegaConf.merge({"seed": 3, "device": "cpu", "dtype": "auto"}, {"model": OmegaConf.load(CONF_DIR / "tiny_llama.yaml")})
+    cfg = OmegaConf.merge(
+        {"seed": 3, "device": "cpu", "dtype": "auto"}, {"model": OmegaConf.load(CONF_DIR / "tiny_llama.yaml")}
+    )
     lm = hydra.utils.instantiate(cfg.model)
     assert lm.fingerprint() == build_tiny_llama(seed=3).fingerprint()
 

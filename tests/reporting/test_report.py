@@ -57,13 +57,21 @@ def sweep(root: Path, recall: dict[tuple[str, int], float | None]) -> Path:
     (root).mkdir(parents=True, exist_ok=True)
     (root / "multirun.yaml").write_text("hydra: {}\n")
     for number, ((fusion, seed), value) in enumerate(recall.items()):
-        metrics = None if value is None else {"retrieval/recall_all@10": value, "retrieval/search_ms_p50": 1.0 + seed, "run/wall_s": 2.0}
-        make_run(root / str(number), [f"memory.fusion={fusion}", f"seed={seed}", "embedder=hashing"], metrics, fusion=fusion)
+        metrics = (
+            None
+            if value is None
+            else {"retrieval/recall_all@10": value, "retrieval/search_ms_p50": 1.0 + seed, "run/wall_s": 2.0}
+        )
+        make_run(
+            root / str(number), [f"memory.fusion={fusion}", f"seed={seed}", "embedder=hashing"], metrics, fusion=fusion
+        )
     return root
 
 
 def test_report_rows_are_configurations_with_mean_and_std_over_seeds(tmp_path):
-    folder = sweep(tmp_path / "sweep", {("rrf", 0): 0.5, ("rrf", 1): 0.7, ("bm25", 0): 0.2, ("bm25", 1): 0.4, ("bm25", 2): None})
+    folder = sweep(
+        tmp_path / "sweep", {("rrf", 0): 0.5, ("rrf", 1): 0.7, ("bm25", 0): 0.2, ("bm25", 1): 0.4, ("bm25", 2): None}
+    )
     out = tmp_path / "report"
     summary = write_report([folder], out, command="python -m memos_lab report sweep --out report")
     assert (summary.runs, summary.failed, summary.configurations) == (5, 1, 2)
@@ -106,7 +114,11 @@ def test_a_metric_only_some_runs_measured_is_marked_not_failed(tmp_path):
     make_run(tmp_path / "b0", ["memory.fusion=bm25", "seed=0"], {"m/x": 0.1, "run/wall_s": 1.0}, fusion="bm25")
     summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["m/x", "m/extra"])
     assert summary.failed == 0
-    rows = {line.split("|")[2].strip(): line for line in (tmp_path / "out" / "report.md").read_text().splitlines() if line.startswith("| ")}
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in (tmp_path / "out" / "report.md").read_text().splitlines()
+        if line.startswith("| ")
+    }
     assert "| 1 (n=1) " in rows["rrf"] and rows["bm25"].rstrip(" |").endswith("n/a")
 
 
@@ -122,14 +134,22 @@ def test_jobs_an_interrupted_sweep_never_started_are_reported_as_failed(tmp_path
     }
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
     for number, seed in ((0, 0), (1, 1)):  # jobs 2 and 3 (bm25) never started
-        make_run(tmp_path / str(number), ["embedder=hashing", "memory.fusion=rrf", f"seed={seed}"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+        make_run(
+            tmp_path / str(number),
+            ["embedder=hashing", "memory.fusion=rrf", f"seed={seed}"],
+            {"retrieval/mrr": 0.5, "run/wall_s": 1.0},
+        )
     summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/mrr"])
     assert (summary.runs, summary.failed, summary.configurations) == (4, 2, 2)
     table = pd.read_csv(tmp_path / "out" / "table.csv")
     assert table.set_index("memory.fusion")["failed"].to_dict() == {"rrf": 0, "bm25": 2}
     report = (tmp_path / "out" / "report.md").read_text()
     line = next(line for line in report.splitlines() if line.startswith(f"| {tmp_path / '3'} "))
-    assert [cell.strip() for cell in line.split("|")[2:5]] == ["1", "embedder=hashing memory.fusion=bm25", "never started (the sweep was stopped before this job)"]
+    assert [cell.strip() for cell in line.split("|")[2:5]] == [
+        "1",
+        "embedder=hashing memory.fusion=bm25",
+        "never started (the sweep was stopped before this job)",
+    ]
 
 
 def test_all_runs_failed_is_still_a_report(tmp_path):
@@ -173,7 +193,9 @@ def test_paired_test_pairs_queries_per_seed_and_flags_a_real_difference(tmp_path
     write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/recall_all@10"])
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Paired significance tests")[1].split("##")[0]
-    rows = {tuple(cell.strip() for cell in line.split("|")[2:4]): line for line in section.splitlines() if "| #" in line}
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[2:4]): line for line in section.splitlines() if "| #" in line
+    }
     assert len(rows) == 3  # configurations #1 bm25, #2 dense, #3 rrf (table order)
     assert "| 80 " in rows[("#1", "#2")]  # 40 queries x 2 seeds, paired
     assert rows[("#1", "#2")].rstrip(" |").endswith("yes")
@@ -206,7 +228,10 @@ def test_runs_of_different_experiments_are_not_mixed(tmp_path):
     [
         (["--out", "x"], "the following arguments are required: folders"),
         (["{runs}"], "the following arguments are required: --out"),
-        (["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"], "no run measured 'retrieval/nosuch'; available: retrieval/mrr"),
+        (
+            ["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"],
+            "no run measured 'retrieval/nosuch'; available: retrieval/mrr",
+        ),
         (["{empty}", "--out", "{out}"], "no runs under"),
     ],
 )
@@ -252,6 +277,8 @@ def test_runs_with_two_versions_of_a_metric_are_not_mixed(tmp_path):
                  experiment="lora_update", declared=declared)  # fmt: skip
     with pytest.raises(ConfigError, match="'lora/reliability' has version 1 in some runs and 2 in"):
         write_report([tmp_path / "runs"], tmp_path / "report", command="report", metrics=["lora/reliability"])
+
+
 def qa_run(path: Path, overrides: list[str], answer_prompt: str, f1: dict[str, float]) -> Path:
     """A finished qa run: pinned settings in its provenance, per-question F1."""
     make_run(path, overrides, {"qa/f1": sum(f1.values()) / len(f1), "run/wall_s": 1.0}, experiment="qa",
@@ -284,7 +311,9 @@ def test_runs_with_different_prompt_versions_are_not_mixed_without_the_switch(tm
 
 
 def test_the_report_prints_bootstrap_cis_and_the_pinned_prompt(tmp_path):
-    qa_run(tmp_path / "runs" / "a", ["experiment.context=none"], "answer_v1", {f"q{i}": float(i % 2) for i in range(20)})
+    qa_run(
+        tmp_path / "runs" / "a", ["experiment.context=none"], "answer_v1", {f"q{i}": float(i % 2) for i in range(20)}
+    )
     qa_run(tmp_path / "runs" / "b", ["experiment.context=oracle"], "answer_v1", {f"q{i}": 1.0 for i in range(20)})
     write_report([tmp_path / "runs"], tmp_path / "out", command="report")
     report = (tmp_path / "out" / "report.md").read_text()

@@ -40,16 +40,33 @@ def run(memory: WorkingMemory, trace) -> list[str]:
 def test_lru_evicts_the_least_recently_used():
     # a b c fill three slots; a is touched at step 4; d evicts b (last used 2), e evicts c (3).
     memory = WorkingMemory(LRUPolicy(), Budget(max_items=3))
-    assert run(memory, [("a", None, None), ("b", None, None), ("c", None, None), ("a", None, None),
-                        ("d", None, None), ("e", None, None)]) == ["", "", "", "", "b", "c"]
+    assert run(
+        memory,
+        [
+            ("a", None, None),
+            ("b", None, None),
+            ("c", None, None),
+            ("a", None, None),
+            ("d", None, None),
+            ("e", None, None),
+        ],
+    ) == ["", "", "", "", "b", "c"]
     assert [entry.item.id for entry in memory.entries()] == ["a", "d", "e"]
 
 
 def test_lfu_evicts_the_least_used_and_breaks_ties_by_recency():
     # Uses after step 6: a=3, b=2, c=1. d evicts c; then e evicts d (1 use), where LRU would evict a.
     memory = WorkingMemory(LFUPolicy(), Budget(max_items=3))
-    trace = [("a", None, None), ("b", None, None), ("c", None, None), ("a", None, None), ("a", None, None),
-             ("b", None, None), ("d", None, None), ("e", None, None)]
+    trace = [
+        ("a", None, None),
+        ("b", None, None),
+        ("c", None, None),
+        ("a", None, None),
+        ("a", None, None),
+        ("b", None, None),
+        ("d", None, None),
+        ("e", None, None),
+    ]
     assert run(memory, trace) == ["", "", "", "", "", "", "c", "d"]
     # Ties: b and c both used once; the older use leaves.
     memory = WorkingMemory(LFUPolicy(), Budget(max_items=2))
@@ -67,8 +84,14 @@ def test_lfu_evicts_the_least_used_and_breaks_ties_by_recency():
 )
 def test_recency_decays_uses_with_the_half_life(half_life, evicted):
     memory = WorkingMemory(RecencyPolicy(half_life=half_life), Budget(max_items=3))
-    trace = [("a", None, None), ("a", None, None), ("a", None, None), ("b", None, None), ("c", None, None),
-             ("d", None, None)]
+    trace = [
+        ("a", None, None),
+        ("a", None, None),
+        ("a", None, None),
+        ("b", None, None),
+        ("c", None, None),
+        ("d", None, None),
+    ]
     assert run(memory, trace)[-1] == evicted
 
 

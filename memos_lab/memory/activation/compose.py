@@ -107,15 +107,19 @@ def compose_chunks(
     for chunk, cache in zip(prompt.chunks[1:], chunk_caches[1:], strict=True):
         m = math.ceil(recompute_frac * len(chunk))
         if m:
-            working = DynamicCache(ddp_cache_data=[(torch.cat(k, -2), torch.cat(v, -2)) for k, v in zip(keys, values)])
-            lm.model(input_ids=torch.tensor([chunk[:m]], device=lm.model.device), past_key_values=working, use_cache=True)
-            for layer, (k_parts, v_parts) in enumerate(zip(keys, values)):
+            working = DynamicCache(
+                ddp_cache_data=[(torch.cat(k, -2), torch.cat(v, -2)) for k, v in zip(keys, values, strict=False)]
+            )
+            lm.model(
+                input_ids=torch.tensor([chunk[:m]], device=lm.model.device), past_key_values=working, use_cache=True
+            )
+            for layer, (k_parts, v_parts) in enumerate(zip(keys, values, strict=False)):
                 k_parts.append(working.layers[layer].keys[:, :, -m:])
                 v_parts.append(working.layers[layer].values[:, :, -m:])
             recomputed += m
         # token h + j of the chunk cache moves to position len(ids) + j
         delta = len(ids) - h if reposition else 0
-        for layer, (k_parts, v_parts) in enumerate(zip(keys, values)):
+        for layer, (k_parts, v_parts) in enumerate(zip(keys, values, strict=False)):
             k_parts.append(rerotate(cache.keys[layer][:, :, h + m :], delta, inv_freq))
             v_parts.append(cache.values[layer][:, :, h + m :])
         ids.extend(chunk)

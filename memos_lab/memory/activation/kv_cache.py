@@ -200,7 +200,11 @@ class KVCacheMeta(TypedDict):
 def _check_template(template: str, where: str) -> None:
     """A stored template may only hold the one `{memories}` field: str.format could otherwise read attributes."""
     try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
     except ValueError as error:
         raise DataError(f"{where}: not a format template ({error})") from None
     if fields != [("memories", "", None)]:
@@ -217,7 +221,9 @@ def _read_entry(artifact: Artifact, entry: _Entry, model: LanguageModel, field: 
     layers = config.num_hidden_layers
     expected = {"token_ids", *(f"k.{i}" for i in range(layers)), *(f"v.{i}" for i in range(layers))}
     if set(named) != expected:
-        raise IncompatibleError(f"{path}: holds tensors {sorted(named)[:4]}..., not the {layers} layers of model {model.name}")
+        raise IncompatibleError(
+            f"{path}: holds tensors {sorted(named)[:4]}..., not the {layers} layers of model {model.name}"
+        )
     ids = named["token_ids"]
     if ids.dtype != torch.int64 or ids.dim() != 1 or len(ids) != entry["tokens"]:
         raise DataError(f"{path}: token_ids must be {entry['tokens']} int64 ids ({artifact.where(field + '.tokens')})")

@@ -11,6 +11,7 @@ project makes itself (no download) and are computed once per model, corpus and l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -34,11 +35,31 @@ CORPORA = ("model", "synthetic")
 TOKENS_PER_DIM = 10
 SEQ_TOKENS = 128  # tokens per corpus sequence
 OPENINGS = (
-    "The history of", "In the morning", "Scientists have found that", "The recipe for", "According to the report,",
-    "She was born in", "The city of", "My favourite", "The company announced", "During the war,",
-    "The rules of the game", "Once upon a time", "The first thing to know about", "He studied at",
-    "The river flows", "In music,", "The government said", "A good way to", "The museum", "Football is",
-    "The novel tells", "Computers are", "The weather in", "The president of", "Many people believe",
+    "The history of",
+    "In the morning",
+    "Scientists have found that",
+    "The recipe for",
+    "According to the report,",
+    "She was born in",
+    "The city of",
+    "My favourite",
+    "The company announced",
+    "During the war,",
+    "The rules of the game",
+    "Once upon a time",
+    "The first thing to know about",
+    "He studied at",
+    "The river flows",
+    "In music,",
+    "The government said",
+    "A good way to",
+    "The museum",
+    "Football is",
+    "The novel tells",
+    "Computers are",
+    "The weather in",
+    "The president of",
+    "Many people believe",
 )
 
 
@@ -94,6 +115,7 @@ def compute_second_moments(
             sums[layer].addmm_(keys.T, keys)
             if layer == top:
                 raise StopForward  # the layers above the highest edited one are not needed
+
         return add
 
     mlps = lm.model.model.layers
@@ -103,16 +125,14 @@ def compute_second_moments(
     try:
         with tqdm(total=tokens, desc="key statistics", unit="tok") as bar:
             for start in range(0, len(encoded), batch_size):
-                chunk = [ids[: tokens - seen] for ids in encoded[start:start + batch_size]]
+                chunk = [ids[: tokens - seen] for ids in encoded[start : start + batch_size]]
                 chunk = [ids for ids in chunk if ids]
                 if not chunk:
                     break
                 ids, mask, positions = left_padded(lm, chunk)
                 mask_now[:] = [mask]
-                try:
+                with contextlib.suppress(StopForward):
                     lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-                except StopForward:
-                    pass
                 count = int(mask.sum())
                 seen += count
                 bar.update(count)
@@ -139,7 +159,9 @@ def corpus_texts(lm: LanguageModel, corpus: str, tokens: int, seed: int) -> list
         count = 0
         rounds = 0
         while count < tokens * 1.2:
-            for conversation in generate_dialogues(seed=seed + rounds, n_conversations=8, n_sessions=8, turns_per_session=16):
+            for conversation in generate_dialogues(
+                seed=seed + rounds, n_conversations=8, n_sessions=8, turns_per_session=16
+            ):
                 for session in conversation.sessions:
                     text = " ".join(f"{t.speaker}: {t.text}" for t in session.turns)
                     texts.append(text)
@@ -157,11 +179,13 @@ def sampled_texts(lm: LanguageModel, n: int, seed: int, batch_size: int = 32) ->
     generator = torch.Generator().manual_seed(seed)
     texts = []
     for start in tqdm(range(0, n, batch_size), desc="sampling the statistics corpus", unit="batch"):
-        prompts = [lm.tokenizer(o, add_special_tokens=True)["input_ids"] for o in openings[start:start + batch_size]]
+        prompts = [lm.tokenizer(o, add_special_tokens=True)["input_ids"] for o in openings[start : start + batch_size]]
         ids, mask, positions = left_padded(lm, prompts)
         past, out_ids = None, []
         for _ in range(SEQ_TOKENS - ids.shape[1]):
-            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+            out = lm.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True
+            )
             past = out.past_key_values
             top = out.logits[:, -1].topk(50)
             choice = torch.multinomial(top.values.softmax(-1), 1, generator=generator)
@@ -170,7 +194,9 @@ def sampled_texts(lm: LanguageModel, n: int, seed: int, batch_size: int = 32) ->
             mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
             positions = positions[:, -1:] + 1
         body = torch.cat(out_ids, dim=1).tolist()
-        texts += [o + lm.tokenizer.decode(b, skip_special_tokens=True) for o, b in zip(openings[start:], body, strict=False)]
+        texts += [
+            o + lm.tokenizer.decode(b, skip_special_tokens=True) for o, b in zip(openings[start:], body, strict=False)
+        ]
     return texts
 
 
@@ -200,7 +226,9 @@ def read_stats(folder: Path, lm: LanguageModel) -> dict[int, torch.Tensor]:
     for layer in artifact.meta["layers"]:
         moment = tensors.get(f"layer_{layer}")
         if moment is None or moment.shape != (d, d) or not torch.isfinite(moment).all():
-            raise DataError(f"{folder / TENSORS}: layer {layer} is not a finite {d}x{d} matrix; delete the folder to recompute")
+            raise DataError(
+                f"{folder / TENSORS}: layer {layer} is not a finite {d}x{d} matrix; delete the folder to recompute"
+            )
         moments[layer] = moment
     return moments
 

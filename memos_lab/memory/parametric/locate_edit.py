@@ -19,6 +19,7 @@ refusals are LoRAMemory's.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from abc import abstractmethod
@@ -77,7 +78,9 @@ class EditorSettings(LayerSettings):
         if self.context_templates > len(TEMPLATE_STARTS):
             raise ConfigError(f"parametric.context_templates must be at most {len(TEMPLATE_STARTS)}")
         if self.stats_corpus not in key_stats.CORPORA:
-            raise ConfigError(f"parametric.stats_corpus: unknown {self.stats_corpus!r}; valid: {', '.join(key_stats.CORPORA)}")
+            raise ConfigError(
+                f"parametric.stats_corpus: unknown {self.stats_corpus!r}; valid: {', '.join(key_stats.CORPORA)}"
+            )
 
     def for_depth(self, depth: int) -> Self:
         resolved = super().for_depth(depth)
@@ -92,7 +95,9 @@ class EditorSettings(LayerSettings):
         return resolved
 
     def lora_config(self, rank: int = 1) -> LoraConfig:
-        return LoraConfig(r=rank, lora_alpha=rank, target_modules=[MODULE], layers_to_transform=list(self.layers), bias="none")
+        return LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=[MODULE], layers_to_transform=list(self.layers), bias="none"
+        )
 
 
 @dataclass
@@ -110,8 +115,12 @@ class LocateThenEditMemory(LoRAMemory):
     settings_class = EditorSettings
 
     def __init__(
-        self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default",
-        cache_dir: str | Path = "~/.cache/memos_lab", **settings: Any,
+        self,
+        model: LanguageModel,
+        gate: EditGate | None = None,
+        adapter: str | None = "default",
+        cache_dir: str | Path = "~/.cache/memos_lab",
+        **settings: Any,
     ) -> None:
         if gate is not None:
             raise ConfigError(f"parametric={self.method} edits are not gated: set parametric.gate=null")
@@ -138,7 +147,9 @@ class LocateThenEditMemory(LoRAMemory):
         """E[k kᵀ] of each edited layer (computed once per model and corpus, then read from the cache)."""
         if self._moments is None:
             s = self.settings
-            self._moments = key_stats.second_moments(self.model, s.layers, s.stats_corpus, s.stats_tokens, self.cache_dir, s.seed)
+            self._moments = key_stats.second_moments(
+                self.model, s.layers, s.stats_corpus, s.stats_tokens, self.cache_dir, s.seed
+            )
         return self._moments
 
     # -- editing -----------------------------------------------------------------------------------
@@ -155,7 +166,9 @@ class LocateThenEditMemory(LoRAMemory):
         current = self._current_deltas(adapter.key)
         prompts = {_norm(edit.prompt) for edit in edits}
         kept = [edit for edit in adapter.edits if _norm(edit.prompt) not in prompts]
-        self._store(name, {layer: current[layer] + new.get(layer, 0) for layer in self.settings.layers}, kept + list(edits))
+        self._store(
+            name, {layer: current[layer] + new.get(layer, 0) for layer in self.settings.layers}, kept + list(edits)
+        )
         with self._adapter_on(self._adapter().key):
             learned = self._learned(requests)
         return EditReport(len(edits), steps, time.perf_counter() - started, loss, learned)
@@ -181,11 +194,14 @@ class LocateThenEditMemory(LoRAMemory):
         return ids, at
 
     def templates(self) -> list[str]:
-        """"" and `context_templates` short model-written prefixes (greedy, so no randomness)."""
+        """ "" and `context_templates` short model-written prefixes (greedy, so no randomness)."""
         if self._templates is None:
             starts = list(TEMPLATE_STARTS[: self.settings.context_templates])
             said = greedy_continuations(self.model, starts, TEMPLATE_TOKENS) if starts else []
-            prefixes = [f"{s}{self.model.tokenizer.decode(ids, skip_special_tokens=True)}" for s, ids in zip(starts, said, strict=True)]
+            prefixes = [
+                f"{s}{self.model.tokenizer.decode(ids, skip_special_tokens=True)}"
+                for s, ids in zip(starts, said, strict=True)
+            ]
             self._templates = [""] + [" ".join(p.replace("{", " ").replace("}", " ").split()) + ". " for p in prefixes]
         return self._templates
 
@@ -211,7 +227,11 @@ class LocateThenEditMemory(LoRAMemory):
         owner_t = torch.tensor(owner)
         heads, tails = [r[:a] for r, a in zip(rows, at, strict=True)], [r[a:] for r, a in zip(rows, at, strict=True)]
         width = max(len(t) for t in tails)
-        pad = int(self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else self.model.tokenizer.eos_token_id)
+        pad = int(
+            self.model.tokenizer.pad_token_id
+            if self.model.tokenizer.pad_token_id is not None
+            else self.model.tokenizer.eos_token_id
+        )
         tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails])
         tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
         tail_positions = torch.tensor([[len(h) + j for j in range(width)] for h in heads])
@@ -241,8 +261,13 @@ class LocateThenEditMemory(LoRAMemory):
             seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, first].detach()
 
         def forward() -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = model.model(input_ids=tail_ids, attention_mask=mask, position_ids=tail_positions,
-                                 past_key_values=cache, use_cache=cache is not None).last_hidden_state
+            hidden = model.model(
+                input_ids=tail_ids,
+                attention_mask=mask,
+                position_ids=tail_positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state
             if cache is not None:
                 _rewind(cache, width)
             target_logp = lm_head(hidden[pred_rows, pred_cols]).log_softmax(-1)
@@ -257,7 +282,7 @@ class LocateThenEditMemory(LoRAMemory):
         optimizer = torch.optim.Adam([shift], lr=s.v_lr)
         steps, nll_value = 0, float("nan")
         with _frozen(model), _hooked(block.mlp, add_shift):
-            for steps in range(1, s.v_steps + 1):
+            for steps in range(1, s.v_steps + 1):  # noqa: B007 (the count after the loop is reported)
                 token_logp, essence_logp = forward()
                 nll = torch.zeros(len(requests)).index_add(0, token_owner, -token_logp) / tokens_per_edit
                 kl = torch.nn.functional.kl_div(essence_logp, base_essence, log_target=True, reduction="none").sum(-1)
@@ -272,7 +297,9 @@ class LocateThenEditMemory(LoRAMemory):
                 with torch.no_grad():  # |δ| <= clamp_norm |h|
                     limit = s.clamp_norm * ref_norm
                     norms = shift.norm(dim=-1)
-                    shift.mul_(torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None])
+                    shift.mul_(
+                        torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None]
+                    )
         if not torch.isfinite(shift).all():
             raise ConfigError(f"parametric={self.method}: the target vectors diverged; lower parametric.v_lr")
         return shift.detach(), steps, nll_value
@@ -282,7 +309,11 @@ class LocateThenEditMemory(LoRAMemory):
         if not any(heads):
             return None, torch.zeros(len(heads), 0, dtype=torch.long)
         width = max(len(h) for h in heads)
-        pad = int(self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else self.model.tokenizer.eos_token_id)
+        pad = int(
+            self.model.tokenizer.pad_token_id
+            if self.model.tokenizer.pad_token_id is not None
+            else self.model.tokenizer.eos_token_id
+        )
         ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads])
         mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -311,11 +342,13 @@ class LocateThenEditMemory(LoRAMemory):
             seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, cols]
             raise key_stats.StopForward  # nothing above the last edited layer is needed
 
-        with _pending(layers, pending), _pre_hooked(layers[layer].mlp.down_proj, keep_key), _hooked(layers[max(self.settings.layers)], keep_hidden):
-            try:
-                self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions)
-            except key_stats.StopForward:
-                pass
+        with (
+            _pending(layers, pending),
+            _pre_hooked(layers[layer].mlp.down_proj, keep_key),
+            _hooked(layers[max(self.settings.layers)], keep_hidden),
+            contextlib.suppress(key_stats.StopForward),
+        ):
+            self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions)
         per = len(requests[0].rows)
         keys = seen["k"].reshape(len(requests), per, -1).mean(1)
         hidden = seen["h"].reshape(len(requests), per, -1)[:, 0]
@@ -331,7 +364,7 @@ class LocateThenEditMemory(LoRAMemory):
     def _learned(self, requests: list[EditRequest]) -> bool:
         """Every target token is the teacher-forced argmax after the plain edit prompt."""
         for start in range(0, len(requests), 32):
-            chunk = requests[start:start + 32]
+            chunk = requests[start : start + 32]
             rows = [r.rows[0][0] + r.target for r in chunk]
             ids, mask, positions = left_padded(self.model, rows)
             logits = self.model.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
@@ -415,8 +448,11 @@ def _pending(layers: torch.nn.ModuleList, deltas: dict[int, torch.Tensor]) -> It
     handles = []
     for layer, delta in deltas.items():
         weight = delta.float()
-        handles.append(getattr(layers[layer].mlp, MODULE).register_forward_hook(
-            lambda module, args, output, w=weight: output + args[0] @ w.T))
+        handles.append(
+            getattr(layers[layer].mlp, MODULE).register_forward_hook(
+                lambda module, args, output, w=weight: output + args[0] @ w.T
+            )
+        )
     try:
         yield
     finally:

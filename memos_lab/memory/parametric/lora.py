@@ -31,7 +31,15 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from memos_lab.artifact import MANIFEST, VERSION, check_json, file_entry, read_artifact, write_artifact, write_peft_adapter
+from memos_lab.artifact import (
+    MANIFEST,
+    VERSION,
+    check_json,
+    file_entry,
+    read_artifact,
+    write_artifact,
+    write_peft_adapter,
+)
 from memos_lab.data.knowledge import edit_from_record, edit_to_record
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, NotFoundError
@@ -40,7 +48,16 @@ from memos_lab.memory.parametric.base import EditReport, ParametricMemory, check
 from memos_lab.memory.parametric.gate import EditGate
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_prompt, encode_target, left_padded
-from memos_lab.settings import Settings, non_negative, non_negative_int, one_of, positive, positive_int, probability, span
+from memos_lab.settings import (
+    Settings,
+    non_negative,
+    non_negative_int,
+    one_of,
+    positive,
+    positive_int,
+    probability,
+    span,
+)
 
 KIND = "lora"
 ADAPTERS_DIR = "adapters"
@@ -117,7 +134,9 @@ class LoRASettings(LayerSettings):
         if not self.target_modules:
             raise ConfigError("parametric.target_modules is empty")
         if self.layer_span is not None and self.layers is not None:
-            raise ConfigError("parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)")
+            raise ConfigError(
+                "parametric: set layers or layer_span, not both (add parametric.layer_span=null to pick layers by number)"
+            )
         span(self, "layer_span")
 
     def lora_config(self) -> LoraConfig:
@@ -354,7 +373,9 @@ class LoRAMemory(ParametricMemory):
                 steps += 1
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise ConfigError(f"LoRA training diverged (loss {loss_value}) at step {steps}; lower parametric.lr")
+                    raise ConfigError(
+                        f"LoRA training diverged (loss {loss_value}) at step {steps}; lower parametric.lr"
+                    )
             learned = learned or self._all_learned(examples)
         finally:
             optimizer.zero_grad(set_to_none=True)
@@ -368,11 +389,13 @@ class LoRAMemory(ParametricMemory):
         model = self.model.model
         if any(e.hidden is None for e in examples):
             return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        embeds = torch.zeros((*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype, device=ids.device)
+        embeds = torch.zeros(
+            (*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype, device=ids.device
+        )
         for row, example in enumerate(examples):
-            embeds[row, ids.shape[1] - len(example.hidden):] = example.hidden
+            embeds[row, ids.shape[1] - len(example.hidden) :] = example.hidden
         layers = model.model.layers
-        model.model.layers = torch.nn.ModuleList(list(layers)[min(self.settings.layers):])
+        model.model.layers = torch.nn.ModuleList(list(layers)[min(self.settings.layers) :])
         try:
             return model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
         finally:
@@ -387,12 +410,13 @@ class LoRAMemory(ParametricMemory):
         if start == 0 or getattr(model.config, "model_type", None) not in TRUNCATABLE:
             return
         for first in range(0, len(examples), 32):
-            chunk = examples[first:first + 32]
+            chunk = examples[first : first + 32]
             ids, mask, positions = left_padded(self.model, [e.prompt + e.target for e in chunk])
-            states = model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True,
-                           logits_to_keep=1).hidden_states[start]
+            states = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True, logits_to_keep=1
+            ).hidden_states[start]
             for row, example in enumerate(chunk):
-                example.hidden = states[row, ids.shape[1] - len(example.prompt) - len(example.target):].clone()
+                example.hidden = states[row, ids.shape[1] - len(example.prompt) - len(example.target) :].clone()
         # Guard against an architecture whose forward differs from the Llama layout: compare once.
         probe = examples[:4]
         full = self._logits([_Example(e.prompt, e.target) for e in probe], keep=1)
@@ -409,15 +433,18 @@ class LoRAMemory(ParametricMemory):
         keep = longest + 1 if self.settings.loss == "target" else width
         logits = self._logits(examples, keep)
         ids = torch.tensor(
-            [[0] * (width - len(e.prompt) - len(e.target)) + e.prompt + e.target for e in examples], device=logits.device
+            [[0] * (width - len(e.prompt) - len(e.target)) + e.prompt + e.target for e in examples],
+            device=logits.device,
         )
-        predicted, gold = logits[:, :-1], ids[:, width - keep + 1:]
+        predicted, gold = logits[:, :-1], ids[:, width - keep + 1 :]
         labels = torch.full_like(gold, IGNORE)
         targets = torch.zeros_like(gold, dtype=torch.bool)
         for row, example in enumerate(examples):
-            targets[row, keep - 1 - len(example.target):] = True
-            first = len(example.target) if self.settings.loss == "target" else len(example.prompt) + len(example.target) - 1
-            labels[row, keep - 1 - first:] = gold[row, keep - 1 - first:]
+            targets[row, keep - 1 - len(example.target) :] = True
+            first = (
+                len(example.target) if self.settings.loss == "target" else len(example.prompt) + len(example.target) - 1
+            )
+            labels[row, keep - 1 - first :] = gold[row, keep - 1 - first :]
         loss = torch.nn.functional.cross_entropy(
             predicted.reshape(-1, predicted.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
         )
@@ -430,7 +457,7 @@ class LoRAMemory(ParametricMemory):
 
     @torch.no_grad()
     def _all_learned(self, examples: Sequence[_Example]) -> bool:
-        return all(all(self._edit_loss(examples[i:i + 32])[1]) for i in range(0, len(examples), 32))
+        return all(all(self._edit_loss(examples[i : i + 32])[1]) for i in range(0, len(examples), 32))
 
     def _anchors(self) -> tuple[list[_Example], torch.Tensor, torch.Tensor]:
         """Anchor prompts, their attention mask and the frozen base model's next-token log-probabilities."""
@@ -442,7 +469,9 @@ class LoRAMemory(ParametricMemory):
         self._cache_frozen_prefix(anchors)
         return anchors, mask, base
 
-    def _locality_loss(self, anchors: tuple[list[_Example], torch.Tensor, torch.Tensor], rng: random.Random) -> torch.Tensor:
+    def _locality_loss(
+        self, anchors: tuple[list[_Example], torch.Tensor, torch.Tensor], rng: random.Random
+    ) -> torch.Tensor:
         examples, mask, base = anchors
         rows = rng.sample(range(len(examples)), min(self.settings.batch_size, len(examples)))
         # the sampled rows are re-padded to their own width, which is the right end of the full padding
@@ -462,8 +491,11 @@ class LoRAMemory(ParametricMemory):
             "active": self._active,
             "enabled": self.enabled,
             "adapters": [
-                {"name": name, "rank": self.model.model.peft_config[adapter.key].r,
-                 "edits": [edit_to_record(edit) for edit in adapter.edits]}
+                {
+                    "name": name,
+                    "rank": self.model.model.peft_config[adapter.key].r,
+                    "edits": [edit_to_record(edit) for edit in adapter.edits],
+                }
                 for name, adapter in self._adapters.items()
             ],
         }
@@ -498,7 +530,9 @@ class LoRAMemory(ParametricMemory):
         hidden = model.model.config.hidden_size
         rank = getattr(settings, "rank", None)  # None: an editor's exact delta, sized by its edits
         if rank is not None and rank > hidden:  # checked before anything of that size is allocated
-            raise IncompatibleError(f"{artifact.where('meta.settings.rank')}: {rank} is above the model's width {hidden}")
+            raise IncompatibleError(
+                f"{artifact.where('meta.settings.rank')}: {rank} is above the model's width {hidden}"
+            )
         settings = settings.for_depth(model.model.config.num_hidden_layers)
         # Read every adapter before touching the model, so a bad file leaves the model as it was.
         loaded = []
@@ -578,7 +612,9 @@ def _load_state(model: torch.nn.Module, key: str, state: dict[str, torch.Tensor]
     expected = get_peft_model_state_dict(model, adapter_name=key)
     if set(state) != set(expected):
         missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise IncompatibleError(f"adapter {name!r}: weights do not match its config (missing {missing[:3]}, extra {extra[:3]})")
+        raise IncompatibleError(
+            f"adapter {name!r}: weights do not match its config (missing {missing[:3]}, extra {extra[:3]})"
+        )
     for tensor_name, tensor in state.items():
         if tensor.shape != expected[tensor_name].shape:
             raise IncompatibleError(

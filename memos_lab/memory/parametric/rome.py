@@ -38,7 +38,9 @@ class ROMEMemory(LocateThenEditMemory):
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         (layer,) = self.settings.layers
         moment = self.statistics()[layer].double()
-        moment = moment + self.settings.ridge * moment.diagonal().mean() * torch.eye(moment.shape[0], dtype=moment.dtype)
+        moment = moment + self.settings.ridge * moment.diagonal().mean() * torch.eye(
+            moment.shape[0], dtype=moment.dtype
+        )
         keys, _ = self._keys_and_hidden(requests, layer, {})
         keys = keys.double()
         directions = torch.linalg.solve(moment, keys.T).T  # C⁻¹ k per edit

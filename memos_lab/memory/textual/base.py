@@ -102,7 +102,7 @@ class TextualMemory(ABC):
         missing = [i for i, item in enumerate(batch) if item.embedding is None]
         if missing:
             vectors = self.embedder.encode([self.key(batch[i]) for i in missing])
-            for i, vector in zip(missing, vectors):
+            for i, vector in zip(missing, vectors, strict=False):
                 batch[i] = replace(batch[i], embedding=vector)  # a new frozen item: the caller's stays theirs
                 check_item(batch[i], self.embedder.dim)
         for item in batch:
@@ -201,7 +201,7 @@ class TextualMemory(ABC):
         vectors = np.stack([item.embedding for item in active])
         similarity = np.triu(vectors @ vectors.T, k=1)
         rows, cols = np.nonzero(similarity >= threshold)
-        pairs = [(active[r].id, active[c].id, float(similarity[r, c])) for r, c in zip(rows, cols)]
+        pairs = [(active[r].id, active[c].id, float(similarity[r, c])) for r, c in zip(rows, cols, strict=False)]
         return sorted(pairs, key=lambda pair: -pair[2])
 
     def delete(self, item_id: str, hard: bool = False) -> None:
@@ -294,7 +294,9 @@ def check_item(item: object, dim: int) -> None:
         value = getattr(meta, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise DataError(f"{where}.{name} must be an integer >= {least}, got {value!r}")
-    if not isinstance(meta.extra, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.extra.items()):
+    if not isinstance(meta.extra, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.extra.items()
+    ):
         raise DataError(f"{where}.extra must map strings to strings")
     vector = item.embedding
     if vector is None:
@@ -302,7 +304,9 @@ def check_item(item: object, dim: int) -> None:
     if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.shape != (dim,):
         shape = vector.shape if isinstance(vector, np.ndarray) else type(vector).__name__
         dtype = vector.dtype if isinstance(vector, np.ndarray) else ""
-        raise DataError(f"memory item {item_id!r}: embedding {shape} {dtype}; the embedder makes float vectors of size {dim}")
+        raise DataError(
+            f"memory item {item_id!r}: embedding {shape} {dtype}; the embedder makes float vectors of size {dim}"
+        )
     if not np.isfinite(vector).all():
         raise DataError(f"memory item {item_id!r}: embedding holds NaN or infinite values")
 
@@ -310,7 +314,9 @@ def check_item(item: object, dim: int) -> None:
 def _check_changes(metadata_changes: Mapping[str, object], item_id: str) -> None:
     unknown = sorted(set(metadata_changes) - _METADATA_FIELDS)
     if unknown:
-        raise MemosError(f"memory item {item_id!r}: unknown metadata field(s) {unknown}; valid: {sorted(_METADATA_FIELDS)}")
+        raise MemosError(
+            f"memory item {item_id!r}: unknown metadata field(s) {unknown}; valid: {sorted(_METADATA_FIELDS)}"
+        )
 
 
 def _check_text(text: object, item_id: str) -> None:

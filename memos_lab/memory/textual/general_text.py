@@ -111,7 +111,9 @@ class GeneralTextMemory(TextualMemory):
         if self.settings.text_weight and self._has_keys:  # without keys the text rankings would repeat the others
             if self.settings.fusion in ("rrf", "bm25"):
                 texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
-                rankings.append((self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query, texts)))
+                rankings.append(
+                    (self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query, texts))
+                )
             if self.settings.fusion in ("rrf", "dense"):
                 dense = self._text_matrix @ self._query_vector(query)
                 rankings.append((self.settings.text_weight * self.settings.dense_weight, dense))

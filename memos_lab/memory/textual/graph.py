@@ -141,7 +141,9 @@ class GraphMemory(GeneralTextMemory):
                 total = sum(weight for _, weight in edges) or 1
                 for neighbour, weight in edges:
                     if neighbour not in weights or weights[neighbour] < 1.0:
-                        weights[neighbour] = weights.get(neighbour, 0.0) + self.settings.expansion_weight * weight / total
+                        weights[neighbour] = (
+                            weights.get(neighbour, 0.0) + self.settings.expansion_weight * weight / total
+                        )
         return weights
 
     def _entity_scores(self, query: str) -> np.ndarray:

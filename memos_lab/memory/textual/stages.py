@@ -53,7 +53,9 @@ class SearchStages(Settings):
         return bool(self.speaker_weight or self.feedback_hits or self.diversity or self.session_quota)
 
 
-def staged_search(stages: SearchStages, query: str, ranked: Callable[[int], list[SearchHit]], top_k: int) -> list[SearchHit]:
+def staged_search(
+    stages: SearchStages, query: str, ranked: Callable[[int], list[SearchHit]], top_k: int
+) -> list[SearchHit]:
     """`ranked(n)`: the backend's best n hits for `query`, best first. Returns the staged top k."""
     if not stages.stages_active:
         return ranked(top_k)

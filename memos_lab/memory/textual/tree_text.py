@@ -90,10 +90,12 @@ class TreeTextMemory(GeneralTextMemory):
         if k == 1:
             labels = np.zeros(n, dtype=np.int64)
         else:
-            kmeans = faiss.Kmeans(self.embedder.dim, k, niter=20, seed=self.settings.seed, spherical=True, min_points_per_centroid=1)
+            kmeans = faiss.Kmeans(
+                self.embedder.dim, k, niter=20, seed=self.settings.seed, spherical=True, min_points_per_centroid=1
+            )
             kmeans.train(self._matrix)
             labels = kmeans.index.search(self._matrix, 1)[1][:, 0]
-        self._topic_of = {item_id: int(label) for item_id, label in zip(self._row_ids, labels)}
+        self._topic_of = {item_id: int(label) for item_id, label in zip(self._row_ids, labels, strict=False)}
         self._clustered_size = n
 
     def _topic_centroids(self) -> np.ndarray:
@@ -154,7 +156,9 @@ class TreeTextMemory(GeneralTextMemory):
     # ---- persistence ----------------------------------------------------------------------------
 
     def _save_index(self, folder: Path) -> None:
-        (folder / TREE_FILE).write_text(json.dumps({"clustered_size": self._clustered_size, "topic_of": self._topic_of}))
+        (folder / TREE_FILE).write_text(
+            json.dumps({"clustered_size": self._clustered_size, "topic_of": self._topic_of})
+        )
 
     def _load_index(self, folder: Path, items: Sequence[MemoryItem]) -> None:
         try:

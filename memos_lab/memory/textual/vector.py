@@ -74,7 +74,9 @@ class VectorMemory(TextualMemory):
         super().__init__(embedder)
         self.settings = VectorSettings.from_mapping(settings)
         self._gpu = _faiss_gpu(device) if self.settings.index_type == "flat" else None
-        self._gpu_resources = faiss.StandardGpuResources() if self._gpu is not None else None  # lives as long as the index
+        self._gpu_resources = (
+            faiss.StandardGpuResources() if self._gpu is not None else None
+        )  # lives as long as the index
         self._faiss_id: dict[str, int] = {}  # item id -> faiss id
         self._item_id: dict[int, str] = {}  # faiss id -> item id
         self._next_id = 0
@@ -192,13 +194,15 @@ class VectorMemory(TextualMemory):
             return [SearchHit(self._items[item_id], score) for item_id, score in dense[:top_k]]
         return self._fuse(query, dense, top_k, search_filter)
 
-    def _dense_candidates(self, query_vector: np.ndarray, k: int, search_filter: SearchFilter) -> list[tuple[str, float]]:
+    def _dense_candidates(
+        self, query_vector: np.ndarray, k: int, search_filter: SearchFilter
+    ) -> list[tuple[str, float]]:
         k = min(k, self._index.ntotal)
         if k == 0:
             return []
         scores, ids = self._index.search(query_vector, k, params=self._search_params(search_filter))
         found = []
-        for score, faiss_id in zip(scores[0], ids[0]):
+        for score, faiss_id in zip(scores[0], ids[0], strict=False):
             item_id = self._item_id.get(int(faiss_id))  # -1 (not enough neighbours) and tombstones map to None
             if item_id is not None and search_filter.matches(self._items[item_id]):
                 found.append((item_id, float(score)))
@@ -227,7 +231,9 @@ class VectorMemory(TextualMemory):
             self._selector = (statuses, params, keep)
         return self._selector[1]
 
-    def _fuse(self, query: str, dense: list[tuple[str, float]], top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
+    def _fuse(
+        self, query: str, dense: list[tuple[str, float]], top_k: int, search_filter: SearchFilter
+    ) -> list[SearchHit]:
         if not self._bm25_rows:
             self._bm25_rows = list(self._faiss_id)
             self._bm25.invalidate()
@@ -269,7 +275,9 @@ class VectorMemory(TextualMemory):
         base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
         if type(base) is not _INDEX_CLASSES[self.settings.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
             found = type(base or index).__name__
-            raise DataError(f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.settings.index_type} index this memory uses")
+            raise DataError(
+                f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.settings.index_type} index this memory uses"
+            )
         if set(item_id.values()) != {item.id for item in items} or index.ntotal != len(item_id) + len(tombstones):
             raise DataError(f"{folder / INDEX_FILE}: does not match the cube's items")
         if index.d != self.embedder.dim:
@@ -287,4 +295,3 @@ class VectorMemory(TextualMemory):
     def index_nbytes(self) -> int:
         self._ensure_trained()
         return int(faiss.serialize_index(self._on_cpu(self._index)).nbytes) + self._bm25.nbytes()
-

@@ -34,7 +34,7 @@ def lm() -> LanguageModel:
 
 
 def question_ids(lm: LanguageModel, texts: list[str], question: str = "Where does Maya live now?") -> list[int]:
-    return lm.encode_chat(memory_messages(texts) + [{"role": "user", "content": question}])
+    return lm.encode_chat([*memory_messages(texts), {"role": "user", "content": question}])
 
 
 def snapshot(cache: KVCache) -> list[torch.Tensor]:

@@ -43,7 +43,9 @@ def test_rerotation_equals_encoding_at_the_new_positions(lm: LanguageModel) -> N
 
 def test_composition_layout_and_exactness_limits(lm: LanguageModel) -> None:
     prompt = chunked_memory_prompt(lm, TEXTS)
-    question = lm.tokenizer.encode("<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    question = lm.tokenizer.encode(
+        "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+    )
     ids = prompt.ids + question
     reference = prefill(lm, ids)
     chunks = encode_chunks(lm, prompt)
