@@ -34,7 +34,9 @@ def require(record: Any, key: str, where: str) -> Any:
 
 def require_list(record: Any, key: str, where: str, item: type | None = None) -> list[Any]:
     """record[key] as a list (of `item`s if given), or a DataError naming the key and the record."""
-    value = require(record, key, where, list)
+    value = require(record, key, where)
+    if not isinstance(value, list):
+        raise DataError(f"{where}: {key!r} must be a list, got {type(value).__name__}")
     if item is not None and not all(isinstance(v, item) for v in value):
         raise DataError(f"{where}: {key!r} must be a list of {item.__name__}")
     return value
