@@ -35,8 +35,10 @@ class MEMITSettings(EditorSettings):
 class MEMITMemory(LocateThenEditMemory):
     method = "memit"
     settings_class = MEMITSettings
+    settings: MEMITSettings
 
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+        assert self.settings.layers is not None  # for_depth resolved the layers
         layers = sorted(self.settings.layers)
         _, start = self._keys_and_hidden(requests, layers[0], {})
         goals = (start + shifts).double()
