@@ -8,6 +8,7 @@ seeing the updates below it) the remaining gap R is split evenly over the layers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -34,7 +35,7 @@ class MEMITSettings(EditorSettings):
 
 class MEMITMemory(LocateThenEditMemory):
     method = "memit"
-    settings_class = MEMITSettings
+    settings_class: ClassVar[type[EditorSettings]] = MEMITSettings
     settings: MEMITSettings
 
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
