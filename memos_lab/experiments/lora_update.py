@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import hydra.utils
 from omegaconf import DictConfig
@@ -152,7 +152,10 @@ def _new_beats_old(
     """Per (prompt, edit): the edited model finds the edit's new target more likely than its old one."""
     prompts = [p for p, _ in pairs]
     new = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_new for i in idx]))
-    old = _routed(memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [pairs[i][1].target_old for i in idx]))
+    # callers pass only edits that have a target_old
+    old = _routed(
+        memory, prompts, lambda idx: scorer([prompts[i] for i in idx], [cast(str, pairs[i][1].target_old) for i in idx])
+    )
     return [more_likely(n, o) for n, o in zip(new, old, strict=True)]
 
 
@@ -175,7 +178,7 @@ def _scorer(lm: LanguageModel, batch_size: int) -> Callable[[list[str], list[str
 
 def _starts(lm: LanguageModel, continuations: list[list[int]], targets: Sequence[str]) -> list[bool]:
     return [
-        starts_with_target(lm.tokenizer.decode(ids, skip_special_tokens=True), t)
+        starts_with_target(cast(str, lm.tokenizer.decode(ids, skip_special_tokens=True)), t)
         for ids, t in zip(continuations, targets, strict=True)
     ]
 

@@ -13,9 +13,10 @@ Per form: accuracy, time to first token, storage bytes, the cost of writing all 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import hydra.utils
 import numpy as np
@@ -113,6 +114,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     for step, (prompt, target, kind) in enumerate(tqdm(questions, desc=f"{form} questions", unit="q")):
         ids = encode(prompt)
         if form == "lora":
+            assert parametric is not None  # built above for form "lora"
             with parametric.applied():
                 new, seconds = answer(lm, ids, n_new)
         else:
@@ -122,7 +124,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
                 matches.append(new == reference)
                 text_ttft.append(reference_s)
         ttft.append(seconds)
-        flags[kind].append(starts_with_target(tokenizer.decode(new, skip_special_tokens=True), target))
+        flags[kind].append(starts_with_target(cast(str, tokenizer.decode(new, skip_special_tokens=True)), target))
         tracker.log({f"{PREFIX}ttft_ms": seconds * 1000}, step=step)
 
     metrics[f"{PREFIX}accuracy"] = rate(flags["accuracy"])
@@ -144,13 +146,22 @@ def _storage_bytes(form: str, context: str, cache: KVCache | None, parametric: P
     if form == "text":
         return float(len(context.encode("utf-8")))
     if form == "kv":
+        assert cache is not None  # prefilled for form "kv"
         return float(cache.nbytes)
+    assert parametric is not None  # built for form "lora"
     with tempfile.TemporaryDirectory() as folder:  # what the adapter takes on disk (safetensors + manifest)
         parametric.save(Path(folder) / "adapter")
         return float(sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()))
 
 
-def _update_seconds(form, lm, edits, encode, cache, parametric) -> float:
+def _update_seconds(
+    form: str,
+    lm: LanguageModel,
+    edits: list[KnowledgeEdit],
+    encode: Callable[[str], list[int]],
+    cache: KVCache | None,
+    parametric: ParametricMemory | None,
+) -> float:
     """Seconds until a changed fact (the middle one gets another fact's target) is served."""
     middle = len(edits) // 2
     changed = replace(
@@ -161,6 +172,7 @@ def _update_seconds(form, lm, edits, encode, cache, parametric) -> float:
     if form == "kv":  # the cache up to the changed fact is kept, the rest recomputed
         prefill(lm, encode(context_text(updated)), cache).snapshot()
     elif form == "lora":
+        assert parametric is not None  # built for form "lora"
         parametric.edit([changed])
     else:
         encode(context_text(updated))

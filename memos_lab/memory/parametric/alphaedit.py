@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -37,8 +38,9 @@ class AlphaEditSettings(EditorSettings):
 class AlphaEditMemory(MEMITMemory):
     method = "alphaedit"
     settings_class = AlphaEditSettings
+    settings: AlphaEditSettings  # type: ignore[assignment]  # a sibling of MEMITSettings: MEMIT's _solve, the one reader of mom2_weight, is overridden
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._projectors: dict[int, torch.Tensor] = {}
         self._earlier: dict[tuple[str, int], torch.Tensor] = {}  # (adapter, layer) -> Kₚ Kₚᵀ
         self._batch_keys: dict[int, torch.Tensor] = {}
@@ -54,6 +56,7 @@ class AlphaEditMemory(MEMITMemory):
     def edit(self, edits: Sequence[KnowledgeEdit]) -> EditReport:
         name = self.active_adapter
         earlier = self.edits(name)
+        assert self.settings.layers is not None  # for_depth resolved the layers
         for layer in self.settings.layers:  # after a load, the earlier edits' keys are taken afresh
             if (name, layer) not in self._earlier:
                 dim = self.statistics()[layer].shape[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -40,7 +40,11 @@ class EditGate:
             raise ConfigError(f"gate.key: unknown {key!r}; valid: {', '.join(KEYS)}")
         if not -1.0 <= threshold <= 1.0:
             raise ConfigError(f"gate.threshold must be a cosine similarity in [-1, 1], got {threshold}")
-        config = OmegaConf.to_container(embedder, resolve=True) if isinstance(embedder, DictConfig) else embedder
+        config = (
+            cast(Mapping[str, Any], OmegaConf.to_container(embedder, resolve=True))
+            if isinstance(embedder, DictConfig)
+            else embedder
+        )
         self._embedder_class, self._embedder_settings = trusted_settings(config, "embedder", "gate.embedder")
         self.embedder_config: dict[str, Any] = dict(config)
         self.threshold = float(threshold)

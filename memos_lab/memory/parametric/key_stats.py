@@ -16,9 +16,9 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import torch
 from safetensors.torch import save
@@ -109,7 +109,7 @@ def compute_second_moments(
 
     top = max(layers)
 
-    def hook(layer: int):
+    def hook(layer: int) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
         def add(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             keys = args[0][mask_now[0].bool()].double()
             sums[layer].addmm_(keys.T, keys)
@@ -195,7 +195,8 @@ def sampled_texts(lm: LanguageModel, n: int, seed: int, batch_size: int = 32) ->
             positions = positions[:, -1:] + 1
         body = torch.cat(out_ids, dim=1).tolist()
         texts += [
-            o + lm.tokenizer.decode(b, skip_special_tokens=True) for o, b in zip(openings[start:], body, strict=False)
+            o + cast(str, lm.tokenizer.decode(b, skip_special_tokens=True))
+            for o, b in zip(openings[start:], body, strict=False)
         ]
     return texts
 

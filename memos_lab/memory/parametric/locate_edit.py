@@ -95,6 +95,7 @@ class EditorSettings(LayerSettings):
         return resolved
 
     def lora_config(self, rank: int = 1) -> LoraConfig:
+        assert self.layers is not None  # for_depth resolved the layers
         return LoraConfig(
             r=rank, lora_alpha=rank, target_modules=[MODULE], layers_to_transform=list(self.layers), bias="none"
         )
@@ -112,7 +113,8 @@ class EditRequest:
 
 class LocateThenEditMemory(LoRAMemory):
     method: ClassVar[str]
-    settings_class = EditorSettings
+    settings_class: ClassVar[type[LayerSettings]] = EditorSettings
+    settings: EditorSettings  # type: ignore[assignment]  # not a LoRASettings: the LoRA training methods that read it are not used here
 
     def __init__(
         self,
@@ -131,7 +133,7 @@ class LocateThenEditMemory(LoRAMemory):
         super().__init__(model, gate=None, adapter=adapter, **settings)
 
     @classmethod
-    def _stored_config(cls, settings: EditorSettings, entry: Mapping[str, Any]) -> LoraConfig:
+    def _stored_config(cls, settings: EditorSettings, entry: Mapping[str, Any]) -> LoraConfig:  # type: ignore[override]  # load passes an instance of cls.settings_class, an EditorSettings here
         """An adapter holds its delta at the delta's rank, which the manifest records per adapter."""
         rank = entry.get("rank")
         if not isinstance(rank, int) or rank < 1:
@@ -147,6 +149,7 @@ class LocateThenEditMemory(LoRAMemory):
         """E[k kᵀ] of each edited layer (computed once per model and corpus, then read from the cache)."""
         if self._moments is None:
             s = self.settings
+            assert s.layers is not None  # for_depth resolved the layers
             self._moments = key_stats.second_moments(
                 self.model, s.layers, s.stats_corpus, s.stats_tokens, self.cache_dir, s.seed
             )
@@ -165,6 +168,7 @@ class LocateThenEditMemory(LoRAMemory):
             new = self._deltas(requests, shifts, name)
         current = self._current_deltas(adapter.key)
         prompts = {_norm(edit.prompt) for edit in edits}
+        assert self.settings.layers is not None  # for_depth resolved the layers
         kept = [edit for edit in adapter.edits if _norm(edit.prompt) not in prompts]
         self._store(
             name, {layer: current[layer] + new.get(layer, 0) for layer in self.settings.layers}, kept + list(edits)
@@ -247,6 +251,7 @@ class LocateThenEditMemory(LoRAMemory):
 
         model = self.model.model
         lm_head = model.get_output_embeddings()
+        assert s.layers is not None  # for_depth resolved the layers
         block = model.model.layers[max(s.layers)]
         shift = torch.zeros(len(requests), block.mlp.down_proj.out_features, requires_grad=True)
         seen: dict[str, torch.Tensor] = {}
@@ -334,6 +339,7 @@ class LocateThenEditMemory(LoRAMemory):
         row_ix = torch.arange(len(rows))
         seen: dict[str, torch.Tensor] = {}
         layers = self.model.model.model.layers
+        assert self.settings.layers is not None  # for_depth resolved the layers
 
         def keep_key(module: torch.nn.Module, args: Any) -> None:
             seen["k"] = args[0][row_ix, cols]
@@ -390,6 +396,7 @@ class LocateThenEditMemory(LoRAMemory):
         """The weight delta the adapter `key` adds at each edited layer (scaling * B @ A)."""
         layers = self.model.model.model.layers
         deltas = {}
+        assert self.settings.layers is not None  # for_depth resolved the layers
         for layer in self.settings.layers:
             module = getattr(layers[layer].mlp, MODULE)
             a, b = module.lora_A[key].weight, module.lora_B[key].weight

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, NotRequired, Self, TypedDict
+from typing import Any, ClassVar, NotRequired, Self, TypedDict, cast
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -142,7 +142,7 @@ class LoRASettings(LayerSettings):
     def lora_config(self) -> LoraConfig:
         return LoraConfig(
             r=self.rank,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft annotates int; any number scales
             lora_dropout=self.dropout,
             target_modules=list(self.target_modules),
             layers_to_transform=list(self.layers) if self.layers is not None else None,
@@ -158,14 +158,16 @@ class _Adapter:
 
 
 class LoRAMemory(ParametricMemory):
-    method = "lora"  # recorded in the manifest; a memory loads only a folder of its own method
-    settings_class: type[LayerSettings] = LoRASettings
+    method: ClassVar[str] = "lora"  # recorded in the manifest; a memory loads only a folder of its own method
+    settings_class: ClassVar[type[LayerSettings]] = LoRASettings
+    settings: LoRASettings  # an instance of settings_class; LocateThenEditMemory narrows it to its own
 
     def __init__(
         self, model: LanguageModel, gate: EditGate | None = None, adapter: str | None = "default", **settings: Any
     ) -> None:
         self.model = model
-        self.settings = self.settings_class.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
+        resolved = self.settings_class.from_mapping(settings).for_depth(model.model.config.num_hidden_layers)
+        self.settings = resolved  # type: ignore[assignment]  # resolved is an instance of this class's settings_class
         self.gate = gate  # the prototype every adapter's own gate copies its settings from
         self.enabled = True
         self._adapters: dict[str, _Adapter] = {}
@@ -389,11 +391,13 @@ class LoRAMemory(ParametricMemory):
         model = self.model.model
         if any(e.hidden is None for e in examples):
             return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        embeds = torch.zeros(
-            (*ids.shape, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype, device=ids.device
-        )
+        first = examples[0].hidden
+        assert first is not None  # every example has its cached input (checked above)
+        embeds = torch.zeros((*ids.shape, first.shape[-1]), dtype=first.dtype, device=ids.device)
         for row, example in enumerate(examples):
+            assert example.hidden is not None
             embeds[row, ids.shape[1] - len(example.hidden) :] = example.hidden
+        assert self.settings.layers is not None  # inputs are cached only when the lowest adapted layer is known
         layers = model.model.layers
         model.model.layers = torch.nn.ModuleList(list(layers)[min(self.settings.layers) :])
         try:
@@ -493,7 +497,7 @@ class LoRAMemory(ParametricMemory):
             "adapters": [
                 {
                     "name": name,
-                    "rank": self.model.model.peft_config[adapter.key].r,
+                    "rank": cast(LoraConfig, self.model.model.peft_config[adapter.key]).r,
                     "edits": [edit_to_record(edit) for edit in adapter.edits],
                 }
                 for name, adapter in self._adapters.items()
@@ -510,7 +514,7 @@ class LoRAMemory(ParametricMemory):
     @classmethod
     def _stored_config(cls, settings: LayerSettings, entry: Mapping[str, Any]) -> LoraConfig:
         """The config a stored adapter is attached with (rebuilt from the settings, never read from disk)."""
-        return settings.lora_config()
+        return cast(LoRASettings, settings).lora_config()  # load passes cls.settings_class's; subclasses override
 
     @classmethod
     def load(cls, folder: Path, model: LanguageModel) -> Self:
@@ -550,8 +554,9 @@ class LoRAMemory(ParametricMemory):
             for name, config, state, edits in loaded:
                 memory._attach(name, config, state)
                 memory._adapters[name].edits = edits
-                if memory._adapters[name].gate is not None and edits:
-                    memory._adapters[name].gate.add(edits)
+                adapter_gate = memory._adapters[name].gate
+                if adapter_gate is not None and edits:
+                    adapter_gate.add(edits)
         except BaseException:
             memory.close()
             raise

@@ -8,6 +8,7 @@ seeing the updates below it) the remaining gap R is split evenly over the layers
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -34,9 +35,11 @@ class MEMITSettings(EditorSettings):
 
 class MEMITMemory(LocateThenEditMemory):
     method = "memit"
-    settings_class = MEMITSettings
+    settings_class: ClassVar[type[EditorSettings]] = MEMITSettings
+    settings: MEMITSettings
 
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+        assert self.settings.layers is not None  # for_depth resolved the layers
         layers = sorted(self.settings.layers)
         _, start = self._keys_and_hidden(requests, layers[0], {})
         goals = (start + shifts).double()

@@ -26,6 +26,7 @@ class ROMESettings(EditorSettings):
 
     def for_depth(self, depth: int) -> ROMESettings:
         resolved = super().for_depth(depth)
+        assert resolved.layers is not None  # EditorSettings.for_depth raised if there were none
         if len(resolved.layers) != 1:
             raise ConfigError(f"parametric=rome edits exactly one layer; the settings give {list(resolved.layers)}")
         return resolved
@@ -34,8 +35,10 @@ class ROMESettings(EditorSettings):
 class ROMEMemory(LocateThenEditMemory):
     method = "rome"
     settings_class = ROMESettings
+    settings: ROMESettings
 
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+        assert self.settings.layers is not None  # for_depth resolved the layers
         (layer,) = self.settings.layers
         moment = self.statistics()[layer].double()
         moment = moment + self.settings.ridge * moment.diagonal().mean() * torch.eye(
