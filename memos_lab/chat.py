@@ -12,8 +12,9 @@ For each question the scheduler retrieves and assembles working memory, and the 
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 from memos_lab.errors import ConfigError
 from memos_lab.eval.kv import common_prefix_len
@@ -87,7 +88,11 @@ class MemChat:
         self.activation = activation
         self.parametric = parametric
         # kv mode must render exactly the text its caches were built from
-        self.template = activation.template if mode == "kv" else template
+        if mode == "kv":
+            assert activation is not None  # checked above
+            self.template = activation.template
+        else:
+            self.template = template
 
     def messages(self, lines: list[str], question: str) -> list[dict[str, str]]:
         if self.mode == "parametric":
@@ -105,12 +110,19 @@ class MemChat:
         messages = self.messages(lines, question)
         kv_hit = None
         if self.mode == "kv":
+            assert model is not None  # kv mode required the generator's weights in __init__
             answer_ids, first_token_at, prefilled, prompt_tokens, kv_hit = self._ask_kv(memories, lines, messages)
-            raw, completion_tokens = model.tokenizer.decode(answer_ids, skip_special_tokens=True), len(answer_ids)
+            raw = cast(str, model.tokenizer.decode(answer_ids, skip_special_tokens=True))
+            completion_tokens = len(answer_ids)
             token_ids: tuple[int, ...] | None = tuple(answer_ids)
             ttft_ms: float | None = (first_token_at - assembled) * 1000
         else:
-            applied = self.parametric.applied() if self.mode == "parametric" else nullcontext()
+            applied: AbstractContextManager[None]
+            if self.mode == "parametric":
+                assert self.parametric is not None  # checked in __init__
+                applied = self.parametric.applied()
+            else:
+                applied = nullcontext()
             sent = clock(device)
             with applied:
                 generation = answer_one(self.generator, ChatRequest.of(messages), self.max_new_tokens)
@@ -155,6 +167,7 @@ class MemChat:
     def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool]:
         """The system message's cache from the activation tier: (cache, tokens computed to build it, hit)."""
         activation = self.activation
+        assert activation is not None  # kv mode: checked in __init__
         ids = activation.prompt_ids(lines)
         key = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:24]
         if isinstance(activation.budget.policy, PolicyEviction):

@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,6 +73,7 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
                 )
         if key.startswith("hydra/") and not override.is_delete():
             hydra_choices.append((key, values))
+        assert override.input_line is not None  # the parser keeps every override's input line
         first_values.append(f"{override.get_key_element()}={values[0]}" if values else override.input_line)
     register_schemas(conf_dir)
     try:
@@ -122,6 +123,7 @@ def check_settings(cfg: DictConfig) -> None:
     from hydra.utils import get_object
 
     for key in cfg:
+        assert isinstance(key, str)  # a composed config's top-level keys are strings
         if key == "hydra" or OmegaConf.is_missing(cfg, key):  # a missing `???` is the command's own check
             continue
         node = cfg[key]
@@ -135,7 +137,7 @@ def check_settings(cfg: DictConfig) -> None:
         except (ImportError, AttributeError, ValueError):
             raise ConfigError(f"{key}: cannot import {target!r}") from None
         if settings_class is not None:
-            values = OmegaConf.to_container(node, resolve=True)
+            values = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
             assert isinstance(values, dict)
             settings_class.from_mapping({k: v for k, v in values.items() if k not in settings_class.config_keys})
 

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -99,7 +99,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
 
         torch.set_num_threads(int(cfg.threads))
         faiss.omp_set_num_threads(int(cfg.threads))  # faiss spins OpenMP threads per search otherwise
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     env = environment()
     env["pinned"] = pinned_settings(cfg)
     env["models"] = model_provenance(cfg)  # also refuses an unknown device or a missing GPU, before any work
@@ -180,8 +180,8 @@ def finished_metrics(run_dir: Path, config_text: str) -> dict[str, float] | None
         metrics = read_metrics(run_dir)
     except DataError:
         return None  # not finished: run it (again)
-    stored = OmegaConf.create((run_dir / CONFIG_FILE).read_text())
-    current = OmegaConf.create(config_text)
+    stored = cast(DictConfig, OmegaConf.create((run_dir / CONFIG_FILE).read_text()))  # a run's config is a mapping
+    current = cast(DictConfig, OmegaConf.create(config_text))
     for config in (stored, current):
         config.pop("resume", None)
     if stored != current:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import hydra.utils
 import numpy as np
@@ -113,6 +114,7 @@ def _dialogues(
             tracker.log(
                 {"turn/prompt_tokens": len(ids), "turn/reused_tokens": tally.reused_tokens[-1]}, step=len(tally.prompts)
             )
+        assert session.cache is not None  # turns and repeats are positive: the session prefilled at least once
         cache_bytes += stored.nbytes + session.cache.nbytes
         cache_tokens += len(stored) + len(session.cache)
         if int(exp.compose_memories) > 1:
@@ -221,10 +223,13 @@ def _composition_gaps(
     k = min(int(exp.compose_memories), len(texts))
     groups = [" ".join(texts[i::k]) for i in range(k)]  # k memories of similar length
     prompt = chunked_memory_prompt(lm, groups)
-    rendered = lm.tokenizer.apply_chat_template(
-        [*memory_messages(["x"]), {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    rendered = cast(
+        str,
+        lm.tokenizer.apply_chat_template(
+            [*memory_messages(["x"]), {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        ),
     )
-    tail = rendered.split(lm.tokenizer.apply_chat_template(memory_messages(["x"]), tokenize=False), 1)[1]
+    tail = rendered.split(cast(str, lm.tokenizer.apply_chat_template(memory_messages(["x"]), tokenize=False)), 1)[1]
     ids = prompt.ids + lm.tokenizer.encode(tail, add_special_tokens=False)
     reference = prefill(lm, ids)
     chunks = encode_chunks(lm, prompt)
@@ -269,4 +274,4 @@ def _memory_texts(lm: LanguageModel, turns: Sequence[Turn], budget_tokens: int) 
 
 
 def _truncate(lm: LanguageModel, text: str, tokens: int) -> str:
-    return lm.tokenizer.decode(lm.tokenizer.encode(text, add_special_tokens=False)[:tokens])
+    return cast(str, lm.tokenizer.decode(lm.tokenizer.encode(text, add_special_tokens=False)[:tokens]))

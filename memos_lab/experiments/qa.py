@@ -23,16 +23,17 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import hydra.utils
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from memos_lab.data.reader import spoken_date, turn_item
+from memos_lab.data.reader import Reader, spoken_date, turn_item
 from memos_lab.data.schema import NO_EVIDENCE_CATEGORIES, Conversation, Question, Turn
 from memos_lab.errors import ConfigError, DataError, MemosError
+from memos_lab.eval.judge import LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
@@ -40,10 +41,11 @@ from memos_lab.experiments.common import load_records
 from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
-from memos_lab.memory.activation.base import build_activation
-from memos_lab.memory.activation.kv_cache import KVCacheMemory
+from memos_lab.memory.activation.base import ActivationMemory, build_activation
+from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
+from memos_lab.models.embedder import Embedder
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
 from memos_lab.prompts import AnswerPrompt, JudgePrompt
@@ -143,24 +145,30 @@ class QASettings(Settings):
 
     @classmethod
     def from_config(cls, exp: Mapping[str, Any]) -> QASettings:
-        values = OmegaConf.to_container(exp, resolve=True) if isinstance(exp, DictConfig) else dict(exp)
+        values: dict[str, Any] = (
+            cast(dict[str, Any], OmegaConf.to_container(exp, resolve=True))
+            if isinstance(exp, DictConfig)
+            else dict(exp)
+        )
         if "judge" in values:  # `experiment.judge=true` on the command line is a YAML boolean ("True")
             values["judge"] = str(values["judge"]).lower()
         return cls.from_mapping({k: v for k, v in values.items() if k not in cls.config_keys})
 
 
 def build_prompts(cfg: DictConfig) -> tuple[AnswerPrompt, JudgePrompt]:
-    prompts = []
+    prompts: list[AnswerPrompt | JudgePrompt] = []
     for kind, cls in (("answer", AnswerPrompt), ("judge", JudgePrompt)):
         node = cfg.prompt.get(kind)
         if node is None:
             raise ConfigError(f"prompt.{kind} is not set; choose a file from conf/prompt/ (e.g. {kind}_v1)")
-        values = OmegaConf.to_container(node, resolve=True)
+        values = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))  # a prompt file is a mapping
         try:
             prompts.append(cls(**values))
         except TypeError as error:  # a misspelt or missing key in the prompt file
             raise ConfigError(f"prompt.{kind}: {error}; the file holds {sorted(values)}") from None
-    return prompts[0], prompts[1]
+    answer, judge = prompts
+    assert isinstance(answer, AnswerPrompt) and isinstance(judge, JudgePrompt)  # built in that order above
+    return answer, judge
 
 
 def check_budget_words(prompt: AnswerPrompt, settings: QASettings) -> None:
@@ -261,7 +269,10 @@ class ContextBuilder:
         return left
 
     def full_budget(self) -> int:
-        return self.settings.full_context_tokens or self.window - self.settings.max_new_tokens
+        if self.settings.full_context_tokens:
+            return self.settings.full_context_tokens
+        assert self.window is not None  # context_window refuses context=full with neither a window nor this setting
+        return self.window - self.settings.max_new_tokens
 
     def full(self, conversation: Conversation, questions: Sequence[Question]) -> tuple[list[Turn], bool]:
         """The conversation's newest turns that fit beside its longest question: one context for all its
@@ -289,7 +300,7 @@ def answer_from_prefix(model: LanguageModel, messages: list[dict[str, str]], pre
     except MemosError as error:  # e.g. a prompt longer than the model takes: this question fails
         return Generation.failure(str(error), request_id)
     return Generation(
-        text=model.tokenizer.decode(decoded.token_ids, skip_special_tokens=True),
+        text=cast(str, model.tokenizer.decode(decoded.token_ids, skip_special_tokens=True)),
         prompt_tokens=len(prompt_ids),
         completion_tokens=len(decoded.token_ids),
         latency_ms=(clock(model.device) - started) * 1000,
@@ -330,6 +341,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     builder = ContextBuilder(settings, answer_prompt, generator.count_tokens, window)
     activation = None
     if settings.form == "kv":
+        assert model is not None  # required above for every form but text
         activation = build_activation(
             cfg.activation, model, template=answer_prompt.system, budget_mb=settings.kv_budget_mb
         )
@@ -344,6 +356,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         prepared = prepare_conversation(conversation, questions, settings, builder, cfg, embedder, reader)
         parametric = None
         if settings.form == "parametric":
+            assert model is not None  # required above for every form but text
             started = time.perf_counter()
             parametric = write_parametric(cfg, model, conversation)
             timing.train_s += time.perf_counter() - started
@@ -395,7 +408,7 @@ class Timing:
 
 def answer_conversation(
     prepared: Sequence[Prepared], settings: QASettings, prompt: AnswerPrompt, generator: Generator,
-    activation: KVCacheMemory | None, parametric, timing: Timing,
+    activation: ActivationMemory | None, parametric: ParametricMemory | None, timing: Timing,
 ) -> list[QARecord]:  # fmt: skip
     """Answer a conversation's questions: all in one call for the text and parametric forms (the generator
     batches them, or sends them concurrently), one by one from the cached memory prefix for the kv form.
@@ -439,13 +452,16 @@ def answer_conversation(
     return records
 
 
-def judge_conversation(records: Sequence[QARecord], prepared: Sequence[Prepared], judge, prompt: JudgePrompt) -> None:
+def judge_conversation(
+    records: Sequence[QARecord], prepared: Sequence[Prepared], judge: LLMJudge, prompt: JudgePrompt
+) -> None:
     """Verdicts for the answered questions, asked together; a question the judge gives no verdict for is a
     counted failure, never right or wrong. Unanswerable questions are judged against `unanswerable_gold`."""
     judged = [(r, item) for r, item in zip(records, prepared, strict=True) if r.answer is not None]
     items = [
         (item.question.question, item.question.answer if item.question.answerable else prompt.unanswerable_gold, r.answer)
         for r, item in judged
+        if r.answer is not None  # all of them (judged holds answered records only); narrows the type
     ]  # fmt: skip
     for (record, _), verdict in zip(judged, judge.judge_many(items) if items else [], strict=True):
         if verdict is None:
@@ -461,7 +477,7 @@ def first_line(text: str) -> str:
 
 def prepare_conversation(
     conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
-    cfg: DictConfig, embedder, reader,
+    cfg: DictConfig, embedder: Embedder | None, reader: Reader | None,
 ) -> list[Prepared]:  # fmt: skip
     turns = {turn.turn_id: turn for turn in conversation.turns}
 
@@ -488,12 +504,16 @@ def prepare_conversation(
     return retrieve(conversation, questions, settings, builder, cfg, embedder, reader, existing)
 
 
-def retrieve(conversation, questions, settings, builder, cfg, embedder, reader, existing) -> list[Prepared]:
+def retrieve(
+    conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
+    cfg: DictConfig, embedder: Embedder | None, reader: Reader | None, existing: Callable[[Question], tuple[str, ...]],
+) -> list[Prepared]:  # fmt: skip
     """Ingest the conversation into its own cube, then search it once per question."""
     user = conversation.conversation_id
     mos = MOS(textual_memory_factory=lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder))
     mos.register_user(user)
     cube = mos.create_cube(user, cube_id=conversation.conversation_id)
+    assert reader is not None  # run() instantiates one for context=retrieved, the only context that retrieves
     mos.add(user, cube.cube_id, reader.read(conversation, user))
     prepared = []
     for question in questions:
@@ -512,7 +532,7 @@ def retrieve(conversation, questions, settings, builder, cfg, embedder, reader, 
     return prepared
 
 
-def cached_prefix(activation: KVCacheMemory, lines: list[str]) -> tuple[KVCache, float]:
+def cached_prefix(activation: ActivationMemory, lines: list[str]) -> tuple[KVCache, float]:
     """The system message's cache from the activation memory, built (from its longest stored prefix) when
     missing; returns it with the milliseconds spent building it."""
     key = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:24]
@@ -523,7 +543,7 @@ def cached_prefix(activation: KVCacheMemory, lines: list[str]) -> tuple[KVCache,
     return cache, (time.perf_counter() - started) * 1000
 
 
-def write_parametric(cfg: DictConfig, model: LanguageModel, conversation: Conversation):
+def write_parametric(cfg: DictConfig, model: LanguageModel, conversation: Conversation) -> ParametricMemory:
     """A LoRA memory holding the conversation: each turn recited (first half -> rest) into the adapter."""
     memory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model)
     user = conversation.conversation_id
@@ -556,7 +576,7 @@ def new_record(item: Prepared) -> QARecord:
     return record
 
 
-def setup_record(generator: Generator, judge, answer: AnswerPrompt, judge_prompt: JudgePrompt,
+def setup_record(generator: Generator, judge: LLMJudge | None, answer: AnswerPrompt, judge_prompt: JudgePrompt,
                  conversations: Sequence[Conversation]) -> dict:  # fmt: skip
     """What the numbers were made with: the prompts' full text, answerer, judge and category map."""
     categories = sorted({(q.category_id, q.category) for c in conversations for q in c.questions}, key=str)

@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import hydra.utils
 import numpy as np
@@ -222,7 +223,7 @@ def grid_candidates(cfg: DictConfig, folds: int, conversations: int) -> list[dic
         ):
             raise ConfigError(f"experiment.grid: {key!r} is not a setting of this config (a config group like "
                               "memory= needs one job per choice)")  # fmt: skip
-        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        values: list[object] = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         axes.append((key, values))
     candidates = [
         dict(zip([key for key, _ in axes], combination, strict=True))
@@ -307,7 +308,7 @@ def _cv_metrics(result: CrossValidation, evaluations: Sequence[Evaluation], cand
 
 
 def _with(cfg: DictConfig, candidate: Mapping[str, object]) -> DictConfig:
-    changed = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    changed = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))  # from a mapping
     for key, value in candidate.items():
         OmegaConf.update(changed, key, value, merge=False)
     return changed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from memos_lab.chat import MODES, TEMPLATE, ChatAnswer, MemChat
 from memos_lab.data.reader import turn_item
 from memos_lab.data.schema import Conversation, Question
 from memos_lab.errors import MemosError
-from memos_lab.eval.judge import JudgeError
+from memos_lab.eval.judge import JudgeError, LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.experiments.common import ExperimentSettings, load_records
@@ -148,6 +149,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
                 for question in slots.get(s, []):
                     records.append(_ask(question, scheduler, chat if exp.answer else None, judge))
             if parametric is not None:
+                assert consolidator is not None  # made together with the parametric memory
                 consolidated += len(consolidator.consolidated)
                 parametric.close()  # its adapter leaves the shared model with its conversation
             tracker.log(_summary(records, scheduler.evicted), step=step)
@@ -167,7 +169,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     return metrics
 
 
-def _ask(question: Question, scheduler: MemScheduler, chat: MemChat | None, judge) -> QuestionRecord:
+def _ask(question: Question, scheduler: MemScheduler, chat: MemChat | None, judge: LLMJudge | None) -> QuestionRecord:
     record = QuestionRecord(question.question_id, question.category)
     if question.answerable and question.evidence:
         present = {item.metadata.extra.get("turn_id") for item in scheduler.memories()}
@@ -196,7 +198,7 @@ def _ask(question: Question, scheduler: MemScheduler, chat: MemChat | None, judg
     return record
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
@@ -217,6 +219,7 @@ def per_query(records: list[QuestionRecord]) -> dict[str, dict[str, float]]:
             scores["sched/working_hit_rate"][r.question_id] = float(r.hit_all)
         if r.f1 is not None:
             scores["qa/f1"][r.question_id] = r.f1
+            assert r.em is not None  # scored together with f1
             scores["qa/em"][r.question_id] = r.em
     return dict(scores)
 
@@ -232,27 +235,29 @@ def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
     metrics["sched/working_items_mean"] = _mean([r.working_items for r in records])
     metrics["sched/working_tokens_mean"] = _mean([r.working_tokens for r in records])
     answered = [r for r in records if r.answer is not None]
+    answers = [r.answer for r in answered if r.answer is not None]  # theirs, in the same order (narrowed for mypy)
     metrics["qa/answer_failures"] = sum(r.answer_failed for r in records)
     if answered:
-        metrics["qa/f1"] = _mean([r.f1 for r in answered])
-        metrics["qa/em"] = _mean([r.em for r in answered])
-        metrics["qa/context_tokens_mean"] = _mean([r.answer.context_tokens for r in answered])
-        prompt_tokens = sum(r.answer.prompt_tokens for r in answered)
-        metrics["sched/prefill_saved_frac"] = 1 - sum(r.answer.prefilled_tokens for r in answered) / prompt_tokens
-        kv = [float(r.answer.kv_hit) for r in answered if r.answer.kv_hit is not None]
+        # an answered question was scored (_ask sets f1 and em right after the answer)
+        metrics["qa/f1"] = _mean([r.f1 for r in answered if r.f1 is not None])
+        metrics["qa/em"] = _mean([r.em for r in answered if r.em is not None])
+        metrics["qa/context_tokens_mean"] = _mean([a.context_tokens for a in answers])
+        prompt_tokens = sum(a.prompt_tokens for a in answers)
+        metrics["sched/prefill_saved_frac"] = 1 - sum(a.prefilled_tokens for a in answers) / prompt_tokens
+        kv = [float(a.kv_hit) for a in answers if a.kv_hit is not None]
         if kv:
             metrics["sched/kv_hit_rate"] = _mean(kv)
-        metrics.update(latency_percentiles([r.answer.answer_ms for r in answered], "latency/answer_ms"))
-        ttft = [r.answer.ttft_ms for r in answered if r.answer.ttft_ms is not None]
+        metrics.update(latency_percentiles([a.answer_ms for a in answers], "latency/answer_ms"))
+        ttft = [a.ttft_ms for a in answers if a.ttft_ms is not None]
         if ttft:  # a served model tells it only when streaming
             metrics.update(latency_percentiles(ttft, "latency/ttft_ms"))
-        metrics["qa/completion_tokens_total"] = sum(r.answer.completion_tokens for r in answered)
+        metrics["qa/completion_tokens_total"] = sum(a.completion_tokens for a in answers)
         metrics["qa/prompt_tokens_total"] = prompt_tokens
         by_category: dict[str, list[QuestionRecord]] = defaultdict(list)
         for r in answered:
             by_category[r.category].append(r)
         for category, group in sorted(by_category.items()):
-            metrics[f"qa/{category}/f1"] = _mean([r.f1 for r in group])
+            metrics[f"qa/{category}/f1"] = _mean([r.f1 for r in group if r.f1 is not None])
             metrics[f"qa/{category}/questions"] = len(group)
     judged = [float(r.judged) for r in records if r.judged is not None]
     if judged or any(r.judge_failed for r in records):
