@@ -155,7 +155,8 @@ class MemCube:
             for slot, slot_class in classes.items():
                 setattr(cube, slot, slot_class.load(artifact.child(slot), model))
         except BaseException:
-            if hasattr(cube.parametric, "close"):  # a failed load leaves no adapter on the shared model
+            # a failed load leaves no adapter on the shared model
+            if cube.parametric is not None and hasattr(cube.parametric, "close"):
                 cube.parametric.close()
             raise
         return cube

@@ -298,6 +298,7 @@ class MOS:
             self._cubes[cube_id] = self._read_cube(cube_id, self._cubes[cube_id].owner)
 
     def _read_cube(self, cube_id: str, owner: str) -> MemCube:
+        assert self.root is not None  # only called from _sync and _follow, which return early without a root
         folder = self.root / CUBES_DIR / cube_id
         with hold_writer_lock(folder, self.lock_timeout_s):  # never half of one dump and half of the next
             stamp = _stamp(folder / MANIFEST_FILE)

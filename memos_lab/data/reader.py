@@ -108,7 +108,7 @@ class FineReader(Reader):
             ChatRequest.user(FACT_PROMPT.format(dialogue="\n".join(f"{t.speaker}: {t.text}" for t in turns)))
             for _, turns in windows
         ]
-        items = []
+        items: list[MemoryItem] = []
         for (session, turns), generation in zip(
             windows, self.generator.generate(requests, self.max_new_tokens), strict=True
         ):

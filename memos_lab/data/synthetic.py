@@ -1029,7 +1029,7 @@ def generate_facts(seed: int = 0, n_edits: int = 100) -> list[KnowledgeEdit]:
         # Locality probes must not touch the edited values, or "unchanged" would be the wrong expectation.
         touched = [value.lower() for value in (old, new, new_attribute) if value]
         unrelated = [probe for probe in _LOCALITY if not any(v in f"{probe[0]} {probe[1]}".lower() for v in touched)]
-        portability = ()
+        portability: tuple[LocalityProbe, ...] = ()
         if relation.portability:
             portability = (LocalityProbe(relation.portability.format(s=subject), new_attribute),)
         edits.append(

@@ -30,8 +30,8 @@ class FrozenDict(dict):
     def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError("memory metadata is read-only; change an item through the memory's update()")
 
-    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
 
     def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:  # copy/deepcopy rebuild it whole
         return type(self), (dict(self),)
@@ -84,6 +84,6 @@ class MemoryItem:
     def __post_init__(self) -> None:
         object.__setattr__(self, "embedding", frozen_vector(self.embedding))
 
-    def evolve(self, **metadata_changes: object) -> MemoryItem:
+    def evolve(self, **metadata_changes: Any) -> MemoryItem:
         """A copy with some metadata fields changed (items are values; nothing changes in place)."""
         return replace(self, metadata=replace(self.metadata, **metadata_changes))

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -52,7 +53,10 @@ class SearchFilter:
         unknown = sorted(set(values) - set(valid))
         if unknown:
             raise ConfigError(f"unknown filter field(s) {unknown}; valid: {valid}")
-        converted = {k: tuple(v) if k in ("tags", "statuses") and v is not None else v for k, v in values.items()}
+        raw: Mapping[str, Any] = values
+        converted: dict[str, Any] = {
+            k: tuple(v) if k in ("tags", "statuses") and v is not None else v for k, v in raw.items()
+        }
         return cls(**converted)
 
     def matches(self, item: MemoryItem) -> bool:
@@ -137,7 +141,7 @@ class TextualMemory(ABC):
         search_filter = SearchFilter.from_mapping(filters)
         return [item for item in self._items.values() if search_filter.matches(item)]
 
-    def update(self, item_id: str, text: str, **metadata_changes: object) -> MemoryItem:
+    def update(self, item_id: str, text: str, **metadata_changes: Any) -> MemoryItem:
         """Store a new version of an item; the old one stays, archived, linked to its successor."""
         old = self.get(item_id)
         if old.metadata.status != ACTIVE:
@@ -162,7 +166,7 @@ class TextualMemory(ABC):
         self._replace(old.evolve(status=ARCHIVED, successor_id=new.id, updated_at=stamp))
         return new
 
-    def merge(self, item_ids: Sequence[str], text: str | None = None, **metadata_changes: object) -> MemoryItem:
+    def merge(self, item_ids: Sequence[str], text: str | None = None, **metadata_changes: Any) -> MemoryItem:
         """Replace duplicates or contradicting items by one item (`text`, default the newest's text).
 
         The merged items stay, archived, each linked to the result (`successor_id`); the result records
@@ -198,7 +202,7 @@ class TextualMemory(ABC):
         active = [item for item in self._items.values() if item.metadata.status == ACTIVE]
         if len(active) < 2:
             return []
-        vectors = np.stack([item.embedding for item in active])
+        vectors = np.stack(cast(list[np.ndarray], [item.embedding for item in active]))
         similarity = np.triu(vectors @ vectors.T, k=1)
         rows, cols = np.nonzero(similarity >= threshold)
         pairs = [(active[r].id, active[c].id, float(similarity[r, c])) for r, c in zip(rows, cols, strict=False)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,12 +57,12 @@ class GeneralTextMemory(TextualMemory):
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
-        self._matrix = np.vstack([self._matrix, np.stack([item.embedding for item in items])])
+        self._matrix = np.vstack([self._matrix, np.stack(cast(list[np.ndarray], [item.embedding for item in items]))])
         self._bm25.invalidate()
         if self.settings.text_weight:
             keyed = [i for i, item in enumerate(items) if self.key(item) != item.text]
             self._has_keys = self._has_keys or bool(keyed)
-            vectors = np.stack([item.embedding for item in items])
+            vectors = np.stack(cast(list[np.ndarray], [item.embedding for item in items]))
             if keyed:
                 vectors[keyed] = self.embedder.encode([items[i].text for i in keyed])
             self._text_matrix = np.vstack([self._text_matrix, vectors])

@@ -38,7 +38,7 @@ _WORD = re.compile(r"[a-z][a-z'-]{3,}")
 
 def extract_entities(text: str, terms: bool = False) -> set[str]:
     """Capitalised names ("Caroline", "New York"), lower-cased; with `terms`, content words too."""
-    found = set()
+    found: set[str] = set()
     for match in _NAME.finditer(text):
         words = [w for w in match.group().lower().split() if w not in ENGLISH_STOP_WORDS]
         runs = [words]

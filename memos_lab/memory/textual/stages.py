@@ -79,7 +79,7 @@ def prefer_named_speaker(query: str, pool: Sequence[SearchHit], weight: float) -
     speaker_of = [next((tag[len(SPEAKER_TAG) :] for tag in hit.item.metadata.tags if tag.startswith(SPEAKER_TAG)), None)
                   for hit in pool]  # fmt: skip
     named = {name for name in set(speaker_of) - {None}
-             if re.search(rf"\b{re.escape(name)}\b", query, flags=re.IGNORECASE)}  # fmt: skip
+             if name is not None and re.search(rf"\b{re.escape(name)}\b", query, flags=re.IGNORECASE)}  # fmt: skip
     if len(named) != 1:
         return list(pool)
     fused = [1.0 / (RRF_K + rank) + (weight / (RRF_K + 1) if speaker in named else 0.0)

@@ -66,6 +66,7 @@ def _item(path: Path, dim: int, item_id: object, text: object, metadata_json: ob
             raise DataError(f"{where}: column {column} holds {type(value).__name__}, not text")
     if blob is not None and not isinstance(blob, bytes):
         raise DataError(f"{where}: column embedding holds {type(blob).__name__}, not a blob")
+    assert isinstance(item_id, str) and isinstance(text, str) and isinstance(metadata_json, str)  # checked above
     check_plain([item_id, text], where)  # e.g. a lone surrogate
     values = parse_json(metadata_json.encode("utf-8", "surrogatepass"), f"{where} metadata")
     if not isinstance(values, dict) or set(values) - _METADATA_FIELDS:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import faiss
 import numpy as np
@@ -82,7 +82,8 @@ class VectorMemory(TextualMemory):
         self._next_id = 0
         self._tombstones: set[int] = set()
         self._inactive: dict[int, str] = {}  # faiss id -> status, of items that are not active
-        self._selector: tuple[frozenset[str], object, list[object]] | None = None  # built per statuses filter
+        # built per statuses filter
+        self._selector: tuple[frozenset[str], faiss.SearchParameters | None, list[object]] | None = None
         self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
         self._index = self._new_index()
         self._bm25 = Bm25Index(self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemming)
@@ -92,6 +93,7 @@ class VectorMemory(TextualMemory):
 
     def _new_index(self, n_train: int = 0) -> faiss.Index:
         dim = self.embedder.dim
+        base: faiss.IndexHNSWFlat | faiss.IndexIVFFlat
         if self.settings.index_type == "flat":
             return self._on_device(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
         elif self.settings.index_type == "hnsw":
@@ -108,7 +110,7 @@ class VectorMemory(TextualMemory):
     def _on_device(self, index: faiss.Index) -> faiss.Index:
         """A flat index (exact: the same hits as on the CPU, up to float rounding) on the GPU when `device` is
         one and faiss has GPU support (faiss-gpu, `.[gpu]`); HNSW has no GPU version, IVF stays on the CPU."""
-        return index if self._gpu is None else faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, index)
+        return index if self._gpu is None else faiss.index_cpu_to_gpu(self._gpu_resources, self._gpu, index)  # type: ignore[arg-type]  # resources are set whenever _gpu is
 
     def _on_cpu(self, index: faiss.Index) -> faiss.Index:
         return index if self._gpu is None else faiss.index_gpu_to_cpu(index)
@@ -122,7 +124,9 @@ class VectorMemory(TextualMemory):
             self._next_id += 1
         self._note_statuses(items)
         if self._index.is_trained:
-            self._index.add_with_ids(np.stack([item.embedding for item in items]), np.asarray(ids, dtype=np.int64))
+            self._index.add_with_ids(
+                np.stack(cast(list[np.ndarray], [item.embedding for item in items])), np.asarray(ids, dtype=np.int64)
+            )
         else:
             self._pending.extend(ids)  # IVF trains on the first search, once it has seen the data
         self._bm25_rows = []
@@ -143,7 +147,7 @@ class VectorMemory(TextualMemory):
         elif len(stored) and self._gpu is not None:
             self._rebuild()  # a GPU flat index cannot remove ids; rebuilding it from the live items is exact
         elif len(stored):
-            self._index.remove_ids(stored)
+            self._index.remove_ids(stored)  # type: ignore[arg-type]  # faiss's stubs omit the id-array form it accepts
         self._bm25_rows = []
 
     def _rebuild(self) -> None:
@@ -154,7 +158,7 @@ class VectorMemory(TextualMemory):
         self._pending = []
         self._selector = None
         if ids:
-            vectors = np.stack([self._items[self._item_id[i]].embedding for i in ids])
+            vectors = np.stack(cast(list[np.ndarray], [self._items[self._item_id[i]].embedding for i in ids]))
             if not self._index.is_trained:
                 self._index.train(vectors)
             self._index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
@@ -208,7 +212,7 @@ class VectorMemory(TextualMemory):
                 found.append((item_id, float(score)))
         return found
 
-    def _search_params(self, search_filter: SearchFilter) -> object | None:
+    def _search_params(self, search_filter: SearchFilter) -> faiss.SearchParameters | None:
         """faiss search parameters whose IDSelector rules out the items of statuses the filter excludes and
         HNSW tombstones; None when nothing is ruled out (or the filter wants inactive items only)."""
         statuses = frozenset(search_filter.statuses)
@@ -217,16 +221,17 @@ class VectorMemory(TextualMemory):
         if self._selector is None or self._selector[0] != statuses:
             excluded = [faiss_id for faiss_id, status in self._inactive.items() if status not in statuses]
             excluded += self._tombstones
-            params, keep = None, []
+            params: faiss.SearchParameters | None = None
+            keep: list[object] = []
             if excluded:
                 batch = faiss.IDSelectorBatch(np.asarray(excluded, dtype=np.int64))
                 selector = faiss.IDSelectorNot(batch)
                 if self.settings.index_type == "hnsw":
-                    params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.settings.ef_search)
+                    params = faiss.SearchParametersHNSW(sel=selector, efSearch=self.settings.ef_search)  # type: ignore[attr-defined]  # missing from faiss's stubs
                 elif self.settings.index_type == "ivf":
-                    params = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self._index).nprobe)
+                    params = faiss.SearchParametersIVF(sel=selector, nprobe=faiss.extract_index_ivf(self._index).nprobe)  # type: ignore[call-arg]  # faiss's stubs omit the SWIG keyword constructor
                 else:
-                    params = faiss.SearchParameters(sel=selector)
+                    params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # faiss's stubs omit the SWIG keyword constructor
                 keep = [batch, selector]  # faiss holds raw pointers: the Python objects must outlive the params
             self._selector = (statuses, params, keep)
         return self._selector[1]
@@ -273,7 +278,11 @@ class VectorMemory(TextualMemory):
         except (RuntimeError, OSError, ValueError, KeyError, TypeError) as error:
             raise DataError(f"{folder}: unreadable vector index ({str(error).strip().splitlines()[0][:200]})") from None
         base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
-        if type(base) is not _INDEX_CLASSES[self.settings.index_type] or base.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if (
+            base is None
+            or type(base) is not _INDEX_CLASSES[self.settings.index_type]
+            or base.metric_type != faiss.METRIC_INNER_PRODUCT
+        ):
             found = type(base or index).__name__
             raise DataError(
                 f"{folder / INDEX_FILE}: a faiss {found} index, not the {self.settings.index_type} index this memory uses"
@@ -288,7 +297,8 @@ class VectorMemory(TextualMemory):
         self._inactive = {}
         self._note_statuses(items)
         if self.settings.index_type == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = self.settings.ef_search
+            hnsw_index = cast(faiss.IndexHNSWFlat, faiss.downcast_index(cast(faiss.IndexIDMap2, index).index))
+            hnsw_index.hnsw.efSearch = self.settings.ef_search
         elif self.settings.index_type == "ivf":
             faiss.extract_index_ivf(index).nprobe = self.settings.ivf_nprobe
 
