@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from memos_lab.errors import DataError
 from memos_lab.generation.base import ChatRequest, Generation, Generator, check_max_new_tokens
@@ -64,7 +64,7 @@ class LocalGenerator(Generator):
             latency_ms = (clock(self.model.device) - started) * 1000
             for index, answer, first_at in zip(batch, decoded.token_ids, decoded.first_token_at, strict=True):
                 results[index] = Generation(
-                    text=self.model.tokenizer.decode(answer, skip_special_tokens=True),
+                    text=cast(str, self.model.tokenizer.decode(answer, skip_special_tokens=True)),  # one sequence
                     prompt_tokens=len(prompts[index]),
                     completion_tokens=len(answer),
                     latency_ms=latency_ms,

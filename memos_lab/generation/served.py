@@ -21,9 +21,10 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from memos_lab.errors import ConfigError
 from memos_lab.generation.base import ChatRequest, Generation, Generator, check_max_new_tokens
@@ -132,7 +133,7 @@ class ServedGenerator(Generator):
         return options
 
     def _call(self, request: ChatRequest, max_new_tokens: int, started: float) -> Generation:
-        messages = [dict(m) for m in request.messages]
+        messages = cast(list[ChatCompletionMessageParam], [dict(m) for m in request.messages])  # role/content dicts
         if self.settings.stream:
             return self._streamed(request, messages, max_new_tokens, started)
         response = self._client.chat.completions.create(messages=messages, **self._options(max_new_tokens))
@@ -149,7 +150,9 @@ class ServedGenerator(Generator):
             details={"served_as": str(response.model)},
         )
 
-    def _streamed(self, request: ChatRequest, messages: list[dict], max_new_tokens: int, started: float) -> Generation:
+    def _streamed(
+        self, request: ChatRequest, messages: list[ChatCompletionMessageParam], max_new_tokens: int, started: float
+    ) -> Generation:
         """Streaming tells the time to the first token; the last chunk carries the usage."""
         parts: list[str] = []
         first_at: float | None = None

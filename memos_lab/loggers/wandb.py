@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 from memos_lab.errors import ConfigError
 from memos_lab.loggers.base import Tracker
@@ -34,7 +34,7 @@ class WandbTracker(Tracker):
             self._run = wandb.init(
                 project=self.project,
                 entity=self.entity,
-                mode=self.mode,
+                mode=cast(Literal["online", "offline", "disabled", "shared"], self.mode),  # wandb validates it
                 group=self.group,
                 tags=self.tags,
                 dir=run_dir,

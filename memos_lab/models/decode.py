@@ -9,9 +9,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from memos_lab.errors import DataError
 from memos_lab.eval.kv import common_prefix_len
@@ -39,8 +41,9 @@ class KVCache:
     @classmethod
     def from_dynamic(cls, cache: DynamicCache, token_ids: Sequence[int]) -> KVCache:
         """Snapshot of a working cache the caller hands over (its tensors are not copied)."""
-        keys = tuple(layer.keys for layer in cache.layers)
-        values = tuple(layer.values for layer in cache.layers)
+        layers = cast(list[DynamicLayer], cache.layers)  # a DynamicCache holds initialised DynamicLayers
+        keys = tuple(cast(torch.Tensor, layer.keys) for layer in layers)
+        values = tuple(cast(torch.Tensor, layer.values) for layer in layers)
         if keys[0].shape[-2] != len(token_ids):
             raise ValueError(f"cache holds {keys[0].shape[-2]} tokens, {len(token_ids)} token ids given")
         return cls(tuple(int(i) for i in token_ids), keys, values)
@@ -228,6 +231,7 @@ def _decode(
         step = token[:, None]
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(step)], dim=1)
+            assert positions is not None  # the callers pass mask and positions together
             positions = positions[:, -1:] + 1
         out = lm.model(
             input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
@@ -246,4 +250,5 @@ def _start_cache(lm: LanguageModel, ids: tuple[int, ...], prefix: KVCache | None
         reused = min(shared, len(ids) - 1)
     if not reused:
         return DynamicCache(config=lm.model.config), 0
+    assert prefix is not None  # reused > 0 only when there is a prefix
     return prefix.working_copy(reused, lm.model.device), reused

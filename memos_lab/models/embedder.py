@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class SentenceTransformerEmbedder(Embedder):
         # `auto` (the top-level device) takes the GPU when there is one
         self._model = SentenceTransformer(model_path, device=str(resolve_device(device)), local_files_only=True)
         self.name = os.path.basename(os.path.normpath(model_path))
-        self.dim = int(self._model.get_embedding_dimension())
+        self.dim = int(cast(int, self._model.get_embedding_dimension()))  # a loaded model knows its dimension
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._cache = (
@@ -163,7 +164,7 @@ class OnnxEmbedder(Embedder):
         elif not os.path.isdir(model_path):
             raise ConfigError(f"embedder.model_path: no model folder at {model_path!r}")
         try:
-            import onnxruntime
+            import onnxruntime  # type: ignore[import-untyped]  # onnxruntime ships no type hints
         except ImportError as error:
             raise ConfigError(
                 f"this embedder needs the package onnxruntime (pip install 'onnxruntime=={ONNXRUNTIME_VERSION}')"
@@ -243,7 +244,7 @@ def exported_onnx_model(folder: Path, export_dir: Path, quantize: str) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         _export_onnx(folder, plain)
     if quantize == "int8" and not quantised.exists():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]  # no hints
 
         partial = quantised.with_suffix(f".{os.getpid()}.tmp")
         root = logging.getLogger()

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -99,7 +99,7 @@ class LanguageModel:
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
         )
-        return [int(i) for i in ids]
+        return [int(i) for i in cast(list[int], ids)]  # tokenize=True, return_dict=False: one list of ids
 
 
 def _fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, name: str) -> dict[str, str]:
@@ -179,7 +179,7 @@ def _convert_smollm2(target: Path) -> None:
                 folder, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32, local_files_only=True
             )
             # The weights are already dequantised; dropping the GGUF quantizer makes the folder a plain checkpoint.
-            model.hf_quantizer.remove_quantization_config(model)
+            model.hf_quantizer.remove_quantization_config(model)  # type: ignore[union-attr, operator]  # set at runtime by from_pretrained
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)  # writes chat_template.jinja too
             for path in tmp.iterdir():
@@ -208,7 +208,7 @@ class Placement:
         """Move a model built on the CPU (or on the meta device, materialised here) into place."""
         if self.attn_implementation is not None:
             model.set_attn_implementation(self.attn_implementation)
-        return model.to(device=self.device, dtype=self.dtype)
+        return model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]  # transformers' _Wrapped stub of .to drops self
 
 
 def load_pretrained(
@@ -247,8 +247,8 @@ def _load(name_or_path: str, placement: Placement, name: str, local_files_only: 
     if tokenizer.pad_token is None:  # batched generation needs one; eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     if placement.device_map is None:
-        model = model.to(placement.device)
-    return LanguageModel(model=model, tokenizer=tokenizer, name=name)
+        model = model.to(placement.device)  # type: ignore[arg-type]  # transformers' _Wrapped stub of .to drops self
+    return LanguageModel(model=model, tokenizer=cast(PreTrainedTokenizerFast, tokenizer), name=name)
 
 
 def build_tiny_llama(
@@ -282,7 +282,8 @@ def build_tiny_llama(
             f"and num_heads a multiple of num_kv_heads ({num_kv_heads})"
         )
     tokenizer = _byte_chatml_tokenizer()
-    bos_id, eos_id = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    # a list of tokens in: a list of ids out
+    bos_id, eos_id = cast(list[int], tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -334,15 +335,16 @@ def build_random_llama(
     seeded generator (the same weights on every device) and put straight onto the target device in the
     target dtype, so the peak memory is the model plus one tensor. A model that cannot fit is refused first.
     """
-    from accelerate import init_empty_weights
-    from accelerate.utils import set_module_tensor_to_device
+    from accelerate import init_empty_weights  # type: ignore[import-untyped]  # accelerate ships no type hints
+    from accelerate.utils import set_module_tensor_to_device  # type: ignore[import-untyped]  # no type hints
 
     if preset not in RANDOM_LLAMA_PRESETS:
         raise ConfigError(f"model.preset: unknown preset {preset!r}; valid: {', '.join(RANDOM_LLAMA_PRESETS)}")
     placement = Placement.of(device, dtype, None, attn_implementation)
     tokenizer = _byte_chatml_tokenizer()
-    bos_id, eos_id = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
-    config = LlamaConfig(
+    # a list of tokens in: a list of ids out
+    bos_id, eos_id = cast(list[int], tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
+    config = LlamaConfig(  # type: ignore[call-arg]  # rope_theta: legacy key, taken via **kwargs into rope_parameters
         vocab_size=LLAMA3_VOCAB,
         max_position_embeddings=max_position_embeddings,
         rope_theta=500000.0,
@@ -372,6 +374,7 @@ def build_random_llama(
 def _check_fits(what: str, n_parameters: int, placement: Placement) -> None:
     """ConfigError when the weights alone need more than 90 % of the target device's free memory."""
     needed = n_parameters * torch.empty((), dtype=placement.dtype).element_size()
+    free: int | None
     if placement.device.type == "cuda":
         free = torch.cuda.mem_get_info(placement.device)[0]
     elif placement.device.type == "cpu":

@@ -8,6 +8,7 @@ same split for training and scoring, so a learned target is exactly what greedy 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -29,7 +30,7 @@ def encode_target(lm: LanguageModel, target: str) -> list[int]:
         raise DataError("empty target")
     ids = [int(i) for i in lm.tokenizer(" " + target, add_special_tokens=False)["input_ids"]]
     special = set(lm.tokenizer.all_special_ids)  # includes the unknown token, where there is one
-    decoded = lm.tokenizer.decode(ids, skip_special_tokens=False).strip()
+    decoded = cast(str, lm.tokenizer.decode(ids, skip_special_tokens=False)).strip()  # one sequence: one str
     if not ids or special & set(ids) or decoded != target.strip():
         raise DataError(f"target {target!r} cannot be encoded by the {lm.name} tokenizer (decodes to {decoded!r})")
     return ids

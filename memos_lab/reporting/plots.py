@@ -7,10 +7,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from memos_lab.artifact import atomic_write_bytes
 from memos_lab.experiments.common import MetricSpec
 from memos_lab.reporting.table import Configuration
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 COLUMNS = 3
 MAX_LINES = 8  # beyond this (e.g. an Optuna study) the other settings are not split into lines: points only
@@ -30,7 +35,7 @@ def file_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]+", "_", text).strip("_")
 
 
-def _grid(count: int):
+def _grid(count: int) -> tuple[Figure, list[Axes]]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -44,7 +49,7 @@ def _grid(count: int):
     return figure, list(axes.flat[:count])
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure: Figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -75,7 +80,7 @@ def plot_against_setting(
         rest = ", ".join(f"{k}={v}" for k, v in configuration.settings.items() if k != key)
         lines.setdefault(rest, []).append(configuration)
     # Lines only join numeric values (a trend); categories (fusion=rrf, bm25...) get points.
-    style = {"marker": "o", "capsize": 3, **({} if numbers else {"linestyle": "none"})}
+    style: dict[str, Any] = {"marker": "o", "capsize": 3, **({} if numbers else {"linestyle": "none"})}
     if len(lines) > MAX_LINES:
         lines, style = {"": list(configurations)}, {**style, "linestyle": "none"}
     figure, axes = _grid(len(metrics))

@@ -127,7 +127,9 @@ def unstarted_jobs(folder: Path) -> list[RunRecord]:
         for number, job in enumerate(job for batch in batches for job in batch):
             path = record_path.parent / str(number)
             if not path.exists():
-                seed = next((line.split("=", 1)[1] for line in job if line.startswith("seed=")), config.get("seed"))
+                seed: Any = next(
+                    (line.split("=", 1)[1] for line in job if line.startswith("seed=")), config.get("seed")
+                )
                 missing.append(RunRecord(
                     path=path, experiment=str((config.get("experiment") or {}).get("name", "(unknown)")),
                     seed=int(seed) if str(seed).lstrip("-").isdigit() else None, overrides=parse_overrides(job),

@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from memos_lab.errors import ConfigError
 from memos_lab.memory.activation.kv_cache import MEMORY_SEPARATOR, MEMORY_TEMPLATE, KVCache, memory_messages, prefill
@@ -42,8 +44,11 @@ class ChunkedPrompt:
 
 def chunked_memory_prompt(lm: LanguageModel, texts: Sequence[str], template: str = MEMORY_TEMPLATE) -> ChunkedPrompt:
     """Tokenise the memory message piece by piece, so each memory's tokens do not depend on its neighbours."""
-    rendered = lm.tokenizer.apply_chat_template(
-        memory_messages([_SENTINEL], template), tokenize=False, add_generation_prompt=False
+    rendered = cast(  # tokenize=False: the rendered text
+        str,
+        lm.tokenizer.apply_chat_template(
+            memory_messages([_SENTINEL], template), tokenize=False, add_generation_prompt=False
+        ),
     )
     before, after = rendered.split(_SENTINEL)
 
@@ -113,9 +118,10 @@ def compose_chunks(
             lm.model(
                 input_ids=torch.tensor([chunk[:m]], device=lm.model.device), past_key_values=working, use_cache=True
             )
+            layers = cast(list[DynamicLayer], working.layers)  # filled by the forward pass above
             for layer, (k_parts, v_parts) in enumerate(zip(keys, values, strict=False)):
-                k_parts.append(working.layers[layer].keys[:, :, -m:])
-                v_parts.append(working.layers[layer].values[:, :, -m:])
+                k_parts.append(cast(torch.Tensor, layers[layer].keys)[:, :, -m:])
+                v_parts.append(cast(torch.Tensor, layers[layer].values)[:, :, -m:])
             recomputed += m
         # token h + j of the chunk cache moves to position len(ids) + j
         delta = len(ids) - h if reposition else 0

@@ -159,7 +159,7 @@ class KVCacheMemory(ActivationMemory):
 
     def save(self, folder: Path) -> None:
         """Write every cache into the artifact `folder` (crash-safe: built beside it, then swapped in)."""
-        entries = [
+        entries: list[_Entry] = [
             {"key": key, "file": f"{index:05d}.safetensors", "tokens": len(cache), "texts": self._texts[key]}
             for index, (key, cache) in enumerate(self._caches.items())
         ]

@@ -8,6 +8,7 @@ earlier turns, can change earlier ids; the cache is then cropped, never used bli
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.kv_cache import KVCache, KVCacheMemory, Prefill, generate, prefill
@@ -52,7 +53,7 @@ class ChatSession:
         ids = self.prompt_ids()
         answer, self.cache, reused = generate(self.lm, ids, self.prefix(ids), max_new_tokens)
         self._count(reused, len(ids) - reused)
-        text = self.lm.tokenizer.decode(answer, skip_special_tokens=True)
+        text = cast(str, self.lm.tokenizer.decode(answer, skip_special_tokens=True))  # one sequence: one str
         self.add("assistant", text)
         return text
 
