@@ -74,6 +74,6 @@ def mean_metrics(per_query: Mapping[str, np.ndarray], prefix: str = "") -> dict[
     return {f"{prefix}{name}": float(np.mean(values)) for name, values in per_query.items()}
 
 
-def latency_percentiles(milliseconds: Sequence[float], prefix: str) -> dict[str, float]:
+def latency_percentiles(milliseconds: Sequence[float | None], prefix: str) -> dict[str, float]:
     values = np.asarray(milliseconds, dtype=float)
     return {f"{prefix}_p50": float(np.percentile(values, 50)), f"{prefix}_p95": float(np.percentile(values, 95))}

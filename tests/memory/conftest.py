@@ -15,7 +15,7 @@ BACKENDS = config_groups()["memory"]
 
 def build_backend(name: str, embedder, **overrides) -> TextualMemory:
     group = OmegaConf.merge(group_config("memory", name), overrides)
-    cfg = OmegaConf.create({"seed": 0, "memory": group})  # the root keys a group may interpolate
+    cfg = OmegaConf.create({"seed": 0, "device": "cpu", "memory": group})  # the root keys a group may interpolate
     return hydra.utils.instantiate(cfg.memory, embedder=embedder)
 
 

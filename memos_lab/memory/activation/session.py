@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import cast
 
 from memos_lab.eval.kv import common_prefix_len
-from memos_lab.memory.activation.kv_cache import KVCache, KVCacheMemory, Prefill, generate, prefill
+from memos_lab.memory.activation.base import ActivationMemory
+from memos_lab.memory.activation.kv_cache import KVCache, Prefill, generate, prefill
 from memos_lab.models.llm import LanguageModel
 
 
 class ChatSession:
     def __init__(
-        self, lm: LanguageModel, memory: KVCacheMemory | None = None, messages: Sequence[dict[str, str]] = ()
+        self, lm: LanguageModel, memory: ActivationMemory | None = None, messages: Sequence[dict[str, str]] = ()
     ) -> None:
         self.lm = lm
         self.memory = memory  # stored memory caches are candidate prefixes too (e.g. for the first turn)
