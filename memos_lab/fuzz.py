@@ -516,6 +516,10 @@ class Fuzzer:
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
         os.environ.setdefault("HF_DATASETS_CACHE", str(self.workdir / "hf_datasets"))
+        import datasets.config
+
+        # datasets reads the variable once, at its first import (maybe before this fuzzer): point it there too
+        datasets.config.HF_DATASETS_CACHE = Path(os.environ["HF_DATASETS_CACHE"])
         self.samples = {s.name: s for s in build_samples(self.workdir)}
         self.outside = self.workdir / "outside"
         self.outside.mkdir(exist_ok=True)

@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "device_check.sh"
 def test_the_device_check_runs_every_step_on_the_cpu(tmp_path: Path):
     result = subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "out"), "--cpu-smoke"],
-        capture_output=True, text=True, timeout=1800, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=1800, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
