@@ -12,7 +12,7 @@ import torch
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError, IncompatibleError
-from memos_lab.memory.parametric import key_stats
+from memos_lab.memory.parametric import key_stats, locate_edit
 from memos_lab.memory.parametric.alphaedit import AlphaEditMemory
 from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.memory.parametric.memit import MEMITMemory
@@ -108,6 +108,38 @@ def test_rome_writes_the_optimised_value_at_the_subject_and_the_target_gets_like
         # ROME's constraint holds exactly: the edited layer's output at the subject moved by δ
         assert torch.allclose(after - before, shift, atol=1e-4 * float(shift.norm()))
         assert edited_logprob > base_logprob
+    finally:
+        memory.close()
+
+
+@pytest.mark.parametrize("kl_weight", [0.0, 0.5])
+def test_the_target_values_score_as_a_full_forward_with_the_shift_added_at_the_subject(lm, cache, kl_weight):
+    # the optimisation runs only the tails through the layers above the edited one, chunked by length
+    # (CHUNK_ROWS=2 mixes rows of different edits and lengths): its NLL must be the whole model's
+    memory = make(ROMEMemory, lm, cache, context_templates=2, v_steps=6, kl_weight=kl_weight)
+    try:
+        requests = [memory._request(edit) for edit in EDITS]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(locate_edit, "CHUNK_ROWS", 2)
+            shift, steps, nll = memory._optimise_values(requests)
+        assert steps == 6 and shift.abs().sum() > 0
+        block = lm.model.model.layers[1]
+        for i, request in enumerate(requests):
+            total, count = 0.0, 0
+            for ids, at in request.rows:
+
+                def add(module, args, output, at=at, i=i):
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    return hidden.index_add(1, torch.tensor([at]), shift[i][None, None])
+
+                handle = block.register_forward_hook(add)
+                with torch.no_grad():
+                    logp = lm.model(torch.tensor([ids + request.target])).logits[0].log_softmax(-1)
+                handle.remove()
+                width, length = len(ids) + len(request.target), len(request.target)
+                total -= float(logp[torch.arange(width - length - 1, width - 1), torch.tensor(request.target)].sum())
+                count += length
+            assert total / count == pytest.approx(float(nll[i]), rel=1e-4)
     finally:
         memory.close()
 

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Self
 
 import torch
 from peft import LoraConfig
+from transformers import DynamicCache
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
@@ -44,7 +45,8 @@ from memos_lab.models.probe import encode_target, greedy_continuations, left_pad
 MODULE = "down_proj"
 TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You", "It")  # MEMIT's context-template openings
 TEMPLATE_TOKENS = 10
-RANK_TOLERANCE = 1e-6  # singular values below this fraction of the largest count as zero
+RANK_TOLERANCE = 1e-6
+CHUNK_ROWS = 32  # rows of similar tail length run together while the target values are optimised  # singular values below this fraction of the largest count as zero
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,106 @@ class EditRequest:
     essence: tuple[list[int], int]  # "<subject> is a"
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One row of the target-value problem: prompt (+ target) ids, the subject's last token, its edit."""
+
+    ids: list[int]
+    at: int
+    owner: int
+    target_len: int  # 0: a "<subject> is a" row, scored by the KL term only
+
+    @property
+    def head(self) -> list[int]:
+        return self.ids[: self.at]
+
+    @property
+    def tail(self) -> list[int]:
+        return self.ids[self.at :]
+
+
+class _TailBatch:
+    """The rows' tails (from the subject's last token on, right-padded) and where their losses are read."""
+
+    def __init__(self, rows: list[_Row], pad: int, head_mask: torch.Tensor) -> None:
+        self.rows, self.pad, self.head_mask = rows, pad, head_mask
+        tails = [row.tail for row in rows]
+        self.width = max(len(t) for t in tails)
+        self.ids = torch.tensor([t + [pad] * (self.width - len(t)) for t in tails])
+        tail_mask = torch.tensor([[1] * len(t) + [0] * (self.width - len(t)) for t in tails])
+        self.mask = torch.cat([head_mask, tail_mask], dim=1)
+        self.positions = torch.tensor([[len(row.head) + j for j in range(self.width)] for row in rows])
+        self.row_ix, self.first = torch.arange(len(rows)), torch.zeros(len(rows), dtype=torch.long)  # δ's place
+        self.owner = torch.tensor([row.owner for row in rows])
+        targeted = [r for r, row in enumerate(rows) if row.target_len]
+        self.target_rows = torch.tensor(targeted, dtype=torch.long)
+        self.token_row_owner = self.owner[self.target_rows]
+        # the positions whose logits predict each target token, and those tokens
+        self.pred_rows = torch.tensor([r for r in targeted for _ in range(rows[r].target_len)], dtype=torch.long)
+        self.pred_cols = torch.tensor(
+            [len(tails[r]) - rows[r].target_len - 1 + j for r in targeted for j in range(rows[r].target_len)],
+            dtype=torch.long,
+        )
+        self.gold = torch.tensor([tok for r in targeted for tok in rows[r].tail[-rows[r].target_len :]])
+        self.token_owner = self.owner[self.pred_rows]
+        essence = [r for r, row in enumerate(rows) if not row.target_len]
+        self.essence_rows = torch.tensor(essence, dtype=torch.long)
+        self.essence_cols = torch.tensor([len(tails[r]) - 1 for r in essence], dtype=torch.long)
+        self.essence_owner = self.owner[self.essence_rows]
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"attention_mask": self.mask, "position_ids": self.positions}
+
+    def select(self, stay: torch.Tensor) -> _TailBatch:
+        return _TailBatch(
+            [row for row, ok in zip(self.rows, stay.tolist(), strict=True) if ok], self.pad, self.head_mask[stay]
+        )
+
+    def target_nll(self, lm_head: torch.nn.Module, hidden: torch.Tensor, n: int) -> torch.Tensor:
+        """The summed NLL of each edit's target tokens in these rows."""
+        logp = lm_head(hidden[self.pred_rows, self.pred_cols]).log_softmax(-1).gather(-1, self.gold[:, None])[:, 0]
+        return torch.zeros(n).index_add(0, self.token_owner, -logp)
+
+    def essence_logp(self, lm_head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return lm_head(hidden[self.essence_rows, self.essence_cols]).log_softmax(-1)
+
+    def essence_kl(self, lm_head: torch.nn.Module, hidden: torch.Tensor, base: torch.Tensor, n: int) -> torch.Tensor:
+        """KL(base || edited) of the next token after "<subject> is a", per edit (ROME's essence term)."""
+        if not len(self.essence_rows):
+            return torch.zeros(n)
+        logp = self.essence_logp(lm_head, hidden)
+        kl = torch.nn.functional.kl_div(logp, base[self.essence_owner], log_target=True, reduction="none").sum(-1)
+        return torch.zeros(n).index_add(0, self.essence_owner, kl)
+
+
+@dataclass
+class _Chunk:
+    """Rows run together: their tails, the heads' KV cache and the tails' hidden states below the upper layers."""
+
+    batch: _TailBatch
+    cache: Any
+    base_hidden: torch.Tensor
+
+    def run(self, decoder: torch.nn.Module, shift: torch.Tensor, first_layer: int) -> torch.Tensor:
+        """The upper layers' output for the tails, each row's δ added at its first token."""
+        batch = self.batch
+        embeds = self.base_hidden.index_put((batch.row_ix, batch.first), shift[batch.owner], accumulate=True)
+        hidden = decoder(inputs_embeds=embeds, past_key_values=self.cache, use_cache=True, **batch.inputs())
+        _rewind(self.cache, batch.width, first_layer)
+        return hidden.last_hidden_state
+
+    def without(self, done: torch.Tensor) -> _Chunk | None:
+        """This chunk less the rows of finished edits (None when none is left)."""
+        stay = ~done[self.batch.owner]
+        if not stay.any():
+            return None
+        if stay.all():
+            return self
+        self.cache.batch_select_indices(stay.nonzero().squeeze(-1))
+        batch = self.batch.select(stay)
+        return _Chunk(batch, self.cache, self.base_hidden[stay, : batch.width])  # the tails are right-padded
+
+
 class LocateThenEditMemory(LoRAMemory):
     method: ClassVar[str]
     settings_class: ClassVar[type[LayerSettings]] = EditorSettings
@@ -164,7 +266,7 @@ class LocateThenEditMemory(LoRAMemory):
         self.statistics()
         started = time.perf_counter()
         with self._adapter_on(adapter.key):
-            shifts, steps, loss = self._optimise_values(requests)
+            shifts, steps, nll = self._optimise_values(requests)
             new = self._deltas(requests, shifts, name)
         current = self._current_deltas(adapter.key)
         prompts = {_norm(edit.prompt) for edit in edits}
@@ -175,7 +277,7 @@ class LocateThenEditMemory(LoRAMemory):
         )
         with self._adapter_on(self._adapter().key):
             learned = self._learned(requests)
-        return EditReport(len(edits), steps, time.perf_counter() - started, loss, learned)
+        return EditReport(len(edits), steps, time.perf_counter() - started, float(nll.max()), learned)
 
     def _request(self, edit: KnowledgeEdit) -> EditRequest:
         try:
@@ -210,92 +312,57 @@ class LocateThenEditMemory(LoRAMemory):
         return self._templates
 
     # -- the target values -------------------------------------------------------------------------
-    def _optimise_values(self, requests: list[EditRequest]) -> tuple[torch.Tensor, int, float]:
-        """δ per edit at the MLP output of the last edited layer, so that every template says the target.
+    def _optimise_values(self, requests: list[EditRequest]) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """δ per edit at the output of the last edited layer L, so that every template says the target.
 
-        Tokens before the subject's last one do not depend on δ: they run once, into a KV cache, and each
-        step runs only the rest of every row (the subject's last token, the prompt's end, the target)."""
+        Only the layers above L, and only the tokens from the subject's last one on, depend on δ: one pass
+        without gradients caches the rest (the row heads' keys and values, the tails' hidden states at L)
+        and each step runs just the tails through the upper layers, in chunks of rows of similar length
+        (little padding). An edit whose mean target-token NLL is below `v_stop_nll` is done: its δ is
+        kept and its rows leave the batch. Returns δ, the steps run and each edit's mean NLL with its δ."""
         s = self.settings
-        rows, at, owner, targets = [], [], [], []
-        for i, request in enumerate(requests):
-            for ids, index in request.rows:
-                rows.append(ids + request.target)
-                at.append(index)
-                owner.append(i)
-                targets.append(request.target)
-        n_target_rows = len(rows)
-        for i, request in enumerate(requests):
-            rows.append(request.essence[0])
-            at.append(request.essence[1])
-            owner.append(i)
-        owner_t = torch.tensor(owner)
-        heads, tails = [r[:a] for r, a in zip(rows, at, strict=True)], [r[a:] for r, a in zip(rows, at, strict=True)]
-        width = max(len(t) for t in tails)
-        pad = int(
-            self.model.tokenizer.pad_token_id
-            if self.model.tokenizer.pad_token_id is not None
-            else self.model.tokenizer.eos_token_id
-        )
-        tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails])
-        tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
-        tail_positions = torch.tensor([[len(h) + j for j in range(width)] for h in heads])
-        row_ix, first = torch.arange(len(rows)), torch.zeros(len(rows), dtype=torch.long)  # δ sits at each tail's start
-        # the positions whose logits predict each target token (tails are right-padded), and those tokens
-        pred_rows = torch.tensor([r for r, t in enumerate(targets) for _ in t])
-        pred_cols = torch.tensor([len(tails[r]) - len(t) - 1 + j for r, t in enumerate(targets) for j in range(len(t))])
-        gold = torch.tensor([tok for t in targets for tok in t])
-        essence_rows = torch.arange(n_target_rows, len(rows))
-        essence_cols = torch.tensor([len(tails[r]) - 1 for r in essence_rows.tolist()])
-        token_owner = owner_t[pred_rows]
-        tokens_per_edit = torch.bincount(token_owner, minlength=len(requests)).float()
-
-        model = self.model.model
-        lm_head = model.get_output_embeddings()
         assert s.layers is not None  # for_depth resolved the layers
-        block = model.model.layers[max(s.layers)]
-        shift = torch.zeros(len(requests), block.mlp.down_proj.out_features, requires_grad=True)
-        seen: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            cache, head_mask = self._head_cache(heads)
-        mask = torch.cat([head_mask, tail_mask], dim=1)
-
-        def add_shift(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-            return output.index_put((row_ix, first), shift[owner_t], accumulate=True)
-
-        def keep_hidden(module: torch.nn.Module, args: Any, output: Any) -> None:
-            seen["h"] = (output[0] if isinstance(output, tuple) else output)[row_ix, first].detach()
-
-        def forward() -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = model.model(
-                input_ids=tail_ids,
-                attention_mask=mask,
-                position_ids=tail_positions,
-                past_key_values=cache,
-                use_cache=cache is not None,
-            ).last_hidden_state
-            if cache is not None:
-                _rewind(cache, width)
-            target_logp = lm_head(hidden[pred_rows, pred_cols]).log_softmax(-1)
-            essence_logp = lm_head(hidden[essence_rows, essence_cols]).log_softmax(-1)
-            return target_logp.gather(-1, gold[:, None]).squeeze(-1), essence_logp
-
-        with torch.no_grad(), _hooked(block, keep_hidden):
-            _, base_essence = forward()
-        reference = seen["h"][:n_target_rows]
-        ref_norm = torch.zeros(len(requests)).index_add_(0, owner_t[:n_target_rows], reference.norm(dim=-1))
-        ref_norm /= torch.bincount(owner_t[:n_target_rows], minlength=len(requests)).float()
+        top, n = max(s.layers), len(requests)
+        rows = [_Row(ids + r.target, at, i, len(r.target)) for i, r in enumerate(requests) for ids, at in r.rows]
+        if s.kl_weight > 0:
+            rows += [_Row(r.essence[0], r.essence[1], i, 0) for i, r in enumerate(requests)]
+        rows.sort(key=lambda row: len(row.tail))
+        model = self.model.model
+        lm_head, decoder = model.get_output_embeddings(), model.model
+        base_essence = torch.zeros(n, lm_head.out_features)
+        chunks = [self._chunk(rows[i : i + CHUNK_ROWS], top, base_essence) for i in range(0, len(rows), CHUNK_ROWS)]
+        tokens = torch.zeros(n).index_add_(
+            0, torch.tensor([row.owner for row in rows]), torch.tensor([float(row.target_len) for row in rows])
+        )
+        ref_norm = torch.zeros(n)
+        for chunk in chunks:  # |h| at the subject, per edit: the scale of the decay and the clamp
+            batch = chunk.batch
+            ref_norm.index_add_(0, batch.token_row_owner, chunk.base_hidden[batch.target_rows, 0].norm(dim=-1))
+        ref_norm /= torch.tensor([float(sum(1 for r in rows if r.owner == i and r.target_len)) for i in range(n)])
+        shift = torch.zeros(n, model.config.hidden_size, requires_grad=True)
         optimizer = torch.optim.Adam([shift], lr=s.v_lr)
-        steps, nll_value = 0, float("nan")
-        with _frozen(model), _hooked(block.mlp, add_shift):
-            for steps in range(1, s.v_steps + 1):  # noqa: B007 (the count after the loop is reported)
-                token_logp, essence_logp = forward()
-                nll = torch.zeros(len(requests)).index_add(0, token_owner, -token_logp) / tokens_per_edit
-                kl = torch.nn.functional.kl_div(essence_logp, base_essence, log_target=True, reduction="none").sum(-1)
+        done, kept = torch.zeros(n, dtype=torch.bool), torch.zeros(n, model.config.hidden_size)
+        steps, final_nll = 0, torch.zeros(n)  # steps: reported after the loop
+        with _frozen(model), _upper_layers(decoder, top + 1):
+            for steps in range(1, s.v_steps + 1):
+                nll, kl = torch.zeros(n), torch.zeros(n)
+                for chunk in chunks:
+                    hidden = chunk.run(decoder, shift, top + 1)
+                    nll = nll + chunk.batch.target_nll(lm_head, hidden, n)
+                    kl = kl + chunk.batch.essence_kl(lm_head, hidden, base_essence, n)
+                nll = nll / tokens
+                active = ~done
                 decay = (shift.norm(dim=-1) / ref_norm) ** 2
-                loss = (nll + s.kl_weight * kl + s.weight_decay * decay).sum()
-                nll_value = float(nll.detach().mean())
-                if float(nll.detach().max()) < s.v_stop_nll:
-                    break
+                loss = (nll + s.kl_weight * kl + s.weight_decay * decay)[active].sum()
+                finished = active & (nll.detach() < s.v_stop_nll)
+                if steps == s.v_steps:  # the δ returned is the last one scored
+                    finished = active
+                if finished.any():
+                    kept[finished], final_nll[finished] = shift.detach()[finished], nll.detach()[finished]
+                    done |= finished
+                    if done.all():
+                        break
+                    chunks = [c for c in (chunk.without(done) for chunk in chunks) if c is not None]
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -305,21 +372,40 @@ class LocateThenEditMemory(LoRAMemory):
                     shift.mul_(
                         torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))[:, None]
                     )
-        if not torch.isfinite(shift).all():
+        if not torch.isfinite(kept).all():
             raise ConfigError(f"parametric={self.method}: the target vectors diverged; lower parametric.v_lr")
-        return shift.detach(), steps, nll_value
+        return kept, steps, final_nll
+
+    @torch.no_grad()
+    def _chunk(self, rows: list[_Row], top: int, base_essence: torch.Tensor) -> _Chunk:
+        """The cached part of some rows: their heads' KV cache and their tails' hidden states at layer `top`
+        (and, into `base_essence`, the unedited next-token distribution of their "<subject> is a" rows)."""
+        decoder = self.model.model.model
+        cache, head_mask = self._head_cache([row.head for row in rows])
+        batch = _TailBatch(rows, self._pad_id(), head_mask)
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep_output(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen["h"] = output[0] if isinstance(output, tuple) else output
+
+        with _hooked(decoder.layers[top], keep_output):
+            hidden = decoder(input_ids=batch.ids, past_key_values=cache, use_cache=True, **batch.inputs())
+        _rewind(cache, batch.width, 0)
+        base_essence[batch.essence_owner] = batch.essence_logp(
+            self.model.model.get_output_embeddings(), hidden.last_hidden_state
+        )
+        return _Chunk(batch, cache, seen["h"])
+
+    def _pad_id(self) -> int:
+        tokenizer = self.model.tokenizer
+        return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     def _head_cache(self, heads: list[list[int]]) -> tuple[Any, torch.Tensor]:
-        """The KV cache of the left-padded row heads (None when every head is empty) and their mask."""
+        """The KV cache of the left-padded row heads (empty when every head is) and their mask."""
         if not any(heads):
-            return None, torch.zeros(len(heads), 0, dtype=torch.long)
+            return DynamicCache(config=self.model.model.config), torch.zeros(len(heads), 0, dtype=torch.long)
         width = max(len(h) for h in heads)
-        pad = int(
-            self.model.tokenizer.pad_token_id
-            if self.model.tokenizer.pad_token_id is not None
-            else self.model.tokenizer.eos_token_id
-        )
-        ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads])
+        ids = torch.tensor([[self._pad_id()] * (width - len(h)) + h for h in heads])
         mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model.model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -467,11 +553,24 @@ def _pending(layers: torch.nn.ModuleList, deltas: dict[int, torch.Tensor]) -> It
             handle.remove()
 
 
-def _rewind(cache: Any, tokens: int) -> None:
-    """Drop the last `tokens` positions of a KV cache (the tails, rerun each step) and their autograd history."""
-    cache.crop(-tokens)
-    for layer in cache.layers:
+def _rewind(cache: Any, tokens: int, first_layer: int) -> None:
+    """Drop the last `tokens` positions (the tails, rerun each step) from the cache layers `first_layer` on,
+    and their autograd history."""
+    for layer in cache.layers[first_layer:]:
+        layer.crop(-tokens)
         layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+
+
+@contextmanager
+def _upper_layers(decoder: torch.nn.Module, first: int) -> Iterator[None]:
+    """The decoder runs only its layers `first` on (inputs_embeds are then the hidden states below them);
+    each attention keeps its own layer index, so a full-depth KV cache lines up."""
+    layers = decoder.layers
+    decoder.layers = torch.nn.ModuleList(list(layers)[first:])
+    try:
+        yield
+    finally:
+        decoder.layers = layers
 
 
 @contextmanager
