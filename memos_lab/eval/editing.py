@@ -23,6 +23,16 @@ def unchanged(base_ids: Sequence[int], edited_ids: Sequence[int]) -> bool:
     return list(base_ids) == list(edited_ids)
 
 
+def token_agreement(predicted: Sequence[int], expected: Sequence[int]) -> float:
+    """EasyEdit's token-level score of one prompt: the share of teacher-forced positions whose argmax is the
+    expected token (the target for reliability / generalisation, the base model's argmax for locality)."""
+    if len(predicted) != len(expected) or not expected:
+        raise ValueError(
+            f"token_agreement needs two equally long, non-empty sequences ({len(predicted)}, {len(expected)})"
+        )
+    return sum(p == e for p, e in zip(predicted, expected, strict=True)) / len(expected)
+
+
 def more_likely(logprob_new: float, logprob_old: float) -> bool:
     """Probability-based success (CounterFact's efficacy score): the new target beats the old one."""
     return logprob_new > logprob_old

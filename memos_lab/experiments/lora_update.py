@@ -6,7 +6,9 @@ a one-hop question continues with its expected answer. The `_prob` versions ask 
 is more likely than the old one (CounterFact's efficacy / paraphrase scores); `neighborhood_prob`: on a
 neighbour prompt whose answer is the edit's old target (CounterFact), the old target stays more likely than
 the new one. Fluency: ROME's n-gram entropy of greedy generations from the edited subjects, before
-(`fluency_base`) and after the edits, so a method cannot win by breaking the model.
+(`fluency_base`) and after the edits, so a method cannot win by breaking the model. The `_token` versions are
+EasyEdit's own token-level scores, comparable with published tables: the share of target tokens that are the
+teacher-forced argmax, and for locality the share of the probe answer's positions whose argmax is unchanged.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from tqdm import tqdm
 
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
-from memos_lab.eval.editing import more_likely, ngram_entropy, rate, starts_with_target, unchanged
+from memos_lab.eval.editing import more_likely, ngram_entropy, rate, starts_with_target, token_agreement, unchanged
 from memos_lab.experiments.common import ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
-from memos_lab.models.probe import encode_target, greedy_continuations, target_logprobs
+from memos_lab.models.probe import encode_target, greedy_continuations, target_argmax, target_logprobs
 from memos_lab.settings import non_negative_int, positive_int, uses_settings
 
 PREFIX = "lora/"
@@ -71,6 +73,8 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     # Locality is measured against the untouched base model, so its answers are taken before any edit.
     probes = [probe.prompt for edit in edits for probe in edit.locality]
     base_locality = generate(probes, int(exp.locality_tokens))
+    answered = [(probe.prompt, probe.answer) for edit in edits for probe in edit.locality if probe.answer]
+    base_locality_argmax = [p for p, _ in _argmax(lm, answered, int(exp.eval_batch_size))]
     base_reliability = _starts(lm, generate([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
     subjects = list(dict.fromkeys(e.subject for e in edits))[: exp.fluency_prompts]
     fluency_tokens = exp.fluency_tokens
@@ -138,6 +142,24 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     neighbours = [(p.prompt, e) for e in with_old for p in e.locality if p.answer == e.target_old]
     if neighbours:
         metrics[f"{PREFIX}neighborhood_prob"] = rate([not won for won in _new_beats_old(memory, scorer, neighbours)])
+    token_scored = {
+        "reliability_token": [(e.prompt, e.target_new) for e in edits],
+        "generalization_token": paraphrases,
+        "locality_token": answered,
+    }
+    for name, pairs in token_scored.items():
+        if not pairs:
+            continue
+        said_argmax = _routed(
+            memory,
+            [p for p, _ in pairs],
+            lambda idx, pairs=pairs: _argmax(lm, [pairs[i] for i in idx], int(exp.eval_batch_size)),
+        )
+        expected = base_locality_argmax if name == "locality_token" else [target for _, target in said_argmax]
+        scores = [
+            token_agreement(predicted, wanted) for (predicted, _), wanted in zip(said_argmax, expected, strict=True)
+        ]
+        metrics[f"{PREFIX}{name}"] = sum(scores) / len(scores)
     residual = getattr(memory, "delta_residual", None)  # locate-then-edit memories: what a rank cap dropped
     if residual is not None:
         metrics[f"{PREFIX}delta_residual"] = residual
@@ -170,6 +192,10 @@ def _generator(lm: LanguageModel, batch_size: int) -> Callable[[list[str], int],
         return [said[p] for p in prompts]
 
     return generate
+
+
+def _argmax(lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[tuple[list[int], list[int]]]:
+    return target_argmax(lm, [p for p, _ in pairs], [t for _, t in pairs], batch_size) if pairs else []
 
 
 def _scorer(lm: LanguageModel, batch_size: int) -> Callable[[list[str], list[str]], list[float]]:

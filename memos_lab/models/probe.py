@@ -7,7 +7,7 @@ same split for training and scoring, so a learned target is exactly what greedy 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import cast
 
 import torch
@@ -44,13 +44,34 @@ def greedy_continuations(
     return greedy_batch(lm, encoded, max_new_tokens, stop=False, batch_size=batch_size).token_ids
 
 
-@torch.no_grad()
 def target_logprobs(
     lm: LanguageModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32
 ) -> list[float]:
     """Sum of log P(token) over the ids of " " + target, teacher-forced after each prompt."""
+    return [
+        float(logprobs.gather(-1, torch.tensor(target, device=logprobs.device)[:, None]).sum())
+        for logprobs, target in _teacher_forced(lm, prompts, targets, batch_size)
+    ]
+
+
+def target_argmax(
+    lm: LanguageModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32
+) -> list[tuple[list[int], list[int]]]:
+    """Per prompt: the model's argmax at each position of " " + target, teacher-forced, and the target's ids
+    (EasyEdit scores edits, and their locality, by these token-level predictions)."""
+    return [
+        ([int(i) for i in logprobs.argmax(-1)], target)
+        for logprobs, target in _teacher_forced(lm, prompts, targets, batch_size)
+    ]
+
+
+@torch.no_grad()
+def _teacher_forced(
+    lm: LanguageModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int
+) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Per prompt: the log-probabilities (target length x vocabulary) predicting each token of " " + target
+    after it, and those target ids."""
     pairs = [(encode_prompt(lm, p), encode_target(lm, t)) for p, t in zip(prompts, targets, strict=True)]
-    scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         ids, mask, positions = left_padded(lm, [p + t for p, t in chunk])
@@ -58,6 +79,4 @@ def target_logprobs(
         width = ids.shape[1]
         for row, (_, target) in enumerate(chunk):
             # the logits at position i predict token i + 1
-            at = torch.arange(width - len(target) - 1, width - 1, device=logprobs.device)
-            scores.append(float(logprobs[row, at, torch.tensor(target, device=logprobs.device)].sum()))
-    return scores
+            yield logprobs[row, width - len(target) - 1 : width - 1], target

@@ -2,7 +2,9 @@
 
 import math
 
-from memos_lab.eval.editing import more_likely, rate, starts_with_target, unchanged
+import pytest
+
+from memos_lab.eval.editing import more_likely, rate, starts_with_target, token_agreement, unchanged
 
 
 def test_starts_with_target_ignores_leading_and_repeated_whitespace():
@@ -34,3 +36,12 @@ def test_rate_is_a_percentage_and_nan_when_empty():
     assert rate([True, False, True, True]) == 0.75
     assert rate([False]) == 0.0
     assert math.isnan(rate([]))
+
+
+def test_token_agreement_is_the_share_of_matching_positions_and_refuses_mismatched_lengths():
+    assert token_agreement([1, 2, 3, 4], [1, 9, 3, 9]) == 0.5
+    assert token_agreement([7], [7]) == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        token_agreement([1, 2], [1])
+    with pytest.raises(ValueError, match="non-empty"):
+        token_agreement([], [])

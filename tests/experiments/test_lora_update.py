@@ -53,6 +53,9 @@ def test_sequential_gated_editing_writes_every_metric():
         "portability",
         "reliability_prob",
         "generalization_prob",
+        "reliability_token",
+        "generalization_token",
+        "locality_token",
         "retention",
         "train_s",
         "adapter_mb",
@@ -62,6 +65,7 @@ def test_sequential_gated_editing_writes_every_metric():
     assert metrics["lora/base_reliability"] == 0.0  # the random model knew none of it
     # the hashing gate keeps the locality probes (no subject words) on the base model: unchanged by definition
     assert metrics["lora/gate_locality_prompts"] == 0.0 and metrics["lora/locality"] == 1.0
+    assert metrics["lora/reliability_token"] == 1.0 and metrics["lora/locality_token"] == 1.0
     assert metrics["lora/batches"] == 2 and metrics["lora/adapter_mb"] > 0
 
 
@@ -69,6 +73,7 @@ def test_ungated_lora_changes_the_unrelated_answers_of_a_tiny_model():
     metrics = run(compose_run("parametric=lora_ftm"), Tracker())
     assert metrics["lora/reliability"] == 1.0
     assert metrics["lora/gate_locality_prompts"] == 1.0 and metrics["lora/locality"] < 1.0
+    assert metrics["lora/reliability_token"] == 1.0 and metrics["lora/locality_token"] < 1.0
     assert "lora/retention" not in metrics
 
 
