@@ -27,7 +27,7 @@ class AlphaEditSettings(EditorSettings):
     clamp_norm: float = 0.75
     stats_corpus: str = "synthetic"
     nullspace_threshold: float = 1e-2  # eigenvalues of C below this fraction of the largest span the null space
-    l2: float = 10.0
+    l2: float = 1.0  # ridge on the projected solve: smaller fits the edits more exactly
 
     def validate(self) -> None:
         super().validate()

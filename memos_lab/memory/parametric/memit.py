@@ -25,7 +25,7 @@ class MEMITSettings(EditorSettings):
     layer_span: tuple[float, float] | None = (0.1, 0.27)  # SmolLM2-135M (30 layers): 3-8, where MEMIT edits GPT-J (28)
     clamp_norm: float = 0.75
     stats_corpus: str = "synthetic"
-    mom2_weight: float = 15000.0  # λ: how strongly the keys of the statistics corpus keep their values
+    mom2_weight: float = 1000.0  # λ: how strongly the keys of the statistics corpus keep their values
 
     def validate(self) -> None:
         super().validate()
