@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Knowledge editing on SmolLM2-135M (fp32, CPU) -> results/editing/, most important cells first:
-#   zsRE dev, 100 edits in one batch:            rome, memit, alphaedit   (+ BASELINES, gradient LoRA)
-#   zsRE dev, 10 sequential batches of 10:       memit, alphaedit
-#   CounterFact dev, one batch / sequential:     memit, alphaedit / alphaedit
+#   zsRE dev, 100 edits in one batch:            alphaedit, memit, rome   (+ BASELINES, gradient LoRA)
+#   zsRE dev, 10 sequential batches of 10:       alphaedit
+#   CounterFact dev, one batch / sequential:     alphaedit, memit / alphaedit
 #   synthetic facts, one batch:                  alphaedit
-#   zsRE dev records 100-199 (settings were chosen on records 0-29): alphaedit, memit
-# About 6 min per 100-edit editor run on 2 quiet cores (~75 min in all). The gradient-LoRA baselines are
-# off by default (BASELINES=gated_lora,lora_kl adds them to the zsRE batch cell, ~5 min each).
+#   zsRE dev records 167-292 (73 edits; the settings were chosen on records 0-99): alphaedit
+# One edit per subject (experiment.repeated_subjects=first): the first 100 distinct zsRE subjects are
+# records 0-166. About 6 min per 100-edit editor run on 2 quiet cores (~60 min in all). The gradient-LoRA
+# baselines are off by default (BASELINES=gated_lora,lora_kl adds them to the zsRE batch cell, ~5 min each).
 # DATA=../shared/data by default (zsre/zsre_dev.json, counterfact/counterfact_dev.json; read, never copied).
 # The key statistics (20000 tokens of the synthetic-dialogue corpus per model) are computed by the first
 # run and cached under paths.cache_dir. Usage: experiments/editing.sh [extra hydra overrides]
@@ -28,13 +29,13 @@ cell() {  # cell NAME METHODS OVERRIDES...
 }
 EXTRA=("$@")
 cell zsre_batch "alphaedit,memit,rome${BASELINES:+,$BASELINES}" "${ZSRE[@]}"
-cell zsre_sequential alphaedit,memit "${ZSRE[@]}" "${SEQUENTIAL[@]}"
+cell zsre_sequential alphaedit "${ZSRE[@]}" "${SEQUENTIAL[@]}"
 cell counterfact_batch alphaedit,memit "${COUNTERFACT[@]}"
 cell counterfact_sequential alphaedit "${COUNTERFACT[@]}" "${SEQUENTIAL[@]}"
 cell synthetic_batch alphaedit dataset=synthetic_facts
-cell zsre_heldout_batch alphaedit,memit "${ZSRE[@]}" experiment.first_edit=100
+cell zsre_heldout_batch alphaedit "${ZSRE[@]}" experiment.first_edit=167
 
-METRICS=lora/reliability,lora/generalization,lora/locality,lora/retention,lora/reliability_token,lora/generalization_token,lora/locality_token,lora/reliability_prob,lora/generalization_prob,lora/neighborhood_prob,lora/fluency,lora/fluency_base,lora/train_s_per_100_edits
+METRICS=lora/edits,lora/skipped_repeats,lora/reliability,lora/generalization,lora/locality,lora/retention,lora/reliability_token,lora/generalization_token,lora/locality_token,lora/reliability_prob,lora/generalization_prob,lora/neighborhood_prob,lora/fluency,lora/fluency_base,lora/train_s_per_100_edits
 for run in "$ROOT"/*/; do
   "$PY" -m memos_lab report "$run" --out "results/editing/$(basename "$run")" --metrics "$METRICS"
 done

@@ -31,9 +31,10 @@ from memos_lab.loggers.base import Tracker
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_target, greedy_continuations, target_argmax, target_logprobs
-from memos_lab.settings import non_negative_int, positive_int, uses_settings
+from memos_lab.settings import non_negative_int, one_of, positive_int, uses_settings
 
 PREFIX = "lora/"
+REPEATED_SUBJECTS = ("first", "keep")
 T = TypeVar("T")
 
 
@@ -46,18 +47,23 @@ class LoRAUpdateSettings(ExperimentSettings):
     eval_batch_size: int = 32
     fluency_prompts: int = 50  # edited subjects whose greedy generations score lora/fluency (n-gram entropy, bits)
     fluency_tokens: int = 32
+    # first: one edit per subject, later records of an edited subject are skipped (zsRE rewords a question
+    # several times with contradicting new answers, which no edit can all satisfy); keep: every record
+    repeated_subjects: str = "first"
 
     def validate(self) -> None:
         positive_int(
             self, "n_edits", "n_batches", "locality_tokens", "eval_batch_size", "fluency_prompts", "fluency_tokens"
         )
         non_negative_int(self, "first_edit")
+        one_of(self, "repeated_subjects", REPEATED_SUBJECTS)
 
 
 @uses_settings(LoRAUpdateSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = LoRAUpdateSettings.from_mapping(cfg.experiment)
-    edits = load_records(cfg, KnowledgeEdit)[exp.first_edit :][: exp.n_edits]
+    records = load_records(cfg, KnowledgeEdit)[exp.first_edit :]
+    edits, skipped = _choose_edits(records, exp.n_edits, exp.repeated_subjects)
     n_batches = int(exp.n_batches)
     if not 1 <= n_batches <= len(edits):
         raise ConfigError(
@@ -119,6 +125,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         f"{PREFIX}fluency": sum(fluency) / len(fluency),
         f"{PREFIX}fluency_base": sum(fluency_base) / len(fluency_base),
         f"{PREFIX}edits": len(edits),
+        f"{PREFIX}skipped_repeats": skipped,
         f"{PREFIX}batches": len(batches),
         f"{PREFIX}steps": steps,
         f"{PREFIX}batches_learned": learned / len(batches),
@@ -164,6 +171,26 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     if residual is not None:
         metrics[f"{PREFIX}delta_residual"] = residual
     return metrics
+
+
+def _choose_edits(records: list[KnowledgeEdit], n: int | None, repeated: str) -> tuple[list[KnowledgeEdit], int]:
+    """The first `n` records (all when None), and how many were skipped because their subject was already
+    edited (repeated="first"; the subject compared case- and space-insensitively)."""
+    if repeated == "keep":
+        return records[:n], 0
+    chosen: list[KnowledgeEdit] = []
+    seen: set[str] = set()
+    skipped = 0
+    for record in records:
+        if n is not None and len(chosen) == n:
+            break
+        subject = " ".join(record.subject.lower().split())
+        if subject in seen:
+            skipped += 1
+            continue
+        seen.add(subject)
+        chosen.append(record)
+    return chosen, skipped
 
 
 def _new_beats_old(

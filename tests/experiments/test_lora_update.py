@@ -97,3 +97,26 @@ def test_every_method_config_builds_on_a_model_of_any_depth(method):
 def test_more_batches_than_edits_is_a_config_error():
     with pytest.raises(ConfigError, match="n_batches"):
         run(compose_run("experiment.n_batches=7"), Tracker())
+
+
+def test_one_edit_per_subject_skips_the_contradicting_rewordings_and_counts_them():
+    from memos_lab.data.schema import KnowledgeEdit
+    from memos_lab.experiments.lora_update import _choose_edits
+
+    records = [
+        KnowledgeEdit("a", "M247 Sergeant York", "designer", "Who designed M247 Sergeant York?", "Northrop"),
+        KnowledgeEdit("b", " m247  sergeant york", "designer", "Who worked on m247 sergeant york?", "JM Webb"),
+        KnowledgeEdit("c", "Arize", "river", "What does Arize flow into?", "Scheldt"),
+        KnowledgeEdit("d", "Lazlo Voss", "city", "Lazlo Voss lives in", "Lima"),
+    ]
+    chosen, skipped = _choose_edits(records, 2, "first")
+    assert [e.edit_id for e in chosen] == ["a", "c"] and skipped == 1
+    chosen, skipped = _choose_edits(records, None, "first")
+    assert [e.edit_id for e in chosen] == ["a", "c", "d"] and skipped == 1
+    chosen, skipped = _choose_edits(records, 2, "keep")
+    assert [e.edit_id for e in chosen] == ["a", "b"] and skipped == 0
+
+
+def test_an_unknown_repeated_subjects_policy_is_a_config_error():
+    with pytest.raises(ConfigError, match="repeated_subjects"):
+        run(compose_run("parametric=lora_ftm", "experiment.repeated_subjects=last"), Tracker())

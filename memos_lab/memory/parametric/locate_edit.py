@@ -57,7 +57,7 @@ class EditorSettings(LayerSettings):
     layers: tuple[int, ...] | None = None
     layer_span: tuple[float, float] | None = None  # [lo, hi) as fractions of the depth, as for LoRA
     rank: int | None = None  # None: the exact delta (its numerical rank); else truncated, residual reported
-    v_steps: int = 40  # Adam steps on the target vectors per batch (most edits finish earlier)
+    v_steps: int = 60  # Adam steps on the target vectors per batch (most edits finish far earlier)
     v_lr: float = 0.5
     kl_weight: float = 0.0625  # ROME's KL(base || edited) on "<subject> is a"
     weight_decay: float = 0.5  # on |δ|² / |h|², h the hidden state δ is added to
