@@ -241,3 +241,27 @@ def test_bad_layers_are_refused_before_the_model_is_touched(cache, settings, mes
     with pytest.raises(ConfigError, match=message):
         make(ROMEMemory, fresh, cache, **settings)
     assert not getattr(fresh.model, "_hf_peft_config_loaded", False)
+
+
+@pytest.mark.integration
+def test_smollm2_learns_two_invented_facts_and_keeps_an_unrelated_answer(tmp_path):
+    from memos_lab.models.llm import load_smollm2
+
+    smol = load_smollm2("~/.cache/memos_lab")
+    edits = [
+        KnowledgeEdit("s0", "Anouk Elphick", "city", "Anouk Elphick lives in the city of", "Lisbon"),
+        KnowledgeEdit("s1", "Lazlo Voss", "employer", "Lazlo Voss works for", "Siemens"),
+    ]
+    unrelated = ["The capital of France is", "Water boils at a temperature of"]
+    base = greedy_continuations(smol, unrelated, 6)
+    memory = AlphaEditMemory(smol, cache_dir=tmp_path, stats_tokens=key_stats.required_tokens(smol), seed=0)
+    try:
+        report = memory.edit(edits)
+        assert report.learned
+        with memory.applied():
+            said = greedy_continuations(smol, [e.prompt for e in edits], 4)
+            assert greedy_continuations(smol, unrelated, 6) == base
+        for ids, edit in zip(said, edits, strict=True):
+            assert smol.tokenizer.decode(ids).strip().startswith(edit.target_new)
+    finally:
+        memory.close()
