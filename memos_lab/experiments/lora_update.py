@@ -36,6 +36,7 @@ from memos_lab.settings import non_negative_int, one_of, positive_int, uses_sett
 PREFIX = "lora/"
 REPEATED_SUBJECTS = ("first", "keep")
 T = TypeVar("T")
+Predicted = tuple[list[int], list[int]]  # teacher-forced argmax ids at the target's positions, and the target ids
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         "generalization_token": paraphrases,
         "locality_token": answered,
     }
-    for name, pairs in token_scored.items():
-        if not pairs:
+    for name, prompts_targets in token_scored.items():
+        if not prompts_targets:
             continue
-        said_argmax = _routed(
-            memory,
-            [p for p, _ in pairs],
-            lambda idx, pairs=pairs: _argmax(lm, [pairs[i] for i in idx], int(exp.eval_batch_size)),
-        )
+
+        def argmax_of(idx: list[int], chosen: list[tuple[str, str]] = prompts_targets) -> list[Predicted]:
+            return _argmax(lm, [chosen[i] for i in idx], int(exp.eval_batch_size))
+
+        said_argmax = _routed(memory, [p for p, _ in prompts_targets], argmax_of)
         expected = base_locality_argmax if name == "locality_token" else [target for _, target in said_argmax]
         scores = [
             token_agreement(predicted, wanted) for (predicted, _), wanted in zip(said_argmax, expected, strict=True)
@@ -221,7 +222,7 @@ def _generator(lm: LanguageModel, batch_size: int) -> Callable[[list[str], int],
     return generate
 
 
-def _argmax(lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[tuple[list[int], list[int]]]:
+def _argmax(lm: LanguageModel, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[Predicted]:
     return target_argmax(lm, [p for p, _ in pairs], [t for _, t in pairs], batch_size) if pairs else []
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import torch
 from peft import LoraConfig
@@ -565,7 +565,7 @@ def _rewind(cache: Any, tokens: int, first_layer: int) -> None:
 def _upper_layers(decoder: torch.nn.Module, first: int) -> Iterator[None]:
     """The decoder runs only its layers `first` on (inputs_embeds are then the hidden states below them);
     each attention keeps its own layer index, so a full-depth KV cache lines up."""
-    layers = decoder.layers
+    layers = cast(torch.nn.ModuleList, decoder.layers)
     decoder.layers = torch.nn.ModuleList(list(layers)[first:])
     try:
         yield
