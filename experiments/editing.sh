@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Knowledge editing on SmolLM2-135M (fp32, CPU) -> results/editing/, most important cells first:
-#   zsRE dev, 100 edits in one batch:            alphaedit, memit, rome   (+ BASELINES, gradient LoRA)
+#   zsRE dev, 100 edits in one batch:            alphaedit, memit, rome   (BASELINES, gradient LoRA: their own cell)
 #   zsRE dev, 10 sequential batches of 10:       alphaedit
 #   CounterFact dev, one batch / sequential:     alphaedit, memit / alphaedit
 #   synthetic facts, one batch:                  alphaedit
@@ -8,7 +8,7 @@
 #   zsRE dev, 100 edits, statistics from 40000 model-sampled tokens instead: alphaedit
 # One edit per subject (experiment.repeated_subjects=first): the first 100 distinct zsRE subjects are
 # records 0-166. About 6 min per 100-edit editor run on 2 quiet cores (~70 min in all). The gradient-LoRA
-# baselines are off by default (BASELINES=gated_lora,lora_kl adds them to the zsRE batch cell, ~5 min each).
+# baselines are off by default (BASELINES=gated_lora,lora_kl adds the zsRE batch cell zsre_batch_baselines).
 # DATA=../shared/data by default (zsre/zsre_dev.json, counterfact/counterfact_dev.json; read, never copied).
 # The key statistics (20000 tokens of the synthetic-dialogue corpus per model) are computed by the first
 # run and cached under paths.cache_dir. Usage: experiments/editing.sh [extra hydra overrides]
@@ -29,7 +29,8 @@ cell() {  # cell NAME METHODS OVERRIDES...
   "${RUN[@]}" experiment.n_edits=100 parametric="$methods" "$@" "${EXTRA[@]}" hydra.sweep.dir="$ROOT/$name"
 }
 EXTRA=("$@")
-cell zsre_batch "alphaedit,memit,rome${BASELINES:+,$BASELINES}" "${ZSRE[@]}"
+cell zsre_batch alphaedit,memit,rome "${ZSRE[@]}"
+if [ -n "$BASELINES" ]; then cell zsre_batch_baselines "$BASELINES" "${ZSRE[@]}"; fi
 cell zsre_sequential alphaedit "${ZSRE[@]}" "${SEQUENTIAL[@]}"
 cell counterfact_batch alphaedit,memit "${COUNTERFACT[@]}"
 cell counterfact_sequential alphaedit "${COUNTERFACT[@]}" "${SEQUENTIAL[@]}"
