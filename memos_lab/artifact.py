@@ -549,37 +549,31 @@ def _at(value: Any, path: str) -> Any:
     return value
 
 
+_TYPE_NAMES: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "a list",
+    dict: "an object",
+}
+
+
 def _describe(hint: Any) -> str:
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "an object",
-    }
     origin = typing.get_origin(hint)
     if origin in (list, tuple, Sequence):
         return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict:
         return "an object"
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _type_name(value: Any) -> str:
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        list: "a list",
-        dict: "an object",
-    }
     if value is None:
         return "null"
     if value is _MISSING:
         return "nothing"
-    return names.get(type(value), type(value).__name__)
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _short(value: object, limit: int = 80) -> str:

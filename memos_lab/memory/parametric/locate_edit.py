@@ -338,7 +338,7 @@ class LocateThenEditMemory(LoRAMemory):
         for chunk in chunks:  # |h| at the subject, per edit: the scale of the decay and the clamp
             batch = chunk.batch
             ref_norm.index_add_(0, batch.token_row_owner, chunk.base_hidden[batch.target_rows, 0].norm(dim=-1))
-        ref_norm /= torch.tensor([float(sum(1 for r in rows if r.owner == i and r.target_len)) for i in range(n)])
+        ref_norm /= torch.bincount(torch.tensor([row.owner for row in rows if row.target_len]), minlength=n).float()
         shift = torch.zeros(n, model.config.hidden_size, requires_grad=True)
         optimizer = torch.optim.Adam([shift], lr=s.v_lr)
         done, kept = torch.zeros(n, dtype=torch.bool), torch.zeros(n, model.config.hidden_size)
