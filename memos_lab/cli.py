@@ -18,12 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.errors import ConfigError, MemosError
 from memos_lab.provenance import COMMAND_VARIABLE
-from memos_lab.settings import register_schemas, settings_class_of
+from memos_lab.settings import CONF_DIR, register_schemas, settings_class_of
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "config"
 LOAD_CONFIG_NAME = "load"
 USAGE_EXIT = 2

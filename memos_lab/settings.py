@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.resources
 import math
 import types
 import typing
@@ -54,7 +55,9 @@ from omegaconf import DictConfig, OmegaConf
 from memos_lab.errors import ConfigError
 
 SCHEMA_GROUP = "settings"  # YAML files name their schema as /settings/<module>.<Class>
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The configs ship inside the package (memos_lab.conf, mapped from the repository's top-level conf/), so an
+# installed wheel and an editable clone find them the same way.
+CONF_DIR = Path(str(importlib.resources.files("memos_lab.conf")))
 F = TypeVar("F", bound=Callable[..., Any])
 
 
