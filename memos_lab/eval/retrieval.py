@@ -75,5 +75,9 @@ def mean_metrics(per_query: Mapping[str, np.ndarray], prefix: str = "") -> dict[
 
 
 def latency_percentiles(milliseconds: Sequence[float | None], prefix: str) -> dict[str, float]:
-    values = np.asarray(milliseconds, dtype=float)
+    """p50 and p95 of the measured values; None marks one not measurable (a served answer's TTFT without
+    streaming), and with none measured there is no percentile to report, so the metrics are left out."""
+    values = np.asarray([value for value in milliseconds if value is not None], dtype=float)
+    if values.size == 0:
+        return {}
     return {f"{prefix}_p50": float(np.percentile(values, 50)), f"{prefix}_p95": float(np.percentile(values, 95))}

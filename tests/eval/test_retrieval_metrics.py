@@ -45,3 +45,12 @@ def test_session_recall_looks_at_the_sessions_of_the_top_k():
     assert metrics["session_recall_any@1"] == 0.5  # a yes (s1), b no
     assert metrics["session_recall_all@1"] == 0.0
     assert metrics["session_recall_all@3"] == 0.5  # a: s1 and s2 by rank 3; b: s3 never
+
+
+def test_latency_percentiles_leave_out_what_was_not_measured():
+    # A served answer without streaming has no TTFT: the measured ones count, none measured gives no metric.
+    assert latency_percentiles([None, 2.0, None, 4.0], "ttft_ms") == {
+        "ttft_ms_p50": 3.0,
+        "ttft_ms_p95": pytest.approx(3.9),
+    }
+    assert latency_percentiles([None, None], "ttft_ms") == {}

@@ -1,5 +1,6 @@
 """The QA protocol with a served answerer and judge: a real `transformers serve` process (tests/generation/conftest.py)."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,16 @@ def test_served_answerer_and_judge_end_to_end(served_url: str, tiny_folder: Path
     assert [row["answer"] for row in rows] == [
         row["answer"] for row in local_artifacts[qa.ANSWERS_ARTIFACT]["questions"]
     ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_served_qa_metrics_are_finite_with_and_without_streaming(served_url: str, tiny_folder: Path, stream: bool):
+    # Without streaming a served answer has no TTFT: the metric is left out instead of a NaN that ended the run.
+    metrics, _ = qa_run("llm=openai_compatible", f"llm.base_url={served_url}", f"llm.model={tiny_folder}",
+                        f"llm.stream={str(stream).lower()}")  # fmt: skip
+    assert all(math.isfinite(value) for value in metrics.values())
+    assert ("latency/ttft_ms_p50" in metrics) is stream
+    assert metrics["latency/answer_ms_p50"] > 0
 
 
 def test_a_form_that_needs_the_weights_refuses_a_served_model(served_url: str, tiny_folder: Path):
