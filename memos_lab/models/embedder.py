@@ -111,9 +111,12 @@ class EmbeddingCache:
             if missing:
                 vectors = encode(list(missing.values()))
                 found.update(zip(missing, vectors, strict=False))
-                with db:
-                    db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
-                                   ((key, np.asarray(found[key], "<f4").tobytes()) for key in missing))  # fmt: skip
+                try:
+                    with db:
+                        db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                                       ((key, np.asarray(found[key], "<f4").tobytes()) for key in missing))  # fmt: skip
+                except sqlite3.Error as error:  # a full disk, a damaged file: the vectors are right, only not kept
+                    log.warning("embedding cache %s not updated: %s", self.path, error)
         return np.stack([found[key] for key in keys]).astype(np.float32)
 
 

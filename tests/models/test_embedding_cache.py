@@ -1,3 +1,5 @@
+import sqlite3
+
 import numpy as np
 
 from memos_lab.models.embedder import EmbeddingCache, HashingEmbedder, folder_fingerprint
@@ -45,3 +47,15 @@ def test_the_cache_file_is_named_by_the_embedder_that_makes_the_vectors(tmp_path
     onnx_vectors.name = "0123456789abcdef/onnx-int8"
     paths = {EmbeddingCache.for_embedder(tmp_path, embedder).path for embedder in (torch_vectors, onnx_vectors)}
     assert len(paths) == 2 and all(path.parent == tmp_path for path in paths)
+
+
+def test_a_cache_that_cannot_be_written_still_returns_the_vectors(tmp_path, caplog):
+    inner = HashingEmbedder(dim=32)
+    cache = EmbeddingCache(tmp_path / "vectors.sqlite", 32)
+    with sqlite3.connect(tmp_path / "vectors.sqlite") as db:  # a trigger stands in for a full disk
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON vectors BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END"
+        )
+    vectors = cache.encode(["a cat"], inner.encode)
+    np.testing.assert_allclose(vectors, inner.encode(["a cat"]))
+    assert "not updated" in caplog.text
