@@ -91,7 +91,7 @@ def test_report_rows_are_configurations_with_mean_and_std_over_seeds(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 5 and set(runs["git_commit"]) == {"abc123"} and runs["status"].tolist().count("failed") == 1
     assert PROVENANCE["command"] in set(runs["command"])
-    for png in ("memory.fusion.png", "latency_vs_quality.png"):
+    for png in ("headline.png", "latency_vs_quality.png"):
         assert (out / png).read_bytes().startswith(PNG_MAGIC) and f"]({png})" in report
 
 
@@ -226,7 +226,7 @@ def test_runs_of_different_experiments_are_not_mixed(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "x"], "the following arguments are required: folders"),
+        (["--out", "x"], "give run folders or --from-table"),
         (["{runs}"], "the following arguments are required: --out"),
         (
             ["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"],
