@@ -93,7 +93,7 @@ def test_report_rows_are_configurations_with_mean_and_std_over_seeds(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 5 and set(runs["git_commit"]) == {"abc123"} and runs["status"].tolist().count("failed") == 1
     assert PROVENANCE["command"] in set(runs["command"])
-    for png in ("memory.fusion.png", "latency_vs_quality.png"):
+    for png in ("headline.png", "latency_vs_quality.png"):
         assert (out / png).read_bytes().startswith(PNG_MAGIC) and f"]({png})" in report
 
 
@@ -228,7 +228,7 @@ def test_runs_of_different_experiments_are_not_mixed(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "x"], "the following arguments are required: folders"),
+        (["--out", "x"], "give run folders or --from-table"),
         (["{runs}"], "the following arguments are required: --out"),
         (
             ["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"],
@@ -419,7 +419,8 @@ def test_an_absurd_value_of_an_undeclared_metric_is_shown_as_it_is(tmp_path):
     make_run(tmp_path / "b", ["seed=1"], {"other/score": 1e308, "run/wall_s": 1.0})
     summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["other/score"])
     assert summary.failed == 0
-    assert "1e+308" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "1e+308" in report and "Not drawn: the values do not fit a plot axis" in report
 
 
 def test_markdown_and_csv_escapes():
