@@ -206,7 +206,7 @@ def read_artifact(
         raise DataError(f"no {kind} at {folder}: not a folder")
     remove_stale_staging(folder)
     path = folder / MANIFEST
-    raw = parse_json(read_bounded(path, MAX_JSON_BYTES), str(path))
+    raw = parse_json(_read_bounded(path, MAX_JSON_BYTES), str(path))
     stored_version = VERSION
     if not isinstance(raw, dict):
         raise DataError(f"{path}: not a memos_lab manifest (a JSON object is expected)")
@@ -678,6 +678,10 @@ def _read_exact(handle: int, size: int, path: Path) -> Iterator[bytes]:
 
 def read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most `limit` bytes (no link followed, no FIFO waited on); else DataError."""
+    return _read_bounded(path, limit)
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
     with _open_regular(path) as (handle, size):
         if size > limit:
             raise DataError(f"{path}: {size} bytes, more than the limit of {limit}")
@@ -707,7 +711,7 @@ def _read_verified(path: Path, entry: FileEntry) -> bytes:
 
 def read_json_file(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """Strict JSON of a file inside a verified artifact (a regular file, at most `max_bytes`)."""
-    return parse_json(read_bounded(Path(path), max_bytes), str(path), max_bytes)
+    return parse_json(_read_bounded(Path(path), max_bytes), str(path), max_bytes)
 
 
 def open_sqlite_readonly(path: Path, table: str) -> sqlite3.Connection:
