@@ -29,6 +29,7 @@ NOT_A_SETTING = frozenset({"seed", "resume"})
 DEFAULT = "(default)"
 UNKNOWN = "(unknown)"
 MAX_YAML_BYTES = 4 * 2**20  # Hydra's records of a job are a few KiB
+MAX_METRICS = 10_000  # experiments report at most a few hundred (per-category ones included)
 # The largest size a value of each unit can have: beyond it a metric is corrupt, not a result (a fraction is
 # at most 1 in size, allowing differences of fractions; a time of 1e10 s is three centuries).
 UNIT_MAGNITUDE = {
@@ -125,7 +126,10 @@ def read_run(path: Path) -> RunRecord:
 
 
 def _plausible(metrics: dict[str, float], declared: list[MetricSpec]) -> dict[str, float]:
-    """`metrics`, unless one lies outside what its declared unit allows (a 1e308 fraction): DataError."""
+    """`metrics`, unless one lies outside what its declared unit allows (a 1e308 fraction), or there are
+    more than any experiment reports (a table of a million columns would never finish): DataError."""
+    if len(metrics) > MAX_METRICS:
+        raise DataError(f"{METRICS_FILE}: {len(metrics)} metrics, more than the {MAX_METRICS} a report shows")
     for name, value in metrics.items():
         spec = find_spec([*declared, *RUN_METRICS], name)
         if spec is not None and abs(value) > UNIT_MAGNITUDE.get(spec.unit, math.inf):

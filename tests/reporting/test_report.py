@@ -396,6 +396,10 @@ MALFORMED = {
         "metrics.json", '{"retrieval/mrr": 1e308, "run/wall_s": 1.0}',
         "metrics.json: retrieval/mrr = 1e+308 is absurd for a metric in fraction",
     ),
+    "more metrics than any experiment reports": (
+        "metrics.json", json.dumps({f"m{i}": 0.5 for i in range(10_001)} | {"run/wall_s": 1.0}),
+        "metrics.json: 10002 metrics, more than the 10000 a report shows",
+    ),
 }  # fmt: skip
 
 
