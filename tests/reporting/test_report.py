@@ -418,6 +418,22 @@ def test_a_malformed_file_fails_its_run_with_one_line_and_no_traceback(tmp_path,
     assert reason in row.replace("\\", ""), row
 
 
+@pytest.mark.timeout(60)
+def test_a_sweep_record_planning_a_trillion_jobs_lists_none_of_them(tmp_path):
+    record = {
+        "hydra": {
+            "sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+            "overrides": {"task": ["a=range(0,1000000)", "b=range(0,1000000)"]},
+        },
+        "experiment": {"name": "retrieval"},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    make_run(tmp_path / "0", ["a=0", "b=0", "seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    summary = write_report([tmp_path], tmp_path / "out", "cmd")
+    assert (summary.runs, summary.failed) == (1, 0)
+
+
 def test_an_absurd_value_of_an_undeclared_metric_is_shown_as_it_is(tmp_path):
     make_run(tmp_path / "a", ["seed=0"], {"other/score": 1e308, "run/wall_s": 1.0})
     make_run(tmp_path / "b", ["seed=1"], {"other/score": 1e308, "run/wall_s": 1.0})
