@@ -15,7 +15,7 @@ Reading (`read_artifact`) treats every byte as written by a stranger:
 - only the listed files (and children) may exist; each is read no further than its declared size and must
   match its sha256;
 - a `_target_` may appear only where the kind declares one, and any class it or a class field names must be
-  one of memos_lab's registered classes (`TRUSTED_CLASSES`): loading never runs code chosen by data;
+  a registered component of its family (`memos_lab.registry`): loading never runs code chosen by data;
 - the model fingerprint is compared by one rule (`check_fingerprint`).
 Every refusal is one line (DataError / IncompatibleError) naming the file and the field.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib
 import inspect
 import json
 import math
@@ -50,6 +49,7 @@ from urllib.parse import quote
 
 from filelock import FileLock, Timeout
 
+from memos_lab import registry
 from memos_lab.errors import ConfigError, DataError, IncompatibleError
 
 FORMAT = "memos_lab.artifact"
@@ -61,28 +61,6 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_conv
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-# Every class a stored artifact may name, by family. A new backend adds one line here; a test checks that
-# every `_target_` under conf/memory, conf/parametric, conf/activation and conf/embedder is listed.
-TRUSTED_CLASSES: dict[str, tuple[str, ...]] = {
-    "textual": (
-        "memos_lab.memory.textual.general_text.GeneralTextMemory",
-        "memos_lab.memory.textual.vector.VectorMemory",
-        "memos_lab.memory.textual.tree_text.TreeTextMemory",
-        "memos_lab.memory.textual.graph.GraphMemory",
-    ),
-    "activation": ("memos_lab.memory.activation.kv_cache.KVCacheMemory",),
-    "parametric": (
-        "memos_lab.memory.parametric.lora.LoRAMemory",
-        "memos_lab.memory.parametric.rome.ROMEMemory",
-        "memos_lab.memory.parametric.memit.MEMITMemory",
-        "memos_lab.memory.parametric.alphaedit.AlphaEditMemory",
-    ),
-    "embedder": (
-        "memos_lab.models.embedder.HashingEmbedder",
-        "memos_lab.models.embedder.SentenceTransformerEmbedder",
-        "memos_lab.models.embedder.OnnxEmbedder",
-    ),
-}
 # Fingerprint keys that do not make a model different: the name it was loaded through (`model=hf` and
 # `model=smollm2` on the same weights agree). The device is not part of a fingerprint at all.
 FINGERPRINT_IGNORED = frozenset({"name"})
@@ -197,7 +175,7 @@ def read_artifact(
 
     fingerprint: the loaded model's; the artifact must have been made with the same model (`check_fingerprint`).
     targets: manifest paths (e.g. "meta.memory_config.text") where a `_target_` may stand, and the family
-        of `TRUSTED_CLASSES` it must name; a `_target_` anywhere else is refused.
+        of registered components (`memos_lab.registry`) it must name; a `_target_` anywhere else is refused.
     migrate: turns a version-1 manifest of this kind (a dict without our format) into the current layout.
     """
     folder = Path(folder)
@@ -307,15 +285,14 @@ def _canonical(value: Any) -> str:
 
 
 def trusted_class(path: object, family: str, where: str) -> type[Any]:
-    """The class `path` names, only if it is a registered memos_lab class of `family`: data never picks code."""
-    allowed = TRUSTED_CLASSES[family]
-    if not isinstance(path, str) or path not in allowed:
-        names = ", ".join(name.rpartition(".")[2] for name in allowed)
+    """The class `path` names, only if it is a registered component of `family`: data never picks code."""
+    found = registry.trusted_class(path, family)
+    if found is None:
+        names = ", ".join(component.target.rpartition(".")[2] for component in registry.components(family))
         raise IncompatibleError(
-            f"{where} names {_short(path)}; a stored artifact may only name the {family} classes {names}"
+            f"{where} names {_short(path)}; a stored artifact may only name the registered {family} classes {names}"
         )
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)  # a fixed, registered name: our own code
+    return found
 
 
 def class_path(obj: object) -> str:
@@ -325,8 +302,10 @@ def class_path(obj: object) -> str:
 def require_trusted(obj: object, family: str, where: str) -> str:
     """The class path of `obj` for a manifest; ConfigError (before writing) if a reader would refuse it."""
     path = class_path(obj)
-    if path not in TRUSTED_CLASSES[family]:
-        raise ConfigError(f"{where}: class {path} is not a registered memos_lab {family} class, so it cannot be stored")
+    if registry.trusted_class(path, family) is not type(obj):
+        raise ConfigError(
+            f"{where}: class {path} is not a registered {family} component (memos_lab.registry), so it cannot be stored"
+        )
     return path
 
 
