@@ -15,7 +15,7 @@ Reading (`read_artifact`) treats every byte as written by a stranger:
 - only the listed files (and children) may exist; each is read no further than its declared size and must
   match its sha256;
 - a `_target_` may appear only where the kind declares one, and any class it or a class field names must be
-  one of memos_lab's registered classes (`TRUSTED_CLASSES`): loading never runs code chosen by data;
+  a registered component of its family (`memos_lab.registry`): loading never runs code chosen by data;
 - the model fingerprint is compared by one rule (`check_fingerprint`).
 Every refusal is one line (DataError / IncompatibleError) naming the file and the field.
 
@@ -36,7 +36,6 @@ from memos_lab.artifact.reading import FINGERPRINT_IGNORED, Artifact, check_fing
 from memos_lab.artifact.strict_json import MAX_JSON_BYTES, MAX_JSON_DEPTH, check_json, check_plain, parse_json
 from memos_lab.artifact.trust import (
     HYDRA_KEYS,
-    TRUSTED_CLASSES,
     class_path,
     require_trusted,
     trusted_class,
@@ -61,7 +60,6 @@ __all__ = [
     "PEFT_INFORMATIONAL",
     "PEFT_PREFIX",
     "PEFT_WEIGHTS",
-    "TRUSTED_CLASSES",
     "VERSION",
     "Artifact",
     "FileEntry",
