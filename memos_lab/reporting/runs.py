@@ -17,9 +17,9 @@ from hydra.errors import HydraException
 
 from memos_lab.artifact import MAX_JSON_BYTES, check_json, parse_json, read_bounded
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.experiments.common import MetricSpec, find_spec
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, MetricSpec, find_spec
 from memos_lab.reporting.escape import one_line
-from memos_lab.runner import CONFIG_FILE, METRICS_FILE, PER_QUERY_ARTIFACT, PROVENANCE_FILE, RUN_METRICS, read_metrics
+from memos_lab.runner import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, RUN_METRICS, read_metrics
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
