@@ -24,16 +24,7 @@ import pandas as pd
 from memos_lab.artifact import atomic_write_bytes
 from memos_lab.errors import DataError
 from memos_lab.experiments.common import MetricSpec, find_spec
-
-
-# TEMPORARY until h22b's memos_lab.reporting.escape is merged
-def md_text(value: object) -> str:
-    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", str(value).replace("\n", " "))
-
-
-def md_code(value: object) -> str:
-    return f"``{value}``"
-
+from memos_lab.reporting.escape import FORMULA_START, md_code, md_text
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -85,6 +76,8 @@ class PlotTable:
             unknown = [name for name in metrics if name not in measured]
             if unknown:
                 raise DataError(f"{path}: no column {unknown[0]!r} mean; it has {', '.join(measured) or 'none'}")
+        for key in keys:  # table.csv quotes a text cell that starts like a formula (escape.csv_cell); unquote it
+            frame[key] = frame[key].map(lambda v: v[1:] if v.startswith("'") and v[1:].startswith(FORMULA_START) else v)
         numeric = [column for column in columns if column not in keys and column != "#"]
         for column in numeric:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")

@@ -48,7 +48,7 @@ def test_a_two_config_sweep_names_both_configurations_in_every_legend_with_the_s
     assert "recall" in caption and "2 configurations, 4 finished runs (2 seeds each)" in caption
     assert "± 1 sample std over seeds" in caption and "python -m memos_lab report sweep --out report" in caption
     # The latency-quality figure's frontier is listed: rrf is better, bm25 is faster (seed 0 and 1 alike).
-    assert "Pareto-optimal in retrieval/recall\\_all@10 against latency: fusion=rrf." in report
+    assert "Pareto-optimal in retrieval/recall_all@10 against latency: fusion=rrf." in report
 
 
 def test_axes_show_the_declared_unit_and_direction_with_rates_as_percentages():
@@ -141,6 +141,12 @@ def test_labels_from_run_data_are_drawn_and_written_literally(tmp_path):
     assert json.loads(png_text(out / "headline.png")["Configurations"]) == ["fusion=$x$", "fusion=a|*b*"]
     report = (out / "report.md").read_text()
     assert "fusion=a\\|\\*b\\*" in report  # escaped Markdown in the frontier line
+    # A value table.csv quotes (it starts like a formula) reads back as it was.
+    folder = sweep(tmp_path / "formula", {("@x", 0): 0.5, ("-x", 0): 0.7})
+    write_report([folder], tmp_path / "formula_out", "cmd")
+    assert "'@x" in (tmp_path / "formula_out" / "table.csv").read_text()
+    figures = replot_table(tmp_path / "formula_out" / "table.csv", tmp_path / "again", "cmd", experiment="retrieval")
+    assert figures[0].labels == ["fusion=@x", "fusion=-x"]
 
 
 def test_report_replots_from_a_committed_table_keeping_the_rest_of_report_md(tmp_path, capsys):
@@ -170,7 +176,7 @@ def test_replotting_leaves_out_metrics_defined_differently_since_the_table(tmp_p
                   "retrieval/recall_all@10 mean": [0.5, 0.6]}).to_csv(table, index=False)  # fmt: skip
     replot_table(table, tmp_path, "cmd", experiment="retrieval")  # index_mb is at version 2, none recorded here
     report = (tmp_path / "report.md").read_text()
-    assert "Not drawn (defined differently when the table was made): retrieval/index\\_mb." in report
+    assert "Not drawn (defined differently when the table was made): retrieval/index_mb." in report
     assert json.loads(png_text(tmp_path / "headline.png")["Configurations"]) == ["memory=a", "memory=b"]
 
 
