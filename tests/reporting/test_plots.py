@@ -202,3 +202,15 @@ def test_a_table_without_seeds_is_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="no 'seeds' column"):
         PlotTable.from_csv(tmp_path / "t.csv", [])
+
+
+def test_replotting_an_older_table_takes_the_cis_report_md_lists(tmp_path):
+    pd.DataFrame({"#": [1, 2], "memory": ["a", "b"], "seeds": [1, 1], "failed": [0, 0],
+                  "qa/f1 mean": [0.2, 0.4], "qa/f1 std": [np.nan, np.nan]}).to_csv(tmp_path / "table.csv", index=False)  # fmt: skip
+    (tmp_path / "report.md").write_text(
+        "# memos_lab report: qa\n\n## Bootstrap 95% confidence intervals\n\n| #   | metric   | questions   | mean    | 95% CI |\n"
+        "|-----|----|----|----|----|\n| #1  | qa/f1    | 19          | 0.2 | [0.1, 0.35]        |\n"
+        "| #2  | qa/f1    | 19          | 0.4 | [oops, 0.5]        |\n"
+    )
+    figures = replot_table(tmp_path / "table.csv", tmp_path, "cmd")
+    assert "bootstrap 95% CI" in figures[0].caption and "Points without one" in figures[0].caption  # #2 unreadable
