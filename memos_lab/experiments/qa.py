@@ -120,8 +120,7 @@ class QASettings(Settings):
     section: ClassVar[str] = "experiment"
     instantiated: ClassVar[bool] = False
     config_keys: ClassVar[Mapping[str, Any]] = {
-        "name": "qa", "fn": "memos_lab.experiments.qa.run", "metrics": (), "report_metrics": (), "ci_metrics": (),
-        "pinned": (),
+        "name": "qa", "fn": "memos_lab.experiments.qa.run", "report_metrics": (), "ci_metrics": (), "pinned": (),
     }  # fmt: skip
     context: str = "retrieved"  # retrieved | none | full | oracle
     form: str = "text"  # text | kv | parametric
