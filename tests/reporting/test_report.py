@@ -396,6 +396,10 @@ MALFORMED = {
         "metrics.json", '{"retrieval/mrr": 1e308, "run/wall_s": 1.0}',
         "metrics.json: retrieval/mrr = 1e+308 is absurd for a metric in fraction",
     ),
+    "more metrics than any experiment reports": (
+        "metrics.json", json.dumps({f"m{i}": 0.5 for i in range(10_001)} | {"run/wall_s": 1.0}),
+        "metrics.json: 10002 metrics, more than the 10000 a report shows",
+    ),
 }  # fmt: skip
 
 
@@ -412,6 +416,22 @@ def test_a_malformed_file_fails_its_run_with_one_line_and_no_traceback(tmp_path,
     assert "runs: 2 (1 finished, 1 failed)" in markdown
     [row] = [line for line in markdown.splitlines() if line.startswith(f"| `{tmp_path / 'runs' / 'b'}`")]
     assert reason in row.replace("\\", ""), row
+
+
+@pytest.mark.timeout(60)
+def test_a_sweep_record_planning_a_trillion_jobs_lists_none_of_them(tmp_path):
+    record = {
+        "hydra": {
+            "sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+            "overrides": {"task": ["a=range(0,1000000)", "b=range(0,1000000)"]},
+        },
+        "experiment": {"name": "retrieval"},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    make_run(tmp_path / "0", ["a=0", "b=0", "seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    summary = write_report([tmp_path], tmp_path / "out", "cmd")
+    assert (summary.runs, summary.failed) == (1, 0)
 
 
 def test_an_absurd_value_of_an_undeclared_metric_is_shown_as_it_is(tmp_path):
