@@ -69,6 +69,7 @@ TRUSTED_CLASSES: dict[str, tuple[str, ...]] = {
         "memos_lab.memory.textual.vector.VectorMemory",
         "memos_lab.memory.textual.tree_text.TreeTextMemory",
         "memos_lab.memory.textual.graph.GraphMemory",
+        "memos_lab.memory.textual.peers.mem0.Mem0Memory",
     ),
     "activation": ("memos_lab.memory.activation.kv_cache.KVCacheMemory",),
     "parametric": (
