@@ -298,7 +298,7 @@ def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
     lines = ["## Provenance", "", f"Per run: `{RUNS_FILE}`. Values below with the number of runs that had them.", ""]
     lines.append(f"- git commit: {counted([run.provenance.get('git_commit', 'unknown') for run in runs])}")
     lines.append(f"- command: {counted([run.provenance.get('command', 'unknown') for run in runs])}")
-    for section in ("hardware", "packages"):
+    for section in ("memory", "hardware", "packages"):
         keys = sorted({key for run in runs for key in run.provenance.get(section, {})})
         values = [
             (md_text(key), counted([str(run.provenance.get(section, {}).get(key, "unknown")) for run in runs], True))
