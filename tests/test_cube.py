@@ -145,7 +145,7 @@ def test_forged_item_store_is_rejected_even_with_matching_checksums(tmp_path, em
         db.execute("UPDATE items SET metadata = '{\"colour\": 1}' WHERE position = 0")
     db.close()
     manifest = json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())
-    from memos_lab.artifact import _sha256
+    from memos_lab.artifact.writing import _sha256
 
     path = tmp_path / "cube" / "items.sqlite"
     manifest["files"]["items.sqlite"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}

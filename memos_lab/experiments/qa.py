@@ -30,26 +30,25 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from memos_lab.data.reader import Reader, spoken_date, turn_item
 from memos_lab.data.schema import NO_EVIDENCE_CATEGORIES, Conversation, Question, Turn
 from memos_lab.errors import ConfigError, DataError, MemosError
 from memos_lab.eval.judge import LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
-from memos_lab.experiments.common import ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
 from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
 from memos_lab.memory.parametric.base import ParametricMemory
+from memos_lab.memory.reader import Reader, spoken_date, turn_item
 from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
 from memos_lab.models.embedder import Embedder
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
 from memos_lab.prompts import AnswerPrompt, JudgePrompt
-from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.parametric import recitation_edit
 from memos_lab.settings import one_of, positive, positive_int, uses_settings
 

@@ -20,18 +20,17 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from memos_lab.chat import MODES, TEMPLATE, ChatAnswer, MemChat
-from memos_lab.data.reader import turn_item
 from memos_lab.data.schema import Conversation, Question
 from memos_lab.errors import MemosError
 from memos_lab.eval.judge import JudgeError, LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
-from memos_lab.experiments.common import ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
 from memos_lab.generation.base import Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import build_activation
+from memos_lab.memory.reader import turn_item
 from memos_lab.mos import MOS
-from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
 from memos_lab.scheduler.parametric import ConsolidationSettings, Consolidator
