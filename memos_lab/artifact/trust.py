@@ -64,6 +64,15 @@ def trusted_settings(config: Mapping[str, Any], family: str, where: str) -> tupl
                 f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}"
             )
         settings[key] = value
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and name not in settings
+    ]
+    if missing:  # found here, not as a TypeError when the class is built (perhaps much later)
+        raise ConfigError(f"{where}: {cls.__name__} needs {', '.join(missing)}, which is not set")
     return cls, settings
 
 
