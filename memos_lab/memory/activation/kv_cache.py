@@ -257,7 +257,7 @@ class KVCacheMemory(ActivationMemory):
             cache, built = self._chunk(line, item_id, i == len(lines) - 1, strategy.fills_candidates)
             caches.append(cache)
             encoded += built
-        composed = strategy.compose(self.model, prompt, caches, self.best_prefix(prompt.context)[1])
+        composed = strategy.compose(self.model, prompt, caches, self.best_prefix(prompt.ids)[1])
         if key is not None:
             members = tuple(i for i in ids if i)
             kind = PREFIX if strategy.exact else APPROXIMATE
