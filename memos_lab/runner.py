@@ -20,7 +20,7 @@ from memos_lab.artifact import MAX_JSON_BYTES, atomic_write_text, parse_json, re
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.loggers.base import Tracker
-from memos_lab.provenance import environment, model_provenance
+from memos_lab.provenance import environment, memory_provenance, model_provenance
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -101,6 +101,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     env = environment()
     env["pinned"] = pinned_settings(cfg)
     env["models"] = model_provenance(cfg)  # also refuses an unknown device or a missing GPU, before any work
+    env["memory"] = memory_provenance(cfg)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's
     atomic_write_text(run_dir / CONFIG_FILE, config_text)
     # Written before the experiment so a crashed run still says which code and machine it ran on.
@@ -224,6 +225,8 @@ def render_report(
         "## Environment",
         "",
         tabulate(sorted(env.get("models", {}).items()), ["model", "value"], "github"),
+        "",
+        tabulate(sorted(env.get("memory", {}).items()), ["memory", "value"], "github"),
         "",
         tabulate(sorted(env["hardware"].items()), ["hardware", "value"], "github"),
         "",

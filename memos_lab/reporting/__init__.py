@@ -298,7 +298,7 @@ def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
     lines = ["## Provenance", "", f"Per run: `{RUNS_FILE}`. Values below with the number of runs that had them.", ""]
     lines.append(f"- git commit: {counted([run.provenance.get('git_commit', 'unknown') for run in runs])}")
     lines.append(f"- command: {counted([run.provenance.get('command', 'unknown') for run in runs])}")
-    for section in ("hardware", "packages"):
+    for section in ("memory", "hardware", "packages"):
         keys = sorted({key for run in runs for key in run.provenance.get(section, {})})
         values = [
             (md_text(key), counted([str(run.provenance.get(section, {}).get(key, "unknown")) for run in runs], True))
@@ -316,6 +316,7 @@ def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
 HEADING = re.compile(r"# memos_lab report: (\S+)")
 UNITS_ROW = re.compile(r"\|\s*(\S+)\s*\|\s*\S+\s*\|[^|]*\|\s*(\d+)\s*\|")  # metric | unit | direction | version
 SECTIONS = ("## Plots", "## Figures")
+INTERVAL_ROW = re.compile(r"\|\s*#(\d+)\s*\|\s*(\S+)\s*\|\s*\d+\s*\|[^|]*\|\s*\[([^,\]]+),\s*([^\]]+)\]\s*\|")
 
 
 def replot_table(
@@ -341,6 +342,7 @@ def replot_table(
     recorded = {
         m.group(1).replace("\\", ""): int(m.group(2)) for m in map(UNITS_ROW.fullmatch, beside.splitlines()) if m
     }
+    _recorded_intervals(table, beside)
     stale = [m for m in table.metrics if m in table.specs and recorded.get(m, 1) != table.specs[m].version]
     table.metrics = [m for m in table.metrics if m not in stale]
     latency = latency_metric(table.metrics, table.specs) or WALL_TIME
@@ -360,6 +362,22 @@ def replot_table(
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     atomic_write_text(out / REPORT_FILE, "\n".join([*lines[:start], *section, *lines[end:]]) + "\n")
     return figures
+
+
+def _recorded_intervals(table: PlotTable, report: str) -> None:
+    """Tables made before they held the CI bounds: the bootstrap CIs report.md lists (`| #n | metric | questions
+    | mean | [low, high] |`) become the table's `M ci95 low|high` for the figures' error bars."""
+    if "#" not in table.frame or any(column.endswith(CI_LOW) for column in table.frame):
+        return
+    rows = {str(number).strip(): index for index, number in enumerate(table.frame["#"])}
+    for match in map(INTERVAL_ROW.fullmatch, report.splitlines()):
+        if match and match.group(1) in rows:
+            metric = match.group(2).replace("\\", "")
+            try:
+                bounds = float(match.group(3)), float(match.group(4))
+            except ValueError:
+                continue
+            table.frame.loc[rows[match.group(1)], [f"{metric} {CI_LOW}", f"{metric} {CI_HIGH}"]] = bounds
 
 
 def experiment_specs(name: str) -> list[MetricSpec]:

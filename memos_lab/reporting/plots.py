@@ -24,7 +24,7 @@ import pandas as pd
 from memos_lab.artifact import atomic_write_bytes
 from memos_lab.errors import DataError
 from memos_lab.experiments.common import MetricSpec, find_spec
-from memos_lab.reporting.escape import md_code, md_text
+from memos_lab.reporting.escape import FORMULA_START, md_code, md_text
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -35,7 +35,8 @@ COLUMNS = 3
 MAX_NAMED = 20  # configurations beyond this (an Optuna study) are coloured by row, without a legend
 MAX_VALUE_CHARS = 28  # a setting's value in a label (an `experiment.grid` list can be long)
 MAX_KEYS_SEARCHED = 8  # the shortest distinguishing set of settings is searched among at most this many
-LOG_SPAN = 100  # a numeric setting spanning this factor or more (1k..100k items) gets a log axis
+LOG_SPAN = 10  # a numeric setting spanning this factor or more (128..4096 tokens) gets a log axis
+MAX_SETTING_PANELS = 2  # beyond this many swept settings (ablations, partial grids) one dot per configuration
 NOT_CATEGORIES = frozenset({"cv"})  # retrieval/cv/M is a cross-validated variant of M, not a category of it
 CI_LOW, CI_HIGH = "ci95 low", "ci95 high"  # table.csv columns `M ci95 low`: pooled bootstrap CI of M's mean
 RUN_CI = ("_ci95_low", "_ci95_high")  # metrics a run reports itself (qa/f1_ci95_low): its own CI of qa/f1
@@ -75,6 +76,8 @@ class PlotTable:
             unknown = [name for name in metrics if name not in measured]
             if unknown:
                 raise DataError(f"{path}: no column {unknown[0]!r} mean; it has {', '.join(measured) or 'none'}")
+        for key in keys:  # table.csv quotes a text cell that starts like a formula (escape.csv_cell); unquote it
+            frame[key] = frame[key].map(lambda v: v[1:] if v.startswith("'") and v[1:].startswith(FORMULA_START) else v)
         numeric = [column for column in columns if column not in keys and column != "#"]
         for column in numeric:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -134,7 +137,7 @@ class ReportFigure:
 
     path: Path
     caption: str  # plain text: what is plotted, over how many runs, which error bars
-    labels: list[str]  # the configurations named in its legend
+    labels: list[str]  # the configurations it names (in its legend or on an axis)
     panels: list[int]  # per panel, how many things (points, lines, bars) it draws
     frontier: list[str] = field(default_factory=list)  # Pareto-optimal configurations (latency vs quality)
     frontier_metric: str = ""  # the quality metric the frontier is over
@@ -361,6 +364,25 @@ def draw_against_setting(axis: Axes, table: PlotTable, metric: str, key: str) ->
     return drawn
 
 
+def draw_by_configuration(axis: Axes, table: PlotTable, metric: str) -> list[int]:
+    """The metric per configuration, one row each (named on the y axis, in the table's order). The rows drawn."""
+    spec = table.specs.get(metric)
+    factor, palette = scale(spec), colours(len(table.frame))
+    mean, (below, above, _) = table.mean(metric), table.errors(metric)
+    drawn = [row for row in range(len(table.frame)) if not np.isnan(mean[row])]
+    for row in drawn:
+        error = [[below[row] * factor], [above[row] * factor]] if not np.isnan(below[row]) else None
+        axis.errorbar(mean[row] * factor, row, xerr=error, marker="o", color=palette[row], capsize=3)
+    axis.set_yticks(drawn, [plain(table.labels[row]) for row in drawn], fontsize=8)
+    axis.invert_yaxis()  # the first row on top, as in the table
+    axis.set_xlabel(axis_label(metric, spec), fontsize=8)
+    low, high = axis.get_xlim()
+    if low > 0:
+        axis.set_xlim(0, high * 1.05)  # to scale
+    axis.grid(axis="x", alpha=0.3)
+    return drawn
+
+
 def draw_tradeoff(axis: Axes, table: PlotTable, latency: str, metric: str) -> tuple[list[int], list[int]]:
     """Quality against latency, one point per configuration with error bars on both axes; the Pareto-optimal
     ones ringed and joined by a dashed step line. (rows drawn, rows on the frontier)"""
@@ -416,11 +438,11 @@ def draw_categories(axis: Axes, table: PlotTable, headline: str, categories: Map
 
 
 def _save(figure: Figure, path: Path, caption: str, labels: Sequence[str]) -> None:
-    """Atomically, as PNG; the legend's labels and the caption go into its metadata (tEXt) for readers and tests."""
+    """Atomically, as PNG; the configurations it names and its caption go into its metadata (tEXt)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    metadata = {"Title": path.stem, "Description": caption, "Legend": json.dumps(list(labels))}
+    metadata = {"Title": path.stem, "Description": caption, "Configurations": json.dumps(list(labels))}
     figure.savefig(buffer, format="png", dpi=110, metadata=metadata)
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
@@ -451,16 +473,28 @@ def draw_figures(table: PlotTable, out: Path, latency: str | None, all_plots: bo
     figures = []
 
     def finish(
-        figure: Figure, name: str, what: str, metrics: Sequence[str], rows: Sequence[int], extra: Sequence[Artist] = ()
+        figure: Figure,
+        name: str,
+        what: str,
+        metrics: Sequence[str],
+        rows: Sequence[int],
+        extra: Sequence[Artist] = (),
+        legend: bool = True,  # False: the configurations are named on an axis
     ) -> ReportFigure:
-        labels = _legend(figure, table, rows, extra)
+        labels = _legend(figure, table, rows, extra) if legend else [table.labels[row] for row in rows]
         panels = [len(a.lines) + len(a.collections) + len(a.patches) + len(a.containers) for a in figure.axes]
         named = f"baseline: {', '.join(f'{k}={v}' for k, v in base.items())}." if "baseline" in labels else ""
         caption = " ".join(filter(None, [what, named, f"{scope}.", _errors_note(table, metrics)]))
         _save(figure, out / name, caption, labels)
         return ReportFigure(out / name, caption, labels, panels)
 
-    if table.named_keys:
+    if len(table.named_keys) > MAX_SETTING_PANELS:
+        longest = max(map(len, table.labels))
+        figure, axes = _figure(1, width=3.5 + 0.05 * longest, height=1.2 + 0.3 * len(table.frame))
+        rows = draw_by_configuration(axes[0], table, headline)
+        what = f"{headline} per configuration (the overrides that differ from the most common values)."
+        figures.append(finish(figure, "headline.png", what, [headline], rows, legend=False))
+    elif table.named_keys:
         figure, axes = _figure(len(table.named_keys))
         rows = sorted({row for axis, key in zip(axes, table.named_keys, strict=True)
                        for row in draw_against_setting(axis, table, headline, key)})  # fmt: skip

@@ -41,7 +41,7 @@ def test_a_two_config_sweep_names_both_configurations_in_every_legend_with_the_s
     report = (out / "report.md").read_text()
     for name in ("headline.png", "latency_vs_quality.png"):
         metadata = png_text(out / name)
-        assert json.loads(metadata["Legend"]) == ["fusion=rrf", "fusion=bm25"]  # table order: same colours
+        assert json.loads(metadata["Configurations"]) == ["fusion=rrf", "fusion=bm25"]  # table order: same colours
         assert f"]({name})" in report
     # Each figure has a caption: what, over how many runs and seeds, the error bars, the command.
     caption = next(line for line in report.splitlines() if line.startswith("*Figure 1.*"))
@@ -103,7 +103,7 @@ def test_a_single_run_report_draws_no_empty_panels_and_says_there_are_no_error_b
     names = sorted(path.name for path in (tmp_path / "out").glob("*.png"))
     assert names == ["categories.png", "latency_vs_quality.png"]  # nothing is swept: no headline-vs-setting
     for name in names:
-        assert json.loads(png_text(tmp_path / "out" / name)["Legend"]) == ["#1"]
+        assert json.loads(png_text(tmp_path / "out" / name)["Configurations"]) == ["#1"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("No error bars: each configuration has one seed") == 2
 
@@ -138,9 +138,15 @@ def test_labels_from_run_data_are_drawn_and_written_literally(tmp_path):
     folder = sweep(tmp_path / "sweep", {("$x$", 0): 0.5, ("a|*b*", 0): 0.7})
     out = tmp_path / "out"
     write_report([folder], out, "cmd")
-    assert json.loads(png_text(out / "headline.png")["Legend"]) == ["fusion=$x$", "fusion=a|*b*"]
+    assert json.loads(png_text(out / "headline.png")["Configurations"]) == ["fusion=$x$", "fusion=a|*b*"]
     report = (out / "report.md").read_text()
     assert "fusion=a\\|\\*b\\*" in report  # escaped Markdown in the frontier line
+    # A value table.csv quotes (it starts like a formula) reads back as it was.
+    folder = sweep(tmp_path / "formula", {("@x", 0): 0.5, ("-x", 0): 0.7})
+    write_report([folder], tmp_path / "formula_out", "cmd")
+    assert "'@x" in (tmp_path / "formula_out" / "table.csv").read_text()
+    figures = replot_table(tmp_path / "formula_out" / "table.csv", tmp_path / "again", "cmd", experiment="retrieval")
+    assert figures[0].labels == ["fusion=@x", "fusion=-x"]
 
 
 def test_report_replots_from_a_committed_table_keeping_the_rest_of_report_md(tmp_path, capsys):
@@ -157,7 +163,7 @@ def test_report_replots_from_a_committed_table_keeping_the_rest_of_report_md(tmp
     assert after.split("## Provenance")[1] == before.split("## Provenance")[1]
     assert "Re-plotted from `table.csv`" in after and after.count("## Figures") == 1
     for name in ("headline.png", "latency_vs_quality.png"):
-        assert json.loads(png_text(out / name)["Legend"]) == ["fusion=rrf", "fusion=bm25"]
+        assert json.loads(png_text(out / name)["Configurations"]) == ["fusion=rrf", "fusion=bm25"]
     # The heading of the report beside the table names the experiment when --experiment is not given.
     figures = replot_table(out / "table.csv", tmp_path / "again", "cmd")
     assert [figure.path.name for figure in figures] == ["headline.png", "latency_vs_quality.png"]
@@ -171,7 +177,7 @@ def test_replotting_leaves_out_metrics_defined_differently_since_the_table(tmp_p
     replot_table(table, tmp_path, "cmd", experiment="retrieval")  # index_mb is at version 2, none recorded here
     report = (tmp_path / "report.md").read_text()
     assert "Not drawn (defined differently when the table was made): retrieval/index_mb." in report
-    assert json.loads(png_text(tmp_path / "headline.png")["Legend"]) == ["memory=a", "memory=b"]
+    assert json.loads(png_text(tmp_path / "headline.png")["Configurations"]) == ["memory=a", "memory=b"]
 
 
 @pytest.mark.parametrize(
@@ -196,3 +202,15 @@ def test_a_table_without_seeds_is_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="no 'seeds' column"):
         PlotTable.from_csv(tmp_path / "t.csv", [])
+
+
+def test_replotting_an_older_table_takes_the_cis_report_md_lists(tmp_path):
+    pd.DataFrame({"#": [1, 2], "memory": ["a", "b"], "seeds": [1, 1], "failed": [0, 0],
+                  "qa/f1 mean": [0.2, 0.4], "qa/f1 std": [np.nan, np.nan]}).to_csv(tmp_path / "table.csv", index=False)  # fmt: skip
+    (tmp_path / "report.md").write_text(
+        "# memos_lab report: qa\n\n## Bootstrap 95% confidence intervals\n\n| #   | metric   | questions   | mean    | 95% CI |\n"
+        "|-----|----|----|----|----|\n| #1  | qa/f1    | 19          | 0.2 | [0.1, 0.35]        |\n"
+        "| #2  | qa/f1    | 19          | 0.4 | [oops, 0.5]        |\n"
+    )
+    figures = replot_table(tmp_path / "table.csv", tmp_path, "cmd")
+    assert "bootstrap 95% CI" in figures[0].caption and "Points without one" in figures[0].caption  # #2 unreadable
