@@ -3,26 +3,31 @@
 For each question the scheduler retrieves and assembles working memory, and the answering model (a
 `Generator`: local, or served for the text mode) answers greedily in one of three modes:
 - `text`: the memories as text in the system message, the whole prompt prefilled every time;
-- `kv`: the same prompt, but the system message's KV cache comes from the activation tier (an exact
-  prefix, built from the longest cached one when the working memory changed), so only the question is
-  prefilled: the same computation, so the same answer token for token;
+- `kv`: the same prompt, but the system message's KV cache comes from the activation tier: the working
+  memory's cache when it is stored, else composed from the per-memory caches (only memories without one
+  are encoded) by the `compose` strategy. With `exact` (the default) every token after the longest stored
+  prefix is recomputed: the same computation, so the same answer token for token; the other strategies
+  recompute less and answer approximately (memos_lab/memory/activation/compose/);
 - `parametric`: no memories in the prompt; the parametric memory's adapter answers from its weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import cast
 
-from memos_lab.errors import ConfigError
+from memos_lab.errors import ConfigError, IncompatibleError
 from memos_lab.generation.base import ChatRequest, Generator, answer_one, check_max_new_tokens
-from memos_lab.memory.activation.base import ActivationMemory
-from memos_lab.memory.activation.kv_cache import memory_messages
-from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.activation.base import ActivationMemory, Invalidation
+from memos_lab.memory.activation.compose.base import CompositionStrategy
+from memos_lab.memory.activation.compose.exact import ExactComposition
+from memos_lab.memory.activation.template import memory_messages
+from memos_lab.memory.item import MemoryItem, memory_line
 from memos_lab.memory.parametric.base import ParametricMemory
-from memos_lab.models.decode import KVCache, common_prefix_len, greedy
+from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import MemScheduler
@@ -51,11 +56,8 @@ class ChatAnswer:
     answer_ms: float  # retrieval, scheduling and generation
     kv_hit: bool | None = None  # kv mode: the working memory's cache was already in the activation tier
     completion_tokens: int = 0
-
-
-def memory_line(item: MemoryItem) -> str:
-    date = (item.metadata.event_time or "")[:10]
-    return f"[{date}] {item.text}" if date else item.text
+    kv_recomputed_tokens: int | None = None  # kv mode: system-message tokens whose KV was computed fresh
+    kv_bytes_copied: int | None = None  # kv mode: bytes read from stored caches to compose the working memory
 
 
 class MemChat:
@@ -70,6 +72,7 @@ class MemChat:
         activation: ActivationMemory | None = None,
         parametric: ParametricMemory | None = None,
         template: str = TEMPLATE,
+        strategy: CompositionStrategy | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"chat mode {mode!r} is not one of {list(MODES)}")
@@ -86,10 +89,19 @@ class MemChat:
         self.max_new_tokens = max_new_tokens
         self.activation = activation
         self.parametric = parametric
+        self.strategy = strategy or ExactComposition()
         # kv mode must render exactly the text its caches were built from
         if mode == "kv":
             assert activation is not None  # checked above
+            model = generator.require_weights("chat mode 'kv'")
+            if activation.model.fingerprint() != model.fingerprint():
+                raise IncompatibleError(
+                    f"the activation memory holds caches of model {activation.model.name}; "
+                    f"the answering model is {model.name}"
+                )
+            self.strategy.check(model)
             self.template = activation.template
+            scheduler.mos.attach(Invalidation(activation, scheduler.cube_id))
         else:
             self.template = template
 
@@ -107,10 +119,12 @@ class MemChat:
         assembled = clock(device)
         lines = [memory_line(item) for item in memories] or ["(none)"]
         messages = self.messages(lines, question)
-        kv_hit = None
+        kv_hit = recomputed = copied = None
         if self.mode == "kv":
             assert model is not None  # kv mode required the generator's weights in __init__
-            answer_ids, first_token_at, prefilled, prompt_tokens, kv_hit = self._ask_kv(memories, lines, messages)
+            answer_ids, first_token_at, prefilled, prompt_tokens, kv_hit, recomputed, copied = self._ask_kv(
+                memories, lines, messages
+            )
             raw = cast(str, model.tokenizer.decode(answer_ids, skip_special_tokens=True))
             completion_tokens = len(answer_ids)
             token_ids: tuple[int, ...] | None = tuple(answer_ids)
@@ -145,15 +159,18 @@ class MemChat:
             answer_ms=(clock(device) - started) * 1000,
             kv_hit=kv_hit,
             completion_tokens=completion_tokens,
+            kv_recomputed_tokens=recomputed,
+            kv_bytes_copied=copied,
         )
 
     def _ask_kv(
         self, memories: list[MemoryItem], lines: list[str], messages: list[dict[str, str]]
-    ) -> tuple[list[int], float, int, int, bool]:
-        """Greedy answer from the memory's cached prefix: (ids, first token time, prefilled, prompt tokens, hit)."""
+    ) -> tuple[list[int], float, int, int, bool, int, int]:
+        """Greedy answer from the memory's cache: (ids, first token time, prefilled, prompt tokens, hit,
+        recomputed system-message tokens, bytes copied)."""
         model = self.generator.require_weights("chat mode 'kv'")
         prompt_ids = model.encode_chat(messages)
-        prefix, built, kv_hit = self._memory_cache(memories, lines)
+        prefix, built, kv_hit, recomputed, copied = self._memory_cache(memories, lines)
         decoded = greedy(model, prompt_ids, self.max_new_tokens, prefix)
         return (
             decoded.token_ids,
@@ -161,18 +178,26 @@ class MemChat:
             built + len(prompt_ids) - decoded.reused,
             len(prompt_ids),
             kv_hit,
+            recomputed,
+            copied,
         )
 
-    def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool]:
-        """The system message's cache from the activation tier: (cache, tokens computed to build it, hit)."""
+    def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool, int, int]:
+        """The system message's cache from the activation tier: (cache, tokens computed to build it, hit,
+        tokens recomputed, bytes copied). Stored per working memory and strategy, so a repeat is a hit."""
         activation = self.activation
         assert activation is not None  # kv mode: checked in __init__
-        ids = activation.prompt_ids(lines)
-        key = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:24]
-        if isinstance(activation.budget.policy, PolicyEviction):
-            activation.budget.policy.record(key, memories, len(ids))
+        spec = f"{self.strategy.describe()}\n" + "\n".join(lines)
+        key = "set:" + hashlib.sha256(spec.encode("utf-8")).hexdigest()[:24]
+        eviction = activation.budget.policy if isinstance(activation.budget.policy, PolicyEviction) else None
         if key in activation.keys():
-            return activation.get(key), 0, True
-        _, best = activation.best_prefix(ids)
-        shared = min(common_prefix_len(best.token_ids, ids), len(ids) - 1) if best is not None else 0
-        return activation.add_set(key, lines), len(ids) - shared, False
+            cache = activation.get(key)
+            if eviction is not None:
+                eviction.record(key, memories, len(cache))
+            return cache, 0, True, 0, 0
+        item_ids = [item.id for item in memories] if memories else None
+        composed = activation.compose(lines, self.strategy, item_ids, key=key)
+        if eviction is not None:
+            eviction.record(key, memories, composed.context_tokens)
+        computed = math.ceil(composed.computed_tokens)
+        return composed.cache, computed, False, composed.recomputed_tokens, composed.bytes_copied

@@ -210,6 +210,7 @@ class MOS:
     def update(self, caller: str, cube_id: str, item_id: str, text: str, **metadata: object) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
         new = self._cubes[cube_id].text.update(item_id, text, **metadata)
+        self._invalidate(cube_id, [item_id])
         self._changed(cube_id)
         for listener in self._listeners:
             listener.on_update(cube_id, item_id, new)
@@ -218,6 +219,7 @@ class MOS:
     def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
         self._check(caller, cube_id, WRITE)
         merged = self._cubes[cube_id].text.merge(item_ids, text)
+        self._invalidate(cube_id, item_ids)
         self._changed(cube_id)
         for listener in self._listeners:
             for old_id in item_ids:  # each merged item now has the merged one as its successor
@@ -227,6 +229,7 @@ class MOS:
     def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
         self._check(caller, cube_id, WRITE)
         self._cubes[cube_id].text.delete(item_id, hard=hard)
+        self._invalidate(cube_id, [item_id])
         self._changed(cube_id)
         for listener in self._listeners:
             listener.on_delete(cube_id, item_id)
@@ -255,6 +258,13 @@ class MOS:
         return folder
 
     # ---- following other processes --------------------------------------------------------------
+
+    def _invalidate(self, cube_id: str, item_ids: Sequence[str]) -> None:
+        """The cube's own activation memory drops the caches of items that changed (never a stale KV)."""
+        activation = self._cubes[cube_id].activation
+        if activation is not None:
+            for item_id in item_ids:
+                activation.invalidate(item_id)
 
     def _changed(self, cube_id: str) -> None:
         if self.root is not None:

@@ -118,6 +118,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     generator: Generator = hydra.utils.instantiate(cfg.llm)
     if exp.mode in ("kv", "parametric"):
         generator.require_weights(f"experiment.mode={exp.mode}")  # before any work
+    strategy = hydra.utils.instantiate(cfg.compose) if exp.mode == "kv" else None
     judge = hydra.utils.instantiate(cfg.judge) if cfg.judge.get("_target_") else None
 
     records: list[QuestionRecord] = []
@@ -143,7 +144,9 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
                 model = generator.require_weights("parametric mode")
                 parametric = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model)
                 consolidator = Consolidator(parametric, exp.consolidation)
-            chat = MemChat(scheduler, generator, exp.mode, int(exp.max_new_tokens), activation, parametric)
+            chat = MemChat(
+                scheduler, generator, exp.mode, int(exp.max_new_tokens), activation, parametric, strategy=strategy
+            )
             slots = question_slots(conversation)
             for s, session in enumerate(conversation.sessions):
                 for turn in session.turns:
@@ -252,9 +255,13 @@ def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
         metrics["qa/context_tokens_mean"] = _mean([a.context_tokens for a in answers])
         prompt_tokens = sum(a.prompt_tokens for a in answers)
         metrics["sched/prefill_saved_frac"] = 1 - sum(a.prefilled_tokens for a in answers) / prompt_tokens
-        kv = [float(a.kv_hit) for a in answers if a.kv_hit is not None]
+        kv = [a for a in answers if a.kv_hit is not None]
         if kv:
-            metrics["sched/kv_hit_rate"] = _mean(kv)
+            metrics["sched/kv_hit_rate"] = _mean([float(bool(a.kv_hit)) for a in kv])
+            # the share of system-message tokens whose KV was computed fresh (misses compose, hits reuse)
+            recomputed = sum(a.kv_recomputed_tokens or 0 for a in kv)
+            metrics["sched/kv_recomputed_frac"] = recomputed / max(1, sum(a.context_tokens for a in kv))
+            metrics["sched/kv_bytes_copied_mean"] = _mean([float(a.kv_bytes_copied or 0) for a in kv])
         metrics.update(latency_percentiles([a.answer_ms for a in answers], "latency/answer_ms"))
         ttft = [a.ttft_ms for a in answers if a.ttft_ms is not None]
         if ttft:  # a served model tells it only when streaming

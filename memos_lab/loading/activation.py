@@ -1,4 +1,6 @@
-"""Precompute the KV caches of a user's memories and store them in the activation slot of their cube."""
+"""Precompute the KV caches of a user's memories and store them in the activation slot of their cube: one
+chunk cache per memory line (as MemChat renders it), composable into any working memory (conf/compose/),
+plus the cache of the recent memories assembled in time order."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from tqdm import tqdm
 from memos_lab.errors import ConfigError
 from memos_lab.loading.common import cube_writer, open_cube, required, save_cube
 from memos_lab.memory.activation.base import ByteBudget, build_activation
-from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.item import MemoryItem, memory_line
 from memos_lab.settings import Settings, positive, positive_int, uses_settings
 
 SET_KEY = "set:recent"  # the cache of the assembled recent memories, in time order
@@ -26,7 +28,7 @@ class ActivationLoadSettings(Settings):
     declared_in_yaml: ClassVar[tuple[str, ...]] = ("fn",)
     fn: str = "???"
     max_items: int = 64  # the most recent active memories of the user
-    items: bool = True  # one cache per memory (composable, reused by the memory's id)
+    items: bool = True  # one chunk cache per memory (composable, keyed by the memory's id and text)
     assembled: bool = True  # plus one cache of all of them in time order (exact composition)
     budget_mb: float | None = (
         1024  # activation budget of the cube (MiB); least recently used caches are evicted beyond it
@@ -57,13 +59,13 @@ def load(cfg: DictConfig) -> dict[str, Any]:
         memory = build_activation(cfg.activation, hydra.utils.instantiate(cfg.model))
     memory.budget = ByteBudget.from_mb(options.budget_mb, memory.budget.policy)
     items = _recent(cube.text.get_all({"user": str(cfg.user)}), max_items)
-    new = [item for item in items if item.id not in memory.keys()] if options.items else []
-    for item in tqdm(new, desc="caching memories", unit="item"):
-        memory.add(item.id, item.text)
-    if options.assembled and items:
-        texts = [item.text for item in items]
-        if SET_KEY not in memory.keys() or memory.texts(SET_KEY) != texts:
-            memory.add_set(SET_KEY, texts)
+    lines = [memory_line(item) for item in items]
+    new = [(item, line) for item, line in zip(items, lines, strict=True) if options.items]
+    new = [(item, line) for item, line in new if not memory.has_chunk(line, item.id)]
+    for item, line in tqdm(new, desc="caching memories", unit="item"):
+        memory.chunk_cache(line, item.id)
+    if options.assembled and items and (SET_KEY not in memory.keys() or memory.texts(SET_KEY) != lines):
+        memory.add_set(SET_KEY, lines)
     cube.activation = memory
     summary = save_cube(cfg, cube, created)
     entries = memory.stats()

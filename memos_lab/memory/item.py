@@ -84,3 +84,9 @@ class MemoryItem:
     def evolve(self, **metadata_changes: Any) -> MemoryItem:
         """A copy with some metadata fields changed (items are values; nothing changes in place)."""
         return replace(self, metadata=replace(self.metadata, **metadata_changes))
+
+
+def memory_line(item: MemoryItem) -> str:
+    """How a memory appears in a prompt's memory block: its text, after its event date when it has one."""
+    date = (item.metadata.event_time or "")[:10]
+    return f"[{date}] {item.text}" if date else item.text

@@ -46,6 +46,12 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
+    def head(self, n: int) -> KVCache:
+        """The first `n` tokens, as views (causal attention: their KV does not depend on what follows)."""
+        return KVCache(
+            self.token_ids[:n], tuple(k[:, :, :n] for k in self.keys), tuple(v[:, :, :n] for v in self.values)
+        )
+
     @classmethod
     def from_dynamic(cls, cache: DynamicCache, token_ids: Sequence[int]) -> KVCache:
         """Snapshot of a working cache the caller hands over (its tensors are not copied)."""

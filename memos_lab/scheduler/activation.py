@@ -1,9 +1,10 @@
 """The activation tier's eviction, ranked by the scheduler's own policy.
 
-Plugs into the activation memory's `EvictionPolicy` interface: each KV cache (of one assembled working
-memory) is scored like a working-memory entry whose text is the memories it holds, with the same clock,
+Plugs into the activation memory's `EvictionPolicy` interface: each KV cache of an assembled working
+memory is scored like a working-memory entry whose text is the memories it holds, with the same clock,
 use history and current-turn context, so `scheduler=lfu` evicts the least used cache, `relevance` the one
-least related to the current turn, and so on.
+least related to the current turn, and so on. A memory's own cache (a chunk) ranks as its memory does in
+working memory, and goes first once the memory has left it; the shared header's cache goes last.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ class PolicyEviction(EvictionPolicy):
 
     def _rank(self, stats: EntryStats) -> tuple[float, int, int]:
         entry = self._entries.get(stats.key)
-        if entry is None:  # stored behind our back: the first to go
+        if entry is None and stats.kind == "header":  # every composition starts from it
+            return (np.inf, stats.last_used, stats.created)
+        if entry is None and stats.kind == "chunk" and len(stats.items) == 1:
+            working = {e.item.id: e for e in self.working.entries()}
+            member = working.get(stats.items[0])
+            if member is not None:
+                return (self.working.policy.priority(member, self.working.context), stats.last_used, stats.created)
+        if entry is None:  # stored behind our back, or its memory left working memory: the first to go
             return (-np.inf, stats.last_used, stats.created)
         # A cache is as relevant as its memories are to the current turn on average.
         relevance = {e.item.id: e.relevance for e in self.working.entries()}

@@ -12,6 +12,7 @@ from memos_lab.cli import CONF_DIR, LOAD_CONFIG_NAME, validate_overrides
 from memos_lab.cube import MemCube
 from memos_lab.errors import AccessDeniedError, ConfigError, IncompatibleError
 from memos_lab.loading import activation, declarative
+from memos_lab.memory.activation.compose.rerotate import RerotateComposition
 from memos_lab.memory.activation.kv_cache import KVCacheMemory, memory_messages, prefill
 from memos_lab.models.embedder import HashingEmbedder
 from memos_lab.models.llm import build_tiny_llama
@@ -45,18 +46,24 @@ def activation_cfg(cube_dir: Path, *extra: str):
 
 def test_caches_are_stored_in_the_cube_and_reused_exactly(cube_dir: Path) -> None:
     summary = activation.load(activation_cfg(cube_dir, "memory_type.max_items=5"))
-    assert summary["memories"] == 5 and summary["caches_added"] == 5 and summary["caches_total"] == 6
+    # a chunk per memory, the header they were encoded behind, the assembled set
+    assert summary["memories"] == 5 and summary["caches_added"] == 5 and summary["caches_total"] == 7
     lm = build_tiny_llama(seed=0)  # the config's model, built again as a later process would
     cube = MemCube.load(cube_dir, HashingEmbedder(512), model=lm)
     memory = cube.activation
-    assert isinstance(memory, KVCacheMemory) and len(memory.keys()) == 6
+    assert isinstance(memory, KVCacheMemory) and len(memory.keys()) == 7
     texts = memory.texts(activation.SET_KEY)
     ids = lm.encode_chat([*memory_messages(texts), {"role": "user", "content": "Where do I live?"}])
     used = memory.prefill(ids)
     assert used.reused == len(memory.get(activation.SET_KEY))
     assert torch.allclose(used.logits, prefill(lm, ids).logits, atol=1e-5, rtol=0)
+    # the loaded chunks are ready to compose, in any order, with nothing encoded again
+    lines = list(reversed(texts))
+    item_of = {memory.texts(s.key)[0]: s.items[0] for s in memory.stats() if s.kind == "chunk"}
+    composed = memory.compose(lines, RerotateComposition(), [item_of[line] for line in lines])
+    assert composed.encoded_tokens == 0 and composed.bytes_copied > 0
     again = activation.load(activation_cfg(cube_dir, "memory_type.max_items=5"))
-    assert again["caches_added"] == 0 and again["caches_total"] == 6  # idempotent
+    assert again["caches_added"] == 0 and again["caches_total"] == 7  # idempotent
 
 
 def test_cube_with_caches_of_another_model_is_refused(cube_dir: Path) -> None:

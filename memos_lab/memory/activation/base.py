@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from memos_lab.errors import ConfigError
+from memos_lab.memory.activation.compose.base import Composed, CompositionStrategy
 from memos_lab.models.decode import KVCache, Prefill
 from memos_lab.models.llm import LanguageModel
 
@@ -28,6 +29,8 @@ class EntryStats:
     created: int
     last_used: int
     uses: int = 0
+    kind: str = "prefix"  # prefix: a token sequence from position 0 | chunk: one memory's KV | header
+    items: tuple[str, ...] = ()  # the memory items the entry holds, where known
 
 
 class EvictionPolicy(ABC):
@@ -118,6 +121,32 @@ class ActivationMemory(ABC):
     def remove(self, key: str) -> None:
         """Drop one entry (NotFoundError if unknown)."""
 
+    @abstractmethod
+    def invalidate(self, item_id: str) -> list[str]:
+        """Drop every entry holding the memory item `item_id` (updated, merged or deleted); the keys dropped."""
+
+    # ---- per-memory caches -----------------------------------------------------------------------
+
+    @abstractmethod
+    def chunk_cache(self, text: str, item_id: str | None = None, last: bool = False) -> KVCache:
+        """One memory line's KV, encoded once behind the memory message's header and stored (see
+        memos_lab/memory/activation/compose/base.py); `last`: without the separator that follows it."""
+
+    @abstractmethod
+    def has_chunk(self, text: str, item_id: str | None = None) -> bool:
+        """Whether the chunk cache of this memory line is stored."""
+
+    @abstractmethod
+    def compose(
+        self,
+        lines: Sequence[str],
+        strategy: CompositionStrategy,
+        item_ids: Sequence[str] | None = None,
+        key: str | None = None,
+    ) -> Composed:
+        """The memory message's cache for `lines`, composed from per-line caches with `strategy` (only
+        lines without a cache are encoded); stored under `key` when given."""
+
     # ---- reading ---------------------------------------------------------------------------------
 
     @abstractmethod
@@ -169,6 +198,26 @@ class ActivationMemory(ABC):
     @abstractmethod
     def load(cls, folder: Path, model: LanguageModel, eviction: EvictionPolicy | None = None) -> Self:
         """Read what `save` wrote; IncompatibleError if it was made with another model or is damaged."""
+
+
+@dataclass
+class Invalidation:
+    """Keeps an activation memory in step with one cube's store: a memory that is updated, merged or
+    deleted loses its caches (attach it to the MOS: `mos.attach(Invalidation(memory, cube_id))`)."""
+
+    memory: ActivationMemory
+    cube_id: str
+
+    def on_add(self, cube_id: str, items: Sequence[Any]) -> None:
+        """New memories have no caches yet."""
+
+    def on_update(self, cube_id: str, old_id: str, new_item: Any) -> None:
+        if cube_id == self.cube_id:
+            self.memory.invalidate(old_id)
+
+    def on_delete(self, cube_id: str, item_id: str) -> None:
+        if cube_id == self.cube_id:
+            self.memory.invalidate(item_id)
 
 
 def build_activation(

@@ -1,29 +1,52 @@
-"""KV-cache activation memory: the key/value states of memory texts, reused as the prefix of later prompts.
+"""KV-cache activation memory: the key/value states of memory texts, reused as the prefix of later prompts
+or composed, memory by memory, into any working memory.
+
+Two kinds of entries, under one byte budget and eviction policy:
+- prefix entries (`add`, `add_set`, `add_tokens`, exactly composed sets): the cache of a token sequence
+  from its first token, reused for the tokens a prompt shares with it (`best_prefix`); a set composed
+  approximately is reused only whole, by its key;
+- chunk entries (`chunk_cache`): one memory's KV encoded alone right behind the memory message's header,
+  keyed by the memory's item id and the hash of its text; `compose` places them at their true positions
+  with a `CompositionStrategy` (memos_lab/memory/activation/compose/). `invalidate(item_id)` drops every
+  entry an item is part of (the MOS calls it on update, merge and delete), and a cache is only ever used
+  for tokens it was computed for, checked id by id, so a stale cache is never used.
 
 Exactness rules (what MemOS's own implementation gets wrong):
-- a stored `KVCache` is never grown or modified; every use works on a fresh `DynamicCache` copy;
+- a stored `KVCache` is never grown or modified; every use works on a fresh copy or a new composed cache;
 - a cache is reused only for the tokens it shares with the new prompt, checked id by id; on a mismatch it
   is cropped to the longest common prefix and the rest is recomputed (logged);
 - a saved memory is an artifact (`memos_lab.artifact`): safetensors files plus a manifest holding the model
   fingerprint; another model's caches are refused, damaged files detected by size and SHA-256, and each
-  cache's tensors must have the loaded model's shape and dtype.
+  cache's tensors must have the loaded model's shape and dtype; a chunk entry made behind another
+  template's header is refused (when loaded, and again when used).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypedDict
+from typing import Any, ClassVar, Literal, NotRequired, Self, TypedDict
 
 import torch
 from safetensors.torch import save_file
 
 from memos_lab.artifact import MANIFEST, VERSION, Artifact, check_json, read_artifact, write_artifact
-from memos_lab.errors import DataError, IncompatibleError, NotFoundError
+from memos_lab.errors import ConfigError, DataError, IncompatibleError, NotFoundError
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
+from memos_lab.memory.activation.compose.base import Composed, CompositionStrategy, encode_chunk
+from memos_lab.memory.activation.template import (
+    MEMORY_SEPARATOR,
+    MEMORY_TEMPLATE,
+    chunked_memory_prompt,
+    encode_piece,
+    memory_messages,
+    template_parts,
+)
 from memos_lab.models.decode import KVCache, Prefill, common_prefix_len, greedy, prefill
 from memos_lab.models.llm import LanguageModel
 from memos_lab.settings import Settings, positive
@@ -31,8 +54,23 @@ from memos_lab.settings import Settings, positive
 log = logging.getLogger(__name__)
 
 KIND = "kv_cache"
-MEMORY_TEMPLATE = "Memories about the user:\n{memories}"
-MEMORY_SEPARATOR = "\n"
+__all__ = [
+    "MEMORY_SEPARATOR",
+    "MEMORY_TEMPLATE",
+    "KVCache",
+    "KVCacheMemory",
+    "Prefill",
+    "generate",
+    "memory_messages",
+    "prefill",
+]
+Kind = Literal["prefix", "approximate", "chunk", "header"]
+PREFIX: Kind = "prefix"
+APPROXIMATE: Kind = (
+    "approximate"  # a composed set with KV that is not a full prefill's: reused whole, never as a prefix
+)
+CHUNK: Kind = "chunk"
+HEADER: Kind = "header"
 
 
 def generate(
@@ -44,9 +82,18 @@ def generate(
     return decoded.token_ids, decoded.cache, decoded.reused
 
 
-def memory_messages(texts: Sequence[str], template: str = MEMORY_TEMPLATE) -> list[dict[str, str]]:
-    """The chat messages that put memory texts in front of a conversation."""
-    return [{"role": "system", "content": template.format(memories=MEMORY_SEPARATOR.join(texts))}]
+def ids_sha256(token_ids: Sequence[int]) -> str:
+    return hashlib.sha256(",".join(map(str, token_ids)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Info:
+    """What an entry is besides its tensors."""
+
+    texts: list[str]
+    kind: Kind = PREFIX
+    items: tuple[str, ...] = ()  # the memory items it holds (a chunk: its own; a composed set: its members)
+    header_sha256: str | None = None  # a chunk: the header it was encoded behind
 
 
 @dataclass(frozen=True)
@@ -59,11 +106,11 @@ class KVCacheSettings(Settings):
 
 
 class KVCacheMemory(ActivationMemory):
-    """KV caches of memory texts (and of assembled sets of them), reused as exact prompt prefixes.
+    """KV caches of memory texts: prefixes reused exactly, and per-memory chunks composed (module docstring).
 
     A text is cached as the system message `memory_messages([text])`; a set of texts as the system message
     of their concatenation, built from the longest stored prefix. `best_prefix` finds, for any prompt, the
-    stored cache sharing the most leading tokens with it.
+    stored prefix entry sharing the most leading tokens with it.
     """
 
     settings_class = KVCacheSettings
@@ -79,8 +126,9 @@ class KVCacheMemory(ActivationMemory):
         super().__init__(model, ByteBudget.from_mb(budget_mb, eviction))
         self.template = template
         self._caches: dict[str, KVCache] = {}
-        self._texts: dict[str, list[str]] = {}
+        self._info: dict[str, _Info] = {}
         self._stats: dict[str, EntryStats] = {}
+        self._headers: dict[str, tuple[int, ...]] = {}
         self._clock = 0
 
     # ---- storing ---------------------------------------------------------------------------------
@@ -100,17 +148,19 @@ class KVCacheMemory(ActivationMemory):
         """Cache a token sequence (a memory message, a session's history), extending the longest stored prefix."""
         # prefill leaves the last token's KV in the cache too, so the snapshot covers all of `token_ids`.
         cache = prefill(self.model, token_ids, self.best_prefix(token_ids)[1]).snapshot()
-        self._put(key, cache, list(texts))
+        self._put(key, cache, _Info(list(texts)))
         return cache
 
-    def _put(self, key: str, cache: KVCache, texts: list[str]) -> None:
+    def _put(self, key: str, cache: KVCache, info: _Info) -> None:
         self.budget.check_fits(key, cache.nbytes)
         if key in self._caches:
             self.remove(key)
         self._clock += 1
         self._caches[key] = cache
-        self._texts[key] = texts
-        self._stats[key] = EntryStats(key, cache.nbytes, len(cache), created=self._clock, last_used=self._clock)
+        self._info[key] = info
+        self._stats[key] = EntryStats(
+            key, cache.nbytes, len(cache), created=self._clock, last_used=self._clock, kind=info.kind, items=info.items
+        )
         for victim in self.budget.overflow(list(self._stats.values()), keep=key):
             log.info("activation budget: evicting %r", victim)
             self.remove(victim)
@@ -118,7 +168,113 @@ class KVCacheMemory(ActivationMemory):
     def remove(self, key: str) -> None:
         if key not in self._caches:
             raise NotFoundError(f"no activation entry {key!r}")
-        del self._caches[key], self._texts[key], self._stats[key]
+        del self._caches[key], self._info[key], self._stats[key]
+
+    def invalidate(self, item_id: str) -> list[str]:
+        """Drop every entry holding the memory `item_id` (its chunk, the composed sets it is in); the keys dropped."""
+        stale = [key for key, info in self._info.items() if item_id in info.items]
+        for key in stale:
+            self.remove(key)
+        return stale
+
+    # ---- per-memory chunks and their composition ---------------------------------------------------
+
+    def header_ids(self) -> tuple[int, ...]:
+        """The memory message's tokens before its first memory (what every chunk is encoded behind)."""
+        if self.template not in self._headers:
+            before, _ = template_parts(self.model, self.template)
+            self._headers[self.template] = encode_piece(self.model, before)
+        return self._headers[self.template]
+
+    @staticmethod
+    def chunk_key(text: str, item_id: str | None = None) -> str:
+        """The entry key of a memory's chunk: its item id (if any) and the hash of its text."""
+        return f"chunk:{item_id or '-'}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+    def has_chunk(self, text: str, item_id: str | None = None) -> bool:
+        return self.chunk_key(text, item_id) in self._caches
+
+    def chunk_cache(self, text: str, item_id: str | None = None, last: bool = False) -> KVCache:
+        """The KV of one memory line (with its separator, or without as the `last` one), encoded once behind
+        the header and stored; chunk-only, keys at the canonical offset `len(header_ids())`."""
+        cache, _ = self._chunk(text, item_id, last, encode=True)
+        assert cache is not None  # encode=True always gives one
+        return cache
+
+    def _chunk(self, text: str, item_id: str | None, last: bool, encode: bool) -> tuple[KVCache | None, int]:
+        """(the chunk cache, or None when it is not stored and not `encode`; tokens encoded for it now)."""
+        key = self.chunk_key(text, item_id)
+        cache, encoded = self._stored_chunk(
+            key, encode_piece(self.model, text + MEMORY_SEPARATOR), text, item_id, encode
+        )
+        if not last or cache is None:
+            return cache, encoded
+        alone = encode_piece(self.model, text)
+        if cache.token_ids[: len(alone)] == alone:  # the separator is a token of its own: a prefix view
+            return cache.head(len(alone)), encoded
+        last_cache, more = self._stored_chunk(key + ":last", alone, text, item_id, encode)
+        return last_cache, encoded + more
+
+    def _stored_chunk(
+        self, key: str, ids: tuple[int, ...], text: str, item_id: str | None, encode: bool
+    ) -> tuple[KVCache | None, int]:
+        header = self.header_ids()
+        if key in self._caches:
+            info = self._info[key]
+            if info.header_sha256 != ids_sha256(header):
+                raise IncompatibleError(
+                    f"activation entry {key!r} was encoded behind another template's header; "
+                    f"drop it (invalidate) or rebuild the memory for template {self.template[:40]!r}"
+                )
+            cache = self._caches[key]
+            if cache.token_ids == ids:
+                self._touch(key)
+                return cache, 0
+            self.remove(key)  # same text, other tokens: never used
+        if not encode:
+            return None, 0
+        header_key = f"header:{ids_sha256(header)[:16]}"
+        if header_key not in self._caches and len(header) > 1:
+            self._put(header_key, prefill(self.model, header).snapshot(), _Info([], HEADER))
+        cache = encode_chunk(self.model, header, ids, self._caches.get(header_key))
+        items = (item_id,) if item_id else ()
+        self._put(key, cache, _Info([text], CHUNK, items, ids_sha256(header)))
+        return cache, len(ids)
+
+    @torch.no_grad()
+    def compose(
+        self,
+        lines: Sequence[str],
+        strategy: CompositionStrategy,
+        item_ids: Sequence[str] | None = None,
+        key: str | None = None,
+    ) -> Composed:
+        """The cache of the memory message's header and `lines` (exactly as `prompt_ids(lines)` renders
+        them, tokenised line by line) composed from per-line chunk caches with `strategy`.
+
+        Chunks without a stored cache are encoded once and stored (except for `exact`, which recomputes them
+        in context and only uses stored ones); the longest stored prefix is used exactly. `item_ids[i]` names the memory of
+        `lines[i]` (for `invalidate`). With `key`, the result is stored as a prefix entry under it.
+        """
+        strategy.check(self.model)
+        if item_ids is not None and len(item_ids) != len(lines):
+            raise ConfigError(f"{len(item_ids)} item ids for {len(lines)} memory lines")
+        if not lines:
+            raise ConfigError("compose needs at least one memory line")
+        prompt = chunked_memory_prompt(self.model, lines, self.template)
+        ids = list(item_ids) if item_ids is not None else [None] * len(lines)
+        caches: list[KVCache | None] = []
+        encoded = 0
+        for i, (line, item_id) in enumerate(zip(lines, ids, strict=True)):
+            cache, built = self._chunk(line, item_id, i == len(lines) - 1, strategy.fills_candidates)
+            caches.append(cache)
+            encoded += built
+        composed = strategy.compose(self.model, prompt, caches, self.best_prefix(prompt.ids)[1])
+        if key is not None:
+            members = tuple(i for i in ids if i)
+            kind = PREFIX if strategy.exact else APPROXIMATE
+            self._put(key, composed.cache, _Info(list(lines), kind, members))
+        return dataclasses.replace(composed, encoded_tokens=encoded)
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -132,19 +288,21 @@ class KVCacheMemory(ActivationMemory):
         return self._caches[key]
 
     def texts(self, key: str) -> list[str]:
-        return list(self._texts[key])
+        return list(self._info[key].texts)
 
     def stats(self) -> list[EntryStats]:
-        return [EntryStats(**vars(s)) for s in self._stats.values()]
+        return [dataclasses.replace(s) for s in self._stats.values()]
 
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self._caches.values())
 
     def best_prefix(self, token_ids: Sequence[int]) -> tuple[str | None, KVCache | None]:
-        """The stored cache sharing the most leading tokens with `token_ids` (None if none shares any)."""
+        """The stored prefix entry sharing the most leading tokens with `token_ids` (None if none shares any)."""
         best_key, best_len = None, 0
         for key, cache in self._caches.items():
+            if self._info[key].kind in (CHUNK, APPROXIMATE):  # not a full prefill's KV from position 0
+                continue
             shared = common_prefix_len(cache.token_ids, token_ids)
             if shared > best_len:
                 best_key, best_len = key, shared
@@ -172,10 +330,15 @@ class KVCacheMemory(ActivationMemory):
 
     def save(self, folder: Path) -> None:
         """Write every cache into the artifact `folder` (crash-safe: built beside it, then swapped in)."""
-        entries: list[_Entry] = [
-            {"key": key, "file": f"{index:05d}.safetensors", "tokens": len(cache), "texts": self._texts[key]}
-            for index, (key, cache) in enumerate(self._caches.items())
-        ]
+        entries: list[_Entry] = []
+        for index, (key, cache) in enumerate(self._caches.items()):
+            info = self._info[key]
+            entry: _Entry = {"key": key, "file": f"{index:05d}.safetensors", "tokens": len(cache), "texts": info.texts}
+            if info.kind != PREFIX or info.items:
+                entry["kind"], entry["items"] = info.kind, list(info.items)
+            if info.header_sha256 is not None:
+                entry["header_sha256"] = info.header_sha256
+            entries.append(entry)
 
         def build(staging: Path) -> None:
             for entry, cache in zip(entries, self._caches.values(), strict=True):
@@ -193,7 +356,18 @@ class KVCacheMemory(ActivationMemory):
         budget = meta["budget_bytes"]
         memory = cls(model, None if budget is None else budget / 2**20, eviction, meta["template"])
         for i, entry in enumerate(meta["entries"]):
-            memory._put(entry["key"], _read_entry(artifact, entry, model, f"meta.entries[{i}]"), entry["texts"])
+            field = f"meta.entries[{i}]"
+            kind = entry.get("kind", PREFIX)
+            stored_header = entry.get("header_sha256")
+            if (kind == CHUNK) != (stored_header is not None):
+                raise DataError(f"{artifact.where(field)}: a chunk entry, and only one, names its header_sha256")
+            if stored_header is not None and stored_header != ids_sha256(memory.header_ids()):
+                raise IncompatibleError(
+                    f"{artifact.where(field + '.header_sha256')}: chunk {entry['key']!r} was encoded behind "
+                    "another template's header than the memory's template"
+                )
+            info = _Info(entry["texts"], kind, tuple(entry.get("items", [])), stored_header)
+            memory._put(entry["key"], _read_entry(artifact, entry, model, field), info)
         return memory
 
 
@@ -202,6 +376,9 @@ class _Entry(TypedDict):
     file: str
     tokens: int
     texts: list[str]
+    kind: NotRequired[Kind]  # absent: prefix (caches saved before chunks)
+    items: NotRequired[list[str]]
+    header_sha256: NotRequired[str]
 
 
 class KVCacheMeta(TypedDict):

@@ -1,28 +1,56 @@
-"""Position-corrected composition: re-rotation is RoPE-exact; full recompute collapses to exact mode."""
+"""Composition strategies on the tiny Llama: the limits every strategy must meet (full recompute is a full
+prefill, one chunk is exact), re-rotation is RoPE-exact, and the approximate ones are measurably so."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from memos_lab.errors import ConfigError
-from memos_lab.memory.activation.compose import (
-    _inv_freq,
-    chunked_memory_prompt,
-    compose_chunks,
-    encode_chunks,
-    rerotate,
-)
-from memos_lab.memory.activation.kv_cache import prefill
+from memos_lab.memory.activation.compose import compose_chunks
+from memos_lab.memory.activation.compose.base import CompositionStrategy, encode_chunks
+from memos_lab.memory.activation.compose.cacheblend import CacheBlendComposition
+from memos_lab.memory.activation.compose.exact import ExactComposition
+from memos_lab.memory.activation.compose.leading import LeadingComposition
+from memos_lab.memory.activation.compose.naive import NaiveComposition
+from memos_lab.memory.activation.compose.rerotate import RerotateComposition
+from memos_lab.memory.activation.compose.rope import inv_freq, rerotate
+from memos_lab.memory.activation.template import ChunkedPrompt, chunked_memory_prompt
+from memos_lab.models.decode import prefill
 from memos_lab.models.llm import LanguageModel, build_tiny_llama
 
 TEXTS = ["Maya lives in Lisbon.", "Her dog is called Biscuit.", "She works as a nurse at Cobalt Health."]
+TOL = 1e-4  # fp32
+RECOMPUTING = [ExactComposition, LeadingComposition, CacheBlendComposition]
 
 
 @pytest.fixture(scope="module")
-def lm() -> LanguageModel:
-    return build_tiny_llama(seed=0)
+def lm(scrambled_tiny: LanguageModel) -> LanguageModel:
+    return scrambled_tiny  # large random weights: every token's KV depends on its context
+
+
+def question_ids(lm: LanguageModel, prompt: ChunkedPrompt) -> list[int]:
+    tail = "<|im_start|>user\nWhere does Maya live?<|im_end|>\n<|im_start|>assistant\n"
+    return prompt.ids + lm.tokenizer.encode(tail, add_special_tokens=False)
+
+
+def strategies(frac: float) -> list[CompositionStrategy]:
+    return [
+        ExactComposition(),
+        NaiveComposition(),
+        RerotateComposition(),
+        LeadingComposition(recompute_frac=frac),
+        CacheBlendComposition(recompute_frac=frac),
+    ]
+
+
+def gap(lm: LanguageModel, prompt: ChunkedPrompt, strategy: CompositionStrategy) -> float:
+    """Largest next-token logit difference to a full prefill of the same prompt and question."""
+    ids = question_ids(lm, prompt)
+    composed = strategy.compose(lm, prompt, encode_chunks(lm, prompt))
+    assert list(composed.cache.token_ids) == prompt.ids and composed.context_tokens == len(prompt.ids)
+    return (prefill(lm, ids, composed.cache).logits - prefill(lm, ids).logits).abs().max().item()
 
 
 @torch.no_grad()
@@ -35,36 +63,117 @@ def keys_at(lm: LanguageModel, ids: list[int], start: int) -> list[torch.Tensor]
 
 def test_rerotation_equals_encoding_at_the_new_positions(lm: LanguageModel) -> None:
     ids = lm.tokenizer.encode(TEXTS[1], add_special_tokens=False)
-    inv_freq = _inv_freq(lm)
+    frequencies = inv_freq(lm)
     for start, moved in [(0, 37), (50, 3)]:
         for original, target in zip(keys_at(lm, ids, start), keys_at(lm, ids, moved), strict=True):
-            assert (rerotate(original, moved - start, inv_freq) - target).abs().max().item() <= 1e-4
+            assert (rerotate(original, moved - start, frequencies) - target).abs().max().item() <= 1e-4
 
 
-def test_composition_layout_and_exactness_limits(lm: LanguageModel) -> None:
+def test_rerotated_chunks_sit_at_their_true_positions(lm: LanguageModel) -> None:
+    """Layer 0's keys and values depend on the token and its position only: a correctly placed composition
+    has the full prefill's there, exactly where naive's (positions repeated) differ."""
     prompt = chunked_memory_prompt(lm, TEXTS)
-    question = lm.tokenizer.encode(
-        "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
-    )
-    ids = prompt.ids + question
-    reference = prefill(lm, ids)
-    chunks = encode_chunks(lm, prompt)
-    approx, recomputed = compose_chunks(lm, prompt, chunks, recompute_frac=0.0)
-    assert list(approx.token_ids) == prompt.ids[: len(prompt.ids) - len(prompt.footer)] and recomputed == 0
-    gap = (prefill(lm, ids, approx).logits - reference.logits).abs().max().item()
-    exact, recomputed = compose_chunks(lm, prompt, chunks, recompute_frac=1.0)
-    assert recomputed == sum(len(c) for c in prompt.chunks[1:])
-    assert (prefill(lm, ids, exact).logits - reference.logits).abs().max().item() <= 1e-5
-    one = chunked_memory_prompt(lm, TEXTS[:1])
-    single, _ = compose_chunks(lm, one, encode_chunks(lm, one))
-    assert list(single.token_ids) == one.ids[: len(one.ids) - len(one.footer)]
-    assert gap > 1e-5  # later chunks never saw earlier ones: approximate, and the test would notice otherwise
+    full = prefill(lm, prompt.ids).snapshot()
+    rotated = RerotateComposition().compose(lm, prompt, encode_chunks(lm, prompt)).cache
+    naive = NaiveComposition().compose(lm, prompt, encode_chunks(lm, prompt)).cache
+    assert torch.allclose(rotated.keys[0], full.keys[0], atol=1e-4, rtol=0)
+    assert torch.allclose(rotated.values[0], full.values[0], atol=1e-4, rtol=0)
+    later = slice(prompt.spans[1][0], prompt.spans[-1][1])
+    assert not torch.allclose(naive.keys[0][:, :, later], full.keys[0][:, :, later], atol=1e-2)
 
 
-def test_bad_recompute_fraction_and_foreign_chunks_are_refused(lm: LanguageModel) -> None:
+@pytest.mark.parametrize("strategy", RECOMPUTING, ids=lambda s: s.name)
+def test_recomputing_everything_is_a_full_prefill(lm: LanguageModel, strategy: type[CompositionStrategy]) -> None:
+    prompt = chunked_memory_prompt(lm, TEXTS)
+    settings = {} if strategy is ExactComposition else {"recompute_frac": 1.0}
+    composed = strategy(**settings).compose(lm, prompt, encode_chunks(lm, prompt))
+    first_chunk = len(prompt.chunks[0])
+    assert composed.recomputed_tokens == len(prompt.ids) - first_chunk  # all but the exactly cached first chunk
+    assert gap(lm, prompt, strategy(**settings)) <= TOL
+
+
+def test_one_chunk_is_exact_for_every_strategy(lm: LanguageModel) -> None:
+    prompt = chunked_memory_prompt(lm, TEXTS[:1])
+    for strategy in strategies(0.0):
+        assert gap(lm, prompt, strategy) <= TOL, strategy.describe()
+
+
+def test_without_recompute_the_composition_is_approximate(lm: LanguageModel) -> None:
+    prompt = chunked_memory_prompt(lm, TEXTS)
+    exact = gap(lm, prompt, ExactComposition())
+    naive, rotated = gap(lm, prompt, NaiveComposition()), gap(lm, prompt, RerotateComposition())
+    blended = gap(lm, prompt, CacheBlendComposition(recompute_frac=0.5))
+    assert exact <= TOL
+    # later chunks never saw the earlier ones: a difference the test would notice if composition cheated
+    assert naive > 100 * TOL and rotated > 100 * TOL
+    assert blended < rotated  # recomputing the most deviating half of the tokens gets closer
+
+
+def test_accounting_of_recomputed_tokens_and_bytes(lm: LanguageModel) -> None:
     prompt = chunked_memory_prompt(lm, TEXTS)
     chunks = encode_chunks(lm, prompt)
-    with pytest.raises(ConfigError, match="recompute_frac"):
-        compose_chunks(lm, prompt, chunks, recompute_frac=1.5)
-    with pytest.raises(ConfigError, match="does not hold"):
-        compose_chunks(lm, prompt, list(reversed(chunks)))
+    later = sum(len(chunk) for chunk in prompt.chunks[1:])
+    fresh_anyway = len(prompt.header) + len(prompt.footer)  # no prefix given: header and footer computed
+    every_chunk = sum(cache.nbytes for cache in chunks)
+    rotated = RerotateComposition().compose(lm, prompt, chunks)
+    assert rotated.recomputed_tokens == fresh_anyway and rotated.bytes_copied == every_chunk
+    leading = LeadingComposition(recompute_frac=0.25).compose(lm, prompt, chunks)
+    per_chunk = [-(-len(chunk) // 4) for chunk in prompt.chunks[1:]]  # ceil(0.25 n) per later chunk
+    assert leading.recomputed_tokens == fresh_anyway + sum(per_chunk)
+    blend = CacheBlendComposition(recompute_frac=0.25).compose(lm, prompt, chunks)
+    assert blend.recomputed_tokens == fresh_anyway + -(-later // 4) and blend.selection_cost > 0
+    exact = ExactComposition().compose(lm, prompt, chunks)
+    assert exact.bytes_copied == chunks[0].nbytes  # the later chunks are recomputed, never read
+    # with the header's cache as prefix, only the chunks' and footer's tokens are left
+    header = prefill(lm, prompt.header).snapshot()
+    with_header = RerotateComposition().compose(lm, prompt, chunks, header)
+    assert with_header.recomputed_tokens == len(prompt.footer)
+    assert with_header.bytes_copied == every_chunk + header.nbytes
+
+
+def test_stored_caches_are_never_changed(lm: LanguageModel) -> None:
+    prompt = chunked_memory_prompt(lm, TEXTS)
+    chunks = encode_chunks(lm, prompt)
+    before = [t.clone() for cache in chunks for t in (*cache.keys, *cache.values)]
+    for strategy in strategies(0.5):
+        strategy.compose(lm, prompt, chunks)
+    after = [t for cache in chunks for t in (*cache.keys, *cache.values)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_compose_chunks_keeps_its_three_modes(lm: LanguageModel) -> None:
+    prompt = chunked_memory_prompt(lm, TEXTS)
+    chunks = encode_chunks(lm, prompt)
+    naive, _ = compose_chunks(lm, prompt, chunks, reposition=False)
+    rotated, none = compose_chunks(lm, prompt, chunks)
+    leading, some = compose_chunks(lm, prompt, chunks, recompute_frac=0.5)
+    assert some > none and not torch.equal(naive.keys[1], rotated.keys[1])
+    assert list(leading.token_ids) == prompt.ids
+
+
+def test_bad_input_is_one_line(lm: LanguageModel) -> None:
+    prompt = chunked_memory_prompt(lm, TEXTS)
+    chunks = encode_chunks(lm, prompt)
+    with pytest.raises(ConfigError, match=r"compose.recompute_frac must be a number in \[0, 1\], got 1.5"):
+        CacheBlendComposition(recompute_frac=1.5)
+    with pytest.raises(ConfigError, match=r"recompute_frac must be a number in \[0, 1\], got -0.1"):
+        LeadingComposition(recompute_frac=-0.1)
+    with pytest.raises(ConfigError, match="check_layer must be below the 2 layers"):
+        CacheBlendComposition(check_layer=2).compose(lm, prompt, chunks)
+    with pytest.raises(ConfigError, match="does not hold the tokens of chunk 0"):
+        RerotateComposition().compose(lm, prompt, list(reversed(chunks)))
+    other = build_tiny_llama(seed=0, num_layers=3)
+    with pytest.raises(ConfigError, match="chunk cache 0 was made by another model"):
+        RerotateComposition().compose(other, prompt, chunks)
+
+
+def test_rope_strategies_refuse_a_model_without_rotary_positions(lm: LanguageModel) -> None:
+    config = GPT2Config(vocab_size=len(lm.tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2)
+    gpt2 = LanguageModel(model=GPT2LMHeadModel(config), tokenizer=lm.tokenizer, name="tiny-gpt2")
+    prompt = chunked_memory_prompt(gpt2, TEXTS)
+    for strategy in (RerotateComposition(), LeadingComposition(), CacheBlendComposition()):
+        with pytest.raises(ConfigError, match="needs rotary embeddings .* tiny-gpt2 has None"):
+            strategy.check(gpt2)
+    ExactComposition().check(gpt2)  # exact and naive place nothing anywhere else
+    NaiveComposition().check(gpt2)
+    assert list(ExactComposition().compose(gpt2, prompt, [None] * len(TEXTS)).cache.token_ids) == prompt.ids
