@@ -15,7 +15,7 @@ Reading (`read_artifact`) treats every byte as written by a stranger:
 - only the listed files (and children) may exist; each is read no further than its declared size and must
   match its sha256;
 - a `_target_` may appear only where the kind declares one, and any class it or a class field names must be
-  one of memos_lab's registered classes (`TRUSTED_CLASSES`): loading never runs code chosen by data;
+  a registered component of its family (`memos_lab.registry`): loading never runs code chosen by data;
 - the model fingerprint is compared by one rule (`check_fingerprint`).
 Every refusal is one line (DataError / IncompatibleError) naming the file and the field.
 
@@ -28,7 +28,7 @@ access), `trust` (registered classes), `peft` (adapter folders), `reading`, `wri
 and leftovers). Import from `memos_lab.artifact`; the modules are how it is organised, not its interface.
 """
 
-from memos_lab.artifact.files import file_entry, open_sqlite_readonly, read_json_file
+from memos_lab.artifact.files import file_entry, open_sqlite_readonly, read_bounded, read_json_file
 from memos_lab.artifact.lock import remove_stale_staging, staging_leftovers, writer_lock
 from memos_lab.artifact.manifest import FORMAT, MANIFEST, VERSION, FileEntry, now_iso
 from memos_lab.artifact.peft import PEFT_CONFIG, PEFT_INFORMATIONAL, PEFT_PREFIX, PEFT_WEIGHTS, write_peft_adapter
@@ -36,7 +36,6 @@ from memos_lab.artifact.reading import FINGERPRINT_IGNORED, Artifact, check_fing
 from memos_lab.artifact.strict_json import MAX_JSON_BYTES, MAX_JSON_DEPTH, check_json, check_plain, parse_json
 from memos_lab.artifact.trust import (
     HYDRA_KEYS,
-    TRUSTED_CLASSES,
     class_path,
     require_trusted,
     trusted_class,
@@ -61,7 +60,6 @@ __all__ = [
     "PEFT_INFORMATIONAL",
     "PEFT_PREFIX",
     "PEFT_WEIGHTS",
-    "TRUSTED_CLASSES",
     "VERSION",
     "Artifact",
     "FileEntry",
@@ -77,6 +75,7 @@ __all__ = [
     "open_sqlite_readonly",
     "parse_json",
     "read_artifact",
+    "read_bounded",
     "read_json_file",
     "remove_stale_staging",
     "require_trusted",

@@ -120,7 +120,7 @@ def read_artifact(
 
     fingerprint: the loaded model's; the artifact must have been made with the same model (`check_fingerprint`).
     targets: manifest paths (e.g. "meta.memory_config.text") where a `_target_` may stand, and the family
-        of `TRUSTED_CLASSES` it must name; a `_target_` anywhere else is refused.
+        of registered components (`memos_lab.registry`) it must name; a `_target_` anywhere else is refused.
     migrate: turns a version-1 manifest of this kind (a dict without our format) into the current layout.
     """
     folder = Path(folder)

@@ -1,52 +1,29 @@
-"""Trusted classes: a stored artifact may name only memos_lab's registered classes, so data never picks code."""
+"""Trusted classes: a stored artifact may name only registered components (`memos_lab.registry`), so data never
+picks code."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import types
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from memos_lab import registry
 from memos_lab.artifact.strict_json import _describe, _mismatch, _short, _short_json, _type_hints, _type_name
 from memos_lab.errors import ConfigError, IncompatibleError
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 
-# Every class a stored artifact may name, by family. A new backend adds one line here; a test checks that
-# every `_target_` under conf/memory, conf/parametric, conf/activation and conf/embedder is listed.
-TRUSTED_CLASSES: dict[str, tuple[str, ...]] = {
-    "textual": (
-        "memos_lab.memory.textual.general_text.GeneralTextMemory",
-        "memos_lab.memory.textual.vector.VectorMemory",
-        "memos_lab.memory.textual.tree_text.TreeTextMemory",
-        "memos_lab.memory.textual.graph.GraphMemory",
-    ),
-    "activation": ("memos_lab.memory.activation.kv_cache.KVCacheMemory",),
-    "parametric": (
-        "memos_lab.memory.parametric.lora.LoRAMemory",
-        "memos_lab.memory.parametric.rome.ROMEMemory",
-        "memos_lab.memory.parametric.memit.MEMITMemory",
-        "memos_lab.memory.parametric.alphaedit.AlphaEditMemory",
-    ),
-    "embedder": (
-        "memos_lab.models.embedder.HashingEmbedder",
-        "memos_lab.models.embedder.SentenceTransformerEmbedder",
-        "memos_lab.models.embedder.OnnxEmbedder",
-    ),
-}
-
 
 def trusted_class(path: object, family: str, where: str) -> type[Any]:
-    """The class `path` names, only if it is a registered memos_lab class of `family`: data never picks code."""
-    allowed = TRUSTED_CLASSES[family]
-    if not isinstance(path, str) or path not in allowed:
-        names = ", ".join(name.rpartition(".")[2] for name in allowed)
+    """The class `path` names, only if it is a registered component of `family`: data never picks code."""
+    found = registry.trusted_class(path, family)
+    if found is None:
+        names = ", ".join(component.target.rpartition(".")[2] for component in registry.components(family))
         raise IncompatibleError(
-            f"{where} names {_short(path)}; a stored artifact may only name the {family} classes {names}"
+            f"{where} names {_short(path)}; a stored artifact may only name the registered {family} classes {names}"
         )
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)  # a fixed, registered name: our own code
+    return found
 
 
 def class_path(obj: object) -> str:
@@ -56,8 +33,10 @@ def class_path(obj: object) -> str:
 def require_trusted(obj: object, family: str, where: str) -> str:
     """The class path of `obj` for a manifest; ConfigError (before writing) if a reader would refuse it."""
     path = class_path(obj)
-    if path not in TRUSTED_CLASSES[family]:
-        raise ConfigError(f"{where}: class {path} is not a registered memos_lab {family} class, so it cannot be stored")
+    if registry.trusted_class(path, family) is not type(obj):
+        raise ConfigError(
+            f"{where}: class {path} is not a registered {family} component (memos_lab.registry), so it cannot be stored"
+        )
     return path
 
 
@@ -85,6 +64,15 @@ def trusted_settings(config: Mapping[str, Any], family: str, where: str) -> tupl
                 f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}"
             )
         settings[key] = value
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and name not in settings
+    ]
+    if missing:  # found here, not as a TypeError when the class is built (perhaps much later)
+        raise ConfigError(f"{where}: {cls.__name__} needs {', '.join(missing)}, which is not set")
     return cls, settings
 
 
