@@ -7,6 +7,7 @@ Every choice comes from a seeded `random.Random`, so a seed always gives the sam
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -367,55 +368,36 @@ class _Words:
 def _words() -> _Words:
     raw = json.loads(resources.files("memos_lab.data").joinpath(WORDS_FILE).read_text(encoding="utf-8"))
     talk, facts = raw["dialogues"], raw["facts"]
-    sports = tuple(talk["sports"])
-    countries = [tuple(row) for row in facts["countries"]]  # (country, capital, continent)
+    tables = {name: _tuples(value) for name, value in {**talk, **facts}.items()}  # JSON arrays as tuples
+    countries = tables["countries"]  # (country, capital, continent)
     targets: dict[str, tuple[tuple[str, str | None], ...]] = {
-        "occupation": tuple((occupation, None) for occupation in facts["occupations"]),
-        "city": _pairs(talk["cities"]),
-        "employer": _pairs(facts["employers"]),
-        "sport": tuple((sport, None) for sport in sports),
-        "instrument": _pairs(facts["instruments"]),
+        "occupation": tuple((occupation, None) for occupation in tables["occupations"]),
+        "city": tables["cities"],
+        "employer": tables["employers"],
+        "sport": tuple((sport, None) for sport in tables["sports"]),
+        "instrument": tables["instruments"],
         "citizenship": tuple((country, capital) for country, capital, _ in countries),
-        "headquarters": _pairs(talk["cities"]),
-        "industry": tuple((industry, None) for industry in facts["industries"]),
+        "headquarters": tables["cities"],
+        "industry": tuple((industry, None) for industry in tables["industries"]),
         "country": tuple((country, continent) for country, _, continent in countries),
     }
+    built = {"preferences", "fact_templates", "questions", "relations"}
     return _Words(
-        female_names=tuple(talk["female_names"]),
-        male_names=tuple(talk["male_names"]),
-        pet_names=tuple(talk["pet_names"]),
-        pet_kinds=tuple(talk["pet_kinds"]),
-        cities=_pairs(talk["cities"]),
-        companies=tuple(talk["companies"]),
-        roles=tuple(talk["roles"]),
-        hobbies=tuple(talk["hobbies"]),
-        preferences={"food": tuple(talk["cuisines"]), "music": tuple(talk["genres"]), "sport": sports},
-        fact_templates={event: tuple(wordings) for event, wordings in talk["fact_templates"].items()},
-        greetings=tuple(talk["greetings"]),
-        sign_offs=tuple(talk["sign_offs"]),
-        news_reactions=tuple(talk["news_reactions"]),
-        remark_reactions=tuple(talk["remark_reactions"]),
-        small_talk=tuple(talk["small_talk"]),
-        small_talk_pairs=_pairs(talk["small_talk_pairs"]),
+        **{field.name: tables[field.name] for field in dataclasses.fields(_Words) if field.name not in built},
+        preferences={"food": tables["cuisines"], "music": tables["genres"], "sport": tables["sports"]},
+        fact_templates={event: _tuples(wordings) for event, wordings in talk["fact_templates"].items()},
         questions=tuple(
-            (q["category"], tuple(q["evidence"]), q["answer"], tuple(q["wordings"])) for q in talk["questions"]
+            (q["category"], _tuples(q["evidence"]), q["answer"], _tuples(q["wordings"])) for q in talk["questions"]
         ),
-        unanswerable=_pairs(talk["unanswerable"]),
-        person_first=tuple(facts["person_first"]),
-        person_last=tuple(facts["person_last"]),
-        company_stems=tuple(facts["company_stems"]),
-        company_suffixes=tuple(facts["company_suffixes"]),
-        town_stems=tuple(facts["town_stems"]),
-        town_suffixes=tuple(facts["town_suffixes"]),
-        locality=_pairs(facts["locality"]),
         relations=tuple(
             _Relation(
-                name, relation["subject_kind"], tuple(relation["prompts"]), targets[name], relation["portability"]
+                name, relation["subject_kind"], _tuples(relation["prompts"]), targets[name], relation["portability"]
             )
             for name, relation in facts["relations"].items()
         ),
     )
 
 
-def _pairs(rows: list[list[Any]]) -> tuple[tuple[Any, Any], ...]:
-    return tuple((first, second) for first, second in rows)
+def _tuples(value: Any) -> Any:
+    """A JSON value with its arrays (at any depth) as tuples, as the tables were written in code."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
