@@ -5,12 +5,15 @@ import pytest
 import torch
 
 from memos_lab.chat import TEMPLATE, MemChat, memory_line
-from memos_lab.errors import ConfigError
+from memos_lab.errors import ConfigError, IncompatibleError
 from memos_lab.generation.local import LocalGenerator
+from memos_lab.generation.served import ServedGenerator
+from memos_lab.memory.activation.compose.cacheblend import CacheBlendComposition
 from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.memory.textual.general_text import GeneralTextMemory
 from memos_lab.models.decode import greedy
+from memos_lab.models.llm import build_tiny_llama
 from memos_lab.mos import MOS
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
@@ -71,6 +74,37 @@ def test_kv_mode_answers_token_for_token_like_text_mode_and_prefills_less(embedd
     assert again.token_ids == text_chat.ask(QUESTIONS[-1]).token_ids
     # A miss builds the new working memory's cache from the longest cached prefix, not from scratch.
     assert all(a.prefilled_tokens < a.prompt_tokens for a in answers[1:])
+
+
+def test_kv_mode_composes_per_memory_caches_and_reports_what_it_recomputed(embedder, tiny):
+    scheduler = make_scheduler(embedder, max_items=2)
+    activation = KVCacheMemory(tiny, eviction=PolicyEviction(scheduler.working), template=TEMPLATE)
+    strategy = CacheBlendComposition(recompute_frac=0.2)
+    chat = MemChat(scheduler, LocalGenerator(tiny), "kv", max_new_tokens=4, activation=activation, strategy=strategy)
+    misses = [chat.ask(question) for question in QUESTIONS]
+    misses = [answer for answer in misses if not answer.kv_hit]
+    assert len(misses) >= 2
+    for answer in misses:
+        assert 0 < answer.kv_recomputed_tokens < answer.context_tokens / 2 and answer.kv_bytes_copied > 0
+    # each memory is cached once, by id: the chunk caches are those of the memories seen, no more
+    chunks = [s for s in activation.stats() if s.kind == "chunk"]
+    assert {s.items for s in chunks} <= {(item.id,) for item in scheduler.mos.get_all("u", "c")}
+    assert len(chunks) == len({s.items for s in chunks})
+    again = chat.ask(QUESTIONS[-1])
+    assert again.kv_hit and again.kv_recomputed_tokens == 0 and again.kv_bytes_copied == 0
+    # the default strategy is exact: the same prompt as text mode, recomputing what no stored prefix holds
+    exact = MemChat(make_scheduler(embedder, 3), LocalGenerator(tiny), "kv", 4, KVCacheMemory(tiny, template=TEMPLATE))
+    assert exact.strategy.name == "exact" and exact.ask(QUESTIONS[0]).kv_recomputed_tokens > 0
+
+
+def test_kv_mode_refuses_a_served_model_and_another_models_caches(embedder, tiny):
+    served = ServedGenerator("http://127.0.0.1:9/v1", "tiny", check=False)
+    activation = KVCacheMemory(tiny, template=TEMPLATE)
+    with pytest.raises(ConfigError, match="needs the model's weights"):
+        MemChat(make_scheduler(embedder), served, "kv", activation=activation)
+    other = build_tiny_llama(seed=1)
+    with pytest.raises(IncompatibleError, match="holds caches of model tiny-llama-scrambled"):
+        MemChat(make_scheduler(embedder), LocalGenerator(other), "kv", activation=activation)
 
 
 def test_the_activation_tier_evicts_by_the_scheduler_policy(embedder, tiny):

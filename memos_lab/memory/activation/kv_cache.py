@@ -2,8 +2,9 @@
 or composed, memory by memory, into any working memory.
 
 Two kinds of entries, under one byte budget and eviction policy:
-- prefix entries (`add`, `add_set`, `add_tokens`, composed sets): the cache of a token sequence from its
-  first token, reused for the tokens a prompt shares with it (`best_prefix`);
+- prefix entries (`add`, `add_set`, `add_tokens`, exactly composed sets): the cache of a token sequence
+  from its first token, reused for the tokens a prompt shares with it (`best_prefix`); a set composed
+  approximately is reused only whole, by its key;
 - chunk entries (`chunk_cache`): one memory's KV encoded alone right behind the memory message's header,
   keyed by the memory's item id and the hash of its text; `compose` places them at their true positions
   with a `CompositionStrategy` (memos_lab/memory/activation/compose/). `invalidate(item_id)` drops every
@@ -63,8 +64,11 @@ __all__ = [
     "memory_messages",
     "prefill",
 ]
-Kind = Literal["prefix", "chunk", "header"]
+Kind = Literal["prefix", "approximate", "chunk", "header"]
 PREFIX: Kind = "prefix"
+APPROXIMATE: Kind = (
+    "approximate"  # a composed set with KV that is not a full prefill's: reused whole, never as a prefix
+)
 CHUNK: Kind = "chunk"
 HEADER: Kind = "header"
 
@@ -256,7 +260,8 @@ class KVCacheMemory(ActivationMemory):
         composed = strategy.compose(self.model, prompt, caches, self.best_prefix(prompt.context)[1])
         if key is not None:
             members = tuple(i for i in ids if i)
-            self._put(key, composed.cache, _Info(list(lines), PREFIX, members))
+            kind = PREFIX if strategy.exact else APPROXIMATE
+            self._put(key, composed.cache, _Info(list(lines), kind, members))
         return dataclasses.replace(composed, encoded_tokens=encoded)
 
     # ---- reading ---------------------------------------------------------------------------------
@@ -284,7 +289,7 @@ class KVCacheMemory(ActivationMemory):
         """The stored prefix entry sharing the most leading tokens with `token_ids` (None if none shares any)."""
         best_key, best_len = None, 0
         for key, cache in self._caches.items():
-            if self._info[key].kind == CHUNK:  # a chunk's KV does not start at position 0
+            if self._info[key].kind in (CHUNK, APPROXIMATE):  # not a full prefill's KV from position 0
                 continue
             shared = common_prefix_len(cache.token_ids, token_ids)
             if shared > best_len:

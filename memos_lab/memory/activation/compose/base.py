@@ -188,6 +188,11 @@ class CompositionStrategy(ABC):
     def __init__(self, **settings: Any) -> None:
         self.settings = self.settings_class.from_mapping(settings)
 
+    @property
+    def exact(self) -> bool:
+        """Whether every composition equals a full prefill (the cache may then serve as an exact prefix)."""
+        return False
+
     def describe(self) -> str:
         """The strategy and its settings, e.g. for keys of stored compositions: `cacheblend(recompute_frac=0.15)`."""
         values = ", ".join(f"{key}={value}" for key, value in self.settings.to_dict().items())

@@ -45,6 +45,11 @@ class CacheBlendComposition(CompositionStrategy):
                 f"compose.check_layer must be below the {layers} layers of {lm.name}, got {self.settings.check_layer}"
             )
 
+    @property
+    def exact(self) -> bool:
+        assert isinstance(self.settings, FractionSettings)  # settings_class
+        return self.settings.recompute_frac >= 1.0
+
     def select(self, lm: LanguageModel, layout: Layout) -> list[int]:
         assert isinstance(self.settings, CacheBlendSettings)  # settings_class
         candidates = layout.candidates

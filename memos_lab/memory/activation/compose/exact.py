@@ -12,5 +12,9 @@ class ExactComposition(CompositionStrategy):
     needs_rope = False
     fills_candidates = False  # all recomputed: their cached KV would never be read
 
+    @property
+    def exact(self) -> bool:
+        return True
+
     def select(self, lm: LanguageModel, layout: Layout) -> list[int]:
         return list(layout.candidates)

@@ -15,6 +15,11 @@ class LeadingComposition(CompositionStrategy):
     needs_rope = True
     settings_class = FractionSettings
 
+    @property
+    def exact(self) -> bool:
+        assert isinstance(self.settings, FractionSettings)  # settings_class
+        return self.settings.recompute_frac >= 1.0
+
     def select(self, lm: LanguageModel, layout: Layout) -> list[int]:
         assert isinstance(self.settings, FractionSettings)  # settings_class
         frac = self.settings.recompute_frac
