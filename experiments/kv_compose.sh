@@ -8,7 +8,7 @@
 #          timings and the prefill accounting mean anything), MEMORY_TOKENS in 10 memories    -> sweep/
 #   table: one row per strategy x fraction and the agreement/TTFT plot, from each part's runs
 # Usage: [CONVERSATIONS=3] [PER_GROUP=1] [MAX_NEW=12] [THREADS=2] [PRESET=1b] [MEMORY_TOKENS=512,2048]
-#        experiments/kv_compose.sh [part ...]
+#        [SWEEP_STRATEGIES=[rerotate,cacheblend,leading]] [REPEATS=2] experiments/kv_compose.sh [part ...]
 #        (parts: qa sweep table; default all). Timings are in-process and interleaved: ratios are robust,
 #        absolute milliseconds depend on the machine's load (recorded in each part's loadavg.txt).
 set -euo pipefail
@@ -21,6 +21,7 @@ MAX_NEW=${MAX_NEW:-12}
 PRESET=${PRESET:-1b}
 MEMORY_TOKENS=${MEMORY_TOKENS:-512,2048}
 SWEEP_STRATEGIES=${SWEEP_STRATEGIES:-[rerotate,cacheblend,leading]}
+REPEATS=${REPEATS:-2}
 SUITE=outputs/suites/kv_compose
 COMMON=(experiment=kv_compose logger=none "threads=${THREADS:-2}")
 
@@ -37,7 +38,7 @@ sweep() {
   echo "before: $(cat /proc/loadavg)" > "$SUITE/sweep/loadavg.txt"
   $PY -m memos_lab run -m "${COMMON[@]}" experiment.mode=sweep model=random_llama "model.preset=$PRESET" \
     "experiment.memory_tokens=$MEMORY_TOKENS" experiment.chunks=10 "experiment.strategies=$SWEEP_STRATEGIES" \
-    "experiment.recompute_fracs=[0.15]" experiment.repeats=2 experiment.max_new_tokens=0 hydra.sweep.dir="$SUITE/sweep"
+    "experiment.recompute_fracs=[0.15]" "experiment.repeats=$REPEATS" experiment.max_new_tokens=0 hydra.sweep.dir="$SUITE/sweep"
   echo "after: $(cat /proc/loadavg)" >> "$SUITE/sweep/loadavg.txt"
 }
 
@@ -49,7 +50,7 @@ table() {
     cp "$SUITE/$part/loadavg.txt" "results/kv_compose/$part/loadavg.txt"
     $PY -m memos_lab report "$SUITE/$part" --out "results/kv_compose/$part" --note "experiments/kv_compose.sh $part"
     $PY experiments/kv_compose_table.py "$SUITE/$part" --out "results/kv_compose/$part" \
-      --command "experiments/kv_compose.sh $part table (CONVERSATIONS=$CONVERSATIONS PER_GROUP=$PER_GROUP MAX_NEW=$MAX_NEW PRESET=$PRESET MEMORY_TOKENS=$MEMORY_TOKENS)"
+      --command "experiments/kv_compose.sh $part table (CONVERSATIONS=$CONVERSATIONS PER_GROUP=$PER_GROUP MAX_NEW=$MAX_NEW PRESET=$PRESET MEMORY_TOKENS=$MEMORY_TOKENS SWEEP_STRATEGIES=$SWEEP_STRATEGIES REPEATS=$REPEATS)"
   done
 }
 
