@@ -44,7 +44,6 @@ from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
 from memos_lab.memory.activation.compose.base import Composed, CompositionStrategy
-from memos_lab.memory.activation.compose.exact import ExactComposition
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
@@ -427,17 +426,15 @@ class KVForm:
     bytes_copied: list[int] = field(default_factory=list)  # per question, from stored caches into the composed one
 
     def memory_cache(self, lines: list[str]) -> KVCache:
-        """The system message's cache for `lines`: stored from an earlier question, else composed from the
-        memories' own caches. Only an exact composition is stored for reuse: an approximate one would
-        later pass for an exact prefix."""
-        faithful = isinstance(self.strategy, ExactComposition)
+        """The system message's cache for `lines`: stored from an earlier question with the same memories
+        (the tier reuses an approximate composition only whole), else composed from the memories' own caches."""
         spec = f"{self.strategy.describe()}\n" + "\n".join(lines)
         key = "set:" + hashlib.sha256(spec.encode("utf-8")).hexdigest()[:24]
         if key in self.activation.keys():
             cache = self.activation.get(key)
             self.count(Composed(cache, len(cache), 0, 0))
             return cache
-        composed = self.activation.compose(lines, self.strategy, key=key if faithful else None)
+        composed = self.activation.compose(lines, self.strategy, key=key)
         self.count(composed)
         return composed.cache
 
