@@ -252,6 +252,7 @@ def build_samples(workdir: Path) -> list[Sample]:
 
     kv = KVCacheMemory(lm)
     kv.add("maya", "Maya lives in Lisbon")
+    kv.chunk_cache("Maya has a dog", "item-1")  # a chunk entry and the header it was encoded behind
     kv.save(samples / "kv_cache")
     gate = EditGate({"_target_": "memos_lab.models.embedder.HashingEmbedder", "dim": 64}, threshold=0.3)
     lora = LoRAMemory(

@@ -93,9 +93,13 @@ def test_bad_settings_fail_clearly(override, message):
 
 
 def test_kv_mode_reports_cache_hits_and_prefill_savings():
-    metrics = scheduling.run(config("experiment.mode=kv", "experiment.activation.max_mb=1"), Tracker())
-    assert 0 <= metrics["sched/kv_hit_rate"] <= 1
-    assert 0 < metrics["sched/prefill_saved_frac"] < 1  # the question part is always prefilled
+    exact = scheduling.run(config("experiment.mode=kv", "experiment.activation.max_mb=1"), Tracker())
+    assert 0 <= exact["sched/kv_hit_rate"] <= 1
+    assert 0 < exact["sched/prefill_saved_frac"] < 1  # the question part is always prefilled
+    # composing from per-memory caches recomputes less of the working memory than exact prefix reuse
+    blend = scheduling.run(config("experiment.mode=kv", "compose=cacheblend", "compose.recompute_frac=0.1"), Tracker())
+    assert 0 < blend["sched/kv_recomputed_frac"] < exact["sched/kv_recomputed_frac"]
+    assert blend["sched/kv_bytes_copied_mean"] > 0
 
 
 def test_parametric_mode_consolidates_well_used_memories():

@@ -17,8 +17,8 @@ Exactness rules (what MemOS's own implementation gets wrong):
   is cropped to the longest common prefix and the rest is recomputed (logged);
 - a saved memory is an artifact (`memos_lab.artifact`): safetensors files plus a manifest holding the model
   fingerprint; another model's caches are refused, damaged files detected by size and SHA-256, and each
-  cache's tensors must have the loaded model's shape and dtype; chunk entries made behind another
-  template's header are refused.
+  cache's tensors must have the loaded model's shape and dtype; a chunk entry made behind another
+  template's header is refused (when loaded, and again when used).
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ class KVCacheMemory(ActivationMemory):
             cache, built = self._chunk(line, item_id, i == len(lines) - 1, strategy.fills_candidates)
             caches.append(cache)
             encoded += built
-        composed = strategy.compose(self.model, prompt, caches, self.best_prefix(prompt.context)[1])
+        composed = strategy.compose(self.model, prompt, caches, self.best_prefix(prompt.ids)[1])
         if key is not None:
             members = tuple(i for i in ids if i)
             kind = PREFIX if strategy.exact else APPROXIMATE
@@ -343,14 +343,13 @@ class KVCacheMemory(ActivationMemory):
         _check_template(meta["template"], artifact.where("meta.template"))
         budget = meta["budget_bytes"]
         memory = cls(model, None if budget is None else budget / 2**20, eviction, meta["template"])
-        header = ids_sha256(memory.header_ids())
         for i, entry in enumerate(meta["entries"]):
             field = f"meta.entries[{i}]"
             kind = entry.get("kind", PREFIX)
             stored_header = entry.get("header_sha256")
             if (kind == CHUNK) != (stored_header is not None):
                 raise DataError(f"{artifact.where(field)}: a chunk entry, and only one, names its header_sha256")
-            if stored_header is not None and stored_header != header:
+            if stored_header is not None and stored_header != ids_sha256(memory.header_ids()):
                 raise IncompatibleError(
                     f"{artifact.where(field + '.header_sha256')}: chunk {entry['key']!r} was encoded behind "
                     "another template's header than the memory's template"

@@ -127,6 +127,9 @@ def test_saved_chunks_load_ready_and_are_refused_for_another_template_or_model(t
     manifest.write_text(json.dumps(raw))
     with pytest.raises(IncompatibleError, match="encoded behind another template's header"):
         KVCacheMemory.load(tmp_path / "kv", lm)
+    memory.template = "Other memories:\n{memories}"  # a live memory whose template changed refuses them too
+    with pytest.raises(IncompatibleError, match="encoded behind another template's header"):
+        memory.compose(FACTS[:3], RerotateComposition(), ["a", "b", "c"])
 
 
 def test_a_truncated_chunk_file_is_refused(tmp_path: Path, lm: LanguageModel) -> None:

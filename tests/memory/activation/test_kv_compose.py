@@ -69,6 +69,19 @@ def test_rerotation_equals_encoding_at_the_new_positions(lm: LanguageModel) -> N
             assert (rerotate(original, moved - start, frequencies) - target).abs().max().item() <= 1e-4
 
 
+def test_rerotated_chunks_sit_at_their_true_positions(lm: LanguageModel) -> None:
+    """Layer 0's keys and values depend on the token and its position only: a correctly placed composition
+    has the full prefill's there, exactly where naive's (positions repeated) differ."""
+    prompt = chunked_memory_prompt(lm, TEXTS)
+    full = prefill(lm, prompt.ids).snapshot()
+    rotated = RerotateComposition().compose(lm, prompt, encode_chunks(lm, prompt)).cache
+    naive = NaiveComposition().compose(lm, prompt, encode_chunks(lm, prompt)).cache
+    assert torch.allclose(rotated.keys[0], full.keys[0], atol=1e-4, rtol=0)
+    assert torch.allclose(rotated.values[0], full.values[0], atol=1e-4, rtol=0)
+    later = slice(prompt.spans[1][0], prompt.spans[-1][1])
+    assert not torch.allclose(naive.keys[0][:, :, later], full.keys[0][:, :, later], atol=1e-2)
+
+
 @pytest.mark.parametrize("strategy", RECOMPUTING, ids=lambda s: s.name)
 def test_recomputing_everything_is_a_full_prefill(lm: LanguageModel, strategy: type[CompositionStrategy]) -> None:
     prompt = chunked_memory_prompt(lm, TEXTS)
