@@ -67,7 +67,8 @@ def markdown(frame: pd.DataFrame) -> str:
     shown = frame.copy()
     shown["bytes_copied_mean"] = shown.get("bytes_copied_mean", math.nan) / 2**20
     columns = ["run", "label", *(key for key in COLUMNS if key in shown)]
-    shown = shown[columns].rename(columns={"label": "strategy", **COLUMNS})
+    shown = shown[columns].rename(columns={"label": "strategy", **COLUMNS}).astype(object)
+    shown = shown.where(shown.notna(), None)  # blank, not nan, where a row has no such number
     return tabulate(shown, headers="keys", tablefmt="github", showindex=False, floatfmt=".3g", missingval="")
 
 

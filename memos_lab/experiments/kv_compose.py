@@ -162,7 +162,8 @@ class Tally:
     bytes_copied: list[int] = field(default_factory=list)
     records: list[QARecord] = field(default_factory=list)
 
-    def add(self, measured: Measured, ref: Reference) -> None:
+    def add(self, measured: Measured, ref: Reference, answered: bool) -> None:
+        """One prompt's measurements; `answered`: greedy answers were generated (max_new_tokens > 0)."""
         composed = measured.composed
         self.context_tokens += composed.context_tokens
         self.memory_tokens += measured.memory_tokens
@@ -171,7 +172,8 @@ class Tally:
         self.bytes_copied.append(composed.bytes_copied)
         self.kl_bits.append(next_token_kl(ref.logits, measured.logits))
         self.top1.append(top1_agrees(ref.logits, measured.logits))
-        self.answer_agrees.append(measured.answer_ids == ref.answer_ids)
+        if answered:
+            self.answer_agrees.append(measured.answer_ids == ref.answer_ids)
 
 
 @dataclass
@@ -335,7 +337,7 @@ def _qa(cfg: DictConfig, settings: KVComposeSettings, variants: list[Variant], t
             by_label[TEXT].append(_record(lm, item, ref.answer_ids))
             for label, result in measured.items():
                 tallies[label].ttft_ms.append(result.ttft_ms)
-                tallies[label].add(result, ref)
+                tallies[label].add(result, ref, settings.max_new_tokens > 0)
                 by_label[label].append(_record(lm, item, result.answer_ids))
             asked += 1
         if judge is not None:
@@ -387,7 +389,8 @@ def _row(label: str, variant: Variant | None, tally: Tally, text: Tally) -> dict
     row["kl_bits_mean"] = float(np.mean(tally.kl_bits))
     row["kl_bits_max"] = float(np.max(tally.kl_bits))
     row["top1_agreement"] = float(np.mean(tally.top1))
-    row["answer_agreement"] = float(np.mean(tally.answer_agrees))
+    if tally.answer_agrees:
+        row["answer_agreement"] = float(np.mean(tally.answer_agrees))
     row["recomputed_frac"] = tally.recomputed_tokens / tally.context_tokens
     row["prefill_saved_frac"] = 1 - tally.recomputed_tokens / tally.context_tokens
     # The header is the same for every prompt and always reused: the share of the memories themselves.
@@ -437,7 +440,7 @@ def _sweep(cfg: DictConfig, settings: KVComposeSettings, variants: list[Variant]
         for label, result in measured.items():
             tallies[label].ttft_ms.append(result.ttft_ms)
             if repeat == 0:  # the same computation every round: fidelity and accounting once
-                tallies[label].add(result, ref)
+                tallies[label].add(result, ref, settings.max_new_tokens > 0)
     metrics = {
         f"{PREFIX}context_tokens_mean": tallies[variants[0].label].context_tokens,
         f"{PREFIX}prompt_tokens_mean": float(len(prompt.ids)),
