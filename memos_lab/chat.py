@@ -25,7 +25,7 @@ from memos_lab.memory.activation.base import ActivationMemory, Invalidation
 from memos_lab.memory.activation.compose.base import CompositionStrategy
 from memos_lab.memory.activation.compose.exact import ExactComposition
 from memos_lab.memory.activation.template import memory_messages
-from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.item import MemoryItem, memory_line
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
@@ -58,11 +58,6 @@ class ChatAnswer:
     completion_tokens: int = 0
     kv_recomputed_tokens: int | None = None  # kv mode: system-message tokens whose KV was computed fresh
     kv_bytes_copied: int | None = None  # kv mode: bytes read from stored caches to compose the working memory
-
-
-def memory_line(item: MemoryItem) -> str:
-    date = (item.metadata.event_time or "")[:10]
-    return f"[{date}] {item.text}" if date else item.text
 
 
 class MemChat:

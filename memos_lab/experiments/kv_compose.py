@@ -20,6 +20,7 @@ memories cut from the dataset's turns to `memory_tokens` tokens in all, full pre
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -318,11 +319,14 @@ def _qa(cfg: DictConfig, settings: KVComposeSettings, variants: list[Variant], t
     tallies = {label: Tally() for label in [TEXT, *(v.label for v in variants)]}
     prompt_tokens, same_tokens, cache_bytes = [], [], []
     asked = 0
+    memory_counters: Counter[str] = Counter()  # failures a backend counted instead of raising
     for step, conversation in enumerate(tqdm(conversations, desc="conversations", unit="conv")):
         questions = select_questions(conversation, settings.max_questions, settings.subset_seed)
         if not questions:
             continue
-        prepared = prepare_conversation(conversation, questions, qa_settings, builder, cfg, embedder, reader)
+        prepared = prepare_conversation(
+            conversation, questions, qa_settings, builder, cfg, embedder, reader, memory_counters
+        )
         by_label: dict[str, list[QARecord]] = {label: [] for label in tallies}
         for item in prepared:
             lines = answer_prompt.memory_block(item.lines)
@@ -359,6 +363,7 @@ def _qa(cfg: DictConfig, settings: KVComposeSettings, variants: list[Variant], t
     metrics[f"{PREFIX}context_tokens_mean"] = tallies[variants[0].label].context_tokens / asked
     metrics[f"{PREFIX}same_tokens_frac"] = float(np.mean(same_tokens))
     metrics[f"{PREFIX}cache_mb_mean"] = float(np.mean(cache_bytes)) / 2**20
+    metrics.update({f"memory/{name}": count for name, count in sorted(memory_counters.items())})
     return metrics
 
 

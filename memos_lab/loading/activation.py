@@ -12,11 +12,10 @@ import hydra.utils
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from memos_lab.chat import memory_line
 from memos_lab.errors import ConfigError
 from memos_lab.loading.common import cube_writer, open_cube, required, save_cube
 from memos_lab.memory.activation.base import ByteBudget, build_activation
-from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.item import MemoryItem, memory_line
 from memos_lab.settings import Settings, positive, positive_int, uses_settings
 
 SET_KEY = "set:recent"  # the cache of the assembled recent memories, in time order

@@ -181,7 +181,7 @@ def test_switch_between_named_adapters_and_disable(lm):
             memory.create_adapter("bob")
     finally:
         memory.close()
-    assert not any(k.endswith(memory._uid) for k in lm.model.peft_config)
+    assert not any(k.endswith(memory.store._uid) for k in lm.model.peft_config)
 
 
 def test_merged_model_answers_like_the_adapter_and_has_its_own_fingerprint(lm, trained):
@@ -252,6 +252,14 @@ def test_gate_applies_the_adapter_only_to_queries_about_edited_subjects(lm, tmp_
         assert loaded.applies(["Where does Lazlo Voss live?", "Bees make"]) == [True, False]
     finally:
         loaded.close()
+
+    # a gate naming the registered ONNX embedder without its export_dir: one line, not a TypeError (issue 22)
+    manifest_path = tmp_path / "memory" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["meta"]["gate"]["embedder"] = {"_target_": "memos_lab.models.embedder.OnnxEmbedder"}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IncompatibleError, match="gate.embedder: OnnxEmbedder needs export_dir, which is not set"):
+        LoRAMemory.load(tmp_path / "memory", lm)
 
 
 def test_settings_are_validated():

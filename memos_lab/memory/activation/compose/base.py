@@ -49,10 +49,9 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from memos_lab.errors import ConfigError
-from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.compose.rope import inv_freq, rerotate
 from memos_lab.memory.activation.template import ChunkedPrompt
-from memos_lab.models.decode import KVCache, prefill
+from memos_lab.models.decode import KVCache, common_prefix_len, prefill
 from memos_lab.models.llm import LanguageModel
 from memos_lab.settings import Settings, probability
 
