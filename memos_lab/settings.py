@@ -397,10 +397,14 @@ def group_config(group: str, choice: str) -> DictConfig:
     interpolates from the root (`${seed}`) resolve once the node sits in a config that has them.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(f"{group}/{choice}", overrides=search_path_overrides())
+    if GlobalHydra.instance().is_initialized():  # inside a run: its own search path (Hydra allows one at a time)
+        cfg = compose(f"{group}/{choice}")
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(f"{group}/{choice}", overrides=search_path_overrides())
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert isinstance(node, DictConfig), f"{group}/{choice} composes to no config"
     return node

@@ -11,7 +11,9 @@
 #   2. experiment=kv_reuse in sweep mode on model=random_llama model.preset=8b dtype=bf16 device=cuda,
 #      memory 512/2048/8192 tokens + a 32-token question;
 #   3. the main job, the scheduling answer loop (experiment=scheduling) on random_llama preset 1b, with
-#      device=cuda and then device=cpu, for the speed ratio.
+#      device=cuda and then device=cpu, for the speed ratio;
+#   4. experiment=kv_compose in sweep mode on the 8b shape (bf16, cuda): 8,192 memory tokens in 10 memories,
+#      full prefill versus exact / rerotate / cacheblend and leading at 15 % recompute (TTFT, prefill saved).
 # OUTDIR/metrics.json gathers every number (flat, one object); the runs' own folders are under OUTDIR/runs.
 #
 # Packages the GPU machine lacks (hydra-core, omegaconf, antlr4 4.9.3, tabulate, bm25s) are installed from the
@@ -70,9 +72,11 @@ EOF
 
 if (( SMOKE )); then
   DEVICE=cpu; KV=(model=random_llama model.preset=tiny dtype=float32 experiment.memory_tokens=64,128)
+  COMPOSE=(model=random_llama model.preset=tiny dtype=float32 experiment.memory_tokens=256)
   MAIN=(model=random_llama model.preset=tiny dataset.n_sessions=2 experiment.max_new_tokens=4); MAIN_DEVICES=(cpu)
 else
   DEVICE=cuda; KV=(model=random_llama model.preset=8b dtype=bf16 experiment.memory_tokens=512,2048,8192)
+  COMPOSE=(model=random_llama model.preset=8b dtype=bf16 experiment.memory_tokens=8192)
   MAIN=(model=random_llama model.preset=1b dtype=auto dataset.n_sessions=4 experiment.max_new_tokens=16); MAIN_DEVICES=(cuda cpu)
 fi
 COMMON=(embedder=hashing logger=none)
@@ -81,6 +85,9 @@ step gpu_tests "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OU
 step kv_reuse "$PYTHON" -m memos_lab run -m experiment=kv_reuse experiment.mode=sweep "${COMMON[@]}" "${KV[@]}" \
   device=$DEVICE experiment.question_tokens=32 experiment.repeats=3 experiment.max_new_tokens=16 \
   hydra.sweep.dir="$OUT/runs/kv_reuse"
+step kv_compose "$PYTHON" -m memos_lab run experiment=kv_compose experiment.mode=sweep "${COMMON[@]}" "${COMPOSE[@]}" \
+  device=$DEVICE experiment.chunks=10 "experiment.strategies=[exact,rerotate,cacheblend,leading]" \
+  "experiment.recompute_fracs=[0.15]" experiment.repeats=3 experiment.max_new_tokens=0 hydra.run.dir="$OUT/runs/kv_compose"
 for device in "${MAIN_DEVICES[@]}"; do
   step "main_$device" "$PYTHON" -m memos_lab run experiment=scheduling "${COMMON[@]}" "${MAIN[@]}" device=$device \
     dataset.n_conversations=1 hydra.run.dir="$OUT/runs/main_$device"
@@ -112,6 +119,11 @@ for run in sorted((out / "runs" / "kv_reuse").glob("*/metrics.json")):
                 "kv/ttft_ms_full_p50", "kv/ttft_ms_reuse_p50", "kv/cache_mb", "kv/max_logit_diff"):
         if key in values:
             metrics[f"kv_reuse/{tokens}/{key.removeprefix('kv/')}"] = values[key]
+compose = out / "runs" / "kv_compose" / "metrics.json"
+if compose.exists():  # TTFT speedup over the full prefill and prefill saved, per strategy
+    for key, value in json.loads(compose.read_text()).items():
+        if key.endswith(("/ttft_speedup", "/ttft_ms_p50", "/prefill_saved_frac", "context_tokens_mean")):
+            metrics[f"kv_compose/{key.removeprefix('compose/')}"] = value
 walls = {}
 for run in sorted((out / "runs").glob("main_*/metrics.json")):
     device = run.parent.name.removeprefix("main_")

@@ -1,10 +1,14 @@
-"""Pure metrics of KV-cache reuse: prefix sharing and analytic prefill FLOPs."""
+"""Pure metrics of KV-cache reuse: prefix sharing, analytic prefill FLOPs, and the next-token gap of an
+approximate cache to an exact prefill."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from memos_lab.models.decode import common_prefix_len
 
@@ -67,3 +71,16 @@ def perfect_prefix_reuse(prompts: Sequence[Sequence[int]], cached: Sequence[Sequ
         reuse.append(min(best, len(prompt) - 1))
         seen.append(list(prompt))
     return reuse
+
+
+def next_token_kl(reference: torch.Tensor, approximate: torch.Tensor) -> float:
+    """KL(reference || approximate) in bits between the next-token distributions of two logit vectors [vocab]:
+    how far the approximate cache moves the prediction away from the exact prefill's."""
+    log_p = torch.log_softmax(reference.double(), dim=-1)
+    log_q = torch.log_softmax(approximate.double(), dim=-1)
+    return float(torch.sum(log_p.exp() * (log_p - log_q)).clamp(min=0.0)) / math.log(2)
+
+
+def top1_agrees(reference: torch.Tensor, approximate: torch.Tensor) -> bool:
+    """Whether both logit vectors [vocab] put the same token first."""
+    return int(reference.argmax()) == int(approximate.argmax())

@@ -8,8 +8,9 @@ Per conversation: every session goes into the conversation's cube (`memory=`, `r
 - `oracle`: only the gold evidence turns (an upper bound for the answerer; the one place gold evidence is
   read at question time).
 `experiment.form` chooses how the context reaches the model: `text` (in the prompt), `kv` (the same
-prompt, its system message's KV cache from the activation memory: the same answers, less prefill) or
-`parametric` (the conversation recited into a LoRA adapter, nothing in the prompt).
+prompt, its system message's KV cache composed in the activation memory from each memory's own cache by
+the `compose=` strategy: with `exact`, the default, the same answers with less prefill) or `parametric`
+(the conversation recited into a LoRA adapter, nothing in the prompt).
 Answers are scored with token F1, BLEU-1, exact match and, with a judge, judge accuracy (J).
 """
 
@@ -41,6 +42,7 @@ from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
+from memos_lab.memory.activation.compose.base import Composed, CompositionStrategy
 from memos_lab.memory.parametric.base import ParametricMemory
 from memos_lab.memory.reader import Reader, spoken_date, turn_item
 from memos_lab.models.decode import KVCache, greedy
@@ -288,10 +290,11 @@ class ContextBuilder:
 
 
 def answer_from_prefix(model: LanguageModel, messages: list[dict[str, str]], prefix: KVCache, max_new_tokens: int,
-                       request_id: str) -> Generation:  # fmt: skip
-    """The kv form: a greedy answer that reuses the memory prefix's cache (one question at a time)."""
+                       request_id: str, started: float | None = None) -> Generation:  # fmt: skip
+    """The kv form: a greedy answer that reuses the memory prefix's cache (one question at a time); its
+    latency and TTFT count from `started` (default: now), e.g. from before the prefix was composed."""
     prompt_ids = model.encode_chat(messages)
-    started = clock(model.device)
+    started = clock(model.device) if started is None else started
     try:
         decoded = greedy(model, prompt_ids, max_new_tokens, prefix)
     except MemosError as error:  # e.g. a prompt longer than the model takes: this question fails
@@ -336,12 +339,15 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     embedder = hydra.utils.instantiate(cfg.embedder) if settings.context == "retrieved" else None
     reader = hydra.utils.instantiate(cfg.reader) if settings.context == "retrieved" else None
     builder = ContextBuilder(settings, answer_prompt, generator.count_tokens, window)
-    activation = None
+    kv = None
     if settings.form == "kv":
         assert model is not None  # required above for every form but text
+        strategy: CompositionStrategy = hydra.utils.instantiate(cfg.compose)
+        strategy.check(model)
         activation = build_activation(
             cfg.activation, model, template=answer_prompt.system, budget_mb=settings.kv_budget_mb
         )
+        kv = KVForm(activation, strategy)
     tracker.log_artifact(SETUP_ARTIFACT, setup_record(generator, judge, answer_prompt, judge_prompt, conversations))
 
     records: list[QARecord] = []
@@ -360,7 +366,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             started = time.perf_counter()
             parametric = write_parametric(cfg, model, conversation)
             timing.train_s += time.perf_counter() - started
-        answered = answer_conversation(prepared, settings, answer_prompt, generator, activation, parametric, timing)
+        answered = answer_conversation(prepared, settings, answer_prompt, generator, kv, parametric, timing)
         if judge is not None:
             judge_conversation(answered, prepared, judge, judge_prompt)
         records += answered
@@ -376,6 +382,8 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     metrics["qa/answers_per_s"] = answered_count / timing.generate_s if timing.generate_s else 0.0
     if timing.kv_build_ms:
         metrics["latency/kv_build_ms_mean"] = float(np.mean(timing.kv_build_ms))
+    if kv is not None:
+        metrics.update(kv.metrics())
     if settings.form == "parametric":
         metrics["qa/parametric_train_s"] = timing.train_s
     if judge is not None:
@@ -404,25 +412,67 @@ def context_window(generator: Generator, settings: QASettings) -> int | None:
 class Timing:
     generate_s: float = 0.0  # wall time inside the answerer (all batches)
     train_s: float = 0.0  # parametric form: writing the conversations into adapters
-    kv_build_ms: list[float] = field(default_factory=list)  # kv form: building each missing memory prefix
+    kv_build_ms: list[float] = field(default_factory=list)  # kv form: composing each question's memory prefix
+
+
+@dataclass
+class KVForm:
+    """The kv form: the activation tier, how it composes a context from per-memory caches, and what that cost."""
+
+    activation: ActivationMemory
+    strategy: CompositionStrategy
+    context_tokens: int = 0  # of the memory prefixes, over the questions
+    recomputed_tokens: int = 0  # computed fresh in context by the strategy
+    encoded_tokens: int = 0  # memories seen for the first time, encoded alone into their own caches
+    bytes_copied: list[int] = field(default_factory=list)  # per question, from stored caches into the composed one
+
+    def memory_cache(self, lines: list[str]) -> KVCache:
+        """The system message's cache for `lines`: stored from an earlier question with the same memories
+        (the tier reuses an approximate composition only whole), else composed from the memories' own caches."""
+        spec = f"{self.strategy.describe()}\n" + "\n".join(lines)
+        key = "set:" + hashlib.sha256(spec.encode("utf-8")).hexdigest()[:24]
+        if key in self.activation.keys():
+            cache = self.activation.get(key)
+            self.count(Composed(cache, len(cache), 0, 0))
+            return cache
+        composed = self.activation.compose(lines, self.strategy, key=key)
+        self.count(composed)
+        return composed.cache
+
+    def count(self, composed: Composed) -> None:
+        self.context_tokens += composed.context_tokens
+        self.recomputed_tokens += composed.recomputed_tokens
+        self.encoded_tokens += composed.encoded_tokens
+        self.bytes_copied.append(composed.bytes_copied)
+
+    def metrics(self) -> dict[str, float]:
+        context = max(self.context_tokens, 1)
+        return {
+            "kv/prefill_saved_frac": 1 - self.recomputed_tokens / context,
+            "kv/recomputed_frac": self.recomputed_tokens / context,
+            "kv/encoded_frac": self.encoded_tokens / context,
+            "kv/bytes_copied_mean": float(np.mean(self.bytes_copied)) if self.bytes_copied else 0.0,
+        }
 
 
 def answer_conversation(
     prepared: Sequence[Prepared], settings: QASettings, prompt: AnswerPrompt, generator: Generator,
-    activation: ActivationMemory | None, parametric: ParametricMemory | None, timing: Timing,
+    kv: KVForm | None, parametric: ParametricMemory | None, timing: Timing,
 ) -> list[QARecord]:  # fmt: skip
     """Answer a conversation's questions: all in one call for the text and parametric forms (the generator
-    batches them, or sends them concurrently), one by one from the cached memory prefix for the kv form.
-    A question the answerer fails on is a counted failure."""
+    batches them, or sends them concurrently), one by one from the composed memory prefix for the kv form
+    (its TTFT counts the composition). A question the answerer fails on is a counted failure."""
     shown = [[] if settings.form == "parametric" else item.lines for item in prepared]
     messages = [prompt.messages(lines, item.question.question) for lines, item in zip(shown, prepared, strict=False)]
-    if activation is not None:
+    if kv is not None:
         generations = []
+        model = kv.activation.model
         for lines, message, item in zip(shown, messages, prepared, strict=False):
-            prefix, build_ms = cached_prefix(activation, prompt.memory_block(lines))
-            timing.kv_build_ms.append(build_ms)
+            started = clock(model.device)
+            prefix = kv.memory_cache(prompt.memory_block(lines))
+            timing.kv_build_ms.append((clock(model.device) - started) * 1000)
             generation = answer_from_prefix(
-                activation.model, message, prefix, settings.max_new_tokens, item.question.question_id
+                model, message, prefix, settings.max_new_tokens, item.question.question_id, started
             )  # fmt: skip
             timing.generate_s += generation.latency_ms / 1000
             generations.append(generation)
@@ -536,17 +586,6 @@ def retrieve(
             retrieve_ms=retrieve_ms,
         ))  # fmt: skip
     return prepared
-
-
-def cached_prefix(activation: ActivationMemory, lines: list[str]) -> tuple[KVCache, float]:
-    """The system message's cache from the activation memory, built (from its longest stored prefix) when
-    missing; returns it with the milliseconds spent building it."""
-    key = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:24]
-    if key in activation.keys():
-        return activation.get(key), 0.0
-    started = time.perf_counter()
-    cache = activation.add_set(key, lines)
-    return cache, (time.perf_counter() - started) * 1000
 
 
 def write_parametric(cfg: DictConfig, model: LanguageModel, conversation: Conversation) -> ParametricMemory:

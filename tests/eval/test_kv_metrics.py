@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from memos_lab.eval.kv import ModelDims, common_prefix_len, perfect_prefix_reuse, prefill_flops
+import pytest
+import torch
+
+from memos_lab.eval.kv import (
+    ModelDims,
+    common_prefix_len,
+    next_token_kl,
+    perfect_prefix_reuse,
+    prefill_flops,
+    top1_agrees,
+)
 
 DIMS = ModelDims(layers=1, hidden=2, heads=1, kv_heads=1, head_dim=2, intermediate=3, vocab=5)
 
@@ -28,3 +38,17 @@ def test_perfect_prefix_reuse_takes_the_best_earlier_prefix_but_never_the_whole_
     prompts = [[1, 2, 3], [1, 2, 3, 4, 5], [9, 9], [1, 2, 3, 4, 5]]
     assert perfect_prefix_reuse(prompts) == [0, 3, 0, 4]
     assert perfect_prefix_reuse([[7, 8, 1]], cached=[[7, 8]]) == [2]
+
+
+def test_next_token_kl_is_zero_for_equal_logits_and_the_hand_computed_value_otherwise() -> None:
+    logits = torch.tensor([1.0, 2.0, 3.0])
+    assert next_token_kl(logits, logits + 5.0) == pytest.approx(0.0, abs=1e-12)  # a shift is the same distribution
+    # p = (1/2, 1/2), q = (1/4, 3/4): KL = 1/2 log2 2 + 1/2 log2 (2/3) bits
+    p, q = torch.tensor([0.0, 0.0]), torch.tensor([0.0, math.log(3.0)])
+    assert next_token_kl(p, q) == pytest.approx(0.5 + 0.5 * math.log2(2 / 3))
+    assert next_token_kl(q, p) != pytest.approx(next_token_kl(p, q))  # not symmetric: the reference comes first
+
+
+def test_top1_agreement_compares_the_argmax_only() -> None:
+    assert top1_agrees(torch.tensor([0.0, 3.0, 1.0]), torch.tensor([-5.0, 0.1, 0.0]))
+    assert not top1_agrees(torch.tensor([0.0, 3.0, 1.0]), torch.tensor([0.0, 1.0, 3.0]))

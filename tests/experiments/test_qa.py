@@ -105,13 +105,30 @@ def test_baselines_show_nothing_the_evidence_or_the_newest_turns():
     assert whole["qa/truncated_questions"] == 0 and whole["qa/evidence_in_context"] == 1
 
 
-def test_kv_form_gives_the_text_forms_answers_token_for_token():
-    text, text_art = run("experiment.context=full", "experiment.max_new_tokens=6")
-    kv, kv_art = run("experiment.context=full", "experiment.max_new_tokens=6", "experiment.form=kv")
+@pytest.mark.parametrize("context", ["retrieved", "full", "oracle"])
+def test_kv_form_with_exact_composition_gives_the_text_forms_answers_token_for_token(context):
+    text, text_art = run(f"experiment.context={context}", "experiment.max_new_tokens=6")
+    kv, kv_art = run(f"experiment.context={context}", "experiment.max_new_tokens=6", "experiment.form=kv")
     answers = [row["answer"] for row in text_art[qa.ANSWERS_ARTIFACT]["questions"]]
     assert answers == [row["answer"] for row in kv_art[qa.ANSWERS_ARTIFACT]["questions"]]
     assert kv["qa/prompt_tokens_mean"] == text["qa/prompt_tokens_mean"]
-    assert "latency/kv_build_ms_mean" in kv  # the one cache per conversation, built once
+    assert "latency/kv_build_ms_mean" in kv
+    assert 0 < kv["kv/prefill_saved_frac"] < 1 and kv["kv/recomputed_frac"] == pytest.approx(
+        1 - kv["kv/prefill_saved_frac"]
+    )
+    if context == "full":  # one context for the whole conversation: composed once, then reused whole
+        assert kv["kv/prefill_saved_frac"] > 0.7
+
+
+def test_kv_form_composes_with_the_configured_strategy_and_reports_its_cost():
+    exact, _ = run("experiment.form=kv", "experiment.max_new_tokens=2")
+    blend, blend_art = run("experiment.form=kv", "experiment.max_new_tokens=2", "compose=cacheblend",
+                           "compose.recompute_frac=0.15")  # fmt: skip
+    # retrieved contexts differ per question: exact recomputes every memory after the first, cacheblend 15 %
+    assert blend["kv/prefill_saved_frac"] > exact["kv/prefill_saved_frac"]
+    assert blend["kv/recomputed_frac"] > 0 and blend["kv/bytes_copied_mean"] > 0
+    assert blend["kv/encoded_frac"] > 0  # each memory's own cache, built the first time it is shown
+    assert all(row["answer"] is not None for row in blend_art[qa.ANSWERS_ARTIFACT]["questions"])
 
 
 def test_parametric_form_answers_from_an_adapter_with_no_memories_in_the_prompt():
