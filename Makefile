@@ -32,8 +32,8 @@ test-fast: install
 
 # Style and types, configured in pyproject.toml ([tool.ruff], [tool.mypy]).
 lint: install
-	$(VENV)/bin/ruff check memos_lab tests
-	$(VENV)/bin/ruff format --check memos_lab tests
+	$(VENV)/bin/ruff check memos_lab tests fuzz
+	$(VENV)/bin/ruff format --check memos_lab tests fuzz
 	$(VENV)/bin/mypy
 
 # Refresh the pins after changing dependencies in pyproject.toml.
