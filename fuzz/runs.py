@@ -215,7 +215,7 @@ def run_mutations(fuzzer: RunsFuzzer) -> Any:
 
     @st.composite
     def one(draw: Any) -> tuple[str, Callable[[Path, Path], str], bool]:
-        relative, few = draw(st.sampled_from(fuzzer.files)), draw(st.integers(0, 3)) > 0
+        relative, few = draw(st.sampled_from(fuzzer.files)), draw(st.integers(0, 7)) > 0
         family = draw(st.sampled_from(["node", "node", "node", "key", "bytes", "file"]))
         structured = relative.endswith((".json", ".yaml", ".yml"))
         if family in ("node", "key") and structured:

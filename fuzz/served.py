@@ -120,6 +120,8 @@ class ServedFuzzer:
     def __init__(self) -> None:
         self.server = HostileServer().__enter__()
         self.guard = Guard(library_roots(), [])
+        # warm the client's imports and its platform headers (it runs `uname` once), so the oracle sees the example
+        self._ask(ServedCase(self.server.reply, stream=False, check=True, max_retries=0, description="warm-up"))
 
     def close(self) -> None:
         self.server.__exit__()
