@@ -27,6 +27,7 @@ holds that lock.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import importlib
@@ -50,7 +51,7 @@ from urllib.parse import quote
 
 from filelock import FileLock, Timeout
 
-from memos_lab.errors import ConfigError, DataError, IncompatibleError
+from memos_lab.errors import ConfigError, DataError, IncompatibleError, StorageError
 
 FORMAT = "memos_lab.artifact"
 VERSION = 2  # version 1: the per-kind manifests written before this module (migrated on read)
@@ -205,7 +206,7 @@ def read_artifact(
         raise DataError(f"no {kind} at {folder}: not a folder")
     remove_stale_staging(folder)
     path = folder / MANIFEST
-    raw = parse_json(_read_bounded(path, MAX_JSON_BYTES), str(path))
+    raw = parse_json(read_bounded(path, MAX_JSON_BYTES), str(path))
     stored_version = VERSION
     if not isinstance(raw, dict):
         raise DataError(f"{path}: not a memos_lab manifest (a JSON object is expected)")
@@ -354,6 +355,15 @@ def trusted_settings(config: Mapping[str, Any], family: str, where: str) -> tupl
                 f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}"
             )
         settings[key] = value
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and name not in settings
+    ]
+    if missing:  # found here, not as a TypeError when the class is built (perhaps much later)
+        raise ConfigError(f"{where}: {cls.__name__} needs {', '.join(missing)}, which is not set")
     return cls, settings
 
 
@@ -666,7 +676,8 @@ def _read_exact(handle: int, size: int, path: Path) -> Iterator[bytes]:
         raise DataError(f"{path}: longer than its {size} bytes")
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (no link followed, no FIFO waited on); else DataError."""
     with _open_regular(path) as (handle, size):
         if size > limit:
             raise DataError(f"{path}: {size} bytes, more than the limit of {limit}")
@@ -696,7 +707,7 @@ def _read_verified(path: Path, entry: FileEntry) -> bytes:
 
 def read_json_file(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """Strict JSON of a file inside a verified artifact (a regular file, at most `max_bytes`)."""
-    return parse_json(_read_bounded(Path(path), max_bytes), str(path), max_bytes)
+    return parse_json(read_bounded(Path(path), max_bytes), str(path), max_bytes)
 
 
 def open_sqlite_readonly(path: Path, table: str) -> sqlite3.Connection:
@@ -846,8 +857,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        _raise_storage_error(error, path)
         raise
 
 
@@ -867,9 +879,30 @@ def atomic_write_dir(target: Path, build: Callable[[Path], None]) -> None:
         else:
             os.rename(staging, target)
         _fsync_path(target.parent)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        _raise_storage_error(error, target)
         raise
+
+
+# errno values of a disk that is full, or of a file over its size limit (`ulimit -f`) or quota
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def _raise_storage_error(error: BaseException, target: Path) -> None:
+    """StorageError, one line, when the disk refused the write of `target` (full, over a limit, an I/O
+    error, also as SQLite reports them); every other error is left to the caller to re-raise."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE | {errno.EIO}:
+        reason = "no space left" if error.errno in _NO_SPACE else "an I/O error"
+        detail = error.strerror
+    elif isinstance(error, sqlite3.OperationalError) and getattr(error, "sqlite_errorname", "").startswith(
+        ("SQLITE_FULL", "SQLITE_IOERR")
+    ):
+        reason = "no space left" if error.sqlite_errorname == "SQLITE_FULL" else "no space left or an I/O error"
+        detail = f"SQLite: {error}"
+    else:
+        return
+    raise StorageError(f"{reason} while writing {target} ({detail}); what was there is unchanged") from None
 
 
 def _swap(new: Path, target: Path) -> None:

@@ -87,9 +87,26 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
             for override in parsed:  # before composing them: its message names the default, Hydra's does not
                 _check_value_types(override, defaults, groups)
             cfg = compose(config_name, overrides=first_values, return_hydra_config=True)
+        _check_callbacks(cfg)
         check_settings(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Hydra builds `hydra.callbacks` before any job starts: each must name a Hydra Callback class
+    (`+hydra.callbacks.x._target_=os.system` is refused here, in one line, and nothing runs)."""
+    from hydra._internal.utils import _locate  # hydra.utils.get_class also logs each failure
+    from hydra.experimental.callback import Callback
+
+    for name, node in (OmegaConf.select(cfg, "hydra.callbacks") or {}).items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        try:
+            found: Any = _locate(str(target))
+        except (ImportError, ValueError, AttributeError):
+            found = None
+        if not (isinstance(found, type) and issubclass(found, Callback)):
+            raise ConfigError(f"hydra.callbacks.{name}._target_: {target!r} is not a Hydra Callback class")
 
 
 def _check_value_types(override: Override, defaults: DictConfig, groups: dict[str, list[str]]) -> None:

@@ -30,3 +30,7 @@ class IncompatibleError(MemosError):
 
 class BusyError(MemosError):
     """Another writer holds the cube or MOS root, or changed it since this process read it."""
+
+
+class StorageError(MemosError):
+    """The disk refused a write (full, over a size limit, an I/O error); what was stored before is unchanged."""

@@ -17,8 +17,9 @@ from memos_lab.artifact import atomic_write_text
 from memos_lab.errors import ConfigError
 from memos_lab.eval.stats import bootstrap_ci
 from memos_lab.experiments.common import MetricSpec, find_spec
+from memos_lab.reporting.escape import csv_safe, md_code, md_frame, md_text
 from memos_lab.reporting.plots import latency_metric, plot_against_setting, plot_latency_vs_quality, quality_metrics
-from memos_lab.reporting.runs import RunRecord, check_pinned, collect_runs
+from memos_lab.reporting.runs import RunRecord, check_pinned, collect_runs, experiment_of
 from memos_lab.reporting.table import (
     Comparison,
     Configuration,
@@ -70,8 +71,8 @@ def write_report(
     latency = latency_metric(chosen, specs) or WALL_TIME  # a run's wall time when no latency metric was chosen
     if any(len(c.values(latency)) for c in configurations):
         plots.append(plot_latency_vs_quality(configurations, latency, quality_metrics(chosen, specs), out))
-    atomic_write_text(out / TABLE_FILE, numeric.to_csv(index=False))
-    atomic_write_text(out / RUNS_FILE, runs_frame(runs).to_csv(index=False))
+    atomic_write_text(out / TABLE_FILE, csv_safe(numeric).to_csv(index=False))
+    atomic_write_text(out / RUNS_FILE, csv_safe(runs_frame(runs)).to_csv(index=False))
     intervals = confidence_intervals(configurations, ci_metrics(runs))
     markdown = render(
         runs, folders, command, note, common, shown, comparisons, [p for p in plots if p], out, pinned, intervals, specs
@@ -86,11 +87,7 @@ def declared_metrics(runs: Sequence[RunRecord], names: Sequence[str]) -> dict[st
     declared with different versions in different runs is refused: its numbers mean different things."""
     found: dict[str, MetricSpec] = {}
     for run in runs:
-        declared = (run.config.get("experiment") or {}).get("metrics") or []
-        try:
-            specs = [*(MetricSpec.from_mapping(item) for item in declared), *RUN_METRICS]
-        except ConfigError as error:
-            raise ConfigError(f"{run.path}: {error}") from None
+        specs = [*run.declared, *RUN_METRICS]  # checked when the run was read
         for name in names:
             spec = find_spec(specs, name)
             if spec is None:
@@ -143,34 +140,36 @@ def render(
     failed = [run for run in runs if not run.ok]
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"# memos_lab report: {runs[0].experiment}",
+        f"# memos_lab report: {md_text(experiment_of(runs))}",
         "",
-        f"- command: `{command}`",
-        *([f"- note: {note}"] if note else []),
+        f"- command: {md_code(command)}",
+        *([f"- note: {note}"] if note else []),  # the author's own Markdown
         f"- date: {date}",
-        f"- folders: {', '.join(f'`{folder}`' for folder in folders)}",
+        f"- folders: {', '.join(md_code(folder) for folder in folders)}",
         f"- runs: {len(runs)} ({len(runs) - len(failed)} finished, {len(failed)} failed)",
-        f"- settings common to all runs: {', '.join(f'{k}={v}' for k, v in common.items()) or 'none'}",
-        *([f"- pinned settings: {', '.join(f'{k}={v}' for k, v in pinned.items())}"] if pinned else []),
+        f"- settings common to all runs: {', '.join(md_text(f'{k}={v}') for k, v in common.items()) or 'none'}",
+        *([f"- pinned settings: {', '.join(md_text(f'{k}={v}') for k, v in pinned.items())}"] if pinned else []),
         "",
         "## Results",
         "",
         "One row per configuration; cells are mean ± sample std over the finished seeds (`seeds`);"
         " `failed` counts the runs of that configuration without complete metrics.",
         "",
-        tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
+        tabulate(md_frame(table), headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
         "",
         *_units_section(specs or {}),
     ]
     if failed:
         lines += ["## Failed runs", "", tabulate(
-            [(str(run.path), run.seed, " ".join(f"{k}={v}" for k, v in run.overrides.items()), run.failure) for run in failed],
-            ["run", "seed", "overrides", "why"], "github",
+            [(md_code(run.path, in_table=True), run.seed,
+              md_code(" ".join(f"{k}={v}" for k, v in run.overrides.items()), in_table=True),
+              md_text(run.failure)) for run in failed],
+            ["run", "seed", "overrides", "why"], "github", disable_numparse=True,
         ), ""]  # fmt: skip
     lines += _interval_section(intervals)
     lines += _significance_section(comparisons)
     if plots:
-        lines += ["## Plots", ""] + [f"![{plot.stem}]({plot.relative_to(out)})" for plot in plots] + [""]
+        lines += ["## Plots", ""] + [f"![{md_text(plot.stem)}]({plot.relative_to(out)})" for plot in plots] + [""]
     lines += _provenance_section(runs)
     return "\n".join(lines)
 
@@ -180,7 +179,7 @@ def _units_section(specs: dict[str, MetricSpec]) -> list[str]:
     if not specs:
         return []
     arrow = {True: "higher is better", False: "lower is better", None: "-"}
-    rows = [(name, spec.unit, arrow[spec.higher_is_better], spec.version) for name, spec in specs.items()]
+    rows = [(md_text(name), spec.unit, arrow[spec.higher_is_better], spec.version) for name, spec in specs.items()]
     return [
         "Units, as the experiment declares them:",
         "",
@@ -224,7 +223,9 @@ def confidence_intervals(configurations: Sequence[Configuration], metrics: Seque
 def _interval_section(intervals: Sequence[Interval]) -> list[str]:
     if not intervals:
         return []
-    rows = [(i.configuration, i.metric, i.n, f"{i.mean:.4g}", f"[{i.low:.4g}, {i.high:.4g}]") for i in intervals]
+    rows = [
+        (i.configuration, md_text(i.metric), i.n, f"{i.mean:.4g}", f"[{i.low:.4g}, {i.high:.4g}]") for i in intervals
+    ]
     return [
         "## Bootstrap 95% confidence intervals",
         "",
@@ -241,7 +242,7 @@ def _significance_section(comparisons: Sequence[Comparison]) -> list[str]:
         return []
     threshold = ALPHA / len(comparisons)
     rows = [
-        (c.metric, c.control, c.treatment, c.pairs, f"{c.control_mean:.4g}", f"{c.treatment_mean:.4g}",
+        (md_text(c.metric), c.control, c.treatment, c.pairs, f"{c.control_mean:.4g}", f"{c.treatment_mean:.4g}",
          f"{c.p_value:.3g}", "yes" if c.p_value <= threshold else "no")
         for c in comparisons
     ]  # fmt: skip
@@ -261,8 +262,8 @@ def _significance_section(comparisons: Sequence[Comparison]) -> list[str]:
 def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
     """What every run ran on; identical values are listed once with their run count (runs.csv has each run)."""
 
-    def counted(values: list[str]) -> str:
-        return "; ".join(f"`{value}` ({count})" for value, count in Counter(values).most_common())
+    def counted(values: list[str], in_table: bool = False) -> str:
+        return "; ".join(f"{md_code(value, in_table)} ({count})" for value, count in Counter(values).most_common())
 
     lines = ["## Provenance", "", f"Per run: `{RUNS_FILE}`. Values below with the number of runs that had them.", ""]
     lines.append(f"- git commit: {counted([run.provenance.get('git_commit', 'unknown') for run in runs])}")
@@ -270,7 +271,8 @@ def _provenance_section(runs: Sequence[RunRecord]) -> list[str]:
     for section in ("hardware", "packages"):
         keys = sorted({key for run in runs for key in run.provenance.get(section, {})})
         values = [
-            (key, counted([str(run.provenance.get(section, {}).get(key, "unknown")) for run in runs])) for key in keys
+            (md_text(key), counted([str(run.provenance.get(section, {}).get(key, "unknown")) for run in runs], True))
+            for key in keys
         ]
         if values:
             lines += ["", tabulate(values, [section, "value (runs)"], "github", disable_numparse=True)]
