@@ -45,7 +45,7 @@ VALUES: tuple[Any, ...] = (*INJECTIONS, "<NaN>", "<Infinity>", "<1e308>", "<DEEP
                            "\ud800", [], {}, ["a", 1], {"_target_": "os.system", "command": "true"}, "x" * 5000)  # fmt: skip
 RAW = {'"<NaN>"': "NaN", '"<Infinity>"': "Infinity", '"<1e308>"': "1e308", '"<DEEP>"': DEEP}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+CODE_SPAN = re.compile(r"(?<![\\`])(`+)(?!`)(.+?)(?<!`)\1(?!`)")  # a backslash-escaped backtick opens none
 HEADING = re.compile(r"^ {0,3}#{1,6}(\s|$)")
 DEADLINE_S = 30.0  # a report draws plots: slower than a load
 FEW_METRICS = ["qa/f1", "latency/answer_ms_p50"]
@@ -181,7 +181,7 @@ def check_outputs(out: Path) -> None:
             visible = _outside_code(line)
             if HEADING.match(line) and "INJECTED" in line:
                 raise Finding("injection", f"report.md:{number}: a heading made by data: {line[:80]!r}")
-            if re.search(r"<\s*(script|img)|\]\(\s*javascript:", visible, re.IGNORECASE):
+            if re.search(r"(?<!\\)<\s*(script|img)|(?<!\\)\]\(\s*javascript:", visible, re.IGNORECASE):
                 raise Finding("injection", f"report.md:{number}: raw HTML or a javascript: link: {line[:80]!r}")
             if line.startswith("|"):
                 cells = _cells(line)

@@ -19,7 +19,7 @@ import fuzz.__main__ as entry
 from fuzz import artifacts
 from fuzz.artifacts import Fuzzer, json_paths, mutate_json, mutations
 from fuzz.oracle import Finding
-from fuzz.runs import check_outputs
+from fuzz.runs import RunsFuzzer, check_outputs, run_mutations
 from fuzz.served import ServedFuzzer, served_cases
 
 settings.register_profile("ci", max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -136,8 +136,23 @@ def test_the_report_oracle_finds_each_injection_of_issue_22(tmp_path: Path, name
 
 def test_the_report_oracle_passes_escaped_text_and_numbers(tmp_path: Path) -> None:
     (tmp_path / "report.md").write_text(
-        "# memos_lab report\n\n- git commit: `` a`<script> ``\n\n| a | b |\n| --- | --- |\n| `x \\| y` | &lt;img&gt; |\n"
+        "# memos_lab report\n\n- git commit: `` a`<script> ``\n\n| a | b |\n| --- | --- |\n| `x \\| y` | \\<img src=x\\> \\[a\\](javascript:b) |\n"
         "\n```\n# INJECTED inside a fence\n```\n"
     )
     (tmp_path / "runs.csv").write_text("command,score\n\"'=cmd|' /C calc'!A0\",-0.5\n")
     check_outputs(tmp_path)
+
+
+@pytest.mark.slow  # two tiny qa runs to damage (about a minute on 2 busy cores), then a report per example
+def test_report_on_damaged_run_folders_is_one_line_or_a_report_without_injections(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    runs = RunsFuzzer(tmp_path_factory.mktemp("runs"))
+
+    @settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(run_mutations(runs))
+    def damaged(case: tuple) -> None:
+        outcome = runs.run(case)
+        assert not outcome.bad, outcome
+
+    damaged()
