@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from memos_lab.data.local_json import refuse_non_records
 from memos_lab.data.schema import KnowledgeEdit, LocalityProbe
 from memos_lab.errors import DataError
 
@@ -23,6 +24,7 @@ def _rows(path: str | Path) -> list[dict[str, Any]]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"dataset.path: no file at {str(path)!r}")
+    refuse_non_records(file, "knowledge-edit")
     import datasets
 
     datasets.disable_progress_bars()

@@ -10,7 +10,8 @@ Ollama, `transformers serve`, OpenAI itself), through the `openai` client.
 - Every attempt is bounded whatever the server does (bounded_http.py): `timeout_s` in all, from connecting
   to the last byte (a server dripping a byte a second is cut at `timeout_s`), and `max_reply_bytes` of reply.
   A streamed answer longer than `max_new_tokens` pieces is cut. So one question takes at most
-  `timeout_s * (max_retries + 1)` plus the waits between attempts (`worst_case_s`).
+  `timeout_s * (max_retries + 1)` plus the waits between attempts (`worst_case_s`). The bounded transport
+  goes straight to `base_url`: the HTTP(S)_PROXY variables are not used.
 - A reply that does not follow the protocol (no text, usage counts that are not non-negative integers,
   bodies that are not JSON...) is a failed request, never an exception.
 - A request that still fails is a `Generation` with `error` set; after `max_consecutive_failures` in a row
@@ -48,7 +49,7 @@ RETRIED_STATUS = frozenset({408, 409, 429})  # and every 5xx
 MAX_USAGE_TOKENS = 1 << 40  # a usage count above this is not a count
 # Errors a hostile or broken reply can raise while it is parsed: each makes that request a counted failure.
 REPLY_ERRORS = (
-    openai.OpenAIError, httpx2.HTTPError, ReplyTooLarge, ValueError, KeyError, IndexError, TypeError,
+    openai.OpenAIError, httpx2.HTTPError, ReplyTooLarge, ValueError, LookupError, TypeError,
     AttributeError, RecursionError,
 )  # fmt: skip
 
