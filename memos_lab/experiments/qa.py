@@ -19,7 +19,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -30,28 +30,27 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from memos_lab.data.reader import Reader, spoken_date, turn_item
 from memos_lab.data.schema import NO_EVIDENCE_CATEGORIES, Conversation, Question, Turn
 from memos_lab.errors import ConfigError, DataError, MemosError
 from memos_lab.eval.judge import LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
 from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
 from memos_lab.memory.parametric.base import ParametricMemory
+from memos_lab.memory.reader import Reader, spoken_date, turn_item
 from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
 from memos_lab.models.embedder import Embedder
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
 from memos_lab.prompts import AnswerPrompt, JudgePrompt
-from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.parametric import recitation_edit
-from memos_lab.settings import Settings, one_of, positive, positive_int, uses_settings
+from memos_lab.settings import one_of, positive, positive_int, uses_settings
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +113,12 @@ class QARecord:
 
 
 @dataclass(frozen=True)
-class QASettings(Settings):
+class QASettings(ExperimentSettings):
     """`experiment=qa`'s settings (conf/experiment/qa.yaml only overrides them)."""
 
-    section: ClassVar[str] = "experiment"
-    instantiated: ClassVar[bool] = False
-    config_keys: ClassVar[Mapping[str, Any]] = {
-        "name": "qa", "fn": "memos_lab.experiments.qa.run", "report_metrics": (), "ci_metrics": (), "pinned": (),
-    }  # fmt: skip
+    declared_in_yaml: ClassVar[tuple[str, ...]] = (*ExperimentSettings.declared_in_yaml, "ci_metrics", "pinned")
+    ci_metrics: tuple[str, ...] = ()  # per-question scores `report` turns into bootstrap 95% CIs
+    pinned: tuple[str, ...] = ()  # settings that must be equal for runs to share a table
     context: str = "retrieved"  # retrieved | none | full | oracle
     form: str = "text"  # text | kv | parametric
     top_k: int = 10
@@ -152,7 +149,7 @@ class QASettings(Settings):
         )
         if "judge" in values:  # `experiment.judge=true` on the command line is a YAML boolean ("True")
             values["judge"] = str(values["judge"]).lower()
-        return cls.from_mapping({k: v for k, v in values.items() if k not in cls.config_keys})
+        return cls.from_mapping(values)
 
 
 def build_prompts(cfg: DictConfig) -> tuple[AnswerPrompt, JudgePrompt]:
@@ -349,11 +346,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     records: list[QARecord] = []
     timing = Timing()
+    memory_counters: Counter[str] = Counter()  # failures a backend counted instead of raising (peer extraction)
     for step, conversation in enumerate(tqdm(conversations, desc="conversations", unit="conv")):
         questions = asked[conversation.conversation_id]
         if not questions:
             continue
-        prepared = prepare_conversation(conversation, questions, settings, builder, cfg, embedder, reader)
+        prepared = prepare_conversation(
+            conversation, questions, settings, builder, cfg, embedder, reader, memory_counters
+        )
         parametric = None
         if settings.form == "parametric":
             assert model is not None  # required above for every form but text
@@ -380,6 +380,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         metrics["qa/parametric_train_s"] = timing.train_s
     if judge is not None:
         metrics["qa/judge_prompt_tokens"] = judge.prompt_tokens
+    metrics.update({f"memory/{name}": count for name, count in sorted(memory_counters.items())})
     return metrics
 
 
@@ -477,7 +478,7 @@ def first_line(text: str) -> str:
 
 def prepare_conversation(
     conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
-    cfg: DictConfig, embedder: Embedder | None, reader: Reader | None,
+    cfg: DictConfig, embedder: Embedder | None, reader: Reader | None, memory_counters: Counter[str],
 ) -> list[Prepared]:  # fmt: skip
     turns = {turn.turn_id: turn for turn in conversation.turns}
 
@@ -501,12 +502,13 @@ def prepare_conversation(
         lines, ids = [turn_line(t) for t in shown], tuple(t.turn_id for t in shown)
         return [Prepared(q, conversation.conversation_id, lines, ids, evidence=existing(q), truncated=truncated)
                 for q in questions]  # fmt: skip
-    return retrieve(conversation, questions, settings, builder, cfg, embedder, reader, existing)
+    return retrieve(conversation, questions, settings, builder, cfg, embedder, reader, existing, memory_counters)
 
 
 def retrieve(
     conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
     cfg: DictConfig, embedder: Embedder | None, reader: Reader | None, existing: Callable[[Question], tuple[str, ...]],
+    memory_counters: Counter[str],
 ) -> list[Prepared]:  # fmt: skip
     """Ingest the conversation into its own cube, then search it once per question."""
     user = conversation.conversation_id
@@ -515,6 +517,7 @@ def retrieve(
     cube = mos.create_cube(user, cube_id=conversation.conversation_id)
     assert reader is not None  # run() instantiates one for context=retrieved, the only context that retrieves
     mos.add(user, cube.cube_id, reader.read(conversation, user))
+    memory_counters.update(cube.text.counters())
     prepared = []
     for question in questions:
         started = time.perf_counter()
@@ -525,9 +528,12 @@ def retrieve(
         # Shown oldest first, so that dates read in order; ties keep the rank order.
         keep.sort(key=lambda i: (hits[i].item.metadata.event_time or "", i))
         shown = [turn for i in keep for turn in turn_scores([hits[i]])]
+        # A memory that returns memories of its own (mem0's extraction) has no evidence ids: nothing to score.
+        scored = cube.text.returns_stored_items
         prepared.append(Prepared(
             question, conversation.conversation_id, [lines[i] for i in keep], tuple(shown),
-            retrieved=tuple(turn_scores(hits)), evidence=existing(question), retrieve_ms=retrieve_ms,
+            retrieved=tuple(turn_scores(hits)) if scored else None, evidence=existing(question) if scored else (),
+            retrieve_ms=retrieve_ms,
         ))  # fmt: skip
     return prepared
 

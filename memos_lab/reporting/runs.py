@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -9,16 +10,19 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.errors import HydraException
 
 from memos_lab.artifact import MAX_JSON_BYTES, check_json, parse_json, read_bounded
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.experiments.common import MetricSpec, find_spec
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, MetricSpec, find_spec
 from memos_lab.reporting.escape import one_line
-from memos_lab.runner import CONFIG_FILE, METRICS_FILE, PER_QUERY_ARTIFACT, PROVENANCE_FILE, RUN_METRICS, read_metrics
+from memos_lab.runner import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, RUN_METRICS, read_metrics
+
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
 
 HYDRA_DIR = ".hydra"
 MULTIRUN_FILE = "multirun.yaml"
@@ -29,6 +33,8 @@ NOT_A_SETTING = frozenset({"seed", "resume"})
 DEFAULT = "(default)"
 UNKNOWN = "(unknown)"
 MAX_YAML_BYTES = 4 * 2**20  # Hydra's records of a job are a few KiB
+MAX_PLANNED_JOBS = 100_000  # a multirun record planning more is not listed job by job
+MAX_METRICS = 10_000  # experiments report at most a few hundred (per-category ones included)
 # The largest size a value of each unit can have: beyond it a metric is corrupt, not a result (a fraction is
 # at most 1 in size, allowing differences of fractions; a time of 1e10 s is three centuries).
 UNIT_MAGNITUDE = {
@@ -125,7 +131,10 @@ def read_run(path: Path) -> RunRecord:
 
 
 def _plausible(metrics: dict[str, float], declared: list[MetricSpec]) -> dict[str, float]:
-    """`metrics`, unless one lies outside what its declared unit allows (a 1e308 fraction): DataError."""
+    """`metrics`, unless one lies outside what its declared unit allows (a 1e308 fraction), or there are
+    more than any experiment reports (a table of a million columns would never finish): DataError."""
+    if len(metrics) > MAX_METRICS:
+        raise DataError(f"{METRICS_FILE}: {len(metrics)} metrics, more than the {MAX_METRICS} a report shows")
     for name, value in metrics.items():
         spec = find_spec([*declared, *RUN_METRICS], name)
         if spec is not None and abs(value) > UNIT_MAGNITUDE.get(spec.unit, math.inf):
@@ -234,8 +243,10 @@ def unstarted_jobs(folder: Path) -> list[RunRecord]:
             if sweeper.get("_target_") != BASIC_SWEEPER or sweep.get("subdir") != JOB_SUBDIR:
                 continue
             overrides = _mapping(hydra_record.get("overrides"), f"{record_path.name}: hydra.overrides")
-            task = [str(line) for line in overrides.get("task") or []]
-            batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task), None)
+            task = OverridesParser.create().parse_overrides([str(line) for line in overrides.get("task") or []])
+            if _planned_jobs(task) > MAX_PLANNED_JOBS:
+                continue  # not a sweep anyone ran: listing it would take all the memory
+            batches = BasicSweeper.split_arguments(task, None)
             experiment = _mapping(config.get("experiment"), f"{record_path.name}: experiment")
         except (DataError, HydraException, TypeError):
             continue  # an unreadable sweep record: its unstarted jobs cannot be listed; the jobs found still are
@@ -252,6 +263,16 @@ def unstarted_jobs(folder: Path) -> list[RunRecord]:
                     failure="never started (the sweep was stopped before this job)",
                 ))  # fmt: skip
     return missing
+
+
+def _planned_jobs(overrides: Sequence[Override]) -> int:
+    """How many jobs the basic sweeper makes of `overrides` (counted up to just past MAX_PLANNED_JOBS)."""
+    jobs = 1
+    for override in overrides:
+        if override.is_sweep_override():
+            jobs *= max(1, sum(1 for _ in itertools.islice(override.sweep_string_iterator(), MAX_PLANNED_JOBS + 1)))
+        jobs = min(jobs, MAX_PLANNED_JOBS + 1)
+    return jobs
 
 
 def parse_overrides(lines: list[str]) -> dict[str, str]:

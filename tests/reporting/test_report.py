@@ -93,7 +93,7 @@ def test_report_rows_are_configurations_with_mean_and_std_over_seeds(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 5 and set(runs["git_commit"]) == {"abc123"} and runs["status"].tolist().count("failed") == 1
     assert PROVENANCE["command"] in set(runs["command"])
-    for png in ("memory.fusion.png", "latency_vs_quality.png"):
+    for png in ("headline.png", "latency_vs_quality.png"):
         assert (out / png).read_bytes().startswith(PNG_MAGIC) and f"]({png})" in report
 
 
@@ -228,7 +228,7 @@ def test_runs_of_different_experiments_are_not_mixed(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "x"], "the following arguments are required: folders"),
+        (["--out", "x"], "give run folders or --from-table"),
         (["{runs}"], "the following arguments are required: --out"),
         (
             ["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"],
@@ -396,6 +396,10 @@ MALFORMED = {
         "metrics.json", '{"retrieval/mrr": 1e308, "run/wall_s": 1.0}',
         "metrics.json: retrieval/mrr = 1e+308 is absurd for a metric in fraction",
     ),
+    "more metrics than any experiment reports": (
+        "metrics.json", json.dumps({f"m{i}": 0.5 for i in range(10_001)} | {"run/wall_s": 1.0}),
+        "metrics.json: 10002 metrics, more than the 10000 a report shows",
+    ),
 }  # fmt: skip
 
 
@@ -414,12 +418,29 @@ def test_a_malformed_file_fails_its_run_with_one_line_and_no_traceback(tmp_path,
     assert reason in row.replace("\\", ""), row
 
 
+@pytest.mark.timeout(60)
+def test_a_sweep_record_planning_a_trillion_jobs_lists_none_of_them(tmp_path):
+    record = {
+        "hydra": {
+            "sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+            "overrides": {"task": ["a=range(0,1000000)", "b=range(0,1000000)"]},
+        },
+        "experiment": {"name": "retrieval"},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    make_run(tmp_path / "0", ["a=0", "b=0", "seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    summary = write_report([tmp_path], tmp_path / "out", "cmd")
+    assert (summary.runs, summary.failed) == (1, 0)
+
+
 def test_an_absurd_value_of_an_undeclared_metric_is_shown_as_it_is(tmp_path):
     make_run(tmp_path / "a", ["seed=0"], {"other/score": 1e308, "run/wall_s": 1.0})
     make_run(tmp_path / "b", ["seed=1"], {"other/score": 1e308, "run/wall_s": 1.0})
     summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["other/score"])
     assert summary.failed == 0
-    assert "1e+308" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "1e+308" in report and "Not drawn: the values do not fit a plot axis" in report
 
 
 def test_markdown_and_csv_escapes():
