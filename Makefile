@@ -32,8 +32,8 @@ test-fast: install
 
 # Style, types and the layer contract, configured in pyproject.toml ([tool.ruff], [tool.mypy], [tool.importlinter]).
 lint: install
-	$(VENV)/bin/ruff check memos_lab tests
-	$(VENV)/bin/ruff format --check memos_lab tests
+	$(VENV)/bin/ruff check memos_lab tests fuzz
+	$(VENV)/bin/ruff format --check memos_lab tests fuzz
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

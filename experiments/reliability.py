@@ -255,9 +255,16 @@ def write_readme(out: Path, ann_runs: list[Path], ann_command: str, fuzz_command
     if fuzz.exists():
         counts = json.loads(fuzz.read_text())
         shown = ", ".join(f"{k}: {v}" for k, v in counts.items() if not isinstance(v, (dict, list)))
-        rows.append(f"| fuzzing (h-artifact's harness) | {shown} | `{fuzz_command}` |")
+        rows.append(f"| fuzzing (fuzz/) | {shown} | `{fuzz_command}` |")
     else:
-        rows.append(f"| fuzzing | pending h-artifact | `{fuzz_command}` |")
+        rows.append(f"| fuzzing | not run (FUZZ=1 runs it) | `{fuzz_command}` |")
+    drip = json.loads((out / "drip.json").read_text())
+    for row in drip["rows"]:
+        rows.append(
+            f"| one served question, {row['fault']}, stream={str(row['stream']).lower()}, timeout_s={row['timeout_s']:g}, "
+            f"max_retries={row['max_retries']} | {row['wall_s']:.2f} s in {row['attempts']} attempts (stated bound "
+            f"{row['bound_s']:.2f} s) | `{drip['command']}` |"
+        )
     for kind in ("dump", "save", "load"):
         result = json.loads((out / f"kill_{kind}.json").read_text())
         value = (f"{result['intact']}/{result['runs']} intact, {result['staging_left_after_next_open']} staging left after "
@@ -285,7 +292,7 @@ def write_readme(out: Path, ann_runs: list[Path], ann_command: str, fuzz_command
             f"{metrics['scaling/search_ms_p95']:.2f} ms | `{ann_command}` ({run.name}) |"
         )
     text = [
-        "# Reliability (issue 17)",
+        "# Reliability (issues 17, 22)",
         "",
         f"Produced by `experiments/reliability.sh` on {time.strftime('%Y-%m-%d', time.gmtime())} (UTC), "
         "2 shared CPU cores; raw figures in the JSON files beside this one.",

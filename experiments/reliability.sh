@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reliability (issue 17): kill -9 during dump / save / load, concurrent writers into one cube and one MOS
-# root, filtered ANN search with soft-deleted items, and (when FUZZ=1) h-artifact's fuzz campaign.
+# Reliability (issues 17, 22): kill -9 during dump / save / load, concurrent writers into one cube and one MOS
+# root, filtered ANN search with soft-deleted items, the longest a hostile server holds one served question,
+# and (when FUZZ=1) the fuzz campaign (fuzz/: artifacts, a hostile server, hostile run folders for `report`).
 #   experiments/reliability.sh          (about 10 minutes on 2 busy cores; FUZZ=1 adds the fuzz campaign)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,10 +11,13 @@ RUNS=outputs/suites/reliability
 mkdir -p "$OUT"
 rm -rf "$RUNS"
 
-FUZZ_COMMAND="python -m memos_lab.fuzz --examples 5000 --seed 0 --out $OUT/fuzz.json"
+FUZZ_COMMAND="python -m fuzz --examples 5000 --seed 0 --out $OUT/fuzz.json"
 if [[ "${FUZZ:-0}" == 1 ]]; then
   $FUZZ_COMMAND
 fi
+# One question to a server that drips a byte a second, streams forever or never ends its body, against the
+# stated bound timeout_s x (max_retries + 1) + backoff (about a minute).
+$PY -m fuzz.drip --timeout-s 3 --max-retries 2 --out $OUT/drip.json
 
 for kind in dump save load; do
   $PY experiments/reliability.py kill $kind 20 $OUT/kill_$kind.json

@@ -30,6 +30,8 @@ PROVENANCE_FILE = "provenance.json"
 COMPLETE_MARKER = "run/wall_s"
 # An experiment stopped early (Ctrl-C) may still return what it measured, flagged with this metric.
 INTERRUPTED_MARKER = "run/interrupted"
+# How many metrics the experiment returned as NaN or infinite: left out of metrics.json, named in report.md.
+UNMEASURED_MARKER = "run/unmeasured"
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 RUN_METRICS = (
     MetricSpec(name=COMPLETE_MARKER, unit="s", higher_is_better=False),
     MetricSpec(name=INTERRUPTED_MARKER, unit="count"),
+    MetricSpec(name=UNMEASURED_MARKER, unit="count", higher_is_better=False),
 )
 
 NOISY_LOGGERS = ("httpx", "sentence_transformers")  # they log per call at INFO
@@ -112,16 +115,18 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     inner.start(str(run_dir), resolved)
     started = time.perf_counter()
     try:
-        metrics = _checked_metrics(experiment(cfg, tracker))
+        metrics, unmeasured = _measured(experiment(cfg, tracker))
     except BaseException:
         inner.finish({}, failed=True)
         raise
     wall_s = time.perf_counter() - started
     _warn_undeclared(cfg, metrics)
+    if unmeasured:
+        metrics[UNMEASURED_MARKER] = len(unmeasured)
     metrics[COMPLETE_MARKER] = wall_s
     for name, data in tracker.artifacts.items():
         atomic_write_text(run_dir / f"{name}.json", json.dumps(data, sort_keys=True) + "\n")
-    atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, env, wall_s))
+    atomic_write_text(run_dir / REPORT_FILE, render_report(cfg, choices, metrics, env, wall_s, unmeasured))
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")  # last: marks done
     inner.finish(metrics)
     return _checked_objective(cfg, metrics)  # checked after writing: the run itself is sound and kept
@@ -190,6 +195,19 @@ def finished_metrics(run_dir: Path, config_text: str) -> dict[str, float] | None
     return metrics
 
 
+def _measured(metrics: Mapping[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """An experiment's metrics without those it returned as NaN or infinite, and their names, each warned of.
+
+    Such a value means "not measured in this mode" (or a bug that must show): it is left out and counted as
+    `run/unmeasured`, never ending a run whose other metrics hours of work produced."""
+    unmeasured = sorted(
+        name for name, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)
+    )
+    for name in unmeasured:
+        log.warning("metric %s is %r, left out of %s as unmeasured", name, metrics[name], METRICS_FILE)
+    return _checked_metrics({k: v for k, v in metrics.items() if k not in unmeasured}), unmeasured
+
+
 def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """metrics.json is one flat object of metric name to finite number; anything else is a bug."""
     checked = {}
@@ -203,7 +221,12 @@ def _checked_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def render_report(
-    cfg: DictConfig, choices: Mapping[str, str], metrics: Mapping[str, float], env: Mapping[str, Any], wall_s: float
+    cfg: DictConfig,
+    choices: Mapping[str, str],
+    metrics: Mapping[str, float],
+    env: Mapping[str, Any],
+    wall_s: float,
+    unmeasured: Sequence[str] = (),
 ) -> str:
     from tabulate import tabulate
 
@@ -222,6 +245,7 @@ def render_report(
         *_random_weights_notice(env),
         tabulate([(name, f"{value:.4g}") for name, value in sorted(metrics.items())], ["metric", "value"], "github"),
         "",
+        *([f"Unmeasured (NaN or infinite, left out): {', '.join(unmeasured)}", ""] if unmeasured else []),
         "## Environment",
         "",
         tabulate(sorted(env.get("models", {}).items()), ["model", "value"], "github"),

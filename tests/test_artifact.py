@@ -226,7 +226,7 @@ def test_every_backend_in_conf_is_a_registered_class() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["builtins.print", "os.makedirs", "memos_lab.fuzz.Sentinel", "memos_lab.cube.MemCube", 5]
+    "target", ["builtins.print", "os.makedirs", "fuzz.oracle.Sentinel", "memos_lab.cube.MemCube", 5]
 )
 def test_a_class_outside_the_registry_is_refused_even_inside_memos_lab(target: object) -> None:
     with pytest.raises(IncompatibleError, match="may only name the registered embedder classes HashingEmbedder"):

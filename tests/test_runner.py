@@ -63,6 +63,23 @@ def test_non_numeric_metrics_are_a_bug(bad):
         _checked_metrics(bad)
 
 
+def unmeasurable_experiment(cfg, tracker):
+    return {"toy/score": 0.5, "latency/ttft_ms_p50": float("nan"), "toy/ratio": float("inf")}
+
+
+def test_a_nan_or_infinite_metric_is_left_out_and_counted_instead_of_ending_the_run(tmp_path, caplog):
+    # Issue 22 item 1: a NaN TTFT ended a served run with no metrics.json, losing the whole run.
+    run_experiment(make_cfg(f"{__name__}.unmeasurable_experiment"), tmp_path, {})
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["toy/score"] == 0.5 and written["run/unmeasured"] == 2
+    assert "latency/ttft_ms_p50" not in written and "toy/ratio" not in written
+    assert (
+        "Unmeasured (NaN or infinite, left out): latency/ttft_ms_p50, toy/ratio" in (tmp_path / "report.md").read_text()
+    )
+    assert "latency/ttft_ms_p50 is nan, left out" in caplog.text
+    assert read_metrics(tmp_path) == written
+
+
 def experiment_with_artifact(cfg, tracker):
     tracker.log_artifact("per_query", {"toy/score": {"q1": 1.0, "q2": 0.0}})
     return {"toy/score": 0.5}

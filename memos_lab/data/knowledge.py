@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from memos_lab.data.local_json import refuse_non_records
 from memos_lab.data.schema import KnowledgeEdit, LocalityProbe
 from memos_lab.errors import DataError
 from memos_lab.settings import Settings, positive_int, uses_settings
@@ -25,6 +26,7 @@ def _rows(path: str | Path) -> list[dict[str, Any]]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"dataset.path: no file at {str(path)!r}")
+    refuse_non_records(file, "knowledge-edit")
     import datasets
 
     datasets.disable_progress_bars()

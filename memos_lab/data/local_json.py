@@ -8,6 +8,15 @@ from typing import Any
 from memos_lab.errors import DataError
 
 
+def refuse_non_records(file: Path, dataset: str) -> None:
+    """DataError unless the file starts like records (a JSON array, or JSON lines of objects): a file that is
+    just `null` crashes the `datasets` JSON reader (pyarrow) with a segmentation fault, not an exception."""
+    with file.open("rb") as handle:
+        start = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not start.startswith((b"[", b"{")):
+        raise DataError(f"dataset.path: {file} is not a {dataset} file: a JSON array or JSON lines of objects expected")
+
+
 def read_json_records(path: str | Path, dataset: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
     """The records of a JSON (list of objects) or JSONL file, as plain dicts."""
     import datasets
@@ -15,6 +24,7 @@ def read_json_records(path: str | Path, dataset: str, cache_dir: str | None = No
     file = Path(path)
     if not file.is_file():
         raise DataError(f"dataset.path: no {dataset} file at {file}")
+    refuse_non_records(file, dataset)
     datasets.disable_progress_bars()
     try:
         table = datasets.load_dataset("json", data_files=str(file), split="train", cache_dir=cache_dir)

@@ -5,8 +5,15 @@ Ollama, `transformers serve`, OpenAI itself), through the `openai` client.
   provenance or W&B (`describe` names the variable, not its value).
 - Greedy: temperature 0 and, where the server takes one, `seed`. What a server honours is its own affair
   (`transformers serve` reports temperature as ignored and decodes greedily by default).
-- `concurrency` requests are in flight at once; the client retries connection errors, 408/409/429 and 5xx
-  `max_retries` times with exponential backoff, each attempt bounded by `timeout_s`.
+- `concurrency` requests are in flight at once; connection errors, timeouts, 408/409/429 and 5xx are retried
+  `max_retries` times, waiting 0.5 s, 1 s, 2 s... (at most 8 s; a server's Retry-After is not obeyed).
+- Every attempt is bounded whatever the server does (bounded_http.py): `timeout_s` in all, from connecting
+  to the last byte (a server dripping a byte a second is cut at `timeout_s`), and `max_reply_bytes` of reply.
+  A streamed answer longer than `max_new_tokens` pieces is cut. So one question takes at most
+  `timeout_s * (max_retries + 1)` plus the waits between attempts (`worst_case_s`). The bounded transport
+  goes straight to `base_url`: the HTTP(S)_PROXY variables are not used.
+- A reply that does not follow the protocol (no text, usage counts that are not non-negative integers,
+  bodies that are not JSON...) is a failed request, never an exception.
 - A request that still fails is a `Generation` with `error` set; after `max_consecutive_failures` in a row
   the server is taken for dead and the remaining requests fail at once (a few timeouts, not one per question).
 - At construction one 1-token request checks the URL, the key and the model name, so a wrong setting is
@@ -16,22 +23,35 @@ Ollama, `transformers serve`, OpenAI itself), through the `openai` client.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from memos_lab.errors import ConfigError
 from memos_lab.generation.base import ChatRequest, Generation, Generator, check_max_new_tokens
+from memos_lab.generation.bounded_http import BoundedTransport, ReplyTooLarge, attempt
 from memos_lab.settings import Settings, non_negative_int, positive, positive_int
 
+T = TypeVar("T")
 NO_KEY = "no-key"
 MISSING = "???"  # OmegaConf's mark of a value the user must give  # the client insists on a key; servers that take none ignore this one
+FIRST_BACKOFF_S = 0.5  # the wait before the first retry, doubled for each next one (the openai client's schedule)
+MAX_BACKOFF_S = 8.0
+RETRIED_STATUS = frozenset({408, 409, 429})  # and every 5xx
+MAX_USAGE_TOKENS = 1 << 40  # a usage count above this is not a count
+# Errors a hostile or broken reply can raise while it is parsed: each makes that request a counted failure.
+REPLY_ERRORS = (
+    openai.OpenAIError, httpx2.HTTPError, ReplyTooLarge, ValueError, LookupError, TypeError,
+    AttributeError, RecursionError,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,8 +60,9 @@ class ServedSettings(Settings):
     base_url: str  # e.g. http://127.0.0.1:8000/v1
     model: str  # the name the server serves the model under
     api_key_env: str | None = None  # the NAME of the environment variable holding the key; null: no key
-    timeout_s: float = 60.0  # per attempt
-    max_retries: int = 2  # connection errors, 408/409/429 and 5xx, with exponential backoff (the client's)
+    timeout_s: float = 60.0  # per attempt, in all: connect, send, wait and read the whole reply
+    max_retries: int = 2  # connection errors, timeouts, 408/409/429 and 5xx, with exponential backoff
+    max_reply_bytes: int = 4 << 20  # a reply (headers and body, or a whole stream) larger than this fails
     concurrency: int = 8  # requests in flight at once
     seed: int | None = 0  # sent with each request, for servers that take one
     stream: bool = False  # stream the answer: measures the time to the first token
@@ -58,8 +79,18 @@ class ServedSettings(Settings):
         if not self.model.strip():
             raise ConfigError(f"{self.section}.model must name the model the server serves")
         positive(self, "timeout_s")
-        positive_int(self, "concurrency", "max_consecutive_failures")
+        positive_int(self, "concurrency", "max_consecutive_failures", "max_reply_bytes")
         non_negative_int(self, "max_retries")
+
+    @property
+    def worst_case_s(self) -> float:
+        """The longest one question can take: every attempt to its deadline, and the waits between them."""
+        return self.timeout_s * (self.max_retries + 1) + sum(backoff_s(k) for k in range(self.max_retries))
+
+
+def backoff_s(retry: int) -> float:
+    """The longest wait before retry number `retry` (from 0); the wait itself is jittered down by up to 25%."""
+    return min(FIRST_BACKOFF_S * 2.0**retry, MAX_BACKOFF_S)
 
 
 class ServedGenerator(Generator):
@@ -77,11 +108,13 @@ class ServedGenerator(Generator):
                 )
         self.name = self.model = model
         self.base_url = base_url.rstrip("/")
+        limits = httpx2.Limits(max_connections=self.settings.concurrency + 1, max_keepalive_connections=None)
         self._client = openai.OpenAI(
             base_url=self.base_url,
             api_key=key,
             timeout=float(self.settings.timeout_s),
-            max_retries=self.settings.max_retries,
+            max_retries=0,  # retried here, so that the attempts and the waits between them are bounded
+            http_client=openai.DefaultHttpxClient(transport=BoundedTransport(limits), limits=limits),
         )
         self._lock = threading.Lock()
         self._failures_in_a_row = 0
@@ -119,12 +152,25 @@ class ServedGenerator(Generator):
             )
         started = time.perf_counter()
         try:
-            generation = self._call(request, max_new_tokens, started)
-        except (openai.OpenAIError, ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+            generation = self._with_retries(lambda: self._call(request, max_new_tokens, started))
+        except REPLY_ERRORS as error:
             generation = Generation.failure(_describe_error(error), request.request_id, _ms_since(started))
         with self._lock:
             self._failures_in_a_row = self._failures_in_a_row + 1 if generation.failed else 0
         return generation
+
+    def _with_retries(self, send: Callable[[], T]) -> T:
+        """`send()` once per attempt, each within `timeout_s` and `max_reply_bytes`; retried as the module says."""
+        retry = 0
+        while True:
+            try:
+                with attempt(self.settings.timeout_s, self.settings.max_reply_bytes):
+                    return send()
+            except (openai.APIConnectionError, openai.APIStatusError) as error:  # APITimeoutError included
+                if retry >= self.settings.max_retries or not _worth_retrying(error):
+                    raise
+            time.sleep(backoff_s(retry) * (1 - 0.25 * random.random()))  # jitter: concurrent retries spread out
+            retry += 1
 
     def _options(self, max_new_tokens: int) -> dict[str, Any]:
         options: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens, "temperature": 0}
@@ -139,36 +185,48 @@ class ServedGenerator(Generator):
         response = self._client.chat.completions.create(messages=messages, **self._options(max_new_tokens))
         content = response.choices[0].message.content
         if not isinstance(content, str):
-            raise ValueError(f"the reply holds no text (content={content!r})")
-        usage = response.usage
+            raise ValueError(f"the reply holds no text (content={content!r:.60})")
+        prompt_tokens, completion_tokens = _usage(response.usage)
         return Generation(
             text=content,
-            prompt_tokens=int(usage.prompt_tokens) if usage else 0,
-            completion_tokens=int(usage.completion_tokens) if usage else 0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_ms=_ms_since(started),
             request_id=request.request_id,
-            details={"served_as": str(response.model)},
+            details={"served_as": _one_line(response.model)},
         )
 
     def _streamed(
         self, request: ChatRequest, messages: list[ChatCompletionMessageParam], max_new_tokens: int, started: float
     ) -> Generation:
-        """Streaming tells the time to the first token; the last chunk carries the usage."""
+        """Streaming tells the time to the first token; the last chunk carries the usage. More pieces of answer
+        than `max_new_tokens` (each chunk holds at least one token) mean the server ignores the limit: cut."""
         parts: list[str] = []
         first_at: float | None = None
         prompt_tokens = completion_tokens = 0
-        served_as = ""
+        served_as: object = ""
+        chunks = 0
         stream = self._client.chat.completions.create(
             messages=messages, stream=True, stream_options={"include_usage": True}, **self._options(max_new_tokens)
         )
-        for chunk in stream:
-            served_as = str(chunk.model or served_as)
-            if chunk.usage is not None:
-                prompt_tokens, completion_tokens = int(chunk.usage.prompt_tokens), int(chunk.usage.completion_tokens)
-            for choice in chunk.choices:
-                if choice.delta.content:
+        with stream:  # leaving early closes the connection instead of reading on
+            for chunk in stream:
+                chunks += 1
+                served_as = chunk.model or served_as
+                if chunk.usage is not None:
+                    prompt_tokens, completion_tokens = _usage(chunk.usage)
+                for choice in chunk.choices:
+                    content = choice.delta.content
+                    if content is None or content == "":
+                        continue
+                    if not isinstance(content, str):
+                        raise ValueError(f"a streamed piece of answer is not text ({content!r:.60})")
+                    if len(parts) == max_new_tokens:
+                        raise ValueError(f"the server streamed more than max_new_tokens={max_new_tokens} pieces; cut")
                     first_at = first_at or time.perf_counter()
-                    parts.append(choice.delta.content)
+                    parts.append(content)
+        if not chunks:
+            raise ValueError("the reply holds no streamed chunk (is it a stream?)")
         return Generation(
             text="".join(parts),
             prompt_tokens=prompt_tokens,
@@ -176,7 +234,7 @@ class ServedGenerator(Generator):
             latency_ms=_ms_since(started),
             ttft_ms=None if first_at is None else (first_at - started) * 1000,
             request_id=request.request_id,
-            details={"served_as": served_as},
+            details={"served_as": _one_line(served_as)},
         )
 
     # ---- the check at start ----------------------------------------------------------------------
@@ -184,10 +242,12 @@ class ServedGenerator(Generator):
     def _check(self) -> None:
         """One 1-token request: a wrong URL, key or model name is one line now, not a failure per question."""
         try:
-            response = self._client.chat.completions.create(
-                messages=[{"role": "user", "content": "Say OK."}], **self._options(1)
+            response = self._with_retries(
+                lambda: self._client.chat.completions.create(
+                    messages=[{"role": "user", "content": "Say OK."}], **self._options(1)
+                )
             )
-            self.served_as = str(response.model)
+            self.served_as = _one_line(response.model)
         except openai.APIConnectionError as error:  # APITimeoutError included
             raise ConfigError(
                 f"llm.base_url: cannot reach {self.base_url} ({_describe_error(error)}); is the server running?"
@@ -206,17 +266,46 @@ class ServedGenerator(Generator):
                 f"llm: {self.base_url} answered a test request for model {self.model!r} with HTTP {error.status_code} "
                 f"({_describe_error(error)}){self._served_models()}"
             ) from None
-        except openai.OpenAIError as error:
+        except REPLY_ERRORS as error:
             raise ConfigError(
                 f"llm: {self.base_url} sent no usable reply to a test request ({_describe_error(error)})"
             ) from None
 
     def _served_models(self) -> str:
         try:
-            names = [entry.id for entry in self._client.models.list()]
-        except openai.OpenAIError:
+            with attempt(self.settings.timeout_s, self.settings.max_reply_bytes):
+                names = [_one_line(entry.id, 80) for entry in self._client.models.list()]
+        except REPLY_ERRORS:
             return ""
         return f"; it serves: {', '.join(names[:10])}" if names else ""
+
+
+def _worth_retrying(error: openai.APIConnectionError | openai.APIStatusError) -> bool:
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in RETRIED_STATUS or error.status_code >= 500
+    return True  # no connection, or the attempt's deadline passed
+
+
+def _usage(usage: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens of a reply's `usage`, (0, 0) when it has none; ValueError unless counts."""
+    if usage is None:
+        return 0, 0
+    return _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+
+
+def _token_count(usage: Any, name: str) -> int:
+    value = getattr(usage, name, None)
+    if isinstance(value, float) and value.is_integer():  # 12.0; never inf or nan
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_USAGE_TOKENS:
+        raise ValueError(f"usage.{name} is not a token count: {value!r:.40}")
+    return value
+
+
+def _one_line(value: object, limit: int = 200) -> str:
+    """A server-given name as one printable line: it reaches provenance and reports."""
+    text = " ".join(str(value).split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
 def _ms_since(started: float) -> float:

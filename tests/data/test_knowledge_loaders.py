@@ -65,6 +65,9 @@ def test_unreadable_or_absent_files_are_data_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DataError, match="cannot read"):
         load_zsre(str(bad))
+    bad.write_text(" null\n")  # crashed the process in the `datasets` JSON reader (found by the fuzz campaign)
+    with pytest.raises(DataError, match="a JSON array or JSON lines of objects expected"):
+        load_counterfact(str(bad))
 
 
 def test_jsonl_facts_round_trip_our_schema(tmp_path):

@@ -75,6 +75,9 @@ def test_missing_or_malformed_files_fail_clearly(tmp_path):
     (tmp_path / "bad.json").write_text("[{not json")
     with pytest.raises(DataError, match="not a readable LoCoMo JSON file"):
         list(load_locomo(str(tmp_path / "bad.json"), cache_dir=str(tmp_path / "cache")))
+    (tmp_path / "bad.json").write_text("null")  # crashed the process (pyarrow) before it was refused
+    with pytest.raises(DataError, match="is not a LoCoMo file: a JSON array"):
+        list(load_locomo(str(tmp_path / "bad.json"), cache_dir=str(tmp_path / "cache")))
 
 
 def test_longmemeval_records_become_one_conversation_per_question(tmp_path):

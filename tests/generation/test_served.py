@@ -6,6 +6,7 @@ ignored), `max_tokens`, and the model's own end-of-turn token; it answers as `<f
 name other than the one it is pinned to is refused with HTTP 400.
 """
 
+import math
 from pathlib import Path
 
 import pytest
@@ -48,12 +49,13 @@ def test_the_judge_runs_on_the_served_model(served_url: str, tiny_folder: Path):
     assert judge.prompt_tokens > 0 and judge.completion_tokens > 0
 
 
-def test_the_scheduling_experiment_answers_through_the_server(served_url: str, tiny_folder: Path):
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_scheduling_experiment_answers_through_the_server(served_url: str, tiny_folder: Path, stream: bool):
     overrides = [
         "experiment=scheduling", "model=tiny_llama", "embedder=hashing", "logger=none", "dataset.n_conversations=1",
         "dataset.n_sessions=2", "experiment.working_memory.max_items=4",
         "experiment.max_new_tokens=4",
-        "llm=openai_compatible", f"llm.base_url={served_url}", f"llm.model={tiny_folder}",
+        "llm=openai_compatible", f"llm.base_url={served_url}", f"llm.model={tiny_folder}", f"llm.stream={str(stream).lower()}",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -61,6 +63,8 @@ def test_the_scheduling_experiment_answers_through_the_server(served_url: str, t
     metrics = scheduling.run(cfg, Tracker())
     assert metrics["qa/answer_failures"] == 0 and metrics["qa/questions"] > 0 and "qa/f1" in metrics
     assert metrics["qa/prompt_tokens_total"] > 0 and metrics["qa/completion_tokens_total"] > 0
+    assert all(math.isfinite(value) for value in metrics.values())
+    assert ("latency/ttft_ms_p50" in metrics) is stream
     with pytest.raises(ConfigError, match="needs the model's weights"):
         scheduling.run(kv, Tracker())
 

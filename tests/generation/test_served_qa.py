@@ -1,11 +1,13 @@
 """The QA protocol with a served answerer and judge: a real `transformers serve` process (tests/generation/conftest.py)."""
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+from memos_lab import cli
 from memos_lab.cli import CONF_DIR
 from memos_lab.errors import ConfigError
 from memos_lab.experiments import qa
@@ -52,13 +54,19 @@ def test_served_answerer_and_judge_end_to_end(served_url: str, tiny_folder: Path
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_served_qa_metrics_are_finite_with_and_without_streaming(served_url: str, tiny_folder: Path, stream: bool):
-    # Without streaming a served answer has no TTFT: the metric is left out instead of a NaN that ended the run.
-    metrics, _ = qa_run("llm=openai_compatible", f"llm.base_url={served_url}", f"llm.model={tiny_folder}",
-                        f"llm.stream={str(stream).lower()}")  # fmt: skip
+def test_a_served_qa_run_writes_finite_metrics_with_and_without_streaming(
+    served_url: str, tiny_folder: Path, stream: bool, tmp_path: Path
+):
+    # Issue 22 item 1: without streaming a served answer has no TTFT; the NaN it gave ended the run with no
+    # metrics.json. Through the CLI and the runner, as a user runs it.
+    cli.main(["run", "experiment=qa", "dataset=locomo", f"dataset.path={LOCOMO}", "dataset.limit=1",
+              "embedder=hashing", "logger=none", "experiment.max_new_tokens=6", "experiment.top_k=3",
+              "llm=openai_compatible", f"llm.base_url={served_url}", f"llm.model={tiny_folder}",
+              f"llm.stream={str(stream).lower()}", f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert all(math.isfinite(value) for value in metrics.values())
-    assert ("latency/ttft_ms_p50" in metrics) is stream
-    assert metrics["latency/answer_ms_p50"] > 0
+    assert ("latency/ttft_ms_p50" in metrics) is stream and "run/unmeasured" not in metrics
+    assert metrics["latency/answer_ms_p50"] > 0 and metrics["qa/answer_failures"] == 0
 
 
 def test_a_form_that_needs_the_weights_refuses_a_served_model(served_url: str, tiny_folder: Path):

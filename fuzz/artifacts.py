@@ -11,43 +11,34 @@ foreign files with a correct hash; an SQL view for the items table) and loads it
 - no file outside the sample and Python's own installation is opened (audit event "open");
 - it finishes within the deadline; the sample's files are unchanged afterwards.
 
-`python -m memos_lab.fuzz --examples 5000 --out FILE.json` runs the long campaign (needs the dev dependency
-hypothesis) and writes the counts; tests/test_fuzz.py runs a short one in CI.
+The oracle is fuzz/oracle.py's; this family adds the check that the sample's files are unchanged.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
-import signal
 import sqlite3
-import sys
-import tempfile
-import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from memos_lab.errors import MemosError
+from fuzz.oracle import DEADLINE_S, Guard, Outcome, library_roots, observe, tree_digest
 
 # Values planted into JSON fields: code by name, wrong types, hostile text.
 PLANTS: tuple[Any, ...] = (
     {"_target_": "builtins.print", "_args_": ["PLANTED"]},
     {"_target_": "os.makedirs", "name": "PLANTED_DIR"},
-    {"_target_": "memos_lab.fuzz.Sentinel"},
+    {"_target_": "fuzz.oracle.Sentinel"},
     {"nested": [{"_target_": "subprocess.Popen", "args": ["true"]}]},
     {"_target_": "memos_lab.models.embedder.HashingEmbedder", "_partial_": True},
     "builtins.print",
     "os.makedirs",
-    "memos_lab.fuzz.Sentinel",
+    "fuzz.oracle.Sentinel",
     "../../outside/secret.txt",
     "/dev/zero",
     "\ud800",
@@ -65,148 +56,6 @@ PLANTS: tuple[Any, ...] = (
     "x" * 5000,
 )
 DEEP = "[" * 200_000 + "]" * 200_000
-# Audit events that run a program or code; any of them during a load counts as a code execution.
-RUN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "exec"})
-# Audit events that change files: a code execution unless inside the sample or the datasets cache.
-WRITE_EVENTS = frozenset(
-    {
-        "os.mkdir",
-        "os.remove",
-        "os.rename",
-        "os.rmdir",
-        "shutil.rmtree",
-        "shutil.copyfile",
-        "os.symlink",
-        "os.link",
-        "os.truncate",
-    }
-)
-DEADLINE_S = 20.0
-MEMORY_LIMIT_BYTES = 8 << 30  # address space: a load that tries to allocate more fails (counted as a raw error)
-
-
-@contextlib.contextmanager
-def limited_memory(limit: int) -> Iterator[None]:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY or soft > limit:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-class Sentinel:
-    """A memos_lab class outside the trusted registry: building it proves a `_target_` was obeyed."""
-
-    built = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        Sentinel.built += 1
-
-
-class _Hang(Exception):
-    pass
-
-
-@dataclass
-class Outcome:
-    target: str
-    mutation: str
-    result: str  # "ok", "refused", "raw", "hang"
-    message: str = ""
-    code_executions: list[str] = field(default_factory=list)
-    outside_reads: list[str] = field(default_factory=list)
-    changed: bool = False
-
-    @property
-    def bad(self) -> bool:
-        return self.result in ("raw", "hang") or bool(self.code_executions or self.outside_reads or self.changed)
-
-
-class Guard:
-    """Records forbidden audit events while active (one process-wide audit hook, installed once)."""
-
-    _installed: Guard | None = None
-
-    def __init__(self, allowed_roots: list[Path], writable_roots: list[Path]) -> None:
-        self.allowed = [str(Path(p).resolve()) for p in allowed_roots]
-        self.writable = [str(Path(p).resolve()) for p in writable_roots]
-        self.active = False
-        self.executions: list[str] = []
-        self.outside: list[str] = []
-        if Guard._installed is None:
-            sys.addaudithook(_dispatch)
-        Guard._installed = self
-
-    def hook(self, event: str, args: tuple[Any, ...]) -> None:
-        if not self.active:
-            return
-        if event == "open" and args and isinstance(args[0], str | bytes | os.PathLike):
-            path = os.fsdecode(args[0])
-            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-            if flags & os.O_NOFOLLOW:  # a final link is refused by the open itself, never followed
-                path = os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
-            else:
-                path = os.path.realpath(path)
-            if not _inside(path, self.allowed):
-                self.outside.append(path)
-        elif event == "exec" and _importing():
-            return  # a module imported for the first time runs its own code: ours or an installed library's
-        elif event == "exec" and _declaring():
-            return  # typing evaluating our string annotations, dataclasses making a class's methods
-        elif event in RUN_EVENTS:
-            self.executions.append(f"{event} {str(args)[:120]}")
-        elif event in WRITE_EVENTS:
-            paths = [os.fsdecode(a) for a in args if isinstance(a, str | bytes | os.PathLike)]
-            if any(
-                isinstance(a, int) and a >= 0 for a in args
-            ):  # relative to a folder descriptor, whose open was checked
-                paths = [p for p in paths if os.path.isabs(p)]
-            if not all(_inside(os.path.realpath(p), self.writable) for p in paths):
-                self.executions.append(f"{event} {str(args)[:120]}")
-
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        self.executions, self.outside = [], []
-        self.active = True
-        try:
-            yield
-        finally:
-            self.active = False
-
-
-def _dispatch(event: str, args: tuple[Any, ...]) -> None:
-    if Guard._installed is not None:
-        Guard._installed.hook(event, args)
-
-
-def _inside(path: str, roots: list[str]) -> bool:
-    return any(path == root or path.startswith(root + os.sep) for root in roots)
-
-
-def _declaring() -> bool:
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None:
-        name = os.path.basename(frame.f_code.co_filename)
-        if (name == "typing.py" and frame.f_code.co_name in ("_evaluate", "get_type_hints")) or (
-            name == "dataclasses.py" and frame.f_code.co_name == "_create_fn"
-        ):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _importing() -> bool:
-    frame: FrameType | None = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
 
 # ---- samples --------------------------------------------------------------------------------------------
 
@@ -523,19 +372,9 @@ class Fuzzer:
         datasets.config.HF_DATASETS_CACHE = Path(os.environ["HF_DATASETS_CACHE"])
         self.samples = {s.name: s for s in build_samples(self.workdir)}
         self.outside = self.workdir / "outside"
-        self.outside.mkdir(exist_ok=True)
+        self.outside.mkdir(parents=True, exist_ok=True)
         (self.outside / "secret.txt").write_text("not yours\n")
-        roots = [
-            self.workdir / "cases",
-            Path(sys.prefix),
-            Path(sys.base_prefix),
-            Path(__file__).resolve().parent,
-            Path(os.environ["HF_DATASETS_CACHE"]),
-            Path("/proc"),
-            Path("/sys"),
-            Path("/dev/null"),
-            Path("/dev/urandom"),
-        ]
+        roots = [self.workdir / "cases", Path(os.environ["HF_DATASETS_CACHE"]), *library_roots()]
         self.guard = Guard(roots, [self.workdir / "cases", Path(os.environ["HF_DATASETS_CACHE"])])
         for sample in self.samples.values():  # warm every import and cache, so the oracle sees only the load
             self._load(sample, sample.path)
@@ -556,54 +395,12 @@ class Fuzzer:
         except (OSError, ValueError, KeyError, IndexError, TypeError, sqlite3.Error) as error:
             mutation = f"(mutation not applicable: {type(error).__name__})"
         before = tree_digest(case)
-        outcome = Outcome(sample_name, mutation, "ok")
-        stdout = io.StringIO()
-        Sentinel.built = 0
-        previous = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, DEADLINE_S)
-        try:
-            with self.guard.watching(), contextlib.redirect_stdout(stdout):
-                self._load(sample, copy)
-        except _Hang:
-            outcome.result = "hang"
-        except MemosError as error:
-            message = str(error)
-            outcome.result, outcome.message = ("refused", message) if "\n" not in message.strip() else ("raw", message)
-        except BaseException as error:
-            if isinstance(error, KeyboardInterrupt):
-                raise
-            outcome.result, outcome.message = "raw", f"{type(error).__name__}: {str(error)[:300]}"
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-        outcome.code_executions = list(self.guard.executions)
-        if stdout.getvalue().strip():
-            outcome.code_executions.append(f"stdout: {stdout.getvalue()[:80]!r}")
-        if Sentinel.built or (case / "PLANTED_DIR").exists() or Path("PLANTED_DIR").exists():
-            outcome.code_executions.append("a planted _target_ was built")
-        outcome.outside_reads = list(self.guard.outside)
+        outcome = observe(self.guard, sample_name, mutation, lambda: self._load(sample, copy), DEADLINE_S)
+        if (case / "PLANTED_DIR").exists() or Path("PLANTED_DIR").exists():
+            outcome.code_executions.append("a planted _target_ made its folder")
         outcome.changed = tree_digest(case) != before
         shutil.rmtree(case, ignore_errors=True)
         return outcome
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise _Hang()
-
-
-def tree_digest(folder: Path) -> str:
-    """A digest of every name, link target and file content under `folder` (never following links), lock
-    files aside."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.name.endswith(".lock"):  # writers' lock files (a MOS root takes one to open), not stored data
-            continue
-        digest.update(str(path.relative_to(folder)).encode("utf-8", "surrogatepass"))
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 # ---- hypothesis strategies --------------------------------------------------------------------------------
@@ -642,7 +439,7 @@ def planted_cases(fuzzer: Fuzzer) -> Iterator[tuple[str, Callable[[Path, Path, S
     plants = [
         p
         for p in PLANTS
-        if (isinstance(p, dict) and p) or p in ("builtins.print", "os.makedirs", "memos_lab.fuzz.Sentinel")
+        if (isinstance(p, dict) and p) or p in ("builtins.print", "os.makedirs", "fuzz.oracle.Sentinel")
     ]
     for name, sample in sorted(fuzzer.samples.items()):
         if not sample.path.is_dir():
@@ -657,72 +454,3 @@ def planted_cases(fuzzer: Fuzzer) -> Iterator[tuple[str, Callable[[Path, Path, S
                             relative, index, new
                         ),
                     )
-
-
-# ---- the long campaign ------------------------------------------------------------------------------------
-
-
-def campaign(examples: int, workdir: Path, seed: int = 0, planted_first: bool = True) -> dict[str, Any]:
-    """Run `examples` mutations in all: every planted `_target_` case first (unless `planted_first` is off),
-    the rest drawn by hypothesis; return the counts."""
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import seed as hypothesis_seed
-
-    started = time.perf_counter()
-    with limited_memory(MEMORY_LIMIT_BYTES):
-        fuzzer = Fuzzer(workdir)
-        cases = planted_cases(fuzzer) if planted_first else iter(())
-        outcomes: list[Outcome] = [fuzzer.run(name, mutate) for name, mutate in cases]
-        planted = len(outcomes)
-
-        @hypothesis_seed(seed)
-        @settings(
-            max_examples=max(0, examples - planted),
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(mutations(fuzzer))
-        def draw(case: tuple[str, Callable[[Path, Path, Sample], str]]) -> None:
-            outcomes.append(fuzzer.run(*case))
-
-        draw()
-    results = Counter(o.result for o in outcomes)
-    bad = [o for o in outcomes if o.bad]
-    return {
-        "examples": len(outcomes),
-        "planted_target_examples": planted,
-        "per_target": dict(sorted(Counter(o.target for o in outcomes).items())),
-        "loaded": results["ok"],
-        "refused_one_line": results["refused"],
-        "raw_tracebacks": results["raw"],
-        "hangs": results["hang"],
-        "code_executions": sum(bool(o.code_executions) for o in outcomes),
-        "outside_reads": sum(bool(o.outside_reads) for o in outcomes),
-        "stored_state_changed": sum(o.changed for o in outcomes),
-        "deadline_s": DEADLINE_S,
-        "seconds": round(time.perf_counter() - started, 1),
-        "failures": [vars(o) for o in bad[:50]],
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memos_lab.fuzz", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=5000, help="mutated artifacts and inputs in all")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the counts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-planted", action="store_true", help="skip the planted-_target_ sweep of every JSON field")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="memos_fuzz_") as workdir:
-        report = campaign(args.examples, Path(workdir), args.seed, planted_first=not args.no_planted)
-    skip = " --no-planted" if args.no_planted else ""
-    report["command"] = f"python -m memos_lab.fuzz --examples {args.examples} --seed {args.seed}{skip} --out {args.out}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    keys = ("examples", "raw_tracebacks", "hangs", "code_executions", "outside_reads", "stored_state_changed")
-    print(json.dumps({key: report[key] for key in keys}))
-    return 0 if not report["failures"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
