@@ -290,6 +290,12 @@ def _serve(args: Sequence[str]) -> None:
     run_server(_service_config("serve", args))
 
 
+def _mcp(args: Sequence[str]) -> None:
+    from memos_lab.service.mcp import run_mcp
+
+    run_mcp(_service_config("mcp", args))
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "run": (_run, "run an experiment: python -m memos_lab run [-m] [group=choice ...] [key=value ...]"),
     "load": (
@@ -305,6 +311,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "serve": (
         _serve,
         "serve a MOS root over HTTP: python -m memos_lab serve root=DIR [serve.port=8765] [embedder=...] [memory=...]",
+    ),
+    "mcp": (
+        _mcp,
+        "one user's memory as MCP tools: python -m memos_lab mcp root=DIR mcp.user=U [mcp.transport=stdio|http]",
     ),
 }
 
