@@ -27,6 +27,7 @@ def payload(result) -> object:
     return json.loads(result.content[0].text)
 
 
+@pytest.mark.slow
 def test_an_mcp_host_adds_searches_gets_updates_and_deletes_over_stdio(tmp_path):
     root = tmp_path / "root"
     mos = MOS(lambda: GeneralTextMemory(HashingEmbedder(dim=512)), root=root, durable=True)
