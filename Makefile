@@ -30,11 +30,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not integration and not slow" $(PYTEST_ARGS)
 
-# Style and types, configured in pyproject.toml ([tool.ruff], [tool.mypy]).
+# Style, types and the layer contract, configured in pyproject.toml ([tool.ruff], [tool.mypy], [tool.importlinter]).
 lint: install
 	$(VENV)/bin/ruff check memos_lab tests
 	$(VENV)/bin/ruff format --check memos_lab tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Refresh the pins after changing dependencies in pyproject.toml.
 lock:

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import cast
 
 from memos_lab.errors import ConfigError
-from memos_lab.eval.kv import common_prefix_len
 from memos_lab.generation.base import ChatRequest, Generator, answer_one, check_max_new_tokens
 from memos_lab.memory.activation.base import ActivationMemory
 from memos_lab.memory.activation.kv_cache import memory_messages
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.parametric.base import ParametricMemory
-from memos_lab.models.decode import KVCache, greedy
+from memos_lab.models.decode import KVCache, common_prefix_len, greedy
 from memos_lab.models.device import clock
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import MemScheduler

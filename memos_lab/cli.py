@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from memos_lab import registry
 from memos_lab.errors import ConfigError, MemosError
 from memos_lab.provenance import COMMAND_VARIABLE
-from memos_lab.settings import CONF_DIR, register_schemas, settings_class_of
+from memos_lab.settings import (
+    CONF_DIR,
+    CONFIG_PATH_VARIABLE,
+    config_dirs,
+    register_schemas,
+    search_path_overrides,
+    settings_class_of,
+)
 
 if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
@@ -32,16 +40,17 @@ MAX_GROUP_CHARS = 128  # W&B's limit on group names
 PLUGIN_HINT = "the joblib, ray, submitit launchers and the optuna sweeper come with: pip install 'memos_lab[launchers]'"
 
 
-def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
-    """Config group -> its choices, read from the YAML files under conf/."""
-    groups = {}
-    for folder in sorted(path for path in conf_dir.iterdir() if path.is_dir()):
-        if folder.name not in HYDRA_OWN_GROUPS:
-            groups[folder.name] = sorted(path.stem for path in folder.glob("*.yaml"))
-    return groups
+def config_groups() -> dict[str, list[str]]:
+    """Config group -> its choices, read from the YAML files of memos_lab's and the user's config folders."""
+    groups: dict[str, set[str]] = {}
+    for conf_dir in config_dirs():
+        for folder in sorted(path for path in conf_dir.iterdir() if path.is_dir()):
+            if folder.name not in HYDRA_OWN_GROUPS and not folder.name.startswith(("_", ".")):
+                groups.setdefault(folder.name, set()).update(path.stem for path in folder.glob("*.yaml"))
+    return {group: sorted(choices) for group, choices in sorted(groups.items())}
 
 
-def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, config_name: str = CONFIG_NAME) -> None:
+def validate_overrides(overrides: Sequence[str], config_name: str = CONFIG_NAME) -> None:
     """Raise ConfigError naming the first bad override; sweeps are checked value by value."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -53,7 +62,7 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
         parsed = OverridesParser.create().parse_overrides(assignments)
     except HydraException as error:
         raise ConfigError(f"malformed override: {_one_line(error)}") from None
-    groups = config_groups(conf_dir)
+    groups = config_groups()
     first_values = []
     hydra_choices: list[tuple[str, list[str]]] = []
     for override in parsed:
@@ -75,19 +84,20 @@ def validate_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR, conf
             hydra_choices.append((key, values))
         assert override.input_line is not None  # the parser keeps every override's input line
         first_values.append(f"{override.get_key_element()}={values[0]}" if values else override.input_line)
-    register_schemas(conf_dir)
+    register_schemas()
+    search_path = search_path_overrides()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             _check_hydra_choices(hydra_choices)
             choices = [
                 line
                 for line in first_values
                 if line.split("=", 1)[0].lstrip("+~") in groups or "/" in line.split("=", 1)[0]
             ]
-            defaults = compose(config_name, overrides=choices)
+            defaults = compose(config_name, overrides=[*search_path, *choices])
             for override in parsed:  # before composing them: its message names the default, Hydra's does not
                 _check_value_types(override, defaults, groups)
-            cfg = compose(config_name, overrides=first_values, return_hydra_config=True)
+            cfg = compose(config_name, overrides=[*search_path, *first_values], return_hydra_config=True)
         check_settings(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
@@ -174,7 +184,7 @@ def _run(args: Sequence[str]) -> None:
     validate_overrides(args)
     prepare_environment()
     os.environ[COMMAND_VARIABLE] = command_line("run", args)
-    sys.argv = [sys.argv[0], *args]
+    sys.argv = [sys.argv[0], *args, *search_path_overrides()]
     hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")(_run_task)()
 
 
@@ -252,7 +262,7 @@ def _load(args: Sequence[str]) -> None:
     validate_overrides(args, config_name=LOAD_CONFIG_NAME)
     prepare_environment()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(LOAD_CONFIG_NAME, overrides=list(args))
+        cfg = compose(LOAD_CONFIG_NAME, overrides=[*search_path_overrides(), *args])
     try:
         summary = hydra.utils.get_method(cfg.memory_type.fn)(cfg)
     except (OmegaConfBaseException, InstantiationException) as error:
@@ -326,6 +336,14 @@ def usage() -> str:
     width = max(map(len, groups))
     lines += ["", "config groups (group=choice):"]
     lines += [f"  {group:<{width}} {', '.join(choices)}" for group, choices in groups.items()]
+    own = [c for c in registry.components() if not c.target.startswith(registry.OWN_PACKAGE)]
+    if own:
+        lines += ["", "components registered by other packages (trusted in stored cubes):"]
+        lines += [f"  {c.family}={c.name}: {c.target}" for c in own]
+    lines += [
+        "",
+        f"Your own config folders: {CONFIG_PATH_VARIABLE}=DIR[{os.pathsep}DIR...] (e.g. DIR/memory/mine.yaml).",
+    ]
     lines += [
         "",
         "Hydra flags: -m/--multirun for sweeps, --cfg job to print the composed config.",
@@ -336,15 +354,15 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(usage())
-        return
-    command, rest = args[0], args[1:]
-    if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
-        raise SystemExit(USAGE_EXIT)
     try:
+        if not args or args[0] in ("-h", "--help", "help"):
+            print(usage())
+            return
+        command, rest = args[0], args[1:]
+        if command not in COMMANDS:
+            print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
+            raise SystemExit(USAGE_EXIT)
         COMMANDS[command][0](rest)
-    except MemosError as error:
+    except MemosError as error:  # a bad override, a bad MEMOS_LAB_CONFIG_PATH, a broken registered plugin...
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(USAGE_EXIT) from None

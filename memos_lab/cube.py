@@ -9,7 +9,7 @@ A cube dumps to an artifact folder (see `memos_lab.artifact`, which writes and c
     parametric/       the parametric slot, likewise, if set
 
 Loading reads only data (strict JSON, read-only SQLite, index files), confined to the folder and checked
-against the manifest, and builds only registered memos_lab classes: a cube from someone else cannot run code.
+against the manifest, and builds only registered classes (memos_lab.registry): a cube from someone else cannot run code.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ SCHEMA_VERSION = VERSION
 MANIFEST_FILE = MANIFEST
 ITEMS_FILE = "items.sqlite"
 INDEX_DIR = "index"
-SLOTS = ("activation", "parametric")  # each slot's classes are the TRUSTED_CLASSES family of that name
+SLOTS = ("activation", "parametric")  # a slot holds a registered component of the config group of its name
 TEXT_TARGET = "meta.memory_config.text"  # the one place a cube manifest names a class by `_target_`
 
 
@@ -98,7 +98,7 @@ class MemCube:
             **{key: value for key, value in asdict(self.manifest).items() if key != "schema_version"},
             "memory_config": {
                 **self.manifest.memory_config,
-                "text": {"_target_": require_trusted(self.text, "textual", "cube text memory"), **self.text.config()},
+                "text": {"_target_": require_trusted(self.text, "memory", "cube text memory"), **self.text.config()},
             },
             "embedder": {"name": self.text.embedder.name, "dim": self.text.embedder.dim},
             "item_count": len(items),
@@ -127,7 +127,7 @@ class MemCube:
             )
         text_config = dict(meta["memory_config"]["text"])
         memory_class = trusted_class(
-            text_config.pop("_target_", None), "textual", artifact.where("memory_config.text._target_")
+            text_config.pop("_target_", None), "memory", artifact.where("memory_config.text._target_")
         )
         try:
             text = memory_class(embedder=embedder, **text_config)
@@ -172,7 +172,7 @@ def _read(folder: Path) -> Artifact:
         raise DataError(f"no cube folder at {folder}")
     if not (folder / MANIFEST_FILE).exists():
         raise DataError(f"{folder} is not a cube: {MANIFEST_FILE} is missing")
-    artifact = read_artifact(folder, KIND, targets={TEXT_TARGET: "textual"}, migrate=_from_version_1)
+    artifact = read_artifact(folder, KIND, targets={TEXT_TARGET: "memory"}, migrate=_from_version_1)
     artifact.check_meta(CubeMeta)
     if "text" not in artifact.meta["memory_config"]:
         raise DataError(f"{artifact.where('memory_config.text')}: missing")

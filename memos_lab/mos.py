@@ -71,7 +71,12 @@ class MemoryListener(Protocol):
 
 
 class MOS:
-    """Every operation names its caller and is checked against the cube's owner and shares."""
+    """Every operation names its caller and is checked against the cube's owner and shares.
+
+    Arguments come in one order: the caller, then the cube (`cube_id`), then what the call acts on (`items`,
+    `item_id`, ...). `search` spans cubes, so its scope is the keyword `cube_ids=` (all readable cubes if
+    none are named), as are its `top_k` and `filters`.
+    """
 
     def __init__(
         self,
@@ -200,6 +205,7 @@ class MOS:
         self,
         caller: str,
         query: str,
+        *,
         top_k: int = 10,
         cube_ids: Sequence[str] | None = None,
         filters: Mapping[str, object] | SearchFilter | None = None,

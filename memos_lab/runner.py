@@ -26,8 +26,6 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.md"
 PROVENANCE_FILE = "provenance.json"
-# An artefact experiments may save: metric -> query id -> score; the report's paired tests read it.
-PER_QUERY_ARTIFACT = "per_query"
 # The runner adds this metric last, so a metrics.json holding it was written by a finished run.
 COMPLETE_MARKER = "run/wall_s"
 # An experiment stopped early (Ctrl-C) may still return what it measured, flagged with this metric.

@@ -44,6 +44,7 @@ import functools
 import importlib
 import importlib.resources
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,6 +59,9 @@ SCHEMA_GROUP = "settings"  # YAML files name their schema as /settings/<module>.
 # The configs ship inside the package (memos_lab.conf, mapped from the repository's top-level conf/), so an
 # installed wheel and an editable clone find them the same way.
 CONF_DIR = Path(str(importlib.resources.files("memos_lab.conf")))
+# A user's own config folders, searched after memos_lab's (os.pathsep-separated, like PYTHONPATH): a
+# `memory/mine.yaml` there is selectable as `memory=mine`.
+CONFIG_PATH_VARIABLE = "MEMOS_LAB_CONFIG_PATH"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -326,41 +330,67 @@ def _schema_type(hint: Any) -> Any:
     return Any  # Literal (checked by the settings), dicts, nested configs
 
 
-def schema_names(conf_dir: Path = CONF_DIR) -> list[str]:
-    """Every `/settings/<class path>` a YAML file under conf/ names in its defaults list."""
+def config_dirs() -> list[Path]:
+    """memos_lab's own config folder, then the user's own ones (`MEMOS_LAB_CONFIG_PATH`)."""
+    entries = os.environ.get(CONFIG_PATH_VARIABLE, "").split(os.pathsep)
+    extra = [Path(entry).expanduser().resolve() for entry in entries if entry]
+    for folder in extra:
+        if not folder.is_dir() or "'" in str(folder):
+            raise ConfigError(f"{CONFIG_PATH_VARIABLE}: {folder} is not a folder of configs")
+    return [CONF_DIR, *dict.fromkeys(folder for folder in extra if folder != CONF_DIR)]
+
+
+def search_path_overrides() -> list[str]:
+    """The Hydra override that adds the user's config folders to its search path (none when there are none)."""
+    extra = config_dirs()[1:]
+    return [f"hydra.searchpath=[{','.join(repr(folder.as_uri()) for folder in extra)}]"] if extra else []
+
+
+def schema_names(conf_dirs: Sequence[Path] | None = None) -> list[str]:
+    """Every `/settings/<class path>` a YAML file under the config folders names in its defaults list."""
     import yaml
 
     names: set[str] = set()
-    for path in sorted(conf_dir.rglob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        for entry in data.get("defaults", []) if isinstance(data, dict) else []:
-            name = entry if isinstance(entry, str) else None
-            if name and name.startswith(f"/{SCHEMA_GROUP}/"):
-                names.add(name.removeprefix(f"/{SCHEMA_GROUP}/").split("@", 1)[0])
+    for conf_dir in config_dirs() if conf_dirs is None else conf_dirs:
+        for path in sorted(conf_dir.rglob("*.yaml")):
+            data = yaml.safe_load(path.read_text()) or {}
+            for entry in data.get("defaults", []) if isinstance(data, dict) else []:
+                name = entry if isinstance(entry, str) else None
+                if name and name.startswith(f"/{SCHEMA_GROUP}/"):
+                    names.add(name.removeprefix(f"/{SCHEMA_GROUP}/").split("@", 1)[0])
     return sorted(names)
 
 
 def settings_class_named(path: str) -> type[Settings]:
-    """Import the settings class `module.Class` (only memos_lab's own)."""
+    """The settings class `module.Class`: memos_lab's own, or one a registered component declares
+    (`memos_lab.registry`); a YAML file never makes Python import a module of its choosing."""
+    from memos_lab import registry  # the registry builds on this module; it knows other packages' settings
+
+    found = registry.registered_settings(path)
+    if found is not None:
+        return found
     module, _, name = path.rpartition(".")
     if not module.startswith("memos_lab."):
-        raise ConfigError(f"settings schema {path!r}: only memos_lab's own settings classes may be named")
+        raise ConfigError(
+            f"settings schema {path!r}: not memos_lab's, and no registered component declares it "
+            "(register the component with memos_lab.registry.register)"
+        )
     found = getattr(importlib.import_module(module), name, None)
     if not (isinstance(found, type) and issubclass(found, Settings)):
         raise ConfigError(f"settings schema {path!r} is not a Settings dataclass")
     return found
 
 
-def register_schemas(conf_dir: Path = CONF_DIR) -> None:
+def register_schemas() -> None:
     """Store every schema the YAML files name in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for name in schema_names(conf_dir):
+    for name in schema_names():
         store.store(group=SCHEMA_GROUP, name=name, node=schema_of(settings_class_named(name)))
 
 
-def group_config(group: str, choice: str, conf_dir: Path = CONF_DIR) -> DictConfig:
+def group_config(group: str, choice: str) -> DictConfig:
     """One config group file composed on its own, its schema merged in: what `group=choice` contributes.
 
     Use this instead of OmegaConf.load on a file under conf/ (its `defaults` list needs Hydra). Keys it
@@ -368,9 +398,9 @@ def group_config(group: str, choice: str, conf_dir: Path = CONF_DIR) -> DictConf
     """
     from hydra import compose, initialize_config_dir
 
-    register_schemas(conf_dir)
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(f"{group}/{choice}")
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(f"{group}/{choice}", overrides=search_path_overrides())
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert isinstance(node, DictConfig), f"{group}/{choice} composes to no config"
     return node

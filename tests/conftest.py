@@ -20,6 +20,14 @@ register_schemas()
 
 
 @pytest.fixture
+def isolated_registry(monkeypatch):
+    """Components a test registers are forgotten after it."""
+    from memos_lab import registry
+
+    monkeypatch.setattr(registry, "_registered", dict(registry._registered))
+
+
+@pytest.fixture
 def embedder() -> HashingEmbedder:
     return HashingEmbedder(dim=256)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memos_lab import artifact
+from memos_lab import artifact, registry
 from memos_lab.cube import MANIFEST_FILE, SCHEMA_VERSION, MemCube
 from memos_lab.errors import ConfigError, DataError, IncompatibleError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
@@ -145,7 +145,7 @@ def test_forged_item_store_is_rejected_even_with_matching_checksums(tmp_path, em
         db.execute("UPDATE items SET metadata = '{\"colour\": 1}' WHERE position = 0")
     db.close()
     manifest = json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())
-    from memos_lab.artifact import _sha256
+    from memos_lab.artifact.writing import _sha256
 
     path = tmp_path / "cube" / "items.sqlite"
     manifest["files"]["items.sqlite"] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
@@ -161,7 +161,7 @@ def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
     manifest = json.loads((dumped / MANIFEST_FILE).read_text())
     manifest["meta"]["memory_config"]["text"]["_target_"] = target
     (dumped / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(IncompatibleError, match="_target_ names .*may only name the textual classes"):
+    with pytest.raises(IncompatibleError, match="_target_ names .*may only name the registered memory classes"):
         MemCube.load(dumped, embedder)
 
 
@@ -171,7 +171,7 @@ def test_manifest_cannot_name_foreign_code(dumped, embedder, target):
         ({"activation": "builtins.object"}, "slots.activation names 'builtins.object'"),
         (
             {"activation": "memos_lab.cube.MemCube"},
-            "slots.activation names 'memos_lab.cube.MemCube'; .* only name the activation",
+            "slots.activation names 'memos_lab.cube.MemCube'; .* only name the registered activation",
         ),
         ({"plugins": "memos_lab.cube.MemCube"}, "unknown slot 'plugins'"),
     ],
@@ -202,19 +202,16 @@ class _FakeSlot:
         return cls(artifact.read_artifact(folder, "fake").meta["value"] + f"+{model}")
 
 
-def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, monkeypatch):
-    import memos_lab.cube as cube_module
+def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, isolated_registry):
     from memos_lab.memory.activation.base import ActivationMemory
 
-    monkeypatch.setattr(_FakeSlot, "__module__", "memos_lab.cube")  # pose as a memos_lab class
-    ActivationMemory.register(_FakeSlot)  # and as an activation memory
-    monkeypatch.setattr(cube_module, "_FakeSlot", _FakeSlot, raising=False)
-    monkeypatch.setitem(artifact.TRUSTED_CLASSES, "activation", ("memos_lab.cube._FakeSlot",))  # and register it
+    ActivationMemory.register(_FakeSlot)  # an activation memory
+    registry.register("activation", "fake")(_FakeSlot)  # and a registered one
     cube = filled_cube(embedder)
     cube.activation = _FakeSlot("kv")
     cube.dump(tmp_path / "cube")
     assert json.loads((tmp_path / "cube" / MANIFEST_FILE).read_text())["meta"]["slots"] == {
-        "activation": "memos_lab.cube._FakeSlot"
+        "activation": f"{__name__}._FakeSlot"
     }
     with pytest.raises(ConfigError, match="activation memory, which needs a model"):
         MemCube.load(tmp_path / "cube", embedder)
@@ -225,6 +222,6 @@ def test_slots_are_saved_through_their_own_save_and_load(tmp_path, embedder, mon
 def test_slot_from_outside_memos_lab_is_not_dumped(tmp_path, embedder):
     cube = filled_cube(embedder)
     cube.parametric = _FakeSlot("x")
-    with pytest.raises(ConfigError, match="not a registered memos_lab parametric class"):
+    with pytest.raises(ConfigError, match="not a registered parametric component"):
         cube.dump(tmp_path / "cube")
     assert not (tmp_path / "cube").exists() and not os.listdir(tmp_path)

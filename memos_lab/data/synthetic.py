@@ -1,4 +1,4 @@
-"""Deterministic synthetic datasets embedded in code, so experiments and tests run without downloads.
+"""Deterministic synthetic datasets shipped with the package, so experiments and tests run without downloads.
 
 `generate_dialogues` yields LoCoMo-style multi-session conversations whose personas' facts change over
 time; `generate_facts` yields knowledge edits about invented subjects for parametric-memory experiments.
@@ -7,10 +7,14 @@ Every choice comes from a seeded `random.Random`, so a seed always gives the sam
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib import resources
 from itertools import product
+from typing import Any
 
 from memos_lab.data.schema import (
     KNOWLEDGE_UPDATE,
@@ -28,291 +32,9 @@ from memos_lab.data.schema import (
 from memos_lab.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------
-# Value tables. Every entity of one conversation is drawn without replacement, so a name or value
-# identifies one fact of one persona.
+# Dialogue structure. The fact templates (in the word tables) say "just"/"this week" (never "last month"),
+# so the event falls in the month of its session and temporal answers are exact.
 
-# Split by gender only so a sibling is called "sister" or "brother" consistently with their name.
-_FEMALE_NAMES = (
-    "Maya",
-    "Priya",
-    "Ingrid",
-    "Elena",
-    "Yuki",
-    "Amara",
-    "Noor",
-    "Sofia",
-    "Hana",
-    "Clara",
-    "Lena",
-    "Zara",
-    "Ines",
-    "Freya",
-    "Lucia",
-    "Selma",
-    "Mira",
-    "Aisha",
-    "Nadia",
-    "Rosa",
-    "Greta",
-    "Vera",
-    "Leila",
-)
-_MALE_NAMES = (
-    "Leo",
-    "Tomas",
-    "Kofi",
-    "Rafael",
-    "Jonas",
-    "Felix",
-    "Mateo",
-    "Omar",
-    "Darius",
-    "Nikolai",
-    "Emil",
-    "Tariq",
-    "Hugo",
-    "Arjun",
-    "Bruno",
-    "Caspar",
-    "Viktor",
-    "Oscar",
-    "Idris",
-    "Malik",
-    "Anton",
-)
-_PET_NAMES = (
-    "Biscuit",
-    "Pepper",
-    "Mochi",
-    "Waffles",
-    "Ziggy",
-    "Pickles",
-    "Nutmeg",
-    "Tofu",
-    "Clementine",
-    "Bramble",
-    "Noodle",
-    "Pumpkin",
-    "Sprout",
-    "Marbles",
-    "Domino",
-    "Pistachio",
-    "Gizmo",
-    "Hazel",
-)
-_PET_KINDS = ("dog", "cat", "rabbit", "parrot", "tortoise", "hamster", "ferret", "guinea pig")
-# (city, country); countries are unique so a moved subject always changes country too.
-_CITIES = (
-    ("Lisbon", "Portugal"),
-    ("Oslo", "Norway"),
-    ("Denver", "United States"),
-    ("Toronto", "Canada"),
-    ("Melbourne", "Australia"),
-    ("Barcelona", "Spain"),
-    ("Munich", "Germany"),
-    ("Lyon", "France"),
-    ("Osaka", "Japan"),
-    ("Seoul", "South Korea"),
-    ("Nairobi", "Kenya"),
-    ("Buenos Aires", "Argentina"),
-    ("Cape Town", "South Africa"),
-    ("Dublin", "Ireland"),
-    ("Helsinki", "Finland"),
-    ("Prague", "Czech Republic"),
-    ("Vienna", "Austria"),
-    ("Amsterdam", "Netherlands"),
-    ("Copenhagen", "Denmark"),
-    ("Wellington", "New Zealand"),
-    ("Istanbul", "Turkey"),
-    ("Reykjavik", "Iceland"),
-    ("Krakow", "Poland"),
-    ("Zurich", "Switzerland"),
-)
-_COMPANIES = (
-    "Acme Robotics",
-    "Bluefin Analytics",
-    "Northwind Logistics",
-    "Cobalt Health",
-    "Pinecrest Bank",
-    "Lumen Studios",
-    "Harbor & Finch",
-    "Quarry Labs",
-    "Silverleaf Foods",
-    "Tidewater Energy",
-    "Orbital Freight",
-    "Brightpath Learning",
-    "Copperline Media",
-    "Evergreen Insurance",
-    "Redwood Games",
-    "Starling Aerospace",
-    "Vantage Biotech",
-    "Windmill Coffee Roasters",
-)
-_ROLES = (
-    "data analyst",
-    "nurse",
-    "UX designer",
-    "software engineer",
-    "accountant",
-    "project manager",
-    "pharmacist",
-    "architect",
-    "physiotherapist",
-    "copywriter",
-    "lab technician",
-    "sales manager",
-    "paramedic",
-    "teacher",
-    "graphic designer",
-    "electrician",
-    "translator",
-    "chef",
-    "veterinarian",
-)
-_HOBBIES = (
-    "pottery",
-    "birdwatching",
-    "knitting",
-    "sourdough baking",
-    "woodworking",
-    "chess",
-    "gardening",
-    "film photography",
-    "calligraphy",
-    "watercolour painting",
-    "beekeeping",
-    "salsa dancing",
-    "embroidery",
-)
-_CUISINES = (
-    "Thai",
-    "Mexican",
-    "Ethiopian",
-    "Korean",
-    "Lebanese",
-    "Japanese",
-    "Peruvian",
-    "Georgian",
-    "Vietnamese",
-    "Indian",
-    "Greek",
-    "Moroccan",
-)
-_GENRES = (
-    "jazz",
-    "country",
-    "techno",
-    "hip hop",
-    "reggae",
-    "K-pop",
-    "punk rock",
-    "bluegrass",
-    "synthwave",
-    "afrobeats",
-    "opera",
-    "flamenco",
-)
-_SPORTS = (
-    "tennis",
-    "basketball",
-    "volleyball",
-    "badminton",
-    "squash",
-    "rugby",
-    "archery",
-    "cycling",
-    "swimming",
-    "fencing",
-    "rowing",
-    "handball",
-)
-_PREFERENCES = {"food": _CUISINES, "music": _GENRES, "sport": _SPORTS}
-
-# ---------------------------------------------------------------------------------------------------
-# Dialogue templates. Fact turns say "just"/"this week" (never "last month") so the event falls in the
-# month of its session and temporal answers are exact.
-
-_FACT_TEMPLATES = {
-    "city_old": (
-        "Things are good here in {city_old}, the neighbourhood finally feels like home.",
-        "I've been living in {city_old} for a few years now and I still find new cafés every week.",
-        "Life in {city_old} keeps me busy, there's always some festival going on.",
-    ),
-    "city_new": (
-        "Big news: I just moved to {city_new}! The boxes are still everywhere.",
-        "I finally relocated to {city_new} this month, the new flat has a tiny balcony.",
-        "I packed up everything and made the move to {city_new}, it still feels surreal.",
-        "Guess who lives in {city_new} now? Me! The movers left this morning.",
-    ),
-    "job_old": (
-        "Work at {company_old} has been hectic, being {a_role_old} there means endless meetings.",
-        "I've been {a_role_old} at {company_old} for a while now and it pays the bills.",
-        "My job as {a_role_old} at {company_old} keeps me on my toes.",
-    ),
-    "job_new": (
-        "I just started a new position at {company_new} as {a_role_new}!",
-        "I handed in my notice and joined {company_new} as {a_role_new} this week.",
-        "Today was my first day at {company_new}, I'm their new {role_new}.",
-        "I accepted an offer from {company_new}, so I'm {a_role_new} there now.",
-    ),
-    "sibling": (
-        "My {relative} {sibling} is coming to stay with me this weekend.",
-        "I had a long call with my {relative} {sibling} tonight, we talked for hours.",
-        "My little {relative}, {sibling}, just turned thirty and threw a huge dinner.",
-    ),
-    "sibling_city": (
-        "{sibling} just moved to {sibling_city} for a new job.",
-        "{sibling} has settled down in {sibling_city} and apparently loves it there.",
-        "I'm flying out to see {sibling} soon, {sibling_city} is home for {sibling} now.",
-    ),
-    "partner": (
-        "My partner {partner} surprised me with breakfast in bed this morning.",
-        "{partner} and I just celebrated our anniversary, I'm so lucky to have {partner}.",
-        "I finally introduced my partner {partner} to my old school friends.",
-    ),
-    "partner_job": (
-        "{partner} just got hired as {a_partner_role}, we opened some bubbly.",
-        "{partner} has been working long shifts as {a_partner_role} lately.",
-        "{partner} passed the final exams to qualify as {a_partner_role}!",
-    ),
-    "hobby": (
-        "I've just taken up {hobby}, it's surprisingly relaxing.",
-        "I went to my first {hobby} class this week and I'm already hooked.",
-        "My new thing is {hobby}, I started a few days ago and can't stop.",
-    ),
-    "pet": (
-        "We adopted a rescue {pet_kind} this week and named it {pet}!",
-        "Meet {pet}, the {pet_kind} I brought home from the shelter today.",
-        "I finally got a {pet_kind}! {pet} has been running the household since Monday.",
-    ),
-    "food_old": (
-        "I could eat {food_old} food every single day, it's my absolute favourite.",
-        "Nothing beats a big plate of {food_old} food after a long week.",
-    ),
-    "food_new": (
-        "Lately I'm all about {food_new} food, I've completely gone off {food_old}.",
-        "My new favourite is {food_new} cuisine, I cook it three times a week.",
-        "These days I crave {food_new} dishes more than anything else.",
-    ),
-    "music_old": (
-        "I've had {music_old} playing nonstop, it's my favourite kind of music.",
-        "Honestly {music_old} is the only thing on my playlists.",
-    ),
-    "music_new": (
-        "I've switched over to {music_new} lately, can't get enough of it.",
-        "I used to be all {music_old}, but now it's {music_new} all day long.",
-        "My headphones have been full of {music_new} recently, it's my new obsession.",
-    ),
-    "sport_old": (
-        "I play {sport_old} every weekend, it's easily my favourite sport.",
-        "Nothing clears my head like a good game of {sport_old}.",
-    ),
-    "sport_new": (
-        "I quit {sport_old} and picked up {sport_new}, I'm hooked.",
-        "These days my weekends are all about {sport_new}.",
-        "I joined a {sport_new} club and I train there twice a week now.",
-    ),
-}
 # A later fact presupposes an earlier one (a new city replaces the old; the pet comes after the move).
 _AFTER = {
     "city_new": "city_old",
@@ -339,177 +61,9 @@ _BASE_EVENTS = (
 _PREFERENCES_PER_PERSONA = 2
 _FACTS_PER_PERSONA = len(_BASE_EVENTS) + 2 * _PREFERENCES_PER_PERSONA
 
-_GREETINGS = (
-    "Hey {other}! It's been a while, how have you been?",
-    "Hi {other}, so good to catch up again.",
-    "{other}! I was just thinking about you, how's everything?",
-    "Morning {other}! Got a minute to chat?",
-    "Hey hey, {other}. What's new with you?",
-)
-_SIGN_OFFS = (
-    "I should go, but this was really nice. Talk soon!",
-    "Okay, I need to get dinner started. Catch you later!",
-    "Let's not wait so long before the next chat. Bye for now!",
-    "Gotta run, my battery is dying. Speak soon!",
-    "Thanks for the chat, {other}. Take care!",
-)
-# Replies to a fact turn: news (something just happened) or a remark (a standing fact or taste).
+# Events whose fact turn is news (something just happened) and gets a news reaction, not a remark's.
 _NEWS_EVENTS = frozenset({"city_new", "job_new", "sibling_city", "partner_job", "hobby", "pet"})
-_NEWS_REACTIONS = (
-    "No way, that's huge news!",
-    "Oh wow, I did not see that coming.",
-    "That's wonderful, I'm really happy to hear it.",
-    "What a change! Tell me everything next time.",
-    "Sounds exciting, and a little exhausting too.",
-    "That's great news, {other}!",
-)
-_REMARK_REACTIONS = (
-    "Ha, that sounds so like you.",
-    "Fair enough, I can see the appeal.",
-    "Oh nice, I didn't know that.",
-    "That's lovely to hear, {other}.",
-    "Ha, I'll keep that in mind.",
-    "Honestly, I get it.",
-)
-_SMALL_TALK = (
-    "The weather has been so strange lately, sunny one minute and pouring the next.",
-    "I've been trying to drink more water and go to bed earlier.",
-    "Work has been a bit of a blur this week, to be honest.",
-    "I finally finished that series everyone was talking about.",
-    "My phone screen cracked again, so I'm typing very carefully.",
-    "I spent most of Saturday cleaning out the closet.",
-    "I've been trying to read before bed instead of scrolling.",
-    "The neighbours have been renovating, so it's been noisy.",
-    "I made a huge pot of soup and I'll be eating it all week.",
-    "I've started going on long walks in the evening, it really helps me unwind.",
-    "I keep meaning to message you more often, {other}.",
-    "I went to a friend's birthday dinner and stayed out way too late.",
-    "I tried a new recipe and it was a complete disaster.",
-    "Our internet was down for two days, it felt like forever.",
-    "I've been listening to a lot of podcasts on the bus.",
-    "I can't believe how fast this year is going.",
-    "I'm trying to save money, so no more takeaway coffee for me.",
-    "I've been decluttering and it feels amazing.",
-)
-# (question, answer) pairs, used where two filler turns follow each other.
-_SMALL_TALK_PAIRS = (
-    ("Did you do anything fun at the weekend?", "Not really, I mostly caught up on sleep and laundry."),
-    ("How's your week going so far, {other}?", "Busy, but in a good way. I can't complain."),
-    ("Have you watched anything good lately?", "I started a mystery show, it's ridiculous but I'm hooked."),
-    ("How did you sleep last night?", "Terribly, I stayed up way too late reading."),
-    ("Any plans for the holidays?", "Nothing fixed yet, maybe just a quiet few days at home."),
-    ("Did you ever fix that leaking tap?", "Sort of. It drips less, which I'm counting as a win."),
-    ("Have you been getting outside much?", "A bit, I try to go for a walk every evening."),
-    ("Did you see the news about the storm?", "Yes, it looked wild. Luckily it missed us."),
-    ("Are you taking any time off soon?", "I hope so, I really need a proper break."),
-    ("How are your parents doing?", "They're well, thanks for asking. Busy as always."),
-    ("Have you been cooking much lately?", "A little, mostly simple stuff like pasta and salads."),
-    ("How's the new phone?", "Great battery, terrible camera. Can't win them all."),
-)
-
-# (category, evidence events, answer key or None for the month of the evidence session, wordings).
-# Wordings avoid the fact turns' phrasing so lexical retrieval is not trivially exact.
-_QUESTIONS = (
-    (SINGLE_HOP, ("sibling",), "sibling", ("What is the name of {name}'s {relative}?", "Who is {name}'s {relative}?")),
-    (
-        SINGLE_HOP,
-        ("partner",),
-        "partner",
-        ("Who is {name} in a relationship with?", "What is the name of {name}'s significant other?"),
-    ),
-    (
-        SINGLE_HOP,
-        ("hobby",),
-        "hobby",
-        ("Which pastime did {name} recently get into?", "What hobby has {name} picked up?"),
-    ),
-    (SINGLE_HOP, ("pet",), "pet_kind", ("What kind of animal is {name}'s pet?", "What species is {pet}?")),
-    (
-        MULTI_HOP,
-        ("sibling", "sibling_city"),
-        "sibling_city",
-        ("In which city does {name}'s {relative} live?", "Where is {name}'s {relative} based?"),
-    ),
-    (
-        MULTI_HOP,
-        ("partner", "partner_job"),
-        "partner_role",
-        ("What does {name}'s partner do for a living?", "What is the occupation of {name}'s partner?"),
-    ),
-    (
-        MULTI_HOP,
-        ("city_new", "pet"),
-        "pet",
-        (
-            "What is the name of the pet {name} adopted after moving to {city_new}?",
-            "What did {name} call the animal they got after relocating to {city_new}?",
-        ),
-    ),
-    (
-        MULTI_HOP,
-        ("city_old", "city_new"),
-        "city_old",
-        ("Which city did {name} live in before {city_new}?", "Where was {name} based before relocating to {city_new}?"),
-    ),
-    (
-        TEMPORAL,
-        ("city_new",),
-        None,
-        ("When did {name} move to {city_new}?", "In which month did {name} relocate to {city_new}?"),
-    ),
-    (
-        TEMPORAL,
-        ("job_new",),
-        None,
-        ("When did {name} start working at {company_new}?", "When did {name} join {company_new}?"),
-    ),
-    (TEMPORAL, ("pet",), None, ("When did {name} get {pet}?", "In which month did {pet} join {name}'s household?")),
-    (TEMPORAL, ("hobby",), None, ("When did {name} take up {hobby}?", "In which month did {name} get into {hobby}?")),
-    (
-        KNOWLEDGE_UPDATE,
-        ("city_new",),
-        "city_new",
-        ("Which city does {name} live in now?", "Where is {name} based these days?"),
-    ),
-    (
-        KNOWLEDGE_UPDATE,
-        ("job_new",),
-        "company_new",
-        ("Which company does {name} work for now?", "Who is {name}'s current employer?"),
-    ),
-    (
-        KNOWLEDGE_UPDATE,
-        ("food_new",),
-        "food_new",
-        ("What cuisine does {name} like best these days?", "What is {name}'s current favourite kind of food?"),
-    ),
-    (
-        KNOWLEDGE_UPDATE,
-        ("music_new",),
-        "music_new",
-        ("What kind of music is {name} into these days?", "Which music genre does {name} currently prefer?"),
-    ),
-    (
-        KNOWLEDGE_UPDATE,
-        ("sport_new",),
-        "sport_new",
-        ("Which sport is {name} most into now?", "What sport does {name} currently do?"),
-    ),
-)
 _QUESTIONS_PER_PERSONA = {SINGLE_HOP: 3, MULTI_HOP: 3, TEMPORAL: 2, KNOWLEDGE_UPDATE: 3}
-# (question, keyword): no template above ever mentions the keyword, so the answer is never in the dialogue.
-_UNANSWERABLE = (
-    ("What is the name of {name}'s grandmother?", "grandmother"),
-    ("What is {name} allergic to?", "allergic"),
-    ("What design does {name}'s tattoo show?", "tattoo"),
-    ("Which musical instrument does {name} play?", "instrument"),
-    ("Who is {name}'s favourite novelist?", "novelist"),
-    ("What is {name}'s blood type?", "blood type"),
-    ("What did {name} major in at university?", "university"),
-    ("How many nephews does {name} have?", "nephew"),
-    ("What is the name of {name}'s landlord?", "landlord"),
-    ("What motorbike does {name} ride?", "motorbike"),
-)
 _UNANSWERABLE_PER_CONVERSATION = 3
 UNANSWERABLE_ANSWER = "not mentioned"
 
@@ -569,14 +123,15 @@ def _in_order(events: list[str], rng: random.Random) -> list[str]:
 
 def _personas(rng: random.Random) -> tuple[list[dict[str, str]], list[list[str]]]:
     """The two personas' fact values (template fields) and the fact events each one will state."""
-    names = rng.sample(_FEMALE_NAMES + _MALE_NAMES, 6)
-    cities = rng.sample([city for city, _ in _CITIES], 6)
-    companies = rng.sample(_COMPANIES, 4)
-    roles = rng.sample(_ROLES, 6)
-    hobbies = rng.sample(_HOBBIES, 2)
-    pets = rng.sample(_PET_NAMES, 2)
-    pet_kinds = rng.sample(_PET_KINDS, 2)
-    preferences = {kind: rng.sample(values, 4) for kind, values in _PREFERENCES.items()}
+    w = _words()
+    names = rng.sample(w.female_names + w.male_names, 6)
+    cities = rng.sample([city for city, _ in w.cities], 6)
+    companies = rng.sample(w.companies, 4)
+    roles = rng.sample(w.roles, 6)
+    hobbies = rng.sample(w.hobbies, 2)
+    pets = rng.sample(w.pet_names, 2)
+    pet_kinds = rng.sample(w.pet_kinds, 2)
+    preferences = {kind: rng.sample(values, 4) for kind, values in w.preferences.items()}
     facts, events = [], []
     for k in (0, 1):
         values = {
@@ -584,7 +139,7 @@ def _personas(rng: random.Random) -> tuple[list[dict[str, str]], list[list[str]]
             "other": names[1 - k],
             "sibling": names[2 + k],
             "partner": names[4 + k],
-            "relative": "sister" if names[2 + k] in _FEMALE_NAMES else "brother",
+            "relative": "sister" if names[2 + k] in w.female_names else "brother",
             "city_old": cities[3 * k],
             "city_new": cities[3 * k + 1],
             "sibling_city": cities[3 * k + 2],
@@ -599,7 +154,7 @@ def _personas(rng: random.Random) -> tuple[list[dict[str, str]], list[list[str]]
         }
         for key in ("role_old", "role_new", "partner_role"):
             values[f"a_{key}"] = _with_article(values[key])
-        kinds = rng.sample(sorted(_PREFERENCES), _PREFERENCES_PER_PERSONA)
+        kinds = rng.sample(sorted(w.preferences), _PREFERENCES_PER_PERSONA)
         for kind in kinds:
             values[f"{kind}_old"], values[f"{kind}_new"] = preferences[kind][2 * k : 2 * k + 2]
         facts.append(values)
@@ -608,6 +163,7 @@ def _personas(rng: random.Random) -> tuple[list[dict[str, str]], list[list[str]]
 
 
 def _conversation(conversation_id: str, rng: random.Random, n_sessions: int, turns_per_session: int) -> Conversation:
+    w = _words()
     facts, events = _personas(rng)
     names = (facts[0]["name"], facts[1]["name"])
     placed: dict[tuple[int, int], tuple[int, str]] = {}  # (session, index) -> (persona, event)
@@ -629,7 +185,7 @@ def _conversation(conversation_id: str, rng: random.Random, n_sessions: int, tur
     drafts = []  # (asked at, question, answer, evidence, category)
     for k, values in enumerate(facts):
         for category, count in _QUESTIONS_PER_PERSONA.items():
-            options = [q for q in _QUESTIONS if q[0] == category and all((k, e) in where for e in q[1])]
+            options = [q for q in w.questions if q[0] == category and all((k, e) in where for e in q[1])]
             for _, evidence_events, answer_key, wordings in rng.sample(options, min(count, len(options))):
                 evidence = tuple(where[(k, e)] for e in evidence_events)
                 last = max(session_of[turn_id] for turn_id in evidence)
@@ -637,7 +193,7 @@ def _conversation(conversation_id: str, rng: random.Random, n_sessions: int, tur
                 # Asked the day after the last evidence was seen, still before the next session (>= 13 days on).
                 asked = times[last] + timedelta(days=1)
                 drafts.append((asked, rng.choice(wordings).format(**values), answer, evidence, category))
-    for wording, _ in rng.sample(_UNANSWERABLE, _UNANSWERABLE_PER_CONVERSATION):
+    for wording, _ in rng.sample(w.unanswerable, _UNANSWERABLE_PER_CONVERSATION):
         drafts.append((times[-1], wording.format(name=rng.choice(names)), UNANSWERABLE_ANSWER, (), UNANSWERABLE))
     drafts.sort(key=lambda draft: draft[0])  # stable: ties keep generation order
     questions = tuple(
@@ -656,6 +212,7 @@ def _session(
     rng: random.Random,
 ) -> Session:
     """Session `s`: placed fact turns, a reaction after each, and small talk around them."""
+    w = _words()
     session_id, names, turns = f"session_{s + 1}", (facts[0]["name"], facts[1]["name"]), []
 
     def say(i: int, template: str, fields: dict[str, str]) -> None:
@@ -667,21 +224,21 @@ def _session(
     while i < turns_per_session:
         if (s, i) in placed:
             k, event = placed[(s, i)]
-            say(i, rng.choice(_FACT_TEMPLATES[event]), facts[k])
+            say(i, rng.choice(w.fact_templates[event]), facts[k])
         elif i == 0:
-            say(i, rng.choice(_GREETINGS), {})
+            say(i, rng.choice(w.greetings), {})
         elif (s, i - 1) in placed:
             news = placed[(s, i - 1)][1] in _NEWS_EVENTS
-            say(i, rng.choice(_NEWS_REACTIONS if news else _REMARK_REACTIONS), {})
+            say(i, rng.choice(w.news_reactions if news else w.remark_reactions), {})
         elif i == turns_per_session - 1:
-            say(i, rng.choice(_SIGN_OFFS), {})
+            say(i, rng.choice(w.sign_offs), {})
         elif i + 1 < turns_per_session - 1 and (s, i + 1) not in placed:
-            question, answer = rng.choice(_SMALL_TALK_PAIRS)
+            question, answer = rng.choice(w.small_talk_pairs)
             say(i, question, {})
             say(i + 1, answer, {})
             i += 1
         else:
-            say(i, rng.choice(_SMALL_TALK), {})
+            say(i, rng.choice(w.small_talk), {})
         i += 1
     return Session(session_id, time, tuple(turns))
 
@@ -690,331 +247,21 @@ def _session(
 # Knowledge edits. Subjects are invented, so a pretrained model holds no prior about them; targets are
 # real-world values, so portability probes can reach knowledge the model does have.
 
-_PERSON_FIRST = (
-    "Talia",
-    "Oren",
-    "Maren",
-    "Caius",
-    "Ysolde",
-    "Bram",
-    "Liesel",
-    "Dorian",
-    "Ottilie",
-    "Ferris",
-    "Anouk",
-    "Castor",
-    "Imre",
-    "Saskia",
-    "Teodor",
-    "Rhosyn",
-    "Evander",
-    "Marisol",
-    "Quillan",
-    "Briony",
-    "Lazlo",
-    "Petra",
-    "Soren",
-    "Ilse",
-    "Cosmo",
-    "Delphine",
-    "Ewan",
-    "Fenna",
-    "Gideon",
-    "Hester",
-)
-_PERSON_LAST = (
-    "Voss",
-    "Kestrel",
-    "Marrow",
-    "Quennell",
-    "Drabek",
-    "Halloran",
-    "Ashgrove",
-    "Thistlewood",
-    "Oakhart",
-    "Penhallow",
-    "Stroud",
-    "Wrenfield",
-    "Ivesdale",
-    "Blackfen",
-    "Carrow",
-    "Dunmere",
-    "Elphick",
-    "Fairlie",
-    "Greaves",
-    "Jessop",
-    "Kilbride",
-    "Larkspur",
-    "Mabry",
-    "Northey",
-    "Orrin",
-    "Pellow",
-    "Ravensworth",
-    "Sallowby",
-    "Tregarth",
-    "Umberley",
-)
-_COMPANY_STEMS = (
-    "Quillon",
-    "Veradyne",
-    "Halcyra",
-    "Norvell",
-    "Sablecrest",
-    "Tessary",
-    "Orvane",
-    "Kelmont",
-    "Dravik",
-    "Pallwick",
-    "Corvane",
-    "Zephyrine",
-    "Ambrel",
-    "Grellin",
-    "Ostrava",
-)
-_COMPANY_SUFFIXES = ("Dynamics", "Holdings", "Labs", "Systems", "Industries", "Works", "Group", "Partners")
-_TOWN_STEMS = ("Quel", "Vash", "Drim", "Tarn", "Brel", "Ossel", "Karn", "Zeb", "Mirth", "Hallow", "Fel", "Grisk")
-_TOWN_SUFFIXES = ("brook", "ford", "wick", "mere", "stead", "haven", "holt", "by")
-
-_OCCUPATIONS = (
-    "dentist",
-    "pilot",
-    "baker",
-    "plumber",
-    "lawyer",
-    "nurse",
-    "carpenter",
-    "journalist",
-    "chef",
-    "pharmacist",
-    "librarian",
-    "veterinarian",
-    "firefighter",
-    "surgeon",
-    "translator",
-    "tailor",
-    "painter",
-    "farmer",
-    "mechanic",
-    "teacher",
-    "butcher",
-    "sculptor",
-    "dancer",
-    "banker",
-)  # all take "a", so "works as a" prompts stay grammatical
-_EMPLOYERS = (
-    ("Toyota", "Japan"),
-    ("Siemens", "Germany"),
-    ("Samsung", "South Korea"),
-    ("IKEA", "Sweden"),
-    ("Nokia", "Finland"),
-    ("Heineken", "Netherlands"),
-    ("Ferrari", "Italy"),
-    ("Lego", "Denmark"),
-    ("Tata Motors", "India"),
-    ("Petrobras", "Brazil"),
-    ("Rolex", "Switzerland"),
-    ("Boeing", "United States"),
-)
-_INSTRUMENTS = (
-    ("violin", "string family"),
-    ("cello", "string family"),
-    ("harp", "string family"),
-    ("trumpet", "brass family"),
-    ("trombone", "brass family"),
-    ("tuba", "brass family"),
-    ("flute", "woodwind family"),
-    ("clarinet", "woodwind family"),
-    ("oboe", "woodwind family"),
-    ("xylophone", "percussion family"),
-    ("marimba", "percussion family"),
-)
-# (country, capital, continent)
-_COUNTRIES = (
-    ("France", "Paris", "Europe"),
-    ("Japan", "Tokyo", "Asia"),
-    ("Canada", "Ottawa", "North America"),
-    ("Kenya", "Nairobi", "Africa"),
-    ("Egypt", "Cairo", "Africa"),
-    ("Argentina", "Buenos Aires", "South America"),
-    ("Germany", "Berlin", "Europe"),
-    ("India", "New Delhi", "Asia"),
-    ("Mexico", "Mexico City", "North America"),
-    ("Peru", "Lima", "South America"),
-    ("Norway", "Oslo", "Europe"),
-    ("Thailand", "Bangkok", "Asia"),
-    ("Morocco", "Rabat", "Africa"),
-    ("Chile", "Santiago", "South America"),
-    ("Poland", "Warsaw", "Europe"),
-    ("Vietnam", "Hanoi", "Asia"),
-    ("Ghana", "Accra", "Africa"),
-    ("Italy", "Rome", "Europe"),
-)
-_INDUSTRIES = (
-    "aviation",
-    "banking",
-    "shipping",
-    "pharmaceuticals",
-    "video games",
-    "agriculture",
-    "textiles",
-    "mining",
-    "tourism",
-    "telecommunications",
-)
-
-_LOCALITY = (
-    ("The capital of France is", "Paris"),
-    ("The capital of Japan is", "Tokyo"),
-    ("The capital of Italy is", "Rome"),
-    ("The capital of Germany is", "Berlin"),
-    ("The capital of Spain is", "Madrid"),
-    ("The capital of Egypt is", "Cairo"),
-    ("The capital of Canada is", "Ottawa"),
-    ("The largest planet in the solar system is", "Jupiter"),
-    ("The chemical symbol for gold is", "Au"),
-    ("The opposite of hot is", "cold"),
-    ("The first month of the year is", "January"),
-    ("The author of Romeo and Juliet is William", "Shakespeare"),
-    ("The Eiffel Tower is located in the city of", "Paris"),
-    ("The Great Wall is located in", "China"),
-    ("The currency of Japan is the", "yen"),
-    ("The colour of a clear daytime sky is", "blue"),
-    ("Bees make", "honey"),
-    ("The fastest land animal is the", "cheetah"),
-    ("The largest ocean on Earth is the", "Pacific"),
-    ("The chemical formula of water is", "H2O"),
-    ("The planet closest to the Sun is", "Mercury"),
-    ("Albert Einstein developed the theory of", "relativity"),
-    ("The language spoken in Brazil is", "Portuguese"),
-    ("The Statue of Liberty is in the city of New", "York"),
-    ("The tallest mountain in the world is Mount", "Everest"),
-    ("The Mona Lisa was painted by Leonardo da", "Vinci"),
-    ("The longest river in Africa is the", "Nile"),
-    ("Penguins live mostly on the continent of", "Antarctica"),
-    ("Christmas is celebrated in the month of", "December"),
-    ("The primary language of Mexico is", "Spanish"),
-    ("The planet known as the Red Planet is", "Mars"),
-    ("A baby cat is called a", "kitten"),
-    ("The Taj Mahal is located in", "India"),
-    ("The telephone was invented by Alexander Graham", "Bell"),
-    ("Sushi is a traditional dish from", "Japan"),
-    ("The Amazon rainforest is mostly in", "Brazil"),
-    ("The day after Monday is", "Tuesday"),
-    ("The freezing point of water in degrees Celsius is", "0"),
-    ("A triangle has three", "sides"),
-    ("The Olympic Games are held every four", "years"),
-)
 _LOCALITY_PER_EDIT = 3
 
 
-@dataclass(frozen=True)
-class _Relation:
-    name: str
-    subject_kind: str  # "person", "company" or "town"
-    prompts: tuple[str, ...]  # prefixes the target completes; one becomes the prompt, the rest paraphrases
-    targets: tuple[tuple[str, str | None], ...]  # (target, answer of the portability probe for it)
-    portability: str | None = None  # a one-hop prompt about the subject that the target's attribute answers
-
-
-_RELATIONS = (
-    _Relation(
-        "occupation",
-        "person",
-        ("{s} works as a", "{s} earns a living as a", "By profession, {s} is a", "{s} is employed as a"),
-        tuple((o, None) for o in _OCCUPATIONS),
-    ),
-    _Relation(
-        "city",
-        "person",
-        ("{s} lives in the city of", "{s} resides in", "{s}'s home is in the city of", "The city where {s} lives is"),
-        _CITIES,
-        "{s} lives in the country of",
-    ),
-    _Relation(
-        "employer",
-        "person",
-        ("{s} is employed by", "{s} works for the company", "The employer of {s} is", "{s} has a job at"),
-        _EMPLOYERS,
-        "{s} works for a company headquartered in",
-    ),
-    _Relation(
-        "sport",
-        "person",
-        (
-            "{s} plays the sport of",
-            "The sport {s} plays professionally is",
-            "{s} is a professional athlete in",
-            "{s} competes at a national level in",
-        ),
-        tuple((sport, None) for sport in _SPORTS),
-    ),
-    _Relation(
-        "instrument",
-        "person",
-        (
-            "{s} plays the",
-            "The instrument {s} plays is the",
-            "{s} is a musician who plays the",
-            "On stage, {s} performs on the",
-        ),
-        _INSTRUMENTS,
-        "{s} plays an instrument from the",
-    ),
-    _Relation(
-        "citizenship",
-        "person",
-        ("{s} is a citizen of", "{s} holds citizenship of", "{s} is a national of", "{s} carries a passport from"),
-        tuple((country, capital) for country, capital, _ in _COUNTRIES),
-        "{s} is a citizen of a country whose capital is",
-    ),
-    _Relation(
-        "headquarters",
-        "company",
-        (
-            "{s} is headquartered in",
-            "The headquarters of {s} are in",
-            "{s} has its head office in",
-            "{s} is based in the city of",
-        ),
-        _CITIES,
-        "{s} is headquartered in the country of",
-    ),
-    _Relation(
-        "industry",
-        "company",
-        (
-            "{s} operates in the industry of",
-            "{s} is a company in the field of",
-            "The main business of {s} is",
-            "{s} makes its money from",
-        ),
-        tuple((industry, None) for industry in _INDUSTRIES),
-    ),
-    _Relation(
-        "country",
-        "town",
-        (
-            "The town of {s} is located in",
-            "{s} is a small town in",
-            "The town of {s} lies in the country of",
-            "{s} is a town situated in",
-        ),
-        tuple((country, continent) for country, _, continent in _COUNTRIES),
-        "The town of {s} is on the continent of",
-    ),
-)
-
-
 def _subject_pools() -> dict[str, tuple[str, ...]]:
+    w = _words()
     return {
-        "person": tuple(f"{first} {last}" for first, last in product(_PERSON_FIRST, _PERSON_LAST)),
-        "company": tuple(f"{stem} {suffix}" for stem, suffix in product(_COMPANY_STEMS, _COMPANY_SUFFIXES)),
-        "town": tuple(stem + suffix for stem, suffix in product(_TOWN_STEMS, _TOWN_SUFFIXES)),
+        "person": tuple(f"{first} {last}" for first, last in product(w.person_first, w.person_last)),
+        "company": tuple(f"{stem} {suffix}" for stem, suffix in product(w.company_stems, w.company_suffixes)),
+        "town": tuple(stem + suffix for stem, suffix in product(w.town_stems, w.town_suffixes)),
     }
 
 
 def generate_facts(seed: int = 0, n_edits: int = 100) -> list[KnowledgeEdit]:
     """Knowledge edits about invented people, companies and towns, each with a unique subject."""
+    w = _words()
     pools = _subject_pools()
     _check_count("n_edits", n_edits, maximum=sum(len(pool) for pool in pools.values()))
     rng = random.Random(seed)
@@ -1022,13 +269,13 @@ def generate_facts(seed: int = 0, n_edits: int = 100) -> list[KnowledgeEdit]:
     subjects = {kind: rng.sample(pool, len(pool)) for kind, pool in pools.items()}
     edits = []
     for i in range(n_edits):
-        relation = rng.choice([r for r in _RELATIONS if subjects[r.subject_kind]])
+        relation = rng.choice([r for r in w.relations if subjects[r.subject_kind]])
         subject = subjects[relation.subject_kind].pop()
         (old, _), (new, new_attribute) = rng.sample(relation.targets, 2)
         prompt, *paraphrases = (p.format(s=subject) for p in rng.sample(relation.prompts, len(relation.prompts)))
         # Locality probes must not touch the edited values, or "unchanged" would be the wrong expectation.
         touched = [value.lower() for value in (old, new, new_attribute) if value]
-        unrelated = [probe for probe in _LOCALITY if not any(v in f"{probe[0]} {probe[1]}".lower() for v in touched)]
+        unrelated = [probe for probe in w.locality if not any(v in f"{probe[0]} {probe[1]}".lower() for v in touched)]
         portability: tuple[LocalityProbe, ...] = ()
         if relation.portability:
             portability = (LocalityProbe(relation.portability.format(s=subject), new_attribute),)
@@ -1047,3 +294,109 @@ def generate_facts(seed: int = 0, n_edits: int = 100) -> list[KnowledgeEdit]:
             )
         )
     return edits
+
+
+# ---------------------------------------------------------------------------------------------------
+# Word tables: package data (synthetic_words.json beside this module, shipped in the wheel), read once on
+# first use. Every record depends on their order: a change to the file changes the datasets.
+
+WORDS_FILE = "synthetic_words.json"
+
+
+@dataclass(frozen=True)
+class _Relation:
+    name: str
+    subject_kind: str  # "person", "company" or "town"
+    prompts: tuple[str, ...]  # prefixes the target completes; one becomes the prompt, the rest paraphrases
+    targets: tuple[tuple[str, str | None], ...]  # (target, answer of the portability probe for it)
+    portability: str | None = None  # a one-hop prompt about the subject that the target's attribute answers
+
+
+@dataclass(frozen=True)
+class _Words:
+    female_names: tuple[str, ...]  # names split by gender only so a sibling is a "sister" or "brother" consistently
+    male_names: tuple[str, ...]
+    pet_names: tuple[str, ...]
+    pet_kinds: tuple[str, ...]
+    cities: tuple[tuple[str, str], ...]  # (city, country)
+    companies: tuple[str, ...]
+    roles: tuple[str, ...]
+    hobbies: tuple[str, ...]
+    preferences: dict[str, tuple[str, ...]]  # food, music, sport -> values
+    fact_templates: dict[str, tuple[str, ...]]  # event -> wordings of its fact turn
+    greetings: tuple[str, ...]
+    sign_offs: tuple[str, ...]
+    news_reactions: tuple[str, ...]
+    remark_reactions: tuple[str, ...]
+    small_talk: tuple[str, ...]
+    small_talk_pairs: tuple[tuple[str, str], ...]  # (question, answer), where two filler turns follow each other
+    # (category, evidence events, answer key or None for the month of the evidence session, wordings); the
+    # wordings avoid the fact turns' phrasing so lexical retrieval is not trivially exact
+    questions: tuple[tuple[str, tuple[str, ...], str | None, tuple[str, ...]], ...]
+    unanswerable: tuple[tuple[str, str], ...]  # (question, keyword no template ever mentions)
+    person_first: tuple[str, ...]
+    person_last: tuple[str, ...]
+    company_stems: tuple[str, ...]
+    company_suffixes: tuple[str, ...]
+    town_stems: tuple[str, ...]
+    town_suffixes: tuple[str, ...]
+    locality: tuple[tuple[str, str], ...]  # (prompt, answer) facts a pretrained model knows
+    relations: tuple[_Relation, ...]
+
+
+@functools.cache
+def _words() -> _Words:
+    raw = json.loads(resources.files("memos_lab.data").joinpath(WORDS_FILE).read_text(encoding="utf-8"))
+    talk, facts = raw["dialogues"], raw["facts"]
+    sports = tuple(talk["sports"])
+    countries = [tuple(row) for row in facts["countries"]]  # (country, capital, continent)
+    targets: dict[str, tuple[tuple[str, str | None], ...]] = {
+        "occupation": tuple((occupation, None) for occupation in facts["occupations"]),
+        "city": _pairs(talk["cities"]),
+        "employer": _pairs(facts["employers"]),
+        "sport": tuple((sport, None) for sport in sports),
+        "instrument": _pairs(facts["instruments"]),
+        "citizenship": tuple((country, capital) for country, capital, _ in countries),
+        "headquarters": _pairs(talk["cities"]),
+        "industry": tuple((industry, None) for industry in facts["industries"]),
+        "country": tuple((country, continent) for country, _, continent in countries),
+    }
+    return _Words(
+        female_names=tuple(talk["female_names"]),
+        male_names=tuple(talk["male_names"]),
+        pet_names=tuple(talk["pet_names"]),
+        pet_kinds=tuple(talk["pet_kinds"]),
+        cities=_pairs(talk["cities"]),
+        companies=tuple(talk["companies"]),
+        roles=tuple(talk["roles"]),
+        hobbies=tuple(talk["hobbies"]),
+        preferences={"food": tuple(talk["cuisines"]), "music": tuple(talk["genres"]), "sport": sports},
+        fact_templates={event: tuple(wordings) for event, wordings in talk["fact_templates"].items()},
+        greetings=tuple(talk["greetings"]),
+        sign_offs=tuple(talk["sign_offs"]),
+        news_reactions=tuple(talk["news_reactions"]),
+        remark_reactions=tuple(talk["remark_reactions"]),
+        small_talk=tuple(talk["small_talk"]),
+        small_talk_pairs=_pairs(talk["small_talk_pairs"]),
+        questions=tuple(
+            (q["category"], tuple(q["evidence"]), q["answer"], tuple(q["wordings"])) for q in talk["questions"]
+        ),
+        unanswerable=_pairs(talk["unanswerable"]),
+        person_first=tuple(facts["person_first"]),
+        person_last=tuple(facts["person_last"]),
+        company_stems=tuple(facts["company_stems"]),
+        company_suffixes=tuple(facts["company_suffixes"]),
+        town_stems=tuple(facts["town_stems"]),
+        town_suffixes=tuple(facts["town_suffixes"]),
+        locality=_pairs(facts["locality"]),
+        relations=tuple(
+            _Relation(
+                name, relation["subject_kind"], tuple(relation["prompts"]), targets[name], relation["portability"]
+            )
+            for name, relation in facts["relations"].items()
+        ),
+    )
+
+
+def _pairs(rows: list[list[Any]]) -> tuple[tuple[Any, Any], ...]:
+    return tuple((first, second) for first, second in rows)

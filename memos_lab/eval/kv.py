@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from memos_lab.models.decode import common_prefix_len
+
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -53,14 +55,6 @@ def prefill_flops(dims: ModelDims, cached: int, total: int) -> float:
     attended = total * (total + 1) // 2 - cached * (cached + 1) // 2  # sum of (p + 1) over new positions p
     attention = 4 * dims.heads * dims.head_dim * dims.layers * attended
     return float(linear + attention + 2 * dims.hidden * dims.vocab)
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def perfect_prefix_reuse(prompts: Sequence[Sequence[int]], cached: Sequence[Sequence[int]] = ()) -> list[int]:

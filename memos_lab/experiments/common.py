@@ -15,6 +15,8 @@ from memos_lab.errors import ConfigError, DataError
 from memos_lab.settings import Settings, one_of, positive_int
 
 Record = TypeVar("Record", Conversation, KnowledgeEdit)
+# An artefact experiments may save: metric -> query id -> score; the report's paired tests read it.
+PER_QUERY_ARTIFACT = "per_query"
 KIND_NAMES = {Conversation: "a dialogue dataset", KnowledgeEdit: "a knowledge-update dataset"}
 
 

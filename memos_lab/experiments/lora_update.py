@@ -37,6 +37,7 @@ PREFIX = "lora/"
 REPEATED_SUBJECTS = ("first", "keep")
 T = TypeVar("T")
 Predicted = tuple[list[int], list[int]]  # teacher-forced argmax ids at the target's positions, and the target ids
+Generate = Callable[[list[str], int], list[list[int]]]  # prompts, new tokens -> greedy continuations
 
 
 @dataclass(frozen=True)
@@ -60,33 +61,101 @@ class LoRAUpdateSettings(ExperimentSettings):
         one_of(self, "repeated_subjects", REPEATED_SUBJECTS)
 
 
+@dataclass(frozen=True)
+class _Probes:
+    """What the edits are scored on, taken from the edit records."""
+
+    locality: list[str]  # unrelated prompts whose greedy continuation must not change
+    answered: list[tuple[str, str]]  # locality probes with an answer: (prompt, answer), for the token score
+    paraphrases: list[tuple[str, str]]  # (paraphrase, new target)
+    portable: list[tuple[str, str]]  # (one-hop question, answer)
+    subjects: list[str]  # the edited subjects whose generations score fluency
+    answer_tokens: int  # greedy tokens enough to hold any target or portability answer
+
+    @classmethod
+    def of(cls, lm: LanguageModel, edits: list[KnowledgeEdit], fluency_prompts: int) -> _Probes:
+        answers = [t for e in edits for t in [e.target_new, *_answers(e.portability)]]
+        return cls(
+            locality=[probe.prompt for edit in edits for probe in edit.locality],
+            answered=[(probe.prompt, probe.answer) for edit in edits for probe in edit.locality if probe.answer],
+            paraphrases=[(p, e.target_new) for e in edits for p in e.paraphrases],
+            portable=[(p.prompt, p.answer) for e in edits for p in e.portability if p.answer],
+            subjects=list(dict.fromkeys(e.subject for e in edits))[:fluency_prompts],
+            answer_tokens=1 + max(len(encode_target(lm, t)) for t in answers),
+        )
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The untouched model's answers, taken before any edit: locality and fluency are measured against them."""
+
+    locality: list[list[int]]
+    locality_argmax: list[list[int]]
+    reliability: list[bool]  # the unedited model already says the new target
+    fluency: list[float]
+
+
 @uses_settings(LoRAUpdateSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = LoRAUpdateSettings.from_mapping(cfg.experiment)
     records = load_records(cfg, KnowledgeEdit)[exp.first_edit :]
     edits, skipped = _choose_edits(records, exp.n_edits, exp.repeated_subjects)
-    n_batches = int(exp.n_batches)
+    batches = _batches(edits, int(exp.n_batches))
+    lm: LanguageModel = hydra.utils.instantiate(cfg.model)
+    # partial: Hydra would turn the LanguageModel dataclass into a config if passed as a kwarg
+    memory: ParametricMemory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=lm)
+    generate = _generator(lm, int(exp.eval_batch_size))
+    probes = _Probes.of(lm, edits, exp.fluency_prompts)
+    base = _base_answers(lm, exp, generate, edits, probes)
+    train_s, steps, learned = _write_edits(memory, batches, tracker)
+    metrics, reliability = _greedy_scores(lm, exp, memory, generate, edits, probes, base)
+    metrics |= {
+        f"{PREFIX}edits": len(edits),
+        f"{PREFIX}skipped_repeats": skipped,
+        f"{PREFIX}batches": len(batches),
+        f"{PREFIX}steps": steps,
+        f"{PREFIX}batches_learned": learned / len(batches),
+        f"{PREFIX}train_s": train_s,
+        f"{PREFIX}train_s_per_100_edits": 100.0 * train_s / len(edits),
+        f"{PREFIX}adapter_mb": _saved_mb(memory),
+        f"{PREFIX}gate_edit_prompts": rate(memory.applies([e.prompt for e in edits])),
+    }
+    if probes.locality:
+        metrics[f"{PREFIX}gate_locality_prompts"] = rate(memory.applies(probes.locality))
+    if len(batches) > 1:  # the edits of every batch but the last, scored after the last
+        metrics[f"{PREFIX}retention"] = rate(reliability[: len(edits) - len(batches[-1])])
+    metrics |= _likelihood_scores(lm, exp, memory, edits)
+    metrics |= _token_scores(lm, exp, memory, edits, probes, base)
+    residual = getattr(memory, "delta_residual", None)  # locate-then-edit memories: what a rank cap dropped
+    if residual is not None:
+        metrics[f"{PREFIX}delta_residual"] = residual
+    return metrics
+
+
+def _batches(edits: list[KnowledgeEdit], n_batches: int) -> list[list[KnowledgeEdit]]:
+    """`n_batches` sequential batches of (nearly) equal size."""
     if not 1 <= n_batches <= len(edits):
         raise ConfigError(
             f"experiment.n_batches must be between 1 and the number of edits ({len(edits)}), got {n_batches}"
         )
-    lm: LanguageModel = hydra.utils.instantiate(cfg.model)
-    # partial: Hydra would turn the LanguageModel dataclass into a config if passed as a kwarg
-    memory: ParametricMemory = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=lm)
     size = -(-len(edits) // n_batches)
-    batches = [edits[i : i + size] for i in range(0, len(edits), size)]
-    answer_tokens = 1 + max(len(encode_target(lm, t)) for e in edits for t in [e.target_new, *_answers(e.portability)])
-    generate = _generator(lm, int(exp.eval_batch_size))
-    # Locality is measured against the untouched base model, so its answers are taken before any edit.
-    probes = [probe.prompt for edit in edits for probe in edit.locality]
-    base_locality = generate(probes, int(exp.locality_tokens))
-    answered = [(probe.prompt, probe.answer) for edit in edits for probe in edit.locality if probe.answer]
-    base_locality_argmax = [p for p, _ in _argmax(lm, answered, int(exp.eval_batch_size))]
-    base_reliability = _starts(lm, generate([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
-    subjects = list(dict.fromkeys(e.subject for e in edits))[: exp.fluency_prompts]
-    fluency_tokens = exp.fluency_tokens
-    fluency_base = [ngram_entropy(ids) for ids in generate(subjects, fluency_tokens)]
+    return [edits[i : i + size] for i in range(0, len(edits), size)]
 
+
+def _base_answers(
+    lm: LanguageModel, exp: LoRAUpdateSettings, generate: Generate, edits: list[KnowledgeEdit], probes: _Probes
+) -> _Base:
+    locality = generate(probes.locality, int(exp.locality_tokens))
+    locality_argmax = [p for p, _ in _argmax(lm, probes.answered, int(exp.eval_batch_size))]
+    reliability = _starts(lm, generate([e.prompt for e in edits], probes.answer_tokens), [e.target_new for e in edits])
+    fluency = [ngram_entropy(ids) for ids in generate(probes.subjects, exp.fluency_tokens)]
+    return _Base(locality, locality_argmax, reliability, fluency)
+
+
+def _write_edits(
+    memory: ParametricMemory, batches: list[list[KnowledgeEdit]], tracker: Tracker
+) -> tuple[float, int, int]:
+    """Edit batch by batch; the seconds, steps and learned batches summed over the batches."""
     train_s, steps, learned = 0.0, 0, 0
     for step, batch in enumerate(tqdm(batches, desc="edit batches", unit="batch")):
         report = memory.edit(batch)
@@ -101,44 +170,52 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             },
             step=step,
         )
+    return train_s, steps, learned
+
+
+def _greedy_scores(
+    lm: LanguageModel,
+    exp: LoRAUpdateSettings,
+    memory: ParametricMemory,
+    generate: Generate,
+    edits: list[KnowledgeEdit],
+    probes: _Probes,
+    base: _Base,
+) -> tuple[dict[str, float], list[bool]]:
+    """Reliability, generalisation, locality, portability and fluency of the edited model's greedy answers;
+    also each edit's reliability flag (retention scores the earlier batches' ones)."""
 
     def said(prompts: list[str], n: int) -> list[list[int]]:
         return _routed(memory, prompts, lambda idx: generate([prompts[i] for i in idx], n))
 
+    answer_tokens = probes.answer_tokens
     reliability = _starts(lm, said([e.prompt for e in edits], answer_tokens), [e.target_new for e in edits])
-    paraphrases = [(p, e.target_new) for e in edits for p in e.paraphrases]
+    paraphrases, portable = probes.paraphrases, probes.portable
     generalization = _starts(lm, said([p for p, _ in paraphrases], answer_tokens), [t for _, t in paraphrases])
-    locality = [unchanged(b, a) for b, a in zip(base_locality, said(probes, int(exp.locality_tokens)), strict=True)]
-    portable = [(p.prompt, p.answer) for e in edits for p in e.portability if p.answer]
+    locality_said = said(probes.locality, int(exp.locality_tokens))
+    locality = [unchanged(b, a) for b, a in zip(base.locality, locality_said, strict=True)]
     portability = _starts(lm, said([p for p, _ in portable], answer_tokens), [a for _, a in portable])
-
     scored = {
         "reliability": reliability,
         "generalization": generalization,
         "locality": locality,
         "portability": portability,
-        "base_reliability": base_reliability,
+        "base_reliability": base.reliability,
     }
     # a metric the data gives nothing to score on (no paraphrases, no portability questions) is left out
     metrics = {f"{PREFIX}{name}": rate(flags) for name, flags in scored.items() if flags}
-    fluency = [ngram_entropy(ids) for ids in said(subjects, fluency_tokens)]
-    metrics |= {
-        f"{PREFIX}fluency": sum(fluency) / len(fluency),
-        f"{PREFIX}fluency_base": sum(fluency_base) / len(fluency_base),
-        f"{PREFIX}edits": len(edits),
-        f"{PREFIX}skipped_repeats": skipped,
-        f"{PREFIX}batches": len(batches),
-        f"{PREFIX}steps": steps,
-        f"{PREFIX}batches_learned": learned / len(batches),
-        f"{PREFIX}train_s": train_s,
-        f"{PREFIX}train_s_per_100_edits": 100.0 * train_s / len(edits),
-        f"{PREFIX}adapter_mb": _saved_mb(memory),
-        f"{PREFIX}gate_edit_prompts": rate(memory.applies([e.prompt for e in edits])),
-    }
-    if probes:
-        metrics[f"{PREFIX}gate_locality_prompts"] = rate(memory.applies(probes))
-    if len(batches) > 1:  # the edits of every batch but the last, scored after the last
-        metrics[f"{PREFIX}retention"] = rate(reliability[: len(edits) - len(batches[-1])])
+    fluency = [ngram_entropy(ids) for ids in said(probes.subjects, exp.fluency_tokens)]
+    metrics[f"{PREFIX}fluency"] = sum(fluency) / len(fluency)
+    metrics[f"{PREFIX}fluency_base"] = sum(base.fluency) / len(base.fluency)
+    return metrics, reliability
+
+
+def _likelihood_scores(
+    lm: LanguageModel, exp: LoRAUpdateSettings, memory: ParametricMemory, edits: list[KnowledgeEdit]
+) -> dict[str, float]:
+    """CounterFact's scores, for edits with an old target: the new target beats the old one on the edit and
+    paraphrase prompts, and the old one stays ahead on neighbour prompts whose answer it is."""
+    metrics: dict[str, float] = {}
     scorer = _scorer(lm, int(exp.eval_batch_size))
     with_old = [e for e in edits if e.target_old]
     for name, pairs in (
@@ -150,10 +227,24 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     neighbours = [(p.prompt, e) for e in with_old for p in e.locality if p.answer == e.target_old]
     if neighbours:
         metrics[f"{PREFIX}neighborhood_prob"] = rate([not won for won in _new_beats_old(memory, scorer, neighbours)])
+    return metrics
+
+
+def _token_scores(
+    lm: LanguageModel,
+    exp: LoRAUpdateSettings,
+    memory: ParametricMemory,
+    edits: list[KnowledgeEdit],
+    probes: _Probes,
+    base: _Base,
+) -> dict[str, float]:
+    """EasyEdit's token-level scores: the share of target tokens that are the teacher-forced argmax, and for
+    locality the share of the probe answers' positions whose argmax is unchanged."""
+    metrics: dict[str, float] = {}
     token_scored = {
         "reliability_token": [(e.prompt, e.target_new) for e in edits],
-        "generalization_token": paraphrases,
-        "locality_token": answered,
+        "generalization_token": probes.paraphrases,
+        "locality_token": probes.answered,
     }
     for name, prompts_targets in token_scored.items():
         if not prompts_targets:
@@ -163,14 +254,11 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             return _argmax(lm, [chosen[i] for i in idx], int(exp.eval_batch_size))
 
         said_argmax = _routed(memory, [p for p, _ in prompts_targets], argmax_of)
-        expected = base_locality_argmax if name == "locality_token" else [target for _, target in said_argmax]
+        expected = base.locality_argmax if name == "locality_token" else [target for _, target in said_argmax]
         scores = [
             token_agreement(predicted, wanted) for (predicted, _), wanted in zip(said_argmax, expected, strict=True)
         ]
         metrics[f"{PREFIX}{name}"] = sum(scores) / len(scores)
-    residual = getattr(memory, "delta_residual", None)  # locate-then-edit memories: what a rank cap dropped
-    if residual is not None:
-        metrics[f"{PREFIX}delta_residual"] = residual
     return metrics
 
 
@@ -213,7 +301,7 @@ def _answers(probes: Sequence) -> list[str]:
     return [p.answer for p in probes if p.answer]
 
 
-def _generator(lm: LanguageModel, batch_size: int) -> Callable[[list[str], int], list[list[int]]]:
+def _generator(lm: LanguageModel, batch_size: int) -> Generate:
     def generate(prompts: list[str], n: int) -> list[list[int]]:
         unique = list(dict.fromkeys(prompts))  # locality probes repeat across edits: decode each once
         said = dict(zip(unique, greedy_continuations(lm, unique, n, batch_size), strict=True)) if unique else {}

@@ -30,28 +30,27 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from memos_lab.data.reader import Reader, spoken_date, turn_item
 from memos_lab.data.schema import NO_EVIDENCE_CATEGORIES, Conversation, Question, Turn
 from memos_lab.errors import ConfigError, DataError, MemosError
 from memos_lab.eval.judge import LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
-from memos_lab.experiments.common import load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
 from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import ActivationMemory, build_activation
 from memos_lab.memory.parametric.base import ParametricMemory
+from memos_lab.memory.reader import Reader, spoken_date, turn_item
 from memos_lab.models.decode import KVCache, greedy
 from memos_lab.models.device import clock
 from memos_lab.models.embedder import Embedder
 from memos_lab.models.llm import LanguageModel
 from memos_lab.mos import MOS
 from memos_lab.prompts import AnswerPrompt, JudgePrompt
-from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.parametric import recitation_edit
-from memos_lab.settings import Settings, one_of, positive, positive_int, uses_settings
+from memos_lab.settings import one_of, positive, positive_int, uses_settings
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +113,12 @@ class QARecord:
 
 
 @dataclass(frozen=True)
-class QASettings(Settings):
+class QASettings(ExperimentSettings):
     """`experiment=qa`'s settings (conf/experiment/qa.yaml only overrides them)."""
 
-    section: ClassVar[str] = "experiment"
-    instantiated: ClassVar[bool] = False
-    config_keys: ClassVar[Mapping[str, Any]] = {
-        "name": "qa", "fn": "memos_lab.experiments.qa.run", "report_metrics": (), "ci_metrics": (), "pinned": (),
-    }  # fmt: skip
+    declared_in_yaml: ClassVar[tuple[str, ...]] = (*ExperimentSettings.declared_in_yaml, "ci_metrics", "pinned")
+    ci_metrics: tuple[str, ...] = ()  # per-question scores `report` turns into bootstrap 95% CIs
+    pinned: tuple[str, ...] = ()  # settings that must be equal for runs to share a table
     context: str = "retrieved"  # retrieved | none | full | oracle
     form: str = "text"  # text | kv | parametric
     top_k: int = 10
@@ -152,7 +149,7 @@ class QASettings(Settings):
         )
         if "judge" in values:  # `experiment.judge=true` on the command line is a YAML boolean ("True")
             values["judge"] = str(values["judge"]).lower()
-        return cls.from_mapping({k: v for k, v in values.items() if k not in cls.config_keys})
+        return cls.from_mapping(values)
 
 
 def build_prompts(cfg: DictConfig) -> tuple[AnswerPrompt, JudgePrompt]:

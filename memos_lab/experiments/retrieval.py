@@ -21,10 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError
 from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_query_metrics, session_recall
-from memos_lab.experiments.common import ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
 from memos_lab.loggers.base import Tracker
 from memos_lab.mos import MOS, CubeHit
-from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.settings import positive_int, uses_settings
 
 PREFIX = "retrieval/"

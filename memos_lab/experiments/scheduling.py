@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import hydra.utils
 import numpy as np
@@ -20,22 +20,21 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from memos_lab.chat import MODES, TEMPLATE, ChatAnswer, MemChat
-from memos_lab.data.reader import turn_item
 from memos_lab.data.schema import Conversation, Question
 from memos_lab.errors import MemosError
 from memos_lab.eval.judge import JudgeError, LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
-from memos_lab.experiments.common import ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
 from memos_lab.generation.base import Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import build_activation
+from memos_lab.memory.reader import turn_item
 from memos_lab.mos import MOS
-from memos_lab.runner import PER_QUERY_ARTIFACT
 from memos_lab.scheduler.activation import PolicyEviction
 from memos_lab.scheduler.base import Budget, MemScheduler
-from memos_lab.scheduler.parametric import Consolidator
-from memos_lab.settings import one_of, positive_int, uses_settings
+from memos_lab.scheduler.parametric import ConsolidationSettings, Consolidator
+from memos_lab.settings import Settings, one_of, positive, positive_int, uses_settings
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +78,26 @@ def question_slots(conversation: Conversation) -> dict[int, list[Question]]:
 
 
 @dataclass(frozen=True)
+class ActivationTierSettings(Settings):
+    """mode=kv: the KV caches of assembled working memories, evicted by the scheduler's policy."""
+
+    section: ClassVar[str] = "experiment.activation"
+    instantiated: ClassVar[bool] = False
+    max_mb: float | None = 256.0  # None: unbounded
+
+    def validate(self) -> None:
+        positive(self, "max_mb")
+
+
+@dataclass(frozen=True)
 class SchedulingSettings(ExperimentSettings):
     mode: str = "text"  # text: memories in the prompt | kv: their KV cache from the activation tier | parametric: LoRA
     answer: bool = True  # false: scheduling metrics only, no generation (fast policy sweeps)
     turns_as_queries: bool = True  # every dialogue turn is also a user turn the scheduler retrieves for
     top_k: int = 5  # memories retrieved per user turn / question
-    # The nested sections are the keyword arguments of what they configure, which checks them:
-    working_memory: dict[str, Any] = field(default_factory=dict)  # Budget: max_items and/or max_tokens
-    activation: dict[str, Any] = field(default_factory=dict)  # mode=kv: max_mb of the activation tier
-    consolidation: dict[str, Any] = field(
-        default_factory=dict
-    )  # mode=parametric: Consolidator's min_uses, min_age, max_items
+    working_memory: Budget = field(default_factory=Budget)  # equal for every policy; one or both bounds
+    activation: ActivationTierSettings = field(default_factory=ActivationTierSettings)  # mode=kv
+    consolidation: ConsolidationSettings = field(default_factory=ConsolidationSettings)  # mode=parametric
     max_new_tokens: int = 24
     max_conversations: int | None = None  # keep SmolLM2 runs small: the first N conversations
 
@@ -104,7 +112,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     conversations = load_records(cfg, Conversation)
     if exp.max_conversations:
         conversations = conversations[: exp.max_conversations]
-    budget = Budget(**exp.working_memory)
+    budget = exp.working_memory
     hydra.utils.instantiate(cfg.scheduler)  # a bad policy setting fails here, before any model loads
     embedder = hydra.utils.instantiate(cfg.embedder)
     generator: Generator = hydra.utils.instantiate(cfg.llm)
@@ -129,12 +137,12 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
             if exp.mode == "kv":
                 activation = build_activation(
                     cfg.activation, generator.require_weights("kv mode"), PolicyEviction(scheduler.working), TEMPLATE,
-                    budget_mb=exp.activation.get("max_mb"),
+                    budget_mb=exp.activation.max_mb,
                 )  # fmt: skip
             if exp.mode == "parametric":
                 model = generator.require_weights("parametric mode")
                 parametric = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model)
-                consolidator = Consolidator(parametric, **exp.consolidation)
+                consolidator = Consolidator(parametric, exp.consolidation)
             chat = MemChat(scheduler, generator, exp.mode, int(exp.max_new_tokens), activation, parametric)
             slots = question_slots(conversation)
             for s, session in enumerate(conversation.sessions):

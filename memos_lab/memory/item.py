@@ -5,19 +5,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import numpy as np
+
+from memos_lab.artifact import now_iso  # one clock for items and artifacts; re-exported for memory's users
 
 ACTIVE = "active"
 ARCHIVED = "archived"  # superseded by a newer version (see `successor_id`)
 DELETED = "deleted"  # soft-deleted; still stored until purged
 STATUSES = (ACTIVE, ARCHIVED, DELETED)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_id() -> str:

@@ -16,11 +16,19 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from memos_lab.errors import DataError
-from memos_lab.eval.kv import common_prefix_len
 from memos_lab.models.device import synchronize
 from memos_lab.models.llm import LanguageModel
 
 log = logging.getLogger(__name__)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share: the part of a cached prefix a prompt can reuse."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 @dataclass(frozen=True)

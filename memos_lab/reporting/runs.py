@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from memos_lab.errors import DataError
-from memos_lab.runner import CONFIG_FILE, PER_QUERY_ARTIFACT, PROVENANCE_FILE, read_metrics
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT
+from memos_lab.runner import CONFIG_FILE, PROVENANCE_FILE, read_metrics
 
 HYDRA_DIR = ".hydra"
 MULTIRUN_FILE = "multirun.yaml"

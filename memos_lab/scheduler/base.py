@@ -21,7 +21,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from memos_lab.errors import ConfigError
 from memos_lab.memory.item import ACTIVE, MemoryItem
 from memos_lab.mos import MOS
-from memos_lab.settings import positive_int
+from memos_lab.settings import Settings, positive_int
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -81,15 +81,15 @@ class SchedulingPolicy(ABC):
 
 
 @dataclass(frozen=True)
-class Budget:
+class Budget(Settings):
     """Working-memory size: at most `max_items` entries and/or `max_tokens` tokens (None: unbounded)."""
 
-    max_items: int | None = None
+    section: ClassVar[str] = "experiment.working_memory"
+    instantiated: ClassVar[bool] = False
+    max_items: int | None = 16
     max_tokens: int | None = None
 
-    section: ClassVar[str] = "experiment.working_memory"
-
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.max_items is None and self.max_tokens is None:
             raise ConfigError("working memory needs a budget: set max_items and/or max_tokens")
         positive_int(self, "max_items", "max_tokens")

@@ -15,24 +15,31 @@ from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.memory.item import MemoryItem
 from memos_lab.memory.parametric.base import EditReport, ParametricMemory
 from memos_lab.scheduler.base import Entry, MemScheduler
-from memos_lab.settings import non_negative_int, positive_int
+from memos_lab.settings import Settings, non_negative_int, positive_int
 
 MIN_PROMPT_WORDS = 3
+
+
+@dataclass(frozen=True)
+class ConsolidationSettings(Settings):
+    """When a working-memory entry is trained into the weights."""
+
+    section: ClassVar[str] = "experiment.consolidation"
+    instantiated: ClassVar[bool] = False
+    min_uses: int = 3
+    min_age: int = 32  # scheduler steps in working memory
+    max_items: int = 8  # per consolidation call: training time grows with the batch
+
+    def validate(self) -> None:
+        positive_int(self, "min_uses", "max_items")
+        non_negative_int(self, "min_age")
 
 
 @dataclass
 class Consolidator:
     parametric: ParametricMemory
-    min_uses: int = 3
-    min_age: int = 32
-    max_items: int = 8  # per consolidation call: training time grows with the batch
+    settings: ConsolidationSettings = field(default_factory=ConsolidationSettings)
     consolidated: set[str] = field(default_factory=set)
-
-    section: ClassVar[str] = "experiment.consolidation"
-
-    def __post_init__(self) -> None:
-        positive_int(self, "min_uses", "max_items")
-        non_negative_int(self, "min_age")
 
     def candidates(self, scheduler: MemScheduler) -> list[Entry]:
         """Working-memory entries that proved stable and often used, most used first."""
@@ -41,11 +48,11 @@ class Consolidator:
             entry
             for entry in scheduler.working.entries()
             if entry.item.id not in self.consolidated
-            and entry.uses >= self.min_uses
-            and now - entry.admitted_at >= self.min_age
+            and entry.uses >= self.settings.min_uses
+            and now - entry.admitted_at >= self.settings.min_age
             and entry.item.metadata.successor_id is None
         ]
-        return sorted(ready, key=lambda entry: (-entry.uses, entry.order))[: self.max_items]
+        return sorted(ready, key=lambda entry: (-entry.uses, entry.order))[: self.settings.max_items]
 
     def consolidate(self, scheduler: MemScheduler) -> EditReport | None:
         """Train the current candidates into the adapter; None when there were none."""

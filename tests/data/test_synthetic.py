@@ -1,8 +1,11 @@
-"""Properties of the embedded synthetic datasets that evaluation relies on."""
+"""Properties of the synthetic datasets that evaluation relies on, and their exact records."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 import re
 from collections import Counter
 from datetime import datetime, timedelta
@@ -24,11 +27,8 @@ from memos_lab.errors import ConfigError
 
 CATEGORIES = {SINGLE_HOP, MULTI_HOP, TEMPORAL, KNOWLEDGE_UPDATE, UNANSWERABLE}
 # Value pools whose entries can be a knowledge-update answer; the old value comes from the same pool.
-UPDATE_POOLS = (
-    tuple(city for city, _ in synthetic._CITIES),
-    synthetic._COMPANIES,
-    *synthetic._PREFERENCES.values(),
-)
+WORDS = synthetic._words()
+UPDATE_POOLS = (tuple(city for city, _ in WORDS.cities), WORDS.companies, *WORDS.preferences.values())
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
 
@@ -128,7 +128,7 @@ def test_temporal_answers_match_session_dates(conversations: list[Conversation])
 
 
 def test_unanswerable_questions_are_never_answered(conversations: list[Conversation]) -> None:
-    keywords = {wording.split("{name}")[-1]: keyword for wording, keyword in synthetic._UNANSWERABLE}
+    keywords = {wording.split("{name}")[-1]: keyword for wording, keyword in WORDS.unanswerable}
     for conversation in conversations:
         dialogue = " ".join(t.text for t in conversation.turns)
         for question in (q for q in conversation.questions if q.category == UNANSWERABLE):
@@ -221,3 +221,28 @@ def test_hydra_configs_instantiate() -> None:
     ):
         config = omegaconf.OmegaConf.create({"seed": 5, "dataset": omegaconf.OmegaConf.load(CONF / f"{name}.yaml")})
         assert hydra_utils.instantiate(config.dataset, **overrides) == expected
+
+
+def digest(records: list) -> str:
+    return hashlib.sha256(json.dumps([dataclasses.asdict(r) for r in records], sort_keys=True).encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: generate_dialogues(), "4d0818dd6aacf7b9f5c30f0cdb91aa3ddbe6f2009f66b2cb44c731efba034b07"),
+        (
+            lambda: generate_dialogues(seed=3, n_conversations=2, n_sessions=4, turns_per_session=10),
+            "c72b614e3192736014848e286d9c30d6d29265d89df4ffdaeaaeeb482f23be9e",
+        ),
+        (lambda: generate_facts(), "ba9e310437146df6b3a575a3ad26c8dd4d1cbedde0dee6f70c84a8c9e015412c"),
+        (
+            lambda: generate_facts(seed=7, n_edits=300),
+            "f4ad8fde86f3a687518d9fd6f3d99bbcf5e63085986f5881ba9a9d023d56227f",
+        ),
+    ],
+)
+def test_the_datasets_are_the_records_they_always_were(make, expected):
+    # Hashes of the records generated when the word tables were still in the code (before they moved to
+    # synthetic_words.json): a change to the tables or to the generators' draws changes every result built on them.
+    assert digest(make()) == expected

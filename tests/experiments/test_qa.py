@@ -10,6 +10,7 @@ from memos_lab.cli import CONF_DIR
 from memos_lab.data.schema import ADVERSARIAL, UNANSWERABLE
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.experiments import qa
+from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.generation.base import Generation
 from memos_lab.loggers.base import Tracker
 
@@ -36,7 +37,11 @@ def config(*overrides, base=LOCOMO):
 
 def run(*overrides, base=LOCOMO):
     tracker = Recorder()
-    metrics = qa.run(config(*overrides, base=base), tracker)
+    cfg = config(*overrides, base=base)
+    metrics = qa.run(cfg, tracker)
+    declared = [MetricSpec.from_mapping(spec) for spec in cfg.experiment.metrics]
+    undeclared = [name for name in metrics if find_spec(declared, name) is None]
+    assert not undeclared, f"declare them in conf/experiment/qa.yaml: {undeclared}"
     return metrics, tracker.artifacts
 
 

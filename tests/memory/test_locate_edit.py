@@ -78,14 +78,14 @@ def test_merged_weights_are_base_plus_the_delta_and_its_rank_is_the_number_of_ed
     try:
         base = down_weights(lm)
         memory.edit(EDITS)
-        deltas = memory._current_deltas(memory._adapter().key)
+        deltas = memory._current_deltas(memory.store.get().key)
         merged = down_weights(memory.merged())
         for layer in range(4):
             expected = base[layer] + deltas[layer].float() if layer in deltas else base[layer]
             assert torch.allclose(merged[layer], expected, atol=1e-6)
         for delta in deltas.values():
             assert torch.linalg.matrix_rank(delta, rtol=1e-6) == len(EDITS)
-        assert memory.model.model.peft_config[memory._adapter().key].r == len(EDITS)
+        assert memory.model.model.peft_config[memory.store.get().key].r == len(EDITS)
         assert memory.delta_residual < 1e-6
         assert all(torch.equal(w, base[i]) for i, w in down_weights(lm).items())  # the shared model untouched
     finally:
@@ -98,7 +98,7 @@ def test_rome_writes_the_optimised_value_at_the_subject_and_the_target_gets_like
     memory = make(ROMEMemory, lm, cache, kl_weight=0.0, weight_decay=0.0, context_templates=0)
     try:
         requests = [memory._request(EDITS[0])]
-        with memory._adapter_on(memory._adapter().key):
+        with memory.store.on(memory.store.get().key):
             shift, _, _ = memory._optimise_values(requests)
             _, before = memory._keys_and_hidden(requests, 1, {})
         base_logprob = target_logprobs(lm, [EDITS[0].prompt], [EDITS[0].target_new])[0]
@@ -176,7 +176,7 @@ def test_alphaedit_keeps_unrelated_answers_and_earlier_edits(lm, cache):
     try:
         base = greedy_continuations(lm, PROBES, 8)
         memory.edit(EDITS[:2])
-        key = memory._adapter().key
+        key = memory.store.get().key
         first = {layer: d.clone() for layer, d in memory._current_deltas(key).items()}
         earlier_keys = {layer: memory.keys(EDITS[:2], layer).double() for layer in memory.settings.layers}
         memory.edit(EDITS[2:])
@@ -216,13 +216,13 @@ def test_bad_edits_fail_in_one_line_and_leave_the_stored_adapter_alone(lm, cache
     memory = make(ROMEMemory, lm, cache)
     try:
         memory.edit(EDITS[:1])
-        stored = {k: v.clone() for k, v in memory._current_deltas(memory._adapter().key).items()}
+        stored = {k: v.clone() for k, v in memory._current_deltas(memory.store.get().key).items()}
         absent = KnowledgeEdit("x", "Nobody Known", "city", "Anouk Elphick lives in", "Oslo")
         with pytest.raises(DataError, match="subject 'Nobody Known' does not occur"):
             memory.edit([absent])
         with pytest.raises(DataError, match="empty target"):
             memory.edit([KnowledgeEdit("y", "Lazlo Voss", "city", "Lazlo Voss lives in", " ")])
-        after = memory._current_deltas(memory._adapter().key)
+        after = memory._current_deltas(memory.store.get().key)
         assert all(torch.equal(after[k], v) for k, v in stored.items()) and memory.edits() == EDITS[:1]
     finally:
         memory.close()

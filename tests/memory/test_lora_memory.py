@@ -181,7 +181,7 @@ def test_switch_between_named_adapters_and_disable(lm):
             memory.create_adapter("bob")
     finally:
         memory.close()
-    assert not any(k.endswith(memory._uid) for k in lm.model.peft_config)
+    assert not any(k.endswith(memory.store._uid) for k in lm.model.peft_config)
 
 
 def test_merged_model_answers_like_the_adapter_and_has_its_own_fingerprint(lm, trained):

@@ -9,7 +9,7 @@ from memos_lab.models.llm import build_tiny_llama
 from memos_lab.mos import MOS
 from memos_lab.scheduler.base import Budget, MemScheduler
 from memos_lab.scheduler.lfu import LFUPolicy
-from memos_lab.scheduler.parametric import Consolidator, recitation_edit
+from memos_lab.scheduler.parametric import ConsolidationSettings, Consolidator, recitation_edit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -25,7 +25,7 @@ def test_only_often_used_old_enough_memories_are_consolidated_and_the_store_keep
         scheduler.on_user_turn("Biscuit the rescue dog")
     lora = LoRAMemory(build_tiny_llama(), rank=2, steps=3, target_modules=["q_proj", "v_proj"])
     try:
-        consolidator = Consolidator(lora, min_uses=3, min_age=2, max_items=4)
+        consolidator = Consolidator(lora, ConsolidationSettings(min_uses=3, min_age=2, max_items=4))
         assert [entry.item.id for entry in consolidator.candidates(scheduler)] == [dog]
         report = consolidator.consolidate(scheduler)
         assert report is not None and report.edits == 1 and report.steps > 0
@@ -47,4 +47,4 @@ def test_recitation_edits_split_the_memory_text():
 
 def test_bad_settings():
     with pytest.raises(ConfigError, match="consolidation.min_uses must be a positive integer, got 0"):
-        Consolidator(parametric=None, min_uses=0)
+        ConsolidationSettings(min_uses=0)

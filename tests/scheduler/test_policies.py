@@ -131,15 +131,19 @@ def test_token_budget():
 @pytest.mark.parametrize(
     "budget, message",
     [
-        ({}, "needs a budget"),
+        ({"max_items": None}, "needs a budget"),
         ({"max_items": 0}, "max_items must be a positive integer, got 0"),
         ({"max_tokens": -5}, "max_tokens must be a positive integer, got -5"),
-        ({"max_items": 2.5}, "max_items must be a positive integer"),
+        ({"max_items": 2.5}, "max_items must be an integer or null"),
     ],
 )
 def test_bad_budgets_are_refused(budget, message):
     with pytest.raises(ConfigError, match=message):
         Budget(**budget)
+
+
+def test_the_default_budget_works_outside_hydra():
+    assert Budget().max_items == 16 and not Budget().exceeded(items=16, tokens=10**6)
 
 
 def test_bad_policies_are_refused():

@@ -22,9 +22,8 @@ from safetensors.torch import save_file
 
 from memos_lab.artifact import MANIFEST, VERSION, Artifact, check_json, read_artifact, write_artifact
 from memos_lab.errors import DataError, IncompatibleError, NotFoundError
-from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
-from memos_lab.models.decode import KVCache, Prefill, greedy, prefill
+from memos_lab.models.decode import KVCache, Prefill, common_prefix_len, greedy, prefill
 from memos_lab.models.llm import LanguageModel
 
 log = logging.getLogger(__name__)

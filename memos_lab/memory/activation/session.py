@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from memos_lab.eval.kv import common_prefix_len
 from memos_lab.memory.activation.base import ActivationMemory
 from memos_lab.memory.activation.kv_cache import KVCache, Prefill, generate, prefill
+from memos_lab.models.decode import common_prefix_len
 from memos_lab.models.llm import LanguageModel
 
 

@@ -17,8 +17,7 @@ import torch
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError
 from memos_lab.memory.parametric.base import EditReport
-from memos_lab.memory.parametric.locate_edit import EditorSettings
-from memos_lab.memory.parametric.memit import MEMITMemory
+from memos_lab.memory.parametric.locate_edit import EditorSettings, EditRequest, LocateThenEditMemory
 
 
 @dataclass(frozen=True)
@@ -35,10 +34,10 @@ class AlphaEditSettings(EditorSettings):
             raise ConfigError("parametric: nullspace_threshold must be in (0, 1) and l2 positive")
 
 
-class AlphaEditMemory(MEMITMemory):
+class AlphaEditMemory(LocateThenEditMemory):
     method = "alphaedit"
     settings_class = AlphaEditSettings
-    settings: AlphaEditSettings  # type: ignore[assignment]  # a sibling of MEMITSettings: MEMIT's _solve, the one reader of mom2_weight, is overridden
+    settings: AlphaEditSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._projectors: dict[int, torch.Tensor] = {}
@@ -68,7 +67,13 @@ class AlphaEditMemory(MEMITMemory):
             self._earlier[name, layer] = self._earlier[name, layer] + keys.T @ keys
         return report
 
+    def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
+        return self._spread_over_layers(
+            requests, shifts, lambda layer, keys, residual: self._solve(layer, keys, residual, adapter)
+        )
+
     def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, adapter: str) -> torch.Tensor:
+        """MEMIT's ΔW K ≈ R solved in the null space of the preserved keys (the module docstring)."""
         self._batch_keys[layer] = keys
         projector = self.projector(layer)
         gram = projector @ (keys.T @ keys + self._earlier[adapter, layer])

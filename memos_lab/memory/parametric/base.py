@@ -91,7 +91,7 @@ def check_batch(edits: Sequence[KnowledgeEdit]) -> None:
         if edit.edit_id in seen_ids:
             raise DataError(f"edit id {edit.edit_id!r} appears twice in one batch")
         seen_ids.add(edit.edit_id)
-        key = " ".join(edit.prompt.split()).casefold()
+        key = prompt_key(edit.prompt)
         if not key:
             raise DataError(f"edit {edit.edit_id!r}: empty prompt")
         if key in target_of and target_of[key][1] != edit.target_new:
@@ -101,3 +101,8 @@ def check_batch(edits: Sequence[KnowledgeEdit]) -> None:
                 f"{target!r} and {edit.target_new!r}"
             )
         target_of[key] = (edit.edit_id, edit.target_new)
+
+
+def prompt_key(prompt: str) -> str:
+    """A prompt compared case- and space-insensitively: a new edit of the same prompt replaces an older one."""
+    return " ".join(prompt.split()).casefold()

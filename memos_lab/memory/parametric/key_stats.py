@@ -201,7 +201,7 @@ def sampled_texts(lm: LanguageModel, n: int, seed: int, batch_size: int = 32) ->
     return texts
 
 
-# The cache is one artifact per model, corpus and size (memos_lab/artifact.py: manifest, sha256, fingerprint).
+# The cache is one artifact per model, corpus and size (memos_lab/artifact/: manifest, sha256, fingerprint).
 KIND = "key_stats"
 TENSORS = "stats.safetensors"
 

@@ -14,7 +14,7 @@ Every delta is stored exactly as a LoRA adapter on `down_proj` of the edited lay
 sum of the adapter's edits, factorised by SVD into lora_B @ lora_A with alpha = rank (scaling 1). The rank
 is the delta's numerical rank (at most the number of edits), or `rank` when set, with the dropped part
 reported as `delta_residual` (relative Frobenius norm). Saving, switching, merging, fingerprints and
-refusals are LoRAMemory's.
+refusals are the adapter store's (adapters.py), shared with gradient LoRA.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from transformers import DynamicCache
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.memory.parametric import key_stats
-from memos_lab.memory.parametric.base import EditReport, check_batch
+from memos_lab.memory.parametric.adapters import AdapterMemory, LayerSettings
+from memos_lab.memory.parametric.base import EditReport, check_batch, prompt_key
 from memos_lab.memory.parametric.gate import EditGate
-from memos_lab.memory.parametric.lora import LayerSettings, LoRAMemory, _norm
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import encode_target, greedy_continuations, left_padded
 
@@ -66,7 +66,6 @@ class EditorSettings(LayerSettings):
     context_templates: int = 2  # model-written prefixes the key and value are averaged over (MEMIT: 5; costs rows)
     stats_corpus: str = "model"  # key_stats.CORPORA
     stats_tokens: int = 20000
-    seed: int = 0
 
     def validate(self) -> None:
         if self.layer_span is not None and self.layers is not None:
@@ -213,10 +212,11 @@ class _Chunk:
         return _Chunk(batch, self.cache, self.base_hidden[stay, : batch.width])  # the tails are right-padded
 
 
-class LocateThenEditMemory(LoRAMemory):
-    method: ClassVar[str]
-    settings_class: ClassVar[type[LayerSettings]] = EditorSettings
-    settings: EditorSettings  # type: ignore[assignment]  # not a LoRASettings: the LoRA training methods that read it are not used here
+class LocateThenEditMemory(AdapterMemory):
+    """Edits solved in closed form (`_deltas`, per method) and stored exactly as the active adapter."""
+
+    settings_class: ClassVar[type[EditorSettings]] = EditorSettings
+    settings: EditorSettings
 
     def __init__(
         self,
@@ -234,18 +234,41 @@ class LocateThenEditMemory(LoRAMemory):
         self._moments: dict[int, torch.Tensor] | None = None
         super().__init__(model, gate=None, adapter=adapter, **settings)
 
-    @classmethod
-    def _stored_config(cls, settings: EditorSettings, entry: Mapping[str, Any]) -> LoraConfig:  # type: ignore[override]  # load passes an instance of cls.settings_class, an EditorSettings here
-        """An adapter holds its delta at the delta's rank, which the manifest records per adapter."""
+    def adapter_config(self, entry: Mapping[str, Any] | None = None) -> LoraConfig:
+        """A stored adapter holds its delta at the delta's rank, which the manifest records per adapter; a
+        fresh one is rank 1 until its first edit replaces it."""
+        if entry is None:
+            return self.settings.lora_config()
         rank = entry.get("rank")
         if not isinstance(rank, int) or rank < 1:
             raise DataError(f"parametric memory manifest: adapter {entry.get('name')!r} has no valid rank ({rank!r})")
-        return settings.lora_config(rank)
+        return self.settings.lora_config(rank)
 
     # -- the method --------------------------------------------------------------------------------
     @abstractmethod
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
         """This batch's weight deltas {layer: (d_model, d_key)}, given the optimised value shifts δ (n, d_model)."""
+
+    def _spread_over_layers(
+        self,
+        requests: list[EditRequest],
+        shifts: torch.Tensor,
+        solve: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> dict[int, torch.Tensor]:
+        """MEMIT's update (shared by MEMIT and AlphaEdit, which differ in `solve`): each edit's goal is the
+        output of the last edited layer plus its δ; layer by layer, lowest first and each seeing the updates
+        below it, the remaining gap R is split evenly over the layers still to edit and `solve(layer, K, R)`
+        gives that layer's ΔW with ΔW K ≈ R."""
+        assert self.settings.layers is not None  # for_depth resolved the layers
+        layers = sorted(self.settings.layers)
+        _, start = self._keys_and_hidden(requests, layers[0], {})
+        goals = (start + shifts).double()
+        pending: dict[int, torch.Tensor] = {}
+        for done, layer in enumerate(layers):
+            keys, hidden = self._keys_and_hidden(requests, layer, pending)
+            residual = (goals - hidden.double()) / (len(layers) - done)
+            pending[layer] = solve(layer, keys.double(), residual)
+        return pending
 
     def statistics(self) -> dict[int, torch.Tensor]:
         """E[k kᵀ] of each edited layer (computed once per model and corpus, then read from the cache)."""
@@ -260,22 +283,22 @@ class LocateThenEditMemory(LoRAMemory):
     # -- editing -----------------------------------------------------------------------------------
     def edit(self, edits: Sequence[KnowledgeEdit]) -> EditReport:
         check_batch(edits)
-        adapter = self._adapter()
+        adapter = self.store.get()
         name = self.active_adapter
         requests = [self._request(edit) for edit in edits]  # bad input fails here, before anything changes
         self.statistics()
         started = time.perf_counter()
-        with self._adapter_on(adapter.key):
+        with self.store.on(adapter.key):
             shifts, steps, nll = self._optimise_values(requests)
             new = self._deltas(requests, shifts, name)
         current = self._current_deltas(adapter.key)
-        prompts = {_norm(edit.prompt) for edit in edits}
+        prompts = {prompt_key(edit.prompt) for edit in edits}
         assert self.settings.layers is not None  # for_depth resolved the layers
-        kept = [edit for edit in adapter.edits if _norm(edit.prompt) not in prompts]
+        kept = [edit for edit in adapter.edits if prompt_key(edit.prompt) not in prompts]
         self._store(
             name, {layer: current[layer] + new.get(layer, 0) for layer in self.settings.layers}, kept + list(edits)
         )
-        with self._adapter_on(self._adapter().key):
+        with self.store.on(self.store.get().key):
             learned = self._learned(requests)
         return EditReport(len(edits), steps, time.perf_counter() - started, float(nll.max()), learned)
 
@@ -449,7 +472,7 @@ class LocateThenEditMemory(LoRAMemory):
     def keys(self, edits: Sequence[KnowledgeEdit], layer: int) -> torch.Tensor:
         """The keys of `edits` at `layer` on the model with the active adapter applied."""
         requests = [self._request(edit) for edit in edits]
-        with self._adapter_on(self._adapter().key):
+        with self.store.on(self.store.get().key):
             return self._keys_and_hidden(requests, layer, {})[0]
 
     @torch.no_grad()
@@ -468,16 +491,6 @@ class LocateThenEditMemory(LoRAMemory):
         return True
 
     # -- the adapter holding the deltas -------------------------------------------------------------
-    @contextmanager
-    def _adapter_on(self, key: str) -> Iterator[None]:
-        model = self.model.model
-        model.set_adapter(key)
-        model.enable_adapters()
-        try:
-            yield
-        finally:
-            model.disable_adapters()
-
     def _current_deltas(self, key: str) -> dict[int, torch.Tensor]:
         """The weight delta the adapter `key` adds at each edited layer (scaling * B @ A)."""
         layers = self.model.model.model.layers
@@ -503,12 +516,8 @@ class LocateThenEditMemory(LoRAMemory):
             dropped += float((totals[layer].double() - b @ a).norm() ** 2)
             whole += float(totals[layer].double().norm() ** 2)
         self.delta_residual = (dropped / whole) ** 0.5 if whole > 0 else 0.0
-        old = self._adapters.pop(name)
-        self.model.model.delete_adapter(old.key)
-        self._attach(name, self.settings.lora_config(rank), state=None)
-        self._adapters[name].edits = edits
+        key = self.store.replace(name, self.settings.lora_config(rank), edits).key
         layers = self.model.model.model.layers
-        key = self._adapters[name].key
         with torch.no_grad():
             for layer, (us, vh) in factors.items():
                 module = getattr(layers[layer].mlp, MODULE)

@@ -8,7 +8,6 @@ seeing the updates below it) the remaining gap R is split evenly over the layers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -35,22 +34,13 @@ class MEMITSettings(EditorSettings):
 
 class MEMITMemory(LocateThenEditMemory):
     method = "memit"
-    settings_class: ClassVar[type[EditorSettings]] = MEMITSettings
+    settings_class = MEMITSettings
     settings: MEMITSettings
 
     def _deltas(self, requests: list[EditRequest], shifts: torch.Tensor, adapter: str) -> dict[int, torch.Tensor]:
-        assert self.settings.layers is not None  # for_depth resolved the layers
-        layers = sorted(self.settings.layers)
-        _, start = self._keys_and_hidden(requests, layers[0], {})
-        goals = (start + shifts).double()
-        pending: dict[int, torch.Tensor] = {}
-        for done, layer in enumerate(layers):
-            keys, hidden = self._keys_and_hidden(requests, layer, pending)
-            residual = (goals - hidden.double()) / (len(layers) - done)
-            pending[layer] = self._solve(layer, keys.double(), residual, adapter)
-        return pending
+        return self._spread_over_layers(requests, shifts, self._solve)
 
-    def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor, adapter: str) -> torch.Tensor:
+    def _solve(self, layer: int, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """ΔW (d_model, d_key) with ΔW K ≈ R, keeping the statistics' keys: R Kᵀ (λ C + K Kᵀ)⁻¹."""
         moment = self.statistics()[layer].double()
         gram = self.settings.mom2_weight * moment + keys.T @ keys
