@@ -38,6 +38,10 @@ def open_mos(cfg: DictConfig) -> MOS:
     from memos_lab.runner import prepare_environment
 
     prepare_environment()
+    if cfg.get("threads"):  # one torch thread per server process: on a busy machine more threads wait on each other
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     root = Path(str(cfg.root)).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"root={root} is not a folder")
