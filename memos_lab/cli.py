@@ -98,9 +98,26 @@ def validate_overrides(overrides: Sequence[str], config_name: str = CONFIG_NAME)
             for override in parsed:  # before composing them: its message names the default, Hydra's does not
                 _check_value_types(override, defaults, groups)
             cfg = compose(config_name, overrides=[*search_path, *first_values], return_hydra_config=True)
+        _check_callbacks(cfg)
         check_settings(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
+    """Hydra builds `hydra.callbacks` before any job starts: each must name a Hydra Callback class
+    (`+hydra.callbacks.x._target_=os.system` is refused here, in one line, and nothing runs)."""
+    from hydra._internal.utils import _locate  # hydra.utils.get_class also logs each failure
+    from hydra.experimental.callback import Callback
+
+    for name, node in (OmegaConf.select(cfg, "hydra.callbacks") or {}).items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        try:
+            found: Any = _locate(str(target))
+        except (ImportError, ValueError, AttributeError):
+            found = None
+        if not (isinstance(found, type) and issubclass(found, Callback)):
+            raise ConfigError(f"hydra.callbacks.{name}._target_: {target!r} is not a Hydra Callback class")
 
 
 def _check_value_types(override: Override, defaults: DictConfig, groups: dict[str, list[str]]) -> None:
@@ -226,18 +243,31 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def _report(args: Sequence[str]) -> None:
-    from memos_lab.reporting import write_report
+    from memos_lab.reporting import replot_table, write_report
 
     parser = _ArgumentParser(prog="report", add_help=False)
-    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="*", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=lambda text: [name for name in text.split(",") if name])
     parser.add_argument("--note", help="a line for the report's header, e.g. the suite that regenerates it")
     parser.add_argument("--mix-pinned", action="store_true", help="allow runs that differ in a pinned setting")
+    parser.add_argument("--all-plots", action="store_true", help="also every metric against every swept setting")
+    parser.add_argument("--from-table", type=Path, help="re-draw the figures from a report's table.csv")
+    parser.add_argument("--experiment", help="with --from-table: the experiment that made the table")
     options = parser.parse_args(list(args))
+    if bool(options.folders) == bool(options.from_table):
+        raise ConfigError("report: give run folders or --from-table TABLE.csv, not both or neither")
+    if options.from_table:
+        figures = replot_table(
+            options.from_table, options.out, command_line("report", args), options.experiment, options.metrics,
+            options.all_plots,
+        )  # fmt: skip
+        print(f"wrote {len(figures)} figure(s) and their section of {options.out / 'report.md'}")
+        return
     summary = write_report(
-        options.folders, options.out, command_line("report", args), options.metrics, options.note, options.mix_pinned
-    )
+        options.folders, options.out, command_line("report", args), options.metrics, options.note, options.mix_pinned,
+        options.all_plots,
+    )  # fmt: skip
     print(
         f"wrote {summary.out / 'report.md'}: {summary.configurations} configuration(s), "
         f"{summary.runs} run(s), {summary.failed} failed"
@@ -316,7 +346,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "report": (
         _report,
         "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT] "
-        "[--mix-pinned]",
+        "[--mix-pinned] [--all-plots]; re-draw figures: report --from-table DIR/table.csv --out DIR",
     ),
     "serve": (
         _serve,

@@ -14,6 +14,7 @@ against the manifest, and builds only registered classes (memos_lab.registry): a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -33,6 +34,8 @@ from memos_lab.memory.item import new_id, now_iso
 from memos_lab.memory.textual.base import TextualMemory
 from memos_lab.memory.textual.storage import read_items, write_items
 from memos_lab.models.embedder import Embedder
+
+log = logging.getLogger(__name__)
 
 KIND = "cube"
 SCHEMA_VERSION = VERSION
@@ -120,10 +123,19 @@ class MemCube:
         artifact = _read(Path(folder))
         meta = artifact.meta
         stored = meta["embedder"]
-        if (stored["name"], stored["dim"]) != (embedder.name, embedder.dim):
+        if (stored["name"], stored["dim"]) == (embedder.legacy_name, embedder.dim) and "/" not in stored["name"]:
+            if embedder.name != embedder.legacy_name:
+                log.warning(
+                    "%s: dumped before memos_lab recorded embedder fingerprints; accepted by its embedder's name "
+                    "%s (dump it again to record %s)",
+                    folder,
+                    stored["name"],
+                    embedder.name,
+                )
+        elif (stored["name"], stored["dim"]) != (embedder.name, embedder.dim):
             raise IncompatibleError(
                 f"{folder}: cube was embedded with {stored['name']} (dim {stored['dim']}); "
-                f"the given embedder is {embedder.name} (dim {embedder.dim})"
+                f"the given embedder is {embedder.name} (dim {embedder.dim}): its vectors would not match"
             )
         text_config = dict(meta["memory_config"]["text"])
         memory_class = trusted_class(

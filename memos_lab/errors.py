@@ -9,6 +9,10 @@ class ConfigError(MemosError):
     """An unknown config choice, a malformed override or an invalid setting."""
 
 
+class MissingExtraError(ConfigError):
+    """A component needs an optional extra that is not installed (`pip install -e ".[peers]"`)."""
+
+
 class DataError(MemosError):
     """A dataset path that is missing or unreadable, or a file of the wrong shape."""
 
@@ -30,3 +34,7 @@ class IncompatibleError(MemosError):
 
 class BusyError(MemosError):
     """Another writer holds the cube or MOS root, or changed it since this process read it."""
+
+
+class StorageError(MemosError):
+    """The disk refused a write (full, over a size limit, an I/O error); what was stored before is unchanged."""

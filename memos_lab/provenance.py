@@ -12,7 +12,7 @@ from typing import Any
 
 TRACKED_PACKAGES = (
     "memos_lab", "torch", "transformers", "sentence-transformers", "peft", "faiss-cpu", "bm25s",
-    "ranx", "hydra-core", "omegaconf", "datasets", "wandb", "numpy",
+    "ranx", "hydra-core", "omegaconf", "datasets", "wandb", "numpy", "mem0ai",
 )  # fmt: skip
 
 
@@ -75,6 +75,17 @@ def environment() -> dict[str, object]:
         "packages": package_versions(),
         "hardware": hardware(),
     }
+
+
+def memory_provenance(cfg: Any) -> dict[str, str]:
+    """The declarative-memory backend and its settings as run: a row that says what ran, whether ours or
+    another memory system's adapter (its package version is among the tracked packages)."""
+    memory = cfg.get("memory") or {}
+    info = {"backend": str(memory.get("_target_", "")).rsplit(".", 1)[-1]}
+    for key, value in sorted(memory.items()):
+        if key != "_target_" and (value is None or isinstance(value, str | int | float | bool)):
+            info[str(key)] = str(value)
+    return info
 
 
 RANDOM_MODEL_TARGETS = ("memos_lab.models.llm.build_random_llama", "memos_lab.models.llm.build_tiny_llama")

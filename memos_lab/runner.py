@@ -16,11 +16,11 @@ from typing import Any, cast
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from memos_lab.artifact import atomic_write_text
+from memos_lab.artifact import MAX_JSON_BYTES, atomic_write_text, parse_json, read_bounded
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.experiments.common import MetricSpec, find_spec
 from memos_lab.loggers.base import Tracker
-from memos_lab.provenance import environment, model_provenance
+from memos_lab.provenance import environment, memory_provenance, model_provenance
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -101,6 +101,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str]) -
     env = environment()
     env["pinned"] = pinned_settings(cfg)
     env["models"] = model_provenance(cfg)  # also refuses an unknown device or a missing GPU, before any work
+    env["memory"] = memory_provenance(cfg)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)  # a stale file from an earlier attempt would pass as this run's
     atomic_write_text(run_dir / CONFIG_FILE, config_text)
     # Written before the experiment so a crashed run still says which code and machine it ran on.
@@ -153,12 +154,10 @@ def _checked_objective(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, 
 def read_metrics(run_dir: Path) -> dict[str, float]:
     """The metrics of a finished run; DataError saying why when the file is missing or incomplete."""
     path = run_dir / METRICS_FILE
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"no {METRICS_FILE} (the job crashed or was interrupted)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"unreadable {METRICS_FILE}: {error}") from None
+    if not path.exists() and not path.is_symlink():
+        raise DataError(f"no {METRICS_FILE} (the job crashed or was interrupted)")
+    # strict and bounded: a run folder may come from someone else (`report` reads it)
+    metrics = parse_json(read_bounded(path, MAX_JSON_BYTES), f"unreadable {METRICS_FILE}")
     if not isinstance(metrics, dict):
         raise DataError(f"{METRICS_FILE} is not a JSON object")
     try:
@@ -226,6 +225,8 @@ def render_report(
         "## Environment",
         "",
         tabulate(sorted(env.get("models", {}).items()), ["model", "value"], "github"),
+        "",
+        tabulate(sorted(env.get("memory", {}).items()), ["memory", "value"], "github"),
         "",
         tabulate(sorted(env["hardware"].items()), ["hardware", "value"], "github"),
         "",

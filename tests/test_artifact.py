@@ -3,6 +3,7 @@ the one fingerprint rule, version-1 artifacts, staging leftovers and the trusted
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import yaml
 from memos_lab import artifact
 from memos_lab.artifact import file_entry, read_artifact, remove_stale_staging, write_artifact, writer_lock
 from memos_lab.cube import MemCube
-from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError
+from memos_lab.errors import ConfigError, DataError, IncompatibleError, MemosError, StorageError
 from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.memory.parametric.gate import EditGate
 from memos_lab.memory.parametric.lora import LoRAMemory
@@ -365,3 +366,16 @@ def test_a_locomo_category_of_the_wrong_type_is_one_line(tmp_path: Path, categor
     with pytest.raises(DataError, match="qa 1: unknown category") as error:
         list(load_locomo(str(tmp_path / "locomo.json"), cache_dir=str(tmp_path / "cache")))
     one_line(error)
+
+
+@pytest.mark.parametrize("errno_value", [errno.ENOSPC, errno.EFBIG, errno.EDQUOT])
+def test_a_full_disk_is_one_line_and_the_old_folder_stays(tmp_path, errno_value):
+    artifact.write_artifact(tmp_path / "a", "note", {"v": 1})
+
+    def fill(staging):
+        raise OSError(errno_value, os.strerror(errno_value))
+
+    with pytest.raises(StorageError, match=f"^no space left while writing {tmp_path / 'a'} .*unchanged$"):
+        artifact.write_artifact(tmp_path / "a", "note", {"v": 2}, build=fill)
+    assert artifact.read_artifact(tmp_path / "a", "note").meta == {"v": 1}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a"]

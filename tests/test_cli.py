@@ -40,6 +40,7 @@ def test_help_lists_commands_and_group_choices(tmp_path):
         ("seed=abc", "override seed='abc': seed takes a number"),
         ("experiment.top_k=abc", "experiment.top_k takes a number"),
         ("seed=1,abc", "seed takes a number"),
+        ("+hydra.callbacks.x._target_=os.system", "hydra.callbacks.x._target_: 'os.system' is not a Hydra Callback"),
         ("logger=none", None),
         ("memory.lexical_weight=0.5", None),
     ],
@@ -58,6 +59,17 @@ def test_bad_override_exits_2_without_traceback(tmp_path):
     assert "unknown choice 'gpt5' for config group 'model'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_callback_naming_any_callable_exits_2_in_one_line_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    callback = ["+hydra.callbacks.x._target_=os.system", f"+hydra.callbacks.x._args_=['touch {marker}']"]
+    result = memos_lab("run", *SMALL_RUN, *callback, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.callbacks.x._target_: 'os.system' is not a Hydra Callback class"
+    ]
+    assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 def test_wrongly_typed_value_exits_2(tmp_path):

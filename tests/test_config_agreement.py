@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from memos_lab import registry
 from memos_lab.cli import CONF_DIR
 from memos_lab.settings import SCHEMA_GROUP, Settings, _matches, settings_class_of
 
@@ -42,6 +43,11 @@ PENDING: set[str] = set()
 FILES = sorted(
     path for path in CONF_DIR.glob("*/*.yaml") if path.relative_to(CONF_DIR).parts[0] not in NOT_COMPONENTS
 )  # fmt: skip
+
+
+# Component files that name no settings schema yet. Strict: a file that gains a schema must leave this list.
+NO_SCHEMA_YET: set[str] = set()
+NO_COMPONENT = {"judge/none.yaml"}  # `_target_: null`: nothing is built, so there is nothing to configure
 
 
 def composed(group: str, choice: str) -> dict[str, Any]:
@@ -146,3 +152,46 @@ def check_against_signature(path: Path, target: Any, node: dict[str, Any], data:
         default = parameters[key].default if key in parameters else inspect.Parameter.empty
         if default is not inspect.Parameter.empty and not isinstance(value, (dict, list)):
             assert value == default, f"{path}: {key}={value!r}, but {target.__qualname__} defaults to {default!r}"
+
+
+def names_a_schema(path: Path) -> bool:
+    """The file's defaults name a `/settings/...` schema, or a sibling file (a variant) that does."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if schema_named(data) is not None:
+        return True
+    siblings = [entry for entry in data.get("defaults", []) if isinstance(entry, str) and entry != "_self_"]
+    return any(names_a_schema(path.parent / f"{name}.yaml") for name in siblings if not name.startswith("/"))
+
+
+def _schema_param(path: Path) -> Any:
+    name = path.relative_to(CONF_DIR).as_posix()
+    marks = [pytest.mark.xfail(strict=True, reason="no settings dataclass yet")] if name in NO_SCHEMA_YET else []
+    return pytest.param(path, id=name, marks=marks)
+
+
+@pytest.mark.parametrize(
+    "path", [_schema_param(path) for path in FILES if path.relative_to(CONF_DIR).as_posix() not in NO_COMPONENT]
+)
+def test_every_component_file_names_its_schema(path: Path):
+    assert names_a_schema(path), f"{path}: name /{SCHEMA_GROUP}/<module>.<SettingsClass>@_here_ in its defaults"
+
+
+@pytest.mark.parametrize("component", registry.components(), ids=lambda c: f"{c.family}/{c.name}")
+def test_the_registry_agrees_with_each_target(component: registry.Component):
+    """The schema a component's file names is its target's settings class, and a constructor that takes
+    its settings as named parameters defaults them as the settings dataclass does."""
+    target = get_object(component.target)
+    settings_class = settings_class_of(target)
+    if component.settings is None:
+        return
+    assert settings_class is not None, f"{component.target} declares no settings_class"
+    assert component.settings == f"{settings_class.__module__}.{settings_class.__name__}"
+    parameters = inspect.signature(target.__init__ if inspect.isclass(target) else target).parameters
+    if parameters:
+        for item in dataclasses.fields(settings_class):
+            default = parameters[item.name].default if item.name in parameters else inspect.Parameter.empty
+            if default is not inspect.Parameter.empty:
+                expected = list(item.default) if isinstance(item.default, tuple) else item.default
+                assert (list(default) if isinstance(default, tuple) else default) == expected, (
+                    f"{component.target}({item.name}={default!r}) but {settings_class.__name__} says {expected!r}"
+                )

@@ -188,6 +188,28 @@ def test_other_embedder_is_refused(dumped):
         MemCube.load(dumped, HashingEmbedder(dim=64))
 
 
+def embedder_named(name: str, legacy_name: str) -> HashingEmbedder:
+    """The test cubes' hashing vectors under a fingerprinted name, as a model embedder would carry."""
+    embedder = HashingEmbedder(dim=256)
+    embedder.name, embedder.legacy_name = name, legacy_name
+    return embedder
+
+
+def test_a_cube_embedded_with_other_vectors_is_refused_in_one_line(dumped):
+    edit_manifest(dumped, embedder={"name": "0123456789abcdef/onnx-int8", "dim": 256})
+    with pytest.raises(IncompatibleError, match="embedded with 0123456789abcdef/onnx-int8.*would not match") as error:
+        MemCube.load(dumped, embedder_named("fedcba9876543210/onnx-int8", "model-onnx-int8"))
+    assert "\n" not in str(error.value)
+
+
+def test_a_cube_dumped_before_fingerprints_is_accepted_by_its_old_name_with_a_warning(dumped, caplog):
+    edit_manifest(dumped, embedder={"name": "model", "dim": 256})  # what the old code recorded for MiniLM
+    loaded = MemCube.load(dumped, embedder_named("0123456789abcdef/torch", "model"))
+    assert len(loaded.text.get_all()) == 3 and "dump it again to record 0123456789abcdef/torch" in caplog.text
+    with pytest.raises(IncompatibleError, match="embedded with model"):
+        MemCube.load(dumped, embedder_named("0123456789abcdef/onnx-int8", "model-onnx-int8"))
+
+
 class _FakeSlot:
     """Stands in for an activation memory: an artifact of its own holding a value, loaded back with the model."""
 

@@ -28,7 +28,7 @@ access), `trust` (registered classes), `peft` (adapter folders), `reading`, `wri
 and leftovers). Import from `memos_lab.artifact`; the modules are how it is organised, not its interface.
 """
 
-from memos_lab.artifact.files import file_entry, open_sqlite_readonly, read_json_file
+from memos_lab.artifact.files import file_entry, open_sqlite_readonly, read_bounded, read_json_file
 from memos_lab.artifact.lock import remove_stale_staging, staging_leftovers, writer_lock
 from memos_lab.artifact.manifest import FORMAT, MANIFEST, VERSION, FileEntry, now_iso
 from memos_lab.artifact.peft import PEFT_CONFIG, PEFT_INFORMATIONAL, PEFT_PREFIX, PEFT_WEIGHTS, write_peft_adapter
@@ -75,6 +75,7 @@ __all__ = [
     "open_sqlite_readonly",
     "parse_json",
     "read_artifact",
+    "read_bounded",
     "read_json_file",
     "remove_stale_staging",
     "require_trusted",

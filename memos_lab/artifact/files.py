@@ -91,6 +91,11 @@ def _read_exact(handle: int, size: int, path: Path) -> Iterator[bytes]:
         raise DataError(f"{path}: longer than its {size} bytes")
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (no link followed, no FIFO waited on); else DataError."""
+    return _read_bounded(path, limit)
+
+
 def _read_bounded(path: Path, limit: int) -> bytes:
     with _open_regular(path) as (handle, size):
         if size > limit:

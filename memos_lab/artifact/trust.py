@@ -14,6 +14,7 @@ from memos_lab.errors import ConfigError, IncompatibleError
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_args_", "_recursive_", "_convert_"})
 
+
 def trusted_class(path: object, family: str, where: str) -> type[Any]:
     """The class `path` names, only if it is a registered component of `family`: data never picks code."""
     found = registry.trusted_class(path, family)
@@ -63,6 +64,15 @@ def trusted_settings(config: Mapping[str, Any], family: str, where: str) -> tupl
                 f"{where}.{key}: expected {_describe(hint)}, got {_type_name(value)} {_short_json(value)}"
             )
         settings[key] = value
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is parameter.empty
+        and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        and name not in settings
+    ]
+    if missing:  # found here, not as a TypeError when the class is built (perhaps much later)
+        raise ConfigError(f"{where}: {cls.__name__} needs {', '.join(missing)}, which is not set")
     return cls, settings
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from memos_lab.artifact.files import _CHUNK, _check_name, read_json_file
 from memos_lab.artifact.manifest import FORMAT, MANIFEST, VERSION, FileEntry, now_iso
 from memos_lab.artifact.strict_json import check_plain
-from memos_lab.errors import ConfigError, DataError
+from memos_lab.errors import ConfigError, DataError, StorageError
 
 
 def write_artifact(
@@ -142,8 +144,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        _raise_storage_error(error, path)
         raise
 
 
@@ -163,9 +166,30 @@ def atomic_write_dir(target: Path, build: Callable[[Path], None]) -> None:
         else:
             os.rename(staging, target)
         _fsync_path(target.parent)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        _raise_storage_error(error, target)
         raise
+
+
+# errno values of a disk that is full, or of a file over its size limit (`ulimit -f`) or quota
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def _raise_storage_error(error: BaseException, target: Path) -> None:
+    """StorageError, one line, when the disk refused the write of `target` (full, over a limit, an I/O
+    error, also as SQLite reports them); every other error is left to the caller to re-raise."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE | {errno.EIO}:
+        reason = "no space left" if error.errno in _NO_SPACE else "an I/O error"
+        detail = error.strerror
+    elif isinstance(error, sqlite3.OperationalError) and getattr(error, "sqlite_errorname", "").startswith(
+        ("SQLITE_FULL", "SQLITE_IOERR")
+    ):
+        reason = "no space left" if error.sqlite_errorname == "SQLITE_FULL" else "no space left or an I/O error"
+        detail = f"SQLite: {error}"
+    else:
+        return
+    raise StorageError(f"{reason} while writing {target} ({detail}); what was there is unchanged") from None
 
 
 def _swap(new: Path, target: Path) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from memos_lab.data.schema import KnowledgeEdit, LocalityProbe
 from memos_lab.errors import DataError
+from memos_lab.settings import Settings, positive_int, uses_settings
 
 
 def _rows(path: str | Path) -> list[dict[str, Any]]:
@@ -87,10 +89,26 @@ def edit_from_record(record: Mapping[str, Any], where: str) -> KnowledgeEdit:
     )
 
 
+@dataclass(frozen=True)
+class FactsFileSettings(Settings):
+    section: ClassVar[str] = "dataset"
+    path: str = "???"  # a local file; nothing is downloaded
+
+
+@dataclass(frozen=True)
+class EditBenchmarkSettings(FactsFileSettings):
+    limit: int | None = None  # the first N records only
+
+    def validate(self) -> None:
+        positive_int(self, "limit")
+
+
+@uses_settings(FactsFileSettings)
 def load_facts(path: str) -> list[KnowledgeEdit]:
     return [edit_from_record(row, f"{path} record {i}") for i, row in enumerate(_rows(path))]
 
 
+@uses_settings(EditBenchmarkSettings)
 def load_zsre(path: str, limit: int | None = None) -> list[KnowledgeEdit]:
     edits = []
     for i, row in enumerate(_rows(path)[:limit]):
@@ -120,6 +138,7 @@ def _first_answer(answers: Any) -> str | None:
     return answers.strip() if isinstance(answers, str) and answers.strip() else None
 
 
+@uses_settings(EditBenchmarkSettings)
 def load_counterfact(path: str, limit: int | None = None) -> list[KnowledgeEdit]:
     edits = []
     for i, row in enumerate(_rows(path)[:limit]):

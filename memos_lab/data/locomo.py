@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
@@ -26,12 +27,27 @@ from memos_lab.data.schema import (
     Turn,
 )  # fmt: skip
 from memos_lab.errors import ConfigError, DataError
+from memos_lab.settings import Settings, positive_int, uses_settings
 
 CATEGORIES = {1: MULTI_HOP, 2: TEMPORAL, 3: OPEN_DOMAIN, 4: SINGLE_HOP, 5: ADVERSARIAL}
 _SESSION_KEY = re.compile(r"session_(\d+)")
 _DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%I:%M %p on %B %d, %Y")
 
 
+@dataclass(frozen=True)
+class LocomoSettings(Settings):
+    section: ClassVar[str] = "dataset"
+    path: str = "???"  # locomo10.json, read locally
+    include_captions: bool = True  # append a shared image's caption to its turn
+    limit: int | None = None  # the first N conversations only
+    cache_dir: str | None = None  # the `datasets` cache of the parsed file
+    category_map: dict[int, str] | None = None  # the dataset's category ids -> names (None: LoCoMo's own)
+
+    def validate(self) -> None:
+        positive_int(self, "limit")
+
+
+@uses_settings(LocomoSettings)
 def load_locomo(
     path: str,
     include_captions: bool = True,

@@ -10,8 +10,9 @@ ending in `_abs` are abstention (unanswerable) questions.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from memos_lab.data.local_json import read_json_records, require, require_list
 from memos_lab.data.schema import (
@@ -26,6 +27,7 @@ from memos_lab.data.schema import (
     Turn,
 )  # fmt: skip
 from memos_lab.errors import DataError
+from memos_lab.settings import Settings, positive_int, uses_settings
 
 QUESTION_TYPES = {
     "single-session-user": SINGLE_HOP,
@@ -37,6 +39,18 @@ QUESTION_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class LongMemEvalSettings(Settings):
+    section: ClassVar[str] = "dataset"
+    path: str = "???"  # longmemeval_s.json (or _m, _oracle), read locally
+    limit: int | None = None  # the first N questions (each with its own haystack) only
+    cache_dir: str | None = None  # the `datasets` cache of the parsed file
+
+    def validate(self) -> None:
+        positive_int(self, "limit")
+
+
+@uses_settings(LongMemEvalSettings)
 def load_longmemeval(path: str, limit: int | None = None, cache_dir: str | None = None) -> Iterator[Conversation]:
     for index, record in enumerate(read_json_records(path, "LongMemEval", cache_dir)[:limit]):
         yield _conversation(record, index)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
 from itertools import product
-from typing import Any
+from typing import Any, ClassVar
 
 from memos_lab.data.schema import (
     KNOWLEDGE_UPDATE,
@@ -30,6 +30,7 @@ from memos_lab.data.schema import (
     Turn,
 )
 from memos_lab.errors import ConfigError
+from memos_lab.settings import Settings, uses_settings
 
 # ---------------------------------------------------------------------------------------------------
 # Dialogue structure. The fact templates (in the word tables) say "just"/"this week" (never "last month"),
@@ -68,6 +69,16 @@ _UNANSWERABLE_PER_CONVERSATION = 3
 UNANSWERABLE_ANSWER = "not mentioned"
 
 
+@dataclass(frozen=True)
+class SyntheticDialoguesSettings(Settings):
+    section: ClassVar[str] = "dataset"
+    seed: int = 0
+    n_conversations: int = 8
+    n_sessions: int = 8
+    turns_per_session: int = 16
+
+
+@uses_settings(SyntheticDialoguesSettings)
 def generate_dialogues(
     seed: int = 0, n_conversations: int = 8, n_sessions: int = 8, turns_per_session: int = 16
 ) -> list[Conversation]:
@@ -259,6 +270,14 @@ def _subject_pools() -> dict[str, tuple[str, ...]]:
     }
 
 
+@dataclass(frozen=True)
+class SyntheticFactsSettings(Settings):
+    section: ClassVar[str] = "dataset"
+    seed: int = 0
+    n_edits: int = 100
+
+
+@uses_settings(SyntheticFactsSettings)
 def generate_facts(seed: int = 0, n_edits: int = 100) -> list[KnowledgeEdit]:
     """Knowledge edits about invented people, companies and towns, each with a unique subject."""
     w = _words()

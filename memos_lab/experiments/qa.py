@@ -19,7 +19,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -346,11 +346,14 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 
     records: list[QARecord] = []
     timing = Timing()
+    memory_counters: Counter[str] = Counter()  # failures a backend counted instead of raising (peer extraction)
     for step, conversation in enumerate(tqdm(conversations, desc="conversations", unit="conv")):
         questions = asked[conversation.conversation_id]
         if not questions:
             continue
-        prepared = prepare_conversation(conversation, questions, settings, builder, cfg, embedder, reader)
+        prepared = prepare_conversation(
+            conversation, questions, settings, builder, cfg, embedder, reader, memory_counters
+        )
         parametric = None
         if settings.form == "parametric":
             assert model is not None  # required above for every form but text
@@ -377,6 +380,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
         metrics["qa/parametric_train_s"] = timing.train_s
     if judge is not None:
         metrics["qa/judge_prompt_tokens"] = judge.prompt_tokens
+    metrics.update({f"memory/{name}": count for name, count in sorted(memory_counters.items())})
     return metrics
 
 
@@ -474,7 +478,7 @@ def first_line(text: str) -> str:
 
 def prepare_conversation(
     conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
-    cfg: DictConfig, embedder: Embedder | None, reader: Reader | None,
+    cfg: DictConfig, embedder: Embedder | None, reader: Reader | None, memory_counters: Counter[str],
 ) -> list[Prepared]:  # fmt: skip
     turns = {turn.turn_id: turn for turn in conversation.turns}
 
@@ -498,12 +502,13 @@ def prepare_conversation(
         lines, ids = [turn_line(t) for t in shown], tuple(t.turn_id for t in shown)
         return [Prepared(q, conversation.conversation_id, lines, ids, evidence=existing(q), truncated=truncated)
                 for q in questions]  # fmt: skip
-    return retrieve(conversation, questions, settings, builder, cfg, embedder, reader, existing)
+    return retrieve(conversation, questions, settings, builder, cfg, embedder, reader, existing, memory_counters)
 
 
 def retrieve(
     conversation: Conversation, questions: Sequence[Question], settings: QASettings, builder: ContextBuilder,
     cfg: DictConfig, embedder: Embedder | None, reader: Reader | None, existing: Callable[[Question], tuple[str, ...]],
+    memory_counters: Counter[str],
 ) -> list[Prepared]:  # fmt: skip
     """Ingest the conversation into its own cube, then search it once per question."""
     user = conversation.conversation_id
@@ -512,6 +517,7 @@ def retrieve(
     cube = mos.create_cube(user, cube_id=conversation.conversation_id)
     assert reader is not None  # run() instantiates one for context=retrieved, the only context that retrieves
     mos.add(user, cube.cube_id, reader.read(conversation, user))
+    memory_counters.update(cube.text.counters())
     prepared = []
     for question in questions:
         started = time.perf_counter()
@@ -522,9 +528,12 @@ def retrieve(
         # Shown oldest first, so that dates read in order; ties keep the rank order.
         keep.sort(key=lambda i: (hits[i].item.metadata.event_time or "", i))
         shown = [turn for i in keep for turn in turn_scores([hits[i]])]
+        # A memory that returns memories of its own (mem0's extraction) has no evidence ids: nothing to score.
+        scored = cube.text.returns_stored_items
         prepared.append(Prepared(
             question, conversation.conversation_id, [lines[i] for i in keep], tuple(shown),
-            retrieved=tuple(turn_scores(hits)), evidence=existing(question), retrieve_ms=retrieve_ms,
+            retrieved=tuple(turn_scores(hits)) if scored else None, evidence=existing(question) if scored else (),
+            retrieve_ms=retrieve_ms,
         ))  # fmt: skip
     return prepared
 

@@ -111,6 +111,11 @@ def evaluate(cfg: DictConfig, conversations: Sequence[Conversation], tracker: Tr
         user = conversation.conversation_id
         mos.register_user(user)
         cube = mos.create_cube(user, cube_id=conversation.conversation_id)
+        if not cube.text.returns_stored_items:
+            raise ConfigError(
+                "experiment=retrieval scores the evidence turns a memory returns, and this memory returns memories "
+                "of its own (memory.infer=true): use experiment=qa for its answer-level scores"
+            )
         items = reader.read(conversation, user)
         started = time.perf_counter()
         mos.add(user, cube.cube_id, items)

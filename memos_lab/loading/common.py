@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
@@ -14,8 +15,20 @@ from memos_lab.cube import MANIFEST_FILE, MemCube, read_manifest
 from memos_lab.errors import AccessDeniedError, ConfigError
 from memos_lab.locking import hold_writer_lock
 from memos_lab.models.embedder import Embedder
+from memos_lab.settings import Settings
 
 Loader = Callable[[DictConfig], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LoaderSettings(Settings):
+    """A `memory_type=` choice: the loader it runs. The load command's own keys (user, cube_dir, input,
+    batch_size...) live in conf/load.yaml; a loader with settings of its own extends these."""
+
+    section: ClassVar[str] = "memory_type"
+    instantiated: ClassVar[bool] = False
+    declared_in_yaml: ClassVar[tuple[str, ...]] = ("fn",)
+    fn: str = "???"
 
 
 def required(cfg: DictConfig, key: str) -> str:

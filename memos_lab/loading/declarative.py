@@ -14,12 +14,14 @@ from tqdm import tqdm
 from memos_lab.artifact import parse_json
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
+from memos_lab.loading.common import LoaderSettings, cube_writer, open_cube, positive_int, required, save_cube
 from memos_lab.memory.item import STATUSES, MemoryItem, MemoryMetadata
+from memos_lab.settings import uses_settings
 
 JSONL_FIELDS = {"text", "user", "session", "time", "tags", "source"}  # other keys go to metadata.extra
 
 
+@uses_settings(LoaderSettings)
 @cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     user = required(cfg, "user")

@@ -17,9 +17,11 @@ from omegaconf import DictConfig
 from memos_lab.data.knowledge import load_facts
 from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
-from memos_lab.loading.common import cube_writer, open_cube, positive_int, required, save_cube
+from memos_lab.loading.common import LoaderSettings, cube_writer, open_cube, positive_int, required, save_cube
+from memos_lab.settings import uses_settings
 
 
+@uses_settings(LoaderSettings)
 @cube_writer
 def load(cfg: DictConfig) -> dict[str, Any]:
     user = required(cfg, "user")

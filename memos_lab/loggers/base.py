@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from memos_lab.settings import Settings
+
+
+@dataclass(frozen=True)
+class TrackerSettings(Settings):
+    """`logger=none` has no settings; a tracker that has some extends these."""
+
+    section: ClassVar[str] = "logger"
 
 
 class Tracker:
     """Logs nothing; the base of every tracker and the one behind `logger=none`."""
+
+    settings_class: type[Settings] = TrackerSettings
 
     def start(self, run_dir: str, config: Mapping[str, Any]) -> None:
         """Called once by the runner before the experiment."""

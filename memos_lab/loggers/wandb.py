@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from memos_lab.errors import ConfigError
-from memos_lab.loggers.base import Tracker
+from memos_lab.loggers.base import Tracker, TrackerSettings
+
+
+@dataclass(frozen=True)
+class WandbSettings(TrackerSettings):
+    project: str = "memos_lab"
+    mode: str | None = None  # offline | online | disabled; None: WANDB_MODE, else offline
+    group: str | None = None  # None: a sweep's jobs share a group named after the sweep folder
+    tags: tuple[str, ...] = ()
+    entity: str | None = None
 
 
 class WandbTracker(Tracker):
+    settings_class = WandbSettings
+
     def __init__(
         self,
         project: str = "memos_lab",

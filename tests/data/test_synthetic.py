@@ -9,7 +9,6 @@ import json
 import re
 from collections import Counter
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -24,12 +23,12 @@ from memos_lab.data.schema import (
 )
 from memos_lab.data.synthetic import generate_dialogues, generate_facts
 from memos_lab.errors import ConfigError
+from memos_lab.settings import group_config
 
 CATEGORIES = {SINGLE_HOP, MULTI_HOP, TEMPORAL, KNOWLEDGE_UPDATE, UNANSWERABLE}
 # Value pools whose entries can be a knowledge-update answer; the old value comes from the same pool.
 WORDS = synthetic._words()
 UPDATE_POOLS = (tuple(city for city, _ in WORDS.cities), WORDS.companies, *WORDS.preferences.values())
-CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +218,8 @@ def test_hydra_configs_instantiate() -> None:
         ("synthetic_dialogues", {"n_conversations": 1}, generate_dialogues(seed=5, n_conversations=1)),
         ("synthetic_facts", {"n_edits": 3}, generate_facts(seed=5, n_edits=3)),
     ):
-        config = omegaconf.OmegaConf.create({"seed": 5, "dataset": omegaconf.OmegaConf.load(CONF / f"{name}.yaml")})
+        dataset = group_config("dataset", name)  # its schema merged in, as `dataset=NAME` composes it
+        config = omegaconf.OmegaConf.create({"seed": 5, "dataset": omegaconf.OmegaConf.to_container(dataset)})
         assert hydra_utils.instantiate(config.dataset, **overrides) == expected
 
 

@@ -66,3 +66,28 @@ def test_bad_batch_size_is_refused_before_anything_is_stored(tmp_path, batch_siz
     with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
         load(cfg)
     assert not (tmp_path / "cube").exists()
+
+
+def test_a_full_disk_during_load_is_one_line_exit_2_and_the_cube_is_unchanged(tmp_path):
+    import resource
+
+    cube_dir = tmp_path / "cube"
+    small = write_jsonl(tmp_path / "small.jsonl", [{"text": f"note {i}"} for i in range(3)])
+    load(compose_load("user=alice", f"cube_dir={cube_dir}", f"input={small}", "embedder=hashing"))
+    before = {path.name: path.read_bytes() for path in cube_dir.iterdir()}
+    big = write_jsonl(tmp_path / "big.jsonl", [{"text": f"a longer note {i} " + "x" * 100} for i in range(3000)])
+
+    def small_files() -> None:  # `ulimit -f 40`: a file may not grow past 40 KiB (EFBIG, as a full disk)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, 40 * 1024))
+
+    args = ["load", "memory_type=declarative", "user=alice", f"cube_dir={cube_dir}", f"input={big}", "embedder=hashing"]
+    result = subprocess.run(
+        [sys.executable, "-m", "memos_lab", *args], capture_output=True, text=True, timeout=240, preexec_fn=small_files
+    )
+    assert result.returncode == 2, result.stderr[-500:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left") and f"while writing {cube_dir}" in last
+    assert last.endswith("what was there is unchanged") and "Traceback" not in result.stderr
+    assert {path.name: path.read_bytes() for path in cube_dir.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["big.jsonl", "cube", "cube.lock", "small.jsonl"]
+    assert len(MemCube.load(cube_dir, HashingEmbedder(512)).text.get_all()) == 3

@@ -202,6 +202,13 @@ def test_key_statistics_are_cached_per_model_and_refused_for_another(lm, cache):
         key_stats.read_stats(stored, other)
 
 
+def test_the_key_statistics_cache_is_named_by_the_fingerprint_not_the_model_name():
+    fresh = build_tiny_llama(seed=0, num_layers=4)  # the module's `lm` has been edited in place by now
+    renamed = LanguageModel(fresh.model, fresh.tokenizer, name="the same weights under another name")
+    assert key_stats.fingerprint_key(renamed) == key_stats.fingerprint_key(fresh)
+    assert key_stats.fingerprint_key(build_tiny_llama(seed=1, num_layers=4)) != key_stats.fingerprint_key(fresh)
+
+
 def test_a_corpus_too_small_says_how_many_tokens_are_needed(lm, tmp_path):
     memory = make(MEMITMemory, lm, tmp_path, stats_tokens=500)
     try:

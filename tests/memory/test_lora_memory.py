@@ -253,6 +253,14 @@ def test_gate_applies_the_adapter_only_to_queries_about_edited_subjects(lm, tmp_
     finally:
         loaded.close()
 
+    # a gate naming the registered ONNX embedder without its export_dir: one line, not a TypeError (issue 22)
+    manifest_path = tmp_path / "memory" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["meta"]["gate"]["embedder"] = {"_target_": "memos_lab.models.embedder.OnnxEmbedder"}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IncompatibleError, match="gate.embedder: OnnxEmbedder needs export_dir, which is not set"):
+        LoRAMemory.load(tmp_path / "memory", lm)
+
 
 def test_settings_are_validated():
     with pytest.raises(ConfigError, match="loss"):

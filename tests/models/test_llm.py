@@ -22,8 +22,8 @@ from memos_lab.models.llm import (
     load_pretrained,
     load_smollm2,
 )
+from memos_lab.settings import group_config
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -135,16 +135,15 @@ def test_missing_smollm2_wheel_is_a_config_error(tmp_path: Path, monkeypatch: py
 
 
 def test_tiny_llama_config_instantiates() -> None:
-    cfg = OmegaConf.merge(
-        {"seed": 3, "device": "cpu", "dtype": "auto"}, {"model": OmegaConf.load(CONF_DIR / "tiny_llama.yaml")}
-    )
+    model = OmegaConf.to_container(group_config("model", "tiny_llama"))  # its schema merged in, as model= composes it
+    cfg = OmegaConf.create({"seed": 3, "device": "cpu", "dtype": "auto", "model": model})
     lm = hydra.utils.instantiate(cfg.model)
     assert lm.fingerprint() == build_tiny_llama(seed=3).fingerprint()
 
 
 @pytest.mark.parametrize("name", ["smollm2", "tiny_llama", "hf"])
 def test_model_configs_match_their_targets(name: str) -> None:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
+    cfg = OmegaConf.to_container(group_config("model", name))
     target = hydra.utils.get_method(cfg.pop("_target_"))
     inspect.signature(target).bind(**cfg)  # raises on an unknown or missing argument
 

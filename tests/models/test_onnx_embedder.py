@@ -37,3 +37,37 @@ def test_onnx_minilm_matches_torch_and_is_exported_once(tmp_path):
     assert (int8.encode(texts) * reference).sum(axis=1).min() > 0.97  # int8 weights: close, not equal
     assert [path.stat().st_mtime_ns for path in exported] == stamps  # the fp32 export was reused
     assert int8.dim == 384 and len(sorted(tmp_path.rglob("*.onnx"))) == 2
+
+
+@pytest.mark.integration
+def test_a_replaced_or_truncated_onnx_export_is_rebuilt_never_used(tmp_path, caplog):
+    texts = ["Caroline went to a support group.", "hi"]
+    first = OnnxEmbedder(export_dir=str(tmp_path), quantize="none")
+    reference = first.encode(texts)
+    [graph] = tmp_path.rglob("model.onnx")
+    assert graph.parent.parent.name == first.name.split("/")[0]  # the folder is named by the model fingerprint
+    original = graph.read_bytes()
+    for damaged in (original[: len(original) // 2], original[:-64] + bytes(64)):  # truncated; another graph
+        graph.write_bytes(damaged)
+        caplog.clear()
+        again = OnnxEmbedder(export_dir=str(tmp_path), quantize="none")
+        [line] = [record.getMessage() for record in caplog.records if "ONNX" in record.getMessage()]
+        assert line.startswith("rebuilding the ONNX export: ") and "\n" not in line
+        np.testing.assert_allclose(again.encode(texts), reference, atol=1e-5)
+        assert graph.read_bytes() != damaged
+
+
+@pytest.mark.integration
+def test_torch_and_onnx_vectors_have_different_names_and_a_cube_refuses_the_other(tmp_path):
+    from memos_lab.cube import MemCube
+    from memos_lab.errors import IncompatibleError
+    from memos_lab.memory.textual.general_text import GeneralTextMemory
+
+    torch_embedder = SentenceTransformerEmbedder()
+    onnx_embedder = OnnxEmbedder(export_dir=str(tmp_path / "onnx"), quantize="int8")
+    assert torch_embedder.name.split("/")[0] == onnx_embedder.name.split("/")[0]  # the same weights
+    assert (torch_embedder.name, onnx_embedder.name) != (onnx_embedder.name, torch_embedder.name)
+    memory = GeneralTextMemory(torch_embedder)
+    MemCube.create("alice", memory, cube_id="c").dump(tmp_path / "cube")
+    with pytest.raises(IncompatibleError, match="onnx-int8.*would not match"):
+        MemCube.load(tmp_path / "cube", onnx_embedder)

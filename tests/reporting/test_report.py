@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import yaml
 from memos_lab.cli import main
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.reporting import write_report
+from memos_lab.reporting.escape import csv_cell, md_code, md_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # What conf/experiment/retrieval.yaml declares for the metrics these hand-made runs hold.
@@ -91,7 +93,7 @@ def test_report_rows_are_configurations_with_mean_and_std_over_seeds(tmp_path):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 5 and set(runs["git_commit"]) == {"abc123"} and runs["status"].tolist().count("failed") == 1
     assert PROVENANCE["command"] in set(runs["command"])
-    for png in ("memory.fusion.png", "latency_vs_quality.png"):
+    for png in ("headline.png", "latency_vs_quality.png"):
         assert (out / png).read_bytes().startswith(PNG_MAGIC) and f"]({png})" in report
 
 
@@ -144,10 +146,10 @@ def test_jobs_an_interrupted_sweep_never_started_are_reported_as_failed(tmp_path
     table = pd.read_csv(tmp_path / "out" / "table.csv")
     assert table.set_index("memory.fusion")["failed"].to_dict() == {"rrf": 0, "bm25": 2}
     report = (tmp_path / "out" / "report.md").read_text()
-    line = next(line for line in report.splitlines() if line.startswith(f"| {tmp_path / '3'} "))
+    line = next(line for line in report.splitlines() if line.startswith(f"| `{tmp_path / '3'}` "))
     assert [cell.strip() for cell in line.split("|")[2:5]] == [
         "1",
-        "embedder=hashing memory.fusion=bm25",
+        "`embedder=hashing memory.fusion=bm25`",
         "never started (the sweep was stopped before this job)",
     ]
 
@@ -226,7 +228,7 @@ def test_runs_of_different_experiments_are_not_mixed(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--out", "x"], "the following arguments are required: folders"),
+        (["--out", "x"], "give run folders or --from-table"),
         (["{runs}"], "the following arguments are required: --out"),
         (
             ["{runs}", "--out", "{out}", "--metrics", "retrieval/nosuch"],
@@ -324,3 +326,126 @@ def test_the_report_prints_bootstrap_cis_and_the_pinned_prompt(tmp_path):
     [first] = [row for row in rows if row.startswith("|#1|qa/f1|20|0.5|[")]
     low, high = (float(x) for x in first.split("[")[1].rstrip("]|").split(","))
     assert 0.25 <= low < 0.5 < high <= 0.75  # 20 coin flips: about 0.5 ± 0.22
+
+
+# ---- run folders as untrusted data (issue 22, items 7 and 8) ------------------------------------------
+
+HOSTILE_PROVENANCE = {
+    "git_commit": "abc`def <script>alert(1)</script>\n# injected heading",
+    "command": "=cmd|' /C calc'!A0",
+    "hardware": {"<img src=x onerror=alert(1)>": "+1|[x](javascript:alert(1))", "cpu": "@SUM(1+1)"},
+    "packages": {"torch": "-2+3"},
+}
+
+
+def rendered(markdown: str) -> str:
+    """report.md as a GitHub-like renderer shows it (raw HTML allowed, as GitHub's sanitiser would see it)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
+def test_hostile_provenance_is_inert_in_report_md_and_runs_csv(tmp_path):
+    make_run(tmp_path / "a", ["seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    make_run(tmp_path / "b", ["seed=1", "memory.fusion='=HYPERLINK(1)'"], {"=x|y": 0.1, "run/wall_s": 1.0})
+    (tmp_path / "b" / "provenance.json").write_text(json.dumps(HOSTILE_PROVENANCE))
+    write_report([tmp_path], tmp_path / "out", "cmd", metrics=["retrieval/mrr", "=x|y"])
+
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert not any(line.startswith("# injected") for line in markdown.splitlines())
+    html = rendered(markdown)
+    for tag in ("<script", "<a ", "<h1>injected"):
+        assert tag not in html
+    assert not re.search("<[^>]*onerror", html)  # the plots are the only images
+    # shown, literally, as text: the values are not lost
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "alert(1)&lt;/script&gt;" in html
+    assert "<code>=cmd|' /C calc'!A0</code>" in html
+    tables = re.findall(r"(?m)(?:^\|.*\n)+", markdown)
+    for table in tables:  # an unescaped | in a value would add a cell, and hide the rest of the row
+        assert len({len(re.split(r"(?<!\\)\|", row)) for row in table.splitlines()}) == 1, table
+
+    import csv
+
+    for name in ("runs.csv", "table.csv"):
+        with open(tmp_path / "out" / name, newline="") as handle:
+            cells = [cell for row in csv.reader(handle) for cell in row]
+        formulas = [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+        assert all(re.fullmatch(r"[+-]?[\d.]+(e[+-]?\d+)?", cell) for cell in formulas), formulas
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert "'=cmd|' /C calc'!A0" in set(runs["command"])  # neutralised by a leading quote, not dropped
+
+
+MALFORMED = {
+    "provenance is a list": ("provenance.json", "[]", "provenance.json: expected an object, got a list"),
+    "hardware is a string": ("provenance.json", '{"hardware": "abc"}', "provenance.json: hardware: expected an object"),
+    "metrics nested 200,000 deep": ("metrics.json", "[" * 200_000, "metrics.json: JSON nested deeper than"),
+    "metrics declared as a string": (
+        "config.yaml", yaml.safe_dump({"experiment": {"name": "retrieval", "metrics": "abc"}}),
+        "config.yaml: experiment.metrics is not a list of metric declarations",
+    ),
+    "a per-query score is a string": (
+        "per_query.json", '{"retrieval/mrr": {"q1": "high"}}', "per_query.json: retrieval/mrr.q1: expected a number",
+    ),
+    "config nested 200,000 deep": ("config.yaml", "[" * 200_000, "config.yaml: "),
+    "a YAML alias bomb": ("config.yaml", "a: &a [x, x]\nb: &b [*a, *a]\n", "aliases (*name) are not allowed"),
+    "an override Hydra cannot parse": (".hydra/overrides.yaml", "['a=[']", "overrides.yaml: unreadable override"),
+    "Hydra's record has a string runtime": (
+        ".hydra/hydra.yaml", "hydra: {runtime: abc}", "hydra.yaml: hydra.runtime: a str, not a mapping",
+    ),
+    "a fraction of 1e308": (
+        "metrics.json", '{"retrieval/mrr": 1e308, "run/wall_s": 1.0}',
+        "metrics.json: retrieval/mrr = 1e+308 is absurd for a metric in fraction",
+    ),
+    "more metrics than any experiment reports": (
+        "metrics.json", json.dumps({f"m{i}": 0.5 for i in range(10_001)} | {"run/wall_s": 1.0}),
+        "metrics.json: 10002 metrics, more than the 10000 a report shows",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), MALFORMED.values(), ids=MALFORMED)
+def test_a_malformed_file_fails_its_run_with_one_line_and_no_traceback(tmp_path, capsys, name, content, reason):
+    scores = {"retrieval/mrr": {"q1": 0.5, "q2": 1.0}}
+    make_run(tmp_path / "runs" / "a", ["seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0}, per_query=scores)
+    make_run(tmp_path / "runs" / "b", ["seed=1"], {"retrieval/mrr": 0.6, "run/wall_s": 1.0}, per_query=scores)
+    (tmp_path / "runs" / "b" / name).write_text(content)
+
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) in (0, None)
+    assert "Traceback" not in capsys.readouterr().err
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "runs: 2 (1 finished, 1 failed)" in markdown
+    [row] = [line for line in markdown.splitlines() if line.startswith(f"| `{tmp_path / 'runs' / 'b'}`")]
+    assert reason in row.replace("\\", ""), row
+
+
+@pytest.mark.timeout(60)
+def test_a_sweep_record_planning_a_trillion_jobs_lists_none_of_them(tmp_path):
+    record = {
+        "hydra": {
+            "sweep": {"dir": str(tmp_path), "subdir": "${hydra.job.num}"},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"},
+            "overrides": {"task": ["a=range(0,1000000)", "b=range(0,1000000)"]},
+        },
+        "experiment": {"name": "retrieval"},
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    make_run(tmp_path / "0", ["a=0", "b=0", "seed=0"], {"retrieval/mrr": 0.5, "run/wall_s": 1.0})
+    summary = write_report([tmp_path], tmp_path / "out", "cmd")
+    assert (summary.runs, summary.failed) == (1, 0)
+
+
+def test_an_absurd_value_of_an_undeclared_metric_is_shown_as_it_is(tmp_path):
+    make_run(tmp_path / "a", ["seed=0"], {"other/score": 1e308, "run/wall_s": 1.0})
+    make_run(tmp_path / "b", ["seed=1"], {"other/score": 1e308, "run/wall_s": 1.0})
+    summary = write_report([tmp_path], tmp_path / "out", "cmd", metrics=["other/score"])
+    assert summary.failed == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "1e+308" in report and "Not drawn: the values do not fit a plot axis" in report
+
+
+def test_markdown_and_csv_escapes():
+    assert md_text("a_b _c_ *d* [e](f) <g> x|y\n# h") == "a_b \\_c\\_ \\*d\\* \\[e\\](f) \\<g\\> x\\|y\\\\n# h"
+    assert md_code("a`b") == "``a`b``" and md_code("`a") == "`` `a ``" and md_code("x|y", in_table=True) == "`x\\|y`"
+    assert [csv_cell(text) for text in ("=1+1", "-0.5", "-x", "@a", "\tb", "ok", 3)] == [
+        "'=1+1", "-0.5", "'-x", "'@a", "'\tb", "ok", 3,
+    ]  # fmt: skip

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import Any, ClassVar, Self, TypedDict
 
 import torch
 from safetensors.torch import save_file
@@ -25,6 +26,7 @@ from memos_lab.errors import DataError, IncompatibleError, NotFoundError
 from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, EntryStats, EvictionPolicy
 from memos_lab.models.decode import KVCache, Prefill, common_prefix_len, greedy, prefill
 from memos_lab.models.llm import LanguageModel
+from memos_lab.settings import Settings, positive
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,15 @@ def memory_messages(texts: Sequence[str], template: str = MEMORY_TEMPLATE) -> li
     return [{"role": "system", "content": template.format(memories=MEMORY_SEPARATOR.join(texts))}]
 
 
+@dataclass(frozen=True)
+class KVCacheSettings(Settings):
+    section: ClassVar[str] = "activation"
+    budget_mb: float | None = None  # None: unbounded; least recently used (or the scheduler's policy) evicted beyond
+
+    def validate(self) -> None:
+        positive(self, "budget_mb")
+
+
 class KVCacheMemory(ActivationMemory):
     """KV caches of memory texts (and of assembled sets of them), reused as exact prompt prefixes.
 
@@ -55,6 +66,8 @@ class KVCacheMemory(ActivationMemory):
     stored cache sharing the most leading tokens with it.
     """
 
+    settings_class = KVCacheSettings
+
     def __init__(
         self,
         model: LanguageModel,
@@ -62,6 +75,7 @@ class KVCacheMemory(ActivationMemory):
         eviction: EvictionPolicy | None = None,
         template: str = MEMORY_TEMPLATE,
     ) -> None:
+        KVCacheSettings(budget_mb=budget_mb)  # the one range check
         super().__init__(model, ByteBudget.from_mb(budget_mb, eviction))
         self.template = template
         self._caches: dict[str, KVCache] = {}

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save
 from tqdm import tqdm
 
-from memos_lab.artifact import MANIFEST, read_artifact, write_artifact
+from memos_lab.artifact import FINGERPRINT_IGNORED, MANIFEST, read_artifact, write_artifact
 from memos_lab.errors import ConfigError, DataError
 from memos_lab.models.llm import LanguageModel
 from memos_lab.models.probe import left_padded
@@ -64,8 +64,10 @@ OPENINGS = (
 
 
 def fingerprint_key(lm: LanguageModel) -> str:
-    """A short, stable name for the model's fingerprint (its cache folder)."""
-    return hashlib.sha256(json.dumps(lm.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    """A short, stable name for the model's fingerprint (its cache folder), by the artifact layer's rule:
+    the name the model was loaded through does not count, so `model=hf` and `model=smollm2` share it."""
+    fingerprint = {key: value for key, value in lm.fingerprint().items() if key not in FINGERPRINT_IGNORED}
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def key_dim(lm: LanguageModel) -> int:

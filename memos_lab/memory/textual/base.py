@@ -241,6 +241,17 @@ class TextualMemory(ABC):
         (`extra["key"]`, e.g. the turn with its neighbours and date), while searches still return the item."""
         return item.metadata.extra.get(KEY_FIELD) or item.text
 
+    @property
+    def returns_stored_items(self) -> bool:
+        """True when search hits are the stored items themselves, so evidence (their sources) can be scored;
+        a peer system that rewrites what it stores (mem0 with LLM extraction) returns memories of its own."""
+        return True
+
+    def counters(self) -> dict[str, int]:
+        """Failures the backend counted instead of raising (a peer system's LLM extraction), by name; experiments
+        sum them over cubes into `memory/<name>` metrics."""
+        return {}
+
     def index_nbytes(self) -> int:
         """Memory held by the search index (embeddings, postings, graph), for cost comparisons."""
         return 0

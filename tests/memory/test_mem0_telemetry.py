@@ -1,0 +1,35 @@
+"""mem0 must not phone home, even when something imported it before the adapter turned telemetry off."""
+
+import importlib.util
+import socket
+
+import pytest
+
+from memos_lab.memory.textual.peers.mem0 import Mem0Memory
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mem0") is None, reason='the peers extra: pip install -e ".[peers]"'
+)
+
+
+def test_no_connection_leaves_the_machine(embedder, tmp_path, monkeypatch):
+    import mem0  # imported first, as a user's notebook might, before the adapter sets MEM0_TELEMETRY
+
+    assert mem0
+    import posthog
+
+    sent: list[object] = []  # telemetry goes through PostHog's client (uploaded later, from a thread)
+    monkeypatch.setattr(posthog.Posthog, "capture", lambda self, *args, **kwargs: sent.append(args))
+    looked_up: list[object] = []  # and any connection starts with a name lookup
+    real_lookup = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda host, *rest, **kw: looked_up.append(host) or real_lookup(host, *rest, **kw)
+    )
+    memory = Mem0Memory(embedder, home=str(tmp_path))
+    _, dogs = memory.add(["the cat sat on the mat", "dogs bark at night"])
+    memory.update(dogs, "dogs sleep at night")
+    texts = sorted(hit.item.text for hit in memory.search("dogs at night", 5))
+    assert texts == ["dogs sleep at night", "the cat sat on the mat"]  # the old version is archived, not returned
+    import mem0.memory.telemetry as telemetry
+
+    assert telemetry.MEM0_TELEMETRY is False and sent == [] and looked_up == []
