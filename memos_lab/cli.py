@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config"
 LOAD_CONFIG_NAME = "load"
+SERVE_CONFIG_NAME = "serve"
 USAGE_EXIT = 2
 HYDRA_OWN_GROUPS = ("hydra", "local")  # not ours to list; hydra/* choices are checked against Hydra's own list
 MAX_GROUP_CHARS = 128  # W&B's limit on group names
@@ -300,6 +301,41 @@ def _load(args: Sequence[str]) -> None:
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
 
 
+def _service_config(command: str, args: Sequence[str]) -> DictConfig:
+    """conf/serve.yaml composed with `args`, every override and setting checked first."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import OmegaConfBaseException
+
+    from memos_lab.service.server import mcp_settings, serve_settings
+
+    if any(arg.startswith("-") for arg in args):
+        raise ConfigError(
+            f"{command} takes key=value overrides only, got {next(a for a in args if a.startswith('-'))!r}"
+        )
+    validate_overrides(args, config_name=SERVE_CONFIG_NAME)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(SERVE_CONFIG_NAME, overrides=list(args))
+    try:
+        str(cfg.root)
+    except OmegaConfBaseException:
+        raise ConfigError(f"{command} needs root=DIR, the MOS root folder to serve") from None
+    serve_settings(cfg)
+    mcp_settings(cfg)
+    return cfg
+
+
+def _serve(args: Sequence[str]) -> None:
+    from memos_lab.service.server import run_server
+
+    run_server(_service_config("serve", args))
+
+
+def _mcp(args: Sequence[str]) -> None:
+    from memos_lab.service.mcp import run_mcp
+
+    run_mcp(_service_config("mcp", args))
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "run": (_run, "run an experiment: python -m memos_lab run [-m] [group=choice ...] [key=value ...]"),
     "load": (
@@ -311,6 +347,14 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
         _report,
         "compare runs: python -m memos_lab report DIR [DIR ...] --out OUTDIR [--metrics m1,m2] [--note TEXT] "
         "[--mix-pinned] [--all-plots]; re-draw figures: report --from-table DIR/table.csv --out DIR",
+    ),
+    "serve": (
+        _serve,
+        "serve a MOS root over HTTP: python -m memos_lab serve root=DIR [serve.port=8765] [embedder=...] [memory=...]",
+    ),
+    "mcp": (
+        _mcp,
+        "one user's memory as MCP tools: python -m memos_lab mcp root=DIR mcp.user=U [mcp.transport=stdio|http]",
     ),
 }
 

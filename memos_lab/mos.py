@@ -9,6 +9,11 @@ Several processes may open one root. Every registry change is made under the roo
 registry as it is on disk (never on a stale copy), and each process follows the others' registry changes
 and saved cubes before every checked operation. `save` refuses to overwrite a cube that another process
 saved since this one read it, rather than lose that process's items.
+
+A durable MOS (`durable=True`, for a server) also commits every item change to the cube's journal
+(`memos_lab.journal`, SQLite) before the call returns, so an acknowledged write survives a kill; a cube is
+its last dump plus its journal, and `save` folds the journal into a new dump. Processes follow each other's
+journal rows before every checked operation, and the journal's write lock orders their writes to one cube.
 """
 
 from __future__ import annotations
@@ -16,16 +21,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 from memos_lab.artifact import atomic_write_text, check_json, read_json_file, remove_stale_staging
 from memos_lab.cube import MANIFEST_FILE, MemCube
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
+from memos_lab.journal import CubeJournal, journal_path
 from memos_lab.locking import hold_writer_lock
-from memos_lab.memory.item import MemoryItem
+from memos_lab.memory.item import STATUSES, MemoryItem
 from memos_lab.memory.textual.base import MAX_ID_CHARS, SearchFilter, TextualMemory
 
 READ = "read"
@@ -42,6 +49,15 @@ class CubeHit:
     cube_id: str
     item: MemoryItem
     score: float
+
+
+@dataclass
+class _Write:
+    """What one write changed in a cube's text memory, for the journal: new or changed ids, purged ids."""
+
+    text: TextualMemory
+    changed: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
 
 
 class MemoryListener(Protocol):
@@ -68,7 +84,13 @@ class MOS:
         root: Path | None = None,
         model: Any | None = None,
         lock_timeout_s: float = 60.0,
+        durable: bool = False,
     ) -> None:
+        if durable and root is None:
+            raise ConfigError("a durable MOS needs a root folder (MOS(..., root=DIR, durable=True))")
+        self.durable = durable
+        self._journals: dict[str, CubeJournal] = {}
+        self._seen: dict[str, int] = {}  # the journal head each cube's memory holds (durable only)
         self._new_textual_memory = textual_memory_factory
         self._users: set[str] = set()
         self._cubes: dict[str, MemCube] = {}
@@ -124,7 +146,12 @@ class MOS:
             self._cubes[cube.cube_id] = cube
             self._shares[cube.cube_id] = {}
             self._cube_stamps[cube.cube_id] = None  # never saved
-            if self.root is not None and len(cube.text):
+            if self.durable:  # any rows of this id are a former cube's leftovers; its items are the first ones
+                journal = self._journal(cube.cube_id)
+                with journal.writing():
+                    journal.reset()
+                    self._seen[cube.cube_id] = journal.record(list(cube.text.get_all({"statuses": STATUSES})))
+            elif self.root is not None and len(cube.text):
                 self._unsaved.add(cube.cube_id)
 
         self._change_registry(register)
@@ -164,10 +191,10 @@ class MOS:
     # ---- routed memory operations ---------------------------------------------------------------
 
     def add(self, caller: str, cube_id: str, items: Iterable[MemoryItem | str]) -> list[str]:
-        self._check(caller, cube_id, WRITE)
-        text = self._cubes[cube_id].text
-        ids = text.add(items)
-        self._changed(cube_id)
+        with self._writing(caller, cube_id) as write:
+            text = write.text
+            ids = text.add(items)
+            write.changed += ids
         if self._listeners:
             added = [text.get(item_id) for item_id in ids]
             for listener in self._listeners:
@@ -208,29 +235,29 @@ class MOS:
         return self._cubes[cube_id].text.get_all(filters)
 
     def update(self, caller: str, cube_id: str, item_id: str, text: str, **metadata: object) -> MemoryItem:
-        self._check(caller, cube_id, WRITE)
-        new = self._cubes[cube_id].text.update(item_id, text, **metadata)
+        with self._writing(caller, cube_id) as write:
+            new = write.text.update(item_id, text, **metadata)
+            write.changed += [new.id, item_id]
         self._invalidate(cube_id, [item_id])
-        self._changed(cube_id)
         for listener in self._listeners:
             listener.on_update(cube_id, item_id, new)
         return new
 
     def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
-        self._check(caller, cube_id, WRITE)
-        merged = self._cubes[cube_id].text.merge(item_ids, text)
+        with self._writing(caller, cube_id) as write:
+            merged = write.text.merge(item_ids, text)
+            write.changed += [merged.id, *item_ids]
         self._invalidate(cube_id, item_ids)
-        self._changed(cube_id)
         for listener in self._listeners:
             for old_id in item_ids:  # each merged item now has the merged one as its successor
                 listener.on_update(cube_id, old_id, merged)
         return merged
 
     def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
-        self._check(caller, cube_id, WRITE)
-        self._cubes[cube_id].text.delete(item_id, hard=hard)
+        with self._writing(caller, cube_id) as write:
+            write.text.delete(item_id, hard=hard)
+            (write.purged if hard else write.changed).append(item_id)
         self._invalidate(cube_id, [item_id])
-        self._changed(cube_id)
         for listener in self._listeners:
             listener.on_delete(cube_id, item_id)
 
@@ -246,6 +273,14 @@ class MOS:
         if self.root is None:
             raise ConfigError("this MOS has no root folder to save cubes into (MOS(..., root=DIR))")
         folder = self.root / CUBES_DIR / cube_id
+        if self.durable:  # the journal's lock holds every writer off; memory is the journal's head
+            journal = self._journal(cube_id)
+            with journal.writing():
+                self._check(caller, cube_id, WRITE)
+                with hold_writer_lock(folder, self.lock_timeout_s):
+                    self._cubes[cube_id].dump(folder)
+                    journal.checkpoint(self._seen[cube_id])
+            return folder
         with hold_writer_lock(self.root, self.lock_timeout_s), hold_writer_lock(folder, self.lock_timeout_s):
             if _stamp(folder / MANIFEST_FILE) != self._cube_stamps.get(cube_id):
                 raise BusyError(
@@ -266,9 +301,37 @@ class MOS:
             for item_id in item_ids:
                 activation.invalidate(item_id)
 
-    def _changed(self, cube_id: str) -> None:
-        if self.root is not None:
-            self._unsaved.add(cube_id)
+    @contextmanager
+    def _writing(self, caller: str, cube_id: str) -> Iterator[_Write]:
+        """Check the caller may write, let the body change the cube's text memory, and (durable) commit
+        what it changed to the journal before returning, under the journal's lock."""
+        self._check(caller, cube_id, WRITE)  # before the journal is touched: the id is a registered cube's
+        if not self.durable:
+            yield _Write(self._cubes[cube_id].text)
+            if self.root is not None:
+                self._unsaved.add(cube_id)
+            return
+        journal = self._journal(cube_id)
+        write = None
+        try:
+            with journal.writing():
+                self._check(caller, cube_id, WRITE)  # again, at the journal's head: another process may have written
+                write = _Write(self._cubes[cube_id].text)
+                yield write
+                items = [write.text.get(item_id) for item_id in dict.fromkeys(write.changed)]
+                self._seen[cube_id] = journal.record(items, write.purged)
+        except BaseException:
+            if write is not None and (write.changed or write.purged):
+                self._seen.pop(cube_id, None)  # memory holds what the journal may not: read the cube again
+            raise
+
+    def _journal(self, cube_id: str) -> CubeJournal:
+        assert self.root is not None  # a durable MOS has a root
+        if cube_id not in self._journals:
+            self._journals[cube_id] = CubeJournal(
+                journal_path(self.root, cube_id), self._new_textual_memory().embedder.dim, self.lock_timeout_s
+            )
+        return self._journals[cube_id]
 
     def _change_registry(self, change: Callable[[], None]) -> None:
         """Apply `change` to the registry as it is on disk now, under the root's lock, and write it back."""
@@ -308,6 +371,16 @@ class MOS:
 
     def _follow(self, cube_id: str) -> None:
         """Reload a cube another process saved since this one read it, unless this one changed it since."""
+        if self.durable:
+            seen = self._seen.get(cube_id)
+            if seen is not None:
+                changes = self._journal(cube_id).changes(seen)
+                if changes.base <= seen <= changes.head:
+                    self._cubes[cube_id].text.apply_stored(changes.items)
+                    self._seen[cube_id] = changes.head
+                    return
+            self._cubes[cube_id] = self._read_cube(cube_id, self._cubes[cube_id].owner)
+            return
         if self.root is None or cube_id in self._unsaved:
             return
         if _stamp(self.root / CUBES_DIR / cube_id / MANIFEST_FILE) != self._cube_stamps.get(cube_id):
@@ -326,6 +399,10 @@ class MOS:
                     raise DataError(
                         f"{folder}: holds cube {cube.cube_id!r} of {cube.owner!r}, the registry says {cube_id!r} of {owner!r}"
                     )
+            if self.durable:  # the dump, then every change since it (replaying one the dump holds changes nothing)
+                changes = self._journal(cube_id).changes(0)
+                cube.text.apply_stored(changes.items)
+                self._seen[cube_id] = changes.head
         self._cube_stamps[cube_id] = stamp
         return cube
 

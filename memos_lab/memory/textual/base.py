@@ -217,6 +217,24 @@ class TextualMemory(ABC):
         else:
             self._replace(item.evolve(status=DELETED, updated_at=now_iso()))
 
+    def apply_stored(self, changes: Sequence[tuple[str, MemoryItem | None]]) -> None:
+        """Make stored states current (a journal's rows, in order; None: purged). Idempotent: a state
+        already held changes nothing. An id whose text or embedding changed is indexed afresh."""
+        new: dict[str, MemoryItem] = {}
+        for item_id, item in changes:
+            new.pop(item_id, None)
+            held = self._items.get(item_id)
+            if held is not None and (item is None or not _same_content(held, item)):
+                self.delete(item_id, hard=True)
+                held = None
+            if item is not None:
+                if held is None:
+                    new[item_id] = item
+                elif held != item:
+                    self._replace(item)
+        if new:
+            self.add(list(new.values()))
+
     @staticmethod
     def key(item: MemoryItem) -> str:
         """The text an item is indexed under: its own text, or the richer key a reader gave it
@@ -341,3 +359,12 @@ def _check_text(text: object, item_id: str) -> None:
         raise MemosError(
             f"memory item {item_id!r}: text has {len(text)} characters, more than the limit of {MAX_TEXT_CHARS}"
         )
+
+
+def _same_content(a: MemoryItem, b: MemoryItem) -> bool:
+    """Whether two states of one id index alike (same text, key and embedding): only metadata differs."""
+    if a.text != b.text or TextualMemory.key(a) != TextualMemory.key(b):
+        return False
+    if a.embedding is None or b.embedding is None:
+        return a.embedding is b.embedding
+    return bool(np.array_equal(a.embedding, b.embedding))

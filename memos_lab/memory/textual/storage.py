@@ -27,18 +27,15 @@ def write_items(path: Path, items: list[MemoryItem]) -> None:
         )
         db.executemany(
             "INSERT INTO items VALUES (?, ?, ?, ?, ?)",
-            (
-                (
-                    position,
-                    item.id,
-                    item.text,
-                    json.dumps(asdict(item.metadata), sort_keys=True),
-                    None if item.embedding is None else np.asarray(item.embedding, "<f4").tobytes(),
-                )
-                for position, item in enumerate(items)
-            ),
+            ((position, *item_row(item)) for position, item in enumerate(items)),
         )
     db.close()
+
+
+def item_row(item: MemoryItem) -> tuple[str, str, str, bytes | None]:
+    """An item as the columns (id, text, metadata JSON, float32 embedding bytes) every item store uses."""
+    embedding = None if item.embedding is None else np.asarray(item.embedding, "<f4").tobytes()
+    return item.id, item.text, json.dumps(asdict(item.metadata), sort_keys=True), embedding
 
 
 def read_items(path: Path, dim: int) -> list[MemoryItem]:
@@ -51,7 +48,7 @@ def read_items(path: Path, dim: int) -> list[MemoryItem]:
         raise DataError(f"{path}: not a readable item store ({error})") from None
     finally:
         db.close()
-    return [_item(path, dim, *row) for row in rows]
+    return [item_from_row(path, dim, *row) for row in rows]
 
 
 @functools.cache
@@ -59,7 +56,10 @@ def _metadata_types() -> dict[str, object]:
     return typing.get_type_hints(MemoryMetadata)
 
 
-def _item(path: Path, dim: int, item_id: object, text: object, metadata_json: object, blob: object) -> MemoryItem:
+def item_from_row(
+    path: Path, dim: int, item_id: object, text: object, metadata_json: object, blob: object
+) -> MemoryItem:
+    """The item of one stored row (`item_row`'s columns), every column checked: the file may not be ours."""
     where = f"{path}: item {str(item_id)[:80]!r}"
     for column, value, kind in (("id", item_id, str), ("text", text, str), ("metadata", metadata_json, str)):
         if not isinstance(value, kind):

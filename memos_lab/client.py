@@ -1,0 +1,209 @@
+"""`RemoteMOS`: the MOS's methods, over HTTP to `python -m memos_lab serve` (httpx).
+
+The same names and arguments as `memos_lab.mos.MOS`, so code written for one runs on the other. The
+server decides the caller from the token, so a client acts as the users whose tokens it holds: one user's
+token (`token=`), and, with the admin token (`admin_token=`), every user it registers (a token is minted
+for each). Naming any other caller is refused here, before a request is sent. Server errors come back as
+the same MemosError classes the in-process MOS raises, with the server's one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import httpx
+
+from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
+from memos_lab.memory.item import MemoryItem, MemoryMetadata
+from memos_lab.memory.textual.base import SearchFilter
+from memos_lab.mos import READ, CubeHit
+
+_SENT_METADATA = ("user", "session", "source", "event_time", "tags", "extra")  # what a client may set
+_ERRORS: dict[int, type[MemosError]] = {
+    401: AccessDeniedError,
+    403: AccessDeniedError,
+    404: NotFoundError,
+    409: BusyError,
+}
+
+
+@dataclass(frozen=True)
+class RemoteCube:
+    """What `create_cube` returns: the id and owner (the cube's contents stay on the server)."""
+
+    cube_id: str
+    owner: str
+    text: None = None  # no local text memory: its index lives in the server
+
+
+class RemoteMOS:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        admin_token: str | None = None,
+        timeout_s: float = 60.0,
+        max_batch: int = 256,
+    ) -> None:
+        if token is None and admin_token is None:
+            raise ConfigError("RemoteMOS needs a user's token or the admin token")
+        self._http = httpx.Client(base_url=url.rstrip("/") + "/v1", timeout=timeout_s)
+        self._admin = admin_token
+        self._tokens: dict[str, str] = {}  # user -> token
+        self.max_batch = max_batch
+        if token is not None:
+            self._tokens[str(self._call("GET", "/me", token=token)["user_id"])] = token
+
+    @classmethod
+    def from_environment(
+        cls, url: str, token_env: str | None = None, admin_token_env: str | None = None, **kwargs: Any
+    ) -> RemoteMOS:
+        """Tokens read from the environment variables these name (never the tokens themselves in a config)."""
+
+        def read(name: str | None) -> str | None:
+            if name and not os.environ.get(name):
+                raise ConfigError(f"${name} is unset (a token's variable was named, the variable holds nothing)")
+            return os.environ[name] if name else None
+
+        return cls(url, token=read(token_env), admin_token=read(admin_token_env), **kwargs)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- users and cubes ------------------------------------------------------------------------
+
+    def register_user(self, user: str) -> None:
+        """Register `user` (admin token needed) and mint a token this client then acts with for them."""
+        if self._admin is None:
+            raise AccessDeniedError("registering users needs the admin token (RemoteMOS(admin_token=...))")
+        self._call("POST", "/admin/users", {"user_id": user}, token=self._admin)
+        self._tokens[user] = str(self._call("POST", f"/admin/users/{user}/tokens", {}, token=self._admin)["token"])
+
+    def create_cube(self, owner: str, cube_id: str | None = None) -> RemoteCube:
+        made = self._call("POST", "/cubes", {"cube_id": cube_id}, caller=owner)
+        return RemoteCube(made["cube_id"], made["owner"])
+
+    def create_team_cube(self, owner: str, members: Iterable[str], cube_id: str | None = None) -> RemoteCube:
+        made = self._call("POST", "/cubes", {"cube_id": cube_id, "members": list(members)}, caller=owner)
+        return RemoteCube(made["cube_id"], made["owner"])
+
+    def share_cube(self, caller: str, cube_id: str, user: str, mode: str = READ) -> None:
+        self._call("PUT", f"/cubes/{cube_id}/shares/{user}", {"mode": mode}, caller=caller)
+
+    def unshare_cube(self, caller: str, cube_id: str, user: str) -> None:
+        self._call("DELETE", f"/cubes/{cube_id}/shares/{user}", caller=caller)
+
+    def readable_cubes(self, user: str) -> list[str]:
+        return list(self._call("GET", "/cubes", caller=user)["cube_ids"])
+
+    # ---- memory operations ----------------------------------------------------------------------
+
+    def add(self, caller: str, cube_id: str, items: Iterable[MemoryItem | str]) -> list[str]:
+        """Sent in batches of `max_batch` (the server's limit): each batch is stored whole or not at all."""
+        batch = [_item_body(MemoryItem(item) if isinstance(item, str) else item) for item in items]
+        ids: list[str] = []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = batch[start : start + self.max_batch]
+            ids += self._call("POST", f"/cubes/{cube_id}/memories", {"items": chunk}, caller=caller)["ids"]
+        return ids
+
+    def search(
+        self,
+        caller: str,
+        query: str,
+        *,
+        top_k: int = 10,
+        cube_ids: Sequence[str] | None = None,
+        filters: Mapping[str, object] | SearchFilter | None = None,
+    ) -> list[CubeHit]:
+        body = {"query": query, "top_k": top_k, "cube_ids": None if cube_ids is None else list(cube_ids)}
+        if filters is not None:
+            body["filters"] = _filter_body(filters)
+        hits = self._call("POST", "/search", body, caller=caller)["hits"]
+        return [CubeHit(hit["cube_id"], _item(hit["item"]), float(hit["score"])) for hit in hits]
+
+    def get(self, caller: str, cube_id: str, item_id: str) -> MemoryItem:
+        return _item(self._call("GET", f"/cubes/{cube_id}/memories/{item_id}", caller=caller))
+
+    def get_all(
+        self, caller: str, cube_id: str, filters: Mapping[str, object] | SearchFilter | None = None
+    ) -> list[MemoryItem]:
+        params = {key: value for key, value in _filter_body(filters or {}).items() if value not in (None, [])}
+        items = self._call("GET", f"/cubes/{cube_id}/memories", params=params, caller=caller)["items"]
+        return [_item(item) for item in items]
+
+    def update(self, caller: str, cube_id: str, item_id: str, text: str, **metadata: object) -> MemoryItem:
+        unknown = sorted(set(metadata) - set(_SENT_METADATA))
+        if unknown:
+            raise ConfigError(f"a remote update may change {list(_SENT_METADATA)}, not {unknown}")
+        body: dict[str, Any] = {"text": text}
+        for key, value in metadata.items():
+            body[key] = list(value) if isinstance(value, tuple) else value
+        return _item(self._call("PATCH", f"/cubes/{cube_id}/memories/{item_id}", body, caller=caller))
+
+    def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
+        return _item(
+            self._call("POST", f"/cubes/{cube_id}/merge", {"item_ids": list(item_ids), "text": text}, caller=caller)
+        )
+
+    def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
+        self._call("DELETE", f"/cubes/{cube_id}/memories/{item_id}", params={"hard": str(hard).lower()}, caller=caller)
+
+    def save(self, caller: str, cube_id: str) -> None:
+        """Fold the cube's journal into a new dump on the server (writes are durable without it)."""
+        self._call("POST", f"/cubes/{cube_id}/save", caller=caller)
+
+    # ---- the wire -------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        caller: str | None = None,
+        token: str | None = None,
+    ) -> Any:
+        if caller is not None:
+            if caller not in self._tokens:
+                raise AccessDeniedError(f"this client holds no token of {caller!r}; it acts as {sorted(self._tokens)}")
+            token = self._tokens[caller]
+        try:
+            response = self._http.request(
+                method, path, json=body, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError as error:
+            raise BusyError(f"MOS server {self._http.base_url} unreachable: {type(error).__name__}: {error}") from None
+        if response.status_code < 300:
+            return response.json()
+        try:
+            line = str(response.json()["error"])
+        except (ValueError, KeyError, TypeError):
+            line = response.text[:200]
+        kind = _ERRORS.get(response.status_code, DataError if response.status_code < 500 else MemosError)
+        raise kind(f"{line} (HTTP {response.status_code})")
+
+
+def _item_body(item: MemoryItem) -> dict[str, Any]:
+    meta = item.metadata
+    body: dict[str, Any] = {"text": item.text, "id": item.id, "tags": list(meta.tags), "extra": dict(meta.extra)}
+    body.update({key: getattr(meta, key) for key in ("user", "session", "source", "event_time")})
+    return body
+
+
+def _filter_body(filters: Mapping[str, object] | SearchFilter) -> dict[str, Any]:
+    values = asdict(SearchFilter.from_mapping(filters))
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+_METADATA = {item.name for item in fields(MemoryMetadata)}
+
+
+def _item(data: Mapping[str, Any]) -> MemoryItem:
+    metadata = {key: value for key, value in data["metadata"].items() if key in _METADATA}
+    metadata["tags"] = tuple(metadata.get("tags", ()))
+    return MemoryItem(text=data["text"], metadata=MemoryMetadata(**metadata), id=data["id"])

@@ -1,0 +1,150 @@
+"""Building and running the service from its composed config (conf/serve.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from memos_lab.errors import ConfigError
+from memos_lab.mos import MOS
+from memos_lab.service.settings import McpSettings, ServeSettings
+
+CONFIG_VARIABLE = "MEMOS_LAB_SERVE_CONFIG"  # the composed config, handed to each uvicorn worker process
+
+
+def serve_settings(cfg: DictConfig) -> ServeSettings:
+    return ServeSettings.from_mapping(cfg.serve)
+
+
+def mcp_settings(cfg: DictConfig) -> McpSettings:
+    return McpSettings.from_mapping(cfg.mcp)
+
+
+def open_mos(cfg: DictConfig) -> MOS:
+    """The durable MOS on `cfg.root` with the configured text memory and embedder."""
+    import hydra.utils
+
+    from memos_lab.runner import prepare_environment
+
+    prepare_environment()
+    if cfg.get("threads"):  # one torch thread per server process: on a busy machine more threads wait on each other
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    root = Path(str(cfg.root)).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"root={root} is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    embedder = hydra.utils.instantiate(cfg.embedder)
+    return MOS(
+        lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder),
+        root=root,
+        lock_timeout_s=serve_settings(cfg).lock_timeout_s,
+        durable=True,
+    )
+
+
+def build_app(cfg: DictConfig) -> Any:
+    from memos_lab.service.app import create_app
+    from memos_lab.service.auth import TokenStore
+
+    settings = serve_settings(cfg)
+    mos = open_mos(cfg)
+    assert mos.root is not None  # open_mos gives it one
+    tokens = TokenStore(mos.root, settings.scrypt_n, settings.scrypt_r, settings.lock_timeout_s)
+    admin_token = os.environ.get(settings.admin_token_env) or None
+    if admin_token is None:
+        logging.getLogger("memos_lab.service").warning(
+            "$%s is unset: the admin endpoints (users, tokens) are off", settings.admin_token_env
+        )
+    return create_app(mos, tokens, settings, admin_token)
+
+
+def app_from_environment() -> Any:
+    """uvicorn's factory in each worker process: the config the `serve` command composed."""
+    text = os.environ.get(CONFIG_VARIABLE)
+    if not text:
+        raise ConfigError(f"${CONFIG_VARIABLE} is unset; start the server with `python -m memos_lab serve`")
+    cfg = OmegaConf.create(text)
+    assert isinstance(cfg, DictConfig)
+    return build_app(cfg)
+
+
+def run_server(cfg: DictConfig) -> None:
+    import uvicorn
+
+    settings = serve_settings(cfg)
+    os.environ[CONFIG_VARIABLE] = OmegaConf.to_yaml(cfg, resolve=True)
+    print(f"serving MOS root {cfg.root} on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
+    uvicorn.run(
+        "memos_lab.service.server:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+class ServerProcess:
+    """`python -m memos_lab serve` as a child process on 127.0.0.1 at a free port (tests, load runs):
+    `start()` waits until it answers, `kill()` is `kill -9`, `stop()` a clean shutdown."""
+
+    def __init__(self, root: Path, overrides: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
+        from memos_lab.generation.serve import free_port
+
+        self.root = Path(root)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.overrides = [f"root={self.root}", "serve.host=127.0.0.1", f"serve.port={self.port}", *overrides]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = self.root.parent / f"{self.root.name}.serve.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, startup_s: float = 300.0) -> ServerProcess:
+        command = [sys.executable, "-m", "memos_lab", "serve", *self.overrides]
+        with open(self.log_path, "ab") as log:
+            # its own process group: a kill reaches the uvicorn workers too
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + startup_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-400:]
+                raise ConfigError(f"the server exited with status {self.process.returncode}: {' '.join(tail.split())}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        self.kill()
+        raise ConfigError(f"the server did not answer /v1/health within {startup_s:.0f} s (log: {self.log_path})")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed or closed by the server itself."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
