@@ -165,6 +165,15 @@ class _PlainYamlLoader(yaml.SafeLoader):
             raise yaml.YAMLError("aliases (*name) are not allowed")
         return super().compose_node(parent, index)
 
+    def construct_scalar(self, node: Any) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str):  # "\uD97C" escapes decode to lone surrogates, which no UTF-8 file can hold
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise yaml.YAMLError("a string holds a lone surrogate (not valid Unicode text)") from None
+        return value
+
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:

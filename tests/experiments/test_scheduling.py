@@ -1,5 +1,7 @@
 """The scheduling experiment end to end on tiny_llama with the hashing embedder."""
 
+import importlib.util
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -108,3 +110,11 @@ def test_parametric_mode_consolidates_well_used_memories():
     metrics = scheduling.run(cfg, Tracker())
     assert metrics["sched/consolidated_items"] > 0 and metrics["sched/consolidation_s"] > 0
     assert metrics["sched/prefill_saved_frac"] == 0.0 and "qa/f1" in metrics
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mem0") is None, reason='the peers extra: pip install -e ".[peers]"')
+def test_the_scheduling_loop_runs_on_mem0(tmp_path):
+    # Another memory system behind the textual interface: the same loop, the same metrics as our backends.
+    metrics = scheduling.run(config("memory=mem0", f"memory.home={tmp_path}"), Tracker())
+    assert metrics["qa/questions"] > 0 and 0 <= metrics["sched/working_hit_rate"] <= 1
+    assert metrics["sched/working_items_mean"] <= 4

@@ -389,6 +389,9 @@ MALFORMED = {
     "config nested 200,000 deep": ("config.yaml", "[" * 200_000, "config.yaml: "),
     "a YAML alias bomb": ("config.yaml", "a: &a [x, x]\nb: &b [*a, *a]\n", "aliases (*name) are not allowed"),
     "an override Hydra cannot parse": (".hydra/overrides.yaml", "['a=[']", "overrides.yaml: unreadable override"),
+    "an override holding a lone surrogate (the fuzz campaign's find)": (
+        ".hydra/overrides.yaml", '["memory=\\uD97C\\uDCBD"]', "overrides.yaml: not valid YAML (a string holds a lone surrogate",
+    ),
     "Hydra's record has a string runtime": (
         ".hydra/hydra.yaml", "hydra: {runtime: abc}", "hydra.yaml: hydra.runtime: a str, not a mapping",
     ),
