@@ -3,7 +3,7 @@ mem0's facts extracted) by one served SmolLM2-135M-Instruct (`transformers serve
 questions; the report goes to results/peers/qa/.
 
 A 135M model's answers mean little: the table shows the protocol working end to end on a served model. The
-small synthetic dialogues keep mem0's per-turn extraction affordable on a CPU (LoCoMo's ~600 turns per
+tests' tiny LoCoMo-format fixture keeps mem0's per-turn extraction affordable on a CPU (LoCoMo's ~600 turns per
 conversation take hours there); the README gives the command for a served 8B model on LoCoMo.
 
     python experiments/peers_qa.py [--out results/peers/qa] [--root outputs/suites/peers/qa]
@@ -21,9 +21,11 @@ from pathlib import Path
 from memos_lab.generation.serve import transformers_serve
 from memos_lab.models.llm import SMOLLM2_NAME, load_smollm2
 
-DATA = ["dataset=synthetic_dialogues", "dataset.n_conversations=2", "dataset.n_sessions=2", "dataset.turns_per_session=8"]
+# The project's tiny LoCoMo-format fixture (6 turns, 5 questions): on a loaded 2-core CPU one extraction call of
+# mem0's (a ~2,000-token prompt) takes minutes, so even a 30-turn synthetic dialogue took over an hour.
+DATA = ["dataset=locomo", "dataset.path=tests/data/fixtures/locomo_tiny.json"]
 CONFIGS = {  # name -> overrides: mem0 extracting with the served model, our default backend, the two baselines
-    "mem0": ["memory=mem0", "memory.infer=true", "memory.llm_max_tokens=256"],
+    "mem0": ["memory=mem0", "memory.infer=true", "memory.llm_max_tokens=64"],
     "ours": ["memory=general_text"],
     "baselines": ["-m", "experiment.context=none,oracle"],
 }
