@@ -21,7 +21,7 @@ from pathlib import Path
 from memos_lab.generation.serve import transformers_serve
 from memos_lab.models.llm import SMOLLM2_NAME, load_smollm2
 
-# The project's tiny LoCoMo-format fixture (6 turns, 5 questions): on a loaded 2-core CPU one extraction call of
+# The project's tiny LoCoMo-format fixture (2 conversations, 8 turns, 6 questions): on a loaded 2-core CPU one extraction call of
 # mem0's (a ~2,000-token prompt) takes minutes, so even a 30-turn synthetic dialogue took over an hour.
 DATA = ["dataset=locomo", "dataset.path=tests/data/fixtures/locomo_tiny.json"]
 CONFIGS = {  # name -> overrides: mem0 extracting with the served model, our default backend, the two baselines
