@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from memos_lab.errors import MemosError
 from memos_lab.memory.textual.peers.mem0 import Mem0Memory
 
 pytestmark = pytest.mark.skipif(
@@ -33,3 +34,18 @@ def test_no_connection_leaves_the_machine(embedder, tmp_path, monkeypatch):
     import mem0.memory.telemetry as telemetry
 
     assert telemetry.MEM0_TELEMETRY is False and sent == [] and looked_up == []
+
+
+def test_with_extraction_a_rewritten_source_item_cannot_be_updated_merged_or_deleted(embedder, tmp_path):
+    # The extraction endpoint is a closed local port: the add is a counted failure, never a crash.
+    memory = Mem0Memory(embedder, home=str(tmp_path), infer=True, llm_base_url="http://127.0.0.1:9/v1", llm_model="m")
+    first, second = memory.add(["the cat sat on the mat", "dogs bark at night"])
+    assert memory.counters()["extraction_failures"] == 2
+    for refused in (
+        lambda: memory.update(first, "the cat left"),
+        lambda: memory.merge([first, second]),
+        lambda: memory.delete(first, hard=True),
+    ):
+        with pytest.raises(MemosError, match="mem0 rewrote the source items"):
+            refused()
+    assert memory.get(first).text == "the cat sat on the mat"  # nothing changed

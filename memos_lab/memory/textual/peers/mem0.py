@@ -113,26 +113,25 @@ class Mem0Memory(PeerMemory):
             if self.settings.infer:  # nothing added: junk, or nothing worth keeping as mem0 judged it
                 self._counters["extracted_items" if added else "empty_extractions"] += 1
 
-    def _index_remove(self, item_ids: Sequence[str]) -> None:
-        if self.settings.infer:
-            raise self.unsupported("deleting a source item", "with infer=true mem0 rewrote it into its own memories")
+    def _index_remove(self, item_ids: Sequence[str]) -> None:  # reached through delete(), refused with infer
         for item_id in item_ids:
             for peer_id in self._peer_ids.pop(item_id, []):
                 self._mem0.delete(peer_id)
 
-    def update(self, item_id: str, text: str, **metadata_changes: Any) -> MemoryItem:
+    def _refuse_when_rewritten(self, operation: str) -> None:
         if self.settings.infer:
-            raise self.unsupported("updating a source item", "with infer=true mem0 rewrote it into its own memories")
+            raise self.unsupported(operation, "with infer=true mem0 rewrote the source items into its own memories")
+
+    def update(self, item_id: str, text: str, **metadata_changes: Any) -> MemoryItem:
+        self._refuse_when_rewritten("updating a source item")
         return super().update(item_id, text, **metadata_changes)
 
     def merge(self, item_ids: Sequence[str], text: str | None = None, **metadata_changes: Any) -> MemoryItem:
-        if self.settings.infer:
-            raise self.unsupported("merging source items", "with infer=true mem0 rewrote them into its own memories")
+        self._refuse_when_rewritten("merging source items")
         return super().merge(item_ids, text, **metadata_changes)
 
     def delete(self, item_id: str, hard: bool = False) -> None:
-        if self.settings.infer:
-            raise self.unsupported("deleting a source item", "with infer=true mem0 rewrote it into its own memories")
+        self._refuse_when_rewritten("deleting a source item")
         super().delete(item_id, hard)
 
     def _peer_search(self, query: str, limit: int) -> list[SearchHit]:
