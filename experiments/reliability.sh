@@ -11,7 +11,7 @@ RUNS=outputs/suites/reliability
 mkdir -p "$OUT"
 rm -rf "$RUNS"
 
-FUZZ_COMMAND="python -m fuzz --examples 5000 --seed 0 --out $OUT/fuzz.json"
+FUZZ_COMMAND="python -m fuzz --examples 5000 --seed 0 --max-seconds 1380 --out $OUT/fuzz.json"
 if [[ "${FUZZ:-0}" == 1 ]]; then
   $FUZZ_COMMAND
 fi
