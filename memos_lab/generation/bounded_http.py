@@ -13,6 +13,8 @@ beyond httpx's own timeouts.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -44,6 +46,34 @@ class _Budget:
 
 def _budget() -> _Budget | None:
     return getattr(_local, "budget", None)
+
+
+def _resolve(host: str, port: int, budget: _Budget) -> list[str]:
+    """The host's addresses, looked up within the attempt's deadline.
+
+    `socket.create_connection` resolves names with `getaddrinfo`, which no socket timeout bounds (a stalled
+    resolver holds it for its own retries, tens of seconds). The lookup runs on a daemon thread that is
+    abandoned at the deadline; an IP literal needs none."""
+    with contextlib.suppress(ValueError):
+        return [str(ipaddress.ip_address(host))]
+    found: list[list[str]] = []
+    failed: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+        except OSError as error:
+            failed.append(error)
+
+    worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    worker.start()
+    worker.join(budget.remaining(None, httpcore2.ConnectTimeout))
+    if found:
+        return found[0]
+    if failed:
+        raise httpcore2.ConnectError(f"cannot resolve {host}: {failed[0]}")
+    raise httpcore2.ConnectTimeout(f"looking up {host} took past the attempt's deadline")
 
 
 @contextlib.contextmanager
@@ -101,8 +131,17 @@ class _BoundedBackend(httpcore2.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.NetworkStream:
         budget = _budget()
-        wait = timeout if budget is None else budget.remaining(timeout, httpcore2.ConnectTimeout)
-        return _BoundedStream(self._inner.connect_tcp(host, port, wait, local_address, socket_options))
+        if budget is None:
+            return _BoundedStream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        addresses = _resolve(host, port, budget)
+        for index, address in enumerate(addresses):  # as create_connection does: the next on a refusal
+            wait = budget.remaining(timeout, httpcore2.ConnectTimeout)
+            try:
+                return _BoundedStream(self._inner.connect_tcp(address, port, wait, local_address, socket_options))
+            except httpcore2.ConnectError:
+                if index == len(addresses) - 1:
+                    raise
+        raise httpcore2.ConnectError(f"{host} has no address")
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

@@ -7,6 +7,7 @@ These are the reproductions of issue 22 items 2-4; the honest paths run against 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -127,3 +128,22 @@ def test_a_served_run_with_infinity_usage_writes_its_metrics(tmp_path: Path, cap
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["qa/answer_failures"] == metrics["qa/questions"] > 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_stalled_name_lookup_is_cut_at_timeout_s(monkeypatch: pytest.MonkeyPatch):
+    # The deadline covers connecting, name lookup included: getaddrinfo obeys no socket timeout.
+    real_lookup = socket.getaddrinfo
+
+    def stalled(host: str, *args: object, **kwargs: object) -> object:
+        if host == "stalled.memos-lab.invalid":
+            time.sleep(5)
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalled)
+    generator = ServedGenerator("http://stalled.memos-lab.invalid:9/v1", "m", check=False, timeout_s=0.5, max_retries=0)
+    started = time.perf_counter()
+    (generation,) = generator.generate(QUESTION, 8)
+    took = time.perf_counter() - started
+    generator.close()
+    assert generation.failed and "timed out" in generation.error
+    assert took < 0.5 + SLACK_S
