@@ -49,3 +49,15 @@ def test_with_extraction_a_rewritten_source_item_cannot_be_updated_merged_or_del
         with pytest.raises(MemosError, match="mem0 rewrote the source items"):
             refused()
     assert memory.get(first).text == "the cat sat on the mat"  # nothing changed
+
+
+def test_a_temporary_home_outside_a_run_goes_with_its_memory(embedder):
+    import gc
+
+    memory = Mem0Memory(embedder)  # no home, no Hydra run: a temporary folder
+    home = memory.home
+    memory.add(["the cat sat on the mat"])
+    assert home.is_dir() and any(home.iterdir())
+    del memory
+    gc.collect()
+    assert not home.exists()

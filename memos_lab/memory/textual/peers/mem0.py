@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +43,9 @@ CARRIED_METADATA = ("user", "session", "event_time")
 @dataclass(frozen=True)
 class Mem0Settings(PeerSettings):
     infer: bool = False  # true: mem0's LLM extraction (needs llm=openai_compatible)
-    home: str | None = None  # mem0's folder; null: mem0/ in the run folder (a temporary folder outside a run)
+    home: str | None = (
+        None  # mem0's folder; null: mem0/ in the run folder (a temporary folder outside a run), removed with the memory
+    )
     threshold: float = 0.1  # mem0's own minimum search score (its default)
     # infer=true: mem0's extraction model, any OpenAI-compatible server (often the run's llm= endpoint)
     llm_base_url: str | None = None
@@ -68,7 +72,10 @@ class Mem0Memory(PeerMemory):
     def __init__(self, embedder: Embedder, **settings: Any) -> None:
         super().__init__(embedder)
         self.settings = self.settings_class.from_mapping(settings)
-        self._mem0 = _open_mem0(self.settings, embedder)
+        self.home, temporary = _home(self.settings)
+        if temporary:  # outside a run nobody else will remove it: it goes with this memory
+            weakref.finalize(self, shutil.rmtree, self.home, ignore_errors=True)
+        self._mem0 = _open_mem0(self.home, self.settings, embedder)
         self._peer_ids: dict[str, list[str]] = {}  # item id -> the mem0 memories made from it
         self._counters: Counter[str] = Counter({"extracted_items": 0, "empty_extractions": 0, "extraction_failures": 0})
 
@@ -168,8 +175,7 @@ class _GivenEmbeddings:
         return [[float(value) for value in vector] for vector in self.embedder.encode(list(texts))]
 
 
-def _open_mem0(settings: Mem0Settings, embedder: Embedder) -> Any:
-    home = Path(settings.home) if settings.home else _default_home()
+def _open_mem0(home: Path, settings: Mem0Settings, embedder: Embedder) -> Any:
     home.mkdir(parents=True, exist_ok=True)
     # Read by mem0 at import time: its folder and telemetry switch must be set before the first import.
     os.environ["MEM0_TELEMETRY"] = "False"
@@ -216,9 +222,12 @@ def _open_mem0(settings: Mem0Settings, embedder: Embedder) -> Any:
     return memory
 
 
-def _default_home() -> Path:
+def _home(settings: Mem0Settings) -> tuple[Path, bool]:
+    """mem0's folder and whether it is a temporary one (no `home` given, not inside a run)."""
     from hydra.core.hydra_config import HydraConfig
 
+    if settings.home:
+        return Path(settings.home), False
     if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir) / "mem0"
-    return Path(tempfile.mkdtemp(prefix="memos_lab-mem0-"))
+        return Path(HydraConfig.get().runtime.output_dir) / "mem0", False
+    return Path(tempfile.mkdtemp(prefix="memos_lab-mem0-")), True
