@@ -58,7 +58,7 @@ class GeneralTextMemory(TextualMemory):
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_ids.extend(item.id for item in items)
         self._matrix = np.vstack([self._matrix, np.stack(cast(list[np.ndarray], [item.embedding for item in items]))])
-        self._bm25.invalidate()
+        self._bm25.add([self.key(item) for item in items])
         if self.settings.text_weight:
             keyed = [i for i, item in enumerate(items) if self.key(item) != item.text]
             self._has_keys = self._has_keys or bool(keyed)
@@ -66,17 +66,18 @@ class GeneralTextMemory(TextualMemory):
             if keyed:
                 vectors[keyed] = self.embedder.encode([items[i].text for i in keyed])
             self._text_matrix = np.vstack([self._text_matrix, vectors])
-            self._text_bm25.invalidate()
+            self._text_bm25.add([item.text for item in items])
 
     def _index_remove(self, item_ids: Sequence[str]) -> None:
         gone = set(item_ids)
         keep = [row for row, item_id in enumerate(self._row_ids) if item_id not in gone]
+        dropped = [row for row, item_id in enumerate(self._row_ids) if item_id in gone]
         self._row_ids = [self._row_ids[row] for row in keep]
         self._matrix = self._matrix[keep]
-        self._bm25.invalidate()
+        self._bm25.remove(dropped)
         if self.settings.text_weight:
             self._text_matrix = self._text_matrix[keep]
-            self._text_bm25.invalidate()
+            self._text_bm25.remove(dropped)
 
     def _search(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         return staged_search(self.settings, query, lambda k: self._ranked(query, k, search_filter), top_k)
@@ -110,9 +111,8 @@ class GeneralTextMemory(TextualMemory):
             rankings.append((self.settings.dense_weight, self._dense_scores(query)))
         if self.settings.text_weight and self._has_keys:  # without keys the text rankings would repeat the others
             if self.settings.fusion in ("rrf", "bm25"):
-                texts = lambda: [self._items[item_id].text for item_id in self._row_ids]  # noqa: E731
                 rankings.append(
-                    (self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query, texts))
+                    (self.settings.text_weight * self.settings.lexical_weight, self._text_bm25.scores(query))
                 )
             if self.settings.fusion in ("rrf", "dense"):
                 dense = self._text_matrix @ self._query_vector(query)
@@ -129,7 +129,7 @@ class GeneralTextMemory(TextualMemory):
         return self._last_query[1]
 
     def _bm25_scores(self, query: str) -> np.ndarray:
-        return self._bm25.scores(query, lambda: [self.key(self._items[item_id]) for item_id in self._row_ids])
+        return self._bm25.scores(query)
 
     def index_nbytes(self) -> int:
         return self._matrix.nbytes + self._bm25.nbytes() + self._text_matrix.nbytes + self._text_bm25.nbytes()
