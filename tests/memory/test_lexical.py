@@ -1,4 +1,5 @@
-"""The incremental BM25 index: bm25s's scores bit for bit, and a changed index equal to a fresh one."""
+"""The incremental BM25 index (bm25s's scores bit for bit, a changed index equal to a fresh one), the ranks fused
+from it, and general_text's row-wise status filter."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from memos_lab.data.synthetic import generate_dialogues
+from memos_lab.memory.textual.base import SearchFilter
 from memos_lab.memory.textual.general_text import GeneralTextMemory
-from memos_lab.memory.textual.lexical import Bm25Index, light_stem
+from memos_lab.memory.textual.lexical import Bm25Index, light_stem, ranks
 
 
 def dialogue_texts() -> tuple[list[str], list[str]]:
@@ -96,3 +98,25 @@ def test_general_text_after_adds_updates_and_deletes_ranks_as_a_fresh_memory(emb
     for query in queries[:20]:
         expected = [(hit.item.id, hit.score) for hit in rebuilt.search(query, 10)]
         assert [(hit.item.id, hit.score) for hit in changed.search(query, 10)] == expected
+
+
+def test_ranks_equal_scipys_min_ranks_with_ties_and_infinities():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 2, 7, 500):
+        scores = rng.integers(0, 5, size).astype(np.float64)  # many ties
+        scores[rng.random(size) < 0.2] = -np.inf
+        np.testing.assert_array_equal(ranks(scores), rankdata(-scores, method="min"))
+
+
+def test_status_filters_read_off_rows_agree_with_matching_each_item(embedder):
+    memory = GeneralTextMemory(embedder)
+    ids = memory.add(dialogue_texts()[0][:40])
+    memory.delete(ids[1])
+    memory.update(ids[2], "Melanie painted a lake at dawn")
+    memory.delete(ids[4], hard=True)
+    for statuses in (("active",), ("deleted",), ("archived", "deleted"), ("active", "archived", "deleted")):
+        search_filter = SearchFilter(statuses=statuses)
+        expected = [search_filter.matches(memory.get(item_id)) for item_id in memory._row_ids]
+        assert memory._filter_mask(search_filter).tolist() == expected

@@ -149,9 +149,14 @@ def _stem(word: str) -> str:
 def ranks(scores: np.ndarray) -> np.ndarray:
     """1-based rank of every entry, best first; tied scores share the best of their ranks, so the order
     items were stored in never decides between equally scored ones."""
-    from scipy.stats import rankdata
-
-    return rankdata(-scores, method="min").astype(np.float64)
+    order = np.argsort(-scores, kind="stable")
+    ordered = -scores[order]
+    starts = np.ones(len(ordered), dtype=bool)  # where a run of equal scores begins
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(ordered)), 0))  # each entry's run start
+    result = np.empty(len(ordered), dtype=np.float64)
+    result[order] = first + 1
+    return result  # scipy's rankdata(-scores, method="min"), without its per-call overhead (tested equal)
 
 
 def reciprocal_rank_fusion(rankings: Sequence[tuple[float, np.ndarray]], mask: np.ndarray, rrf_k: float) -> np.ndarray:
