@@ -30,6 +30,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).parent))
 from service_load import ADMIN, Tally, client, corpus, setup  # the same corpus, users and clients
 
@@ -145,6 +147,8 @@ def main() -> None:
                 time.sleep(0.1)
             texts, _ = corpus(args.seed_items)
             tokens = setup(type("Server", (), {"url": url})(), args.clients, texts[: args.seed_items])
+            for token in tokens:  # each token's first use checks its scrypt hash (then cached): not the load's cost
+                httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=300).raise_for_status()
             command = [sys.executable, __file__, "--clients-of", url, "--duration", str(args.duration)]
             child = subprocess.run(command, input=json.dumps(tokens), capture_output=True, text=True, check=True)
             outcome.update(json.loads(child.stdout.strip().splitlines()[-1]))
