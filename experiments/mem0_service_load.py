@@ -39,7 +39,7 @@ def start(port: int, home: Path, embedder: str, log: Path) -> subprocess.Popen[b
     command = [sys.executable, str(server), "--port", str(port), "--home", str(home), "--embedder", embedder]
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # minutes: at load 20, importing torch alone took 16 s of CPU
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the mem0 server exited: {log.read_text()[-600:]}")
@@ -50,7 +50,7 @@ def start(port: int, home: Path, embedder: str, log: Path) -> subprocess.Popen[b
             pass
         time.sleep(0.25)
     process.kill()
-    raise SystemExit("the mem0 server did not answer within 300 s")
+    raise SystemExit("the mem0 server did not answer within 900 s")
 
 
 def seed(url: str, texts: list[str]) -> None:
