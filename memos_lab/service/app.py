@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -121,8 +121,12 @@ class TokenRequest(_Strict):
     ttl_s: float | None = Field(None, gt=0)
 
 
+_METADATA_FIELDS = tuple(field.name for field in fields(MemoryMetadata))
+
+
 def item_json(item: MemoryItem) -> dict[str, Any]:
-    metadata = asdict(item.metadata)
+    # a shallow copy: asdict deep-copies every value, on every hit of every search
+    metadata = {name: getattr(item.metadata, name) for name in _METADATA_FIELDS}
     metadata["tags"] = list(item.metadata.tags)
     metadata["extra"] = dict(item.metadata.extra)
     return {"id": item.id, "text": item.text, "metadata": metadata}

@@ -38,10 +38,14 @@ def open_mos(cfg: DictConfig) -> MOS:
     from memos_lab.runner import prepare_environment
 
     prepare_environment()
-    if cfg.get("threads"):  # one torch thread per server process: on a busy machine more threads wait on each other
+    if cfg.get("threads"):  # one thread per server process: on a busy machine more threads wait on each other
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(int(cfg.threads))
+        # numpy's BLAS too: a search's one query against the cube's matrix took ~15 ms with OpenBLAS's two
+        # threads on the loaded 2-core machine, 0.1 ms with one (results/service/README.md)
+        threadpool_limits(int(cfg.threads), user_api="blas")
     root = Path(str(cfg.root)).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"root={root} is not a folder")

@@ -193,3 +193,17 @@ def test_the_openapi_document_is_served_and_a_rate_limit_answers_429(launch, tmp
     statuses = [api.http.get("/cubes", headers=alice).status_code for _ in range(5)]
     assert statuses[:3] == [200, 200, 200] and statuses[-1] == 429
     refused(api.http.get("/cubes", headers=alice), 429, "rate limit")
+
+
+def test_an_items_json_holds_every_metadata_field_as_a_plain_value():
+    import json
+    from dataclasses import asdict
+
+    from memos_lab.memory.item import MemoryItem, MemoryMetadata
+    from memos_lab.service.app import item_json
+
+    metadata = MemoryMetadata(user="u", session="s", tags=("a", "b"), version=3, extra={"key": "k", "note": "n"})
+    item = MemoryItem(text="t", metadata=metadata)
+    expected = {**asdict(metadata), "tags": ["a", "b"], "extra": {"key": "k", "note": "n"}}
+    assert item_json(item) == {"id": item.id, "text": "t", "metadata": expected}
+    assert json.loads(json.dumps(item_json(item))) == item_json(item)  # JSON as it is, nothing left to encode

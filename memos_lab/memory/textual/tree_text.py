@@ -82,6 +82,7 @@ class TreeTextMemory(GeneralTextMemory):
         self._nodes = None
 
     def _on_replace(self, item: MemoryItem) -> None:
+        super()._on_replace(item)
         self._nodes = None  # session membership may change with metadata
 
     def _cluster(self) -> None:

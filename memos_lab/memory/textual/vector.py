@@ -87,7 +87,7 @@ class VectorMemory(TextualMemory):
         self._pending: list[int] = []  # IVF: ids waiting for the index to be trained
         self._index = self._new_index()
         self._bm25 = Bm25Index(self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemming)
-        self._bm25_rows: list[str] = []  # item ids in BM25 row order; emptied when the store changes
+        self._bm25_rows: list[str] = []  # item ids in BM25 row order
 
     # ---- index maintenance ----------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ class VectorMemory(TextualMemory):
             )
         else:
             self._pending.extend(ids)  # IVF trains on the first search, once it has seen the data
-        self._bm25_rows = []
+        self._bm25_add(items)
 
     def _index_remove(self, item_ids: Sequence[str]) -> None:
         removed = [self._faiss_id.pop(item_id) for item_id in item_ids]
@@ -148,7 +148,13 @@ class VectorMemory(TextualMemory):
             self._rebuild()  # a GPU flat index cannot remove ids; rebuilding it from the live items is exact
         elif len(stored):
             self._index.remove_ids(stored)  # type: ignore[arg-type]  # faiss's stubs omit the id-array form it accepts
-        self._bm25_rows = []
+        gone = set(item_ids)
+        self._bm25.remove([row for row, item_id in enumerate(self._bm25_rows) if item_id in gone])
+        self._bm25_rows = [item_id for item_id in self._bm25_rows if item_id not in gone]
+
+    def _bm25_add(self, items: Sequence[MemoryItem]) -> None:
+        self._bm25.add([self.key(item) for item in items])
+        self._bm25_rows.extend(item.id for item in items)
 
     def _rebuild(self) -> None:
         """A fresh index over the live items, keeping their faiss ids."""
@@ -239,10 +245,7 @@ class VectorMemory(TextualMemory):
     def _fuse(
         self, query: str, dense: list[tuple[str, float]], top_k: int, search_filter: SearchFilter
     ) -> list[SearchHit]:
-        if not self._bm25_rows:
-            self._bm25_rows = list(self._faiss_id)
-            self._bm25.invalidate()
-        lexical = self._bm25.scores(query, lambda: [self.key(self._items[i]) for i in self._bm25_rows])
+        lexical = self._bm25.scores(query)
         positive = np.flatnonzero(lexical > 0)
         limit = 4 * self.settings.candidates
         shortlist = positive
@@ -296,6 +299,9 @@ class VectorMemory(TextualMemory):
         self._faiss_id = {item: faiss_id for faiss_id, item in item_id.items()}
         self._inactive = {}
         self._note_statuses(items)
+        self._bm25 = Bm25Index(self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemming)
+        self._bm25_rows = []
+        self._bm25_add([self._items[item] for item in self._faiss_id])
         if self.settings.index_type == "hnsw":
             hnsw_index = cast(faiss.IndexHNSWFlat, faiss.downcast_index(cast(faiss.IndexIDMap2, index).index))
             hnsw_index.hnsw.efSearch = self.settings.ef_search
