@@ -235,7 +235,11 @@ def create_app(
     app = FastAPI(
         title="memos_lab MOS",
         version="1",
-        description="Users, cubes and memories of one MOS root. Every request carries `Authorization: Bearer TOKEN`.",
+        description=(
+            "Users, cubes and memories of one MOS root. Every request carries `Authorization: Bearer TOKEN`. "
+            "With a local model (`serve ... model=NAME`): a cube's activation caches, and knowledge edits "
+            "trained into its parametric memory as jobs to poll."
+        ),
     )
     # Every endpoint is a coroutine that calls the MOS directly on the event loop, never awaiting inside a
     # call: the MOS (one process's state, not thread-safe) runs one call at a time, and no request pays a

@@ -55,6 +55,9 @@ def test_without_a_local_model_activation_and_edits_answer_400_in_one_line(api, 
     refused(edits, 400, "no local model configured")
     assert api.http.get(f"/cubes/{notes}", headers=alice).json()["slots"] == []
     assert api.http.get("/info", headers=alice).json()["model"] is None
+    paths = api.http.get("/openapi.json").json()["paths"]
+    for path in ("/v1/cubes/{cube_id}/activation", "/v1/cubes/{cube_id}/parametric/edits", "/v1/jobs/{job_id}"):
+        assert "description" in next(iter(paths[path].values())), path
 
 
 def test_activation_caches_and_an_edit_job_runs_to_done_with_access_checks_and_bad_input(launch, tmp_path):
