@@ -55,7 +55,7 @@ def test_without_a_local_model_activation_and_edits_answer_400_in_one_line(api, 
     refused(edits, 400, "no local model configured")
     assert api.http.get(f"/cubes/{notes}", headers=alice).json()["slots"] == []
     assert api.http.get("/info", headers=alice).json()["model"] is None
-    paths = api.http.get("/openapi.json").json()["paths"]
+    paths = api.http.get(f"{api.server.url}/openapi.json").json()["paths"]
     for path in ("/v1/cubes/{cube_id}/activation", "/v1/cubes/{cube_id}/parametric/edits", "/v1/jobs/{job_id}"):
         assert "description" in next(iter(paths[path].values())), path
 
