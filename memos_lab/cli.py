@@ -321,6 +321,7 @@ def _service_config(command: str, args: Sequence[str]) -> DictConfig:
         raise ConfigError(f"{command} needs root=DIR, the MOS root folder to serve") from None
     serve_settings(cfg)
     mcp_settings(cfg)
+    check_settings(cfg)
     return cfg
 
 

@@ -5,21 +5,27 @@ server decides the caller from the token, so a client acts as the users whose to
 token (`token=`), and, with the admin token (`admin_token=`), every user it registers (a token is minted
 for each). Naming any other caller is refused here, before a request is sent. Server errors come back as
 the same MemosError classes the in-process MOS raises, with the server's one line.
+
+With a `namespace`, the user and cube ids this client names are that prefix plus the ids its caller uses,
+so runs that register the same users and cubes (the jobs of a sweep) share one server without colliding.
+The experiments build one with `mos=remote` (conf/mos/remote.yaml, `RemoteMOS.from_settings`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
-from memos_lab.memory.item import MemoryItem, MemoryMetadata
-from memos_lab.memory.textual.base import SearchFilter
-from memos_lab.mos import READ, CubeHit
+from memos_lab.memory.item import MemoryItem, MemoryMetadata, new_id
+from memos_lab.memory.textual.base import SearchFilter, TextualMemory
+from memos_lab.mos import READ, CubeHit, CubeInfo
+from memos_lab.settings import Settings, positive, positive_int
 
 _SENT_METADATA = ("user", "session", "source", "event_time", "tags", "extra")  # what a client may set
 _ERRORS: dict[int, type[MemosError]] = {
@@ -39,6 +45,27 @@ class RemoteCube:
     text: None = None  # no local text memory: its index lives in the server
 
 
+@dataclass(frozen=True)
+class RemoteSettings(Settings):
+    """`mos=remote`: the experiments' MOS is a server's (conf/mos/remote.yaml)."""
+
+    section: ClassVar[str] = "mos"
+    url: str = "???"  # http://HOST:PORT of `python -m memos_lab serve`
+    # the *name* of the environment variable holding the server's admin token (the runs register their
+    # users; a token is minted for each); never the token itself, which would land in the run folder
+    token_env: str = "MEMOS_LAB_ADMIN_TOKEN"
+    namespace: str | None = None  # prefix of the run's user and cube ids; None: a fresh one per run
+    token_ttl_s: float | None = 7 * 86400  # lifetime of the tokens minted for the run's users
+    timeout_s: float = 600.0  # per request
+    max_batch: int = 256  # items per add request (the server's serve.max_batch)
+
+    def validate(self) -> None:
+        positive(self, "token_ttl_s", "timeout_s")
+        positive_int(self, "max_batch")
+        if not self.token_env.isidentifier():
+            raise ConfigError(f"mos.token_env must name an environment variable, got {self.token_env!r}")
+
+
 class RemoteMOS:
     def __init__(
         self,
@@ -47,15 +74,52 @@ class RemoteMOS:
         admin_token: str | None = None,
         timeout_s: float = 60.0,
         max_batch: int = 256,
+        namespace: str = "",
+        token_ttl_s: float | None = None,
     ) -> None:
         if token is None and admin_token is None:
             raise ConfigError("RemoteMOS needs a user's token or the admin token")
         self._http = httpx.Client(base_url=url.rstrip("/") + "/v1", timeout=timeout_s)
         self._admin = admin_token
-        self._tokens: dict[str, str] = {}  # user -> token
+        self._tokens: dict[str, str] = {}  # user (as this client's caller names them) -> token
         self.max_batch = max_batch
+        self.namespace = namespace
+        self.token_ttl_s = token_ttl_s
         if token is not None:
-            self._tokens[str(self._call("GET", "/me", token=token)["user_id"])] = token
+            self._tokens[self._local(str(self._call("GET", "/me", token=token)["user_id"]))] = token
+
+    @classmethod
+    def from_settings(cls, textual_memory_factory: Callable[[], TextualMemory], **values: Any) -> RemoteMOS:
+        """The experiments' remote MOS (`mos=remote`): the admin token read from `token_env`, and refused
+        unless the server embeds with the run's embedder into the run's memory backend (else its results
+        would be another configuration's)."""
+        settings = RemoteSettings.from_mapping(values)
+        namespace = settings.namespace if settings.namespace is not None else f"run{secrets.token_hex(4)}-"
+        mos = cls.from_environment(
+            settings.url,
+            admin_token_env=settings.token_env,
+            timeout_s=settings.timeout_s,
+            max_batch=settings.max_batch,
+            namespace=namespace,
+            token_ttl_s=settings.token_ttl_s,
+        )
+        text = textual_memory_factory()
+        try:
+            served = mos._call("GET", "/info", token=mos._admin)
+        except AccessDeniedError as error:
+            mos.close()
+            raise AccessDeniedError(
+                f"the MOS server at {settings.url} refused the admin token in ${settings.token_env}: {error}"
+            ) from None
+        ours = {"name": text.embedder.name, "dim": text.embedder.dim}
+        memory = f"{type(text).__module__}.{type(text).__qualname__}"
+        if served["embedder"] != ours or served["memory"] != memory:
+            mos.close()
+            raise ConfigError(
+                f"the MOS server at {settings.url} builds cubes of {served['memory']} embedded by {served['embedder']}; "
+                f"this run's memory= and embedder= give {memory} embedded by {ours}: start the server with the run's"
+            )
+        return mos
 
     @classmethod
     def from_environment(
@@ -79,25 +143,40 @@ class RemoteMOS:
         """Register `user` (admin token needed) and mint a token this client then acts with for them."""
         if self._admin is None:
             raise AccessDeniedError("registering users needs the admin token (RemoteMOS(admin_token=...))")
-        self._call("POST", "/admin/users", {"user_id": user}, token=self._admin)
-        self._tokens[user] = str(self._call("POST", f"/admin/users/{user}/tokens", {}, token=self._admin)["token"])
+        served = self._id(user)
+        self._call("POST", "/admin/users", {"user_id": served}, token=self._admin)
+        made = self._call("POST", f"/admin/users/{served}/tokens", {"ttl_s": self.token_ttl_s}, token=self._admin)
+        self._tokens[user] = str(made["token"])
 
     def create_cube(self, owner: str, cube_id: str | None = None) -> RemoteCube:
-        made = self._call("POST", "/cubes", {"cube_id": cube_id}, caller=owner)
-        return RemoteCube(made["cube_id"], made["owner"])
+        made = self._call("POST", "/cubes", {"cube_id": self._new_cube_id(cube_id)}, caller=owner)
+        return RemoteCube(self._local(made["cube_id"]), self._local(made["owner"]))
 
     def create_team_cube(self, owner: str, members: Iterable[str], cube_id: str | None = None) -> RemoteCube:
-        made = self._call("POST", "/cubes", {"cube_id": cube_id, "members": list(members)}, caller=owner)
-        return RemoteCube(made["cube_id"], made["owner"])
+        body = {"cube_id": self._new_cube_id(cube_id), "members": [self._id(member) for member in members]}
+        made = self._call("POST", "/cubes", body, caller=owner)
+        return RemoteCube(self._local(made["cube_id"]), self._local(made["owner"]))
 
     def share_cube(self, caller: str, cube_id: str, user: str, mode: str = READ) -> None:
-        self._call("PUT", f"/cubes/{cube_id}/shares/{user}", {"mode": mode}, caller=caller)
+        self._call("PUT", f"/cubes/{self._id(cube_id)}/shares/{self._id(user)}", {"mode": mode}, caller=caller)
 
     def unshare_cube(self, caller: str, cube_id: str, user: str) -> None:
-        self._call("DELETE", f"/cubes/{cube_id}/shares/{user}", caller=caller)
+        self._call("DELETE", f"/cubes/{self._id(cube_id)}/shares/{self._id(user)}", caller=caller)
 
     def readable_cubes(self, user: str) -> list[str]:
-        return list(self._call("GET", "/cubes", caller=user)["cube_ids"])
+        cube_ids = self._call("GET", "/cubes", caller=user)["cube_ids"]
+        return [self._local(cube_id) for cube_id in cube_ids if cube_id.startswith(self.namespace)]
+
+    def describe(self, caller: str, cube_id: str) -> CubeInfo:
+        info = self._call("GET", f"/cubes/{self._id(cube_id)}", caller=caller)
+        return CubeInfo(
+            self._local(info["cube_id"]),
+            self._local(info["owner"]),
+            int(info["items"]),
+            int(info["index_bytes"]),
+            bool(info["returns_stored_items"]),
+            tuple(info["slots"]),
+        )
 
     # ---- memory operations ----------------------------------------------------------------------
 
@@ -107,7 +186,7 @@ class RemoteMOS:
         ids: list[str] = []
         for start in range(0, len(batch), self.max_batch):
             chunk = batch[start : start + self.max_batch]
-            ids += self._call("POST", f"/cubes/{cube_id}/memories", {"items": chunk}, caller=caller)["ids"]
+            ids += self._call("POST", f"/cubes/{self._id(cube_id)}/memories", {"items": chunk}, caller=caller)["ids"]
         return ids
 
     def search(
@@ -119,20 +198,21 @@ class RemoteMOS:
         cube_ids: Sequence[str] | None = None,
         filters: Mapping[str, object] | SearchFilter | None = None,
     ) -> list[CubeHit]:
-        body = {"query": query, "top_k": top_k, "cube_ids": None if cube_ids is None else list(cube_ids)}
+        scope = None if cube_ids is None else [self._id(cube_id) for cube_id in cube_ids]
+        body: dict[str, Any] = {"query": query, "top_k": top_k, "cube_ids": scope}
         if filters is not None:
             body["filters"] = _filter_body(filters)
         hits = self._call("POST", "/search", body, caller=caller)["hits"]
-        return [CubeHit(hit["cube_id"], _item(hit["item"]), float(hit["score"])) for hit in hits]
+        return [CubeHit(self._local(hit["cube_id"]), _item(hit["item"]), float(hit["score"])) for hit in hits]
 
     def get(self, caller: str, cube_id: str, item_id: str) -> MemoryItem:
-        return _item(self._call("GET", f"/cubes/{cube_id}/memories/{item_id}", caller=caller))
+        return _item(self._call("GET", f"/cubes/{self._id(cube_id)}/memories/{item_id}", caller=caller))
 
     def get_all(
         self, caller: str, cube_id: str, filters: Mapping[str, object] | SearchFilter | None = None
     ) -> list[MemoryItem]:
         params = {key: value for key, value in _filter_body(filters or {}).items() if value not in (None, [])}
-        items = self._call("GET", f"/cubes/{cube_id}/memories", params=params, caller=caller)["items"]
+        items = self._call("GET", f"/cubes/{self._id(cube_id)}/memories", params=params, caller=caller)["items"]
         return [_item(item) for item in items]
 
     def update(self, caller: str, cube_id: str, item_id: str, text: str, **metadata: object) -> MemoryItem:
@@ -142,21 +222,40 @@ class RemoteMOS:
         body: dict[str, Any] = {"text": text}
         for key, value in metadata.items():
             body[key] = list(value) if isinstance(value, tuple) else value
-        return _item(self._call("PATCH", f"/cubes/{cube_id}/memories/{item_id}", body, caller=caller))
+        return _item(self._call("PATCH", f"/cubes/{self._id(cube_id)}/memories/{item_id}", body, caller=caller))
 
     def merge(self, caller: str, cube_id: str, item_ids: Sequence[str], text: str | None = None) -> MemoryItem:
         return _item(
-            self._call("POST", f"/cubes/{cube_id}/merge", {"item_ids": list(item_ids), "text": text}, caller=caller)
+            self._call(
+                "POST", f"/cubes/{self._id(cube_id)}/merge", {"item_ids": list(item_ids), "text": text}, caller=caller
+            )
         )
 
     def delete(self, caller: str, cube_id: str, item_id: str, hard: bool = False) -> None:
-        self._call("DELETE", f"/cubes/{cube_id}/memories/{item_id}", params={"hard": str(hard).lower()}, caller=caller)
+        self._call(
+            "DELETE",
+            f"/cubes/{self._id(cube_id)}/memories/{item_id}",
+            params={"hard": str(hard).lower()},
+            caller=caller,
+        )
 
     def save(self, caller: str, cube_id: str) -> None:
         """Fold the cube's journal into a new dump on the server (writes are durable without it)."""
-        self._call("POST", f"/cubes/{cube_id}/save", caller=caller)
+        self._call("POST", f"/cubes/{self._id(cube_id)}/save", caller=caller)
 
     # ---- the wire -------------------------------------------------------------------------------
+
+    def _id(self, local: str) -> str:
+        """A user or cube id as the server knows it."""
+        return f"{self.namespace}{local}"
+
+    def _local(self, served: str) -> str:
+        return served.removeprefix(self.namespace)
+
+    def _new_cube_id(self, cube_id: str | None) -> str | None:
+        if cube_id is None and self.namespace:
+            cube_id = new_id()  # named here, so the server's id carries the namespace
+        return None if cube_id is None else self._id(cube_id)
 
     def _call(
         self,

@@ -190,6 +190,24 @@ def open_store(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     return db
 
 
+def open_table(path: Path, busy_timeout_s: float, schema: str, what: str) -> sqlite3.Connection:
+    """`open_store` of a one-table store (the service's tokens, jobs): the table is created in a new file, and
+    a file holding anything but exactly that table is refused (DataError naming `what` it should be)."""
+    try:
+        db = open_store(path, busy_timeout_s)
+        db.execute("BEGIN IMMEDIATE")
+        found = [sql for (sql,) in db.execute("SELECT sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
+        if not found:
+            db.execute(schema)
+        db.execute("COMMIT")
+    except sqlite3.DatabaseError as error:
+        raise DataError(f"{path}: not a usable {what} ({error})") from None
+    if found and found != [schema]:
+        db.close()
+        raise DataError(f"{path}: not a memos_lab {what} (no views, triggers or other tables)")
+    return db
+
+
 def journal_path(root: Path, cube_id: str) -> Path:
     return Path(root) / JOURNAL_DIR / f"{cube_id}{SUFFIX}"
 

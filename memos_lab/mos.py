@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 from memos_lab.artifact import atomic_write_text, check_json, read_json_file, remove_stale_staging
-from memos_lab.cube import MANIFEST_FILE, MemCube
+from memos_lab.cube import MANIFEST_FILE, SLOTS, MemCube
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
 from memos_lab.journal import CubeJournal, journal_path
 from memos_lab.locking import hold_writer_lock
@@ -49,6 +49,18 @@ class CubeHit:
     cube_id: str
     item: MemoryItem
     score: float
+
+
+@dataclass(frozen=True)
+class CubeInfo:
+    """What a reader may know of a cube besides its items (the same in-process and over HTTP)."""
+
+    cube_id: str
+    owner: str
+    items: int  # stored items of every status
+    index_bytes: int
+    returns_stored_items: bool  # False: search returns memories of the backend's own (mem0's extraction)
+    slots: tuple[str, ...]  # the filled memory slots: activation, parametric
 
 
 @dataclass
@@ -187,6 +199,43 @@ class MOS:
         self._follow(cube_id)
         self._unsaved.add(cube_id)  # whoever holds the object may change it
         return self._cubes[cube_id]
+
+    def new_text_memory(self) -> TextualMemory:
+        """An empty text memory of the kind this MOS gives new cubes (its backend and embedder)."""
+        return self._new_textual_memory()
+
+    def describe(self, caller: str, cube_id: str) -> CubeInfo:
+        self._check(caller, cube_id, READ)
+        cube = self._cubes[cube_id]
+        return CubeInfo(
+            cube_id,
+            cube.owner,
+            len(cube.text),
+            cube.text.index_nbytes(),
+            cube.text.returns_stored_items,
+            tuple(slot for slot in SLOTS if getattr(cube, slot) is not None),
+        )
+
+    def slot(self, caller: str, cube_id: str, slot: str) -> Any | None:
+        """A cube's activation or parametric memory (None if empty), for a writer to build a new one from."""
+        self._check(caller, cube_id, WRITE)
+        return getattr(self._cubes[cube_id], _slot_name(slot))
+
+    def fill_slot(self, caller: str, cube_id: str, slot: str, memory: Any) -> None:
+        """Put `memory` into a cube's activation or parametric slot and, with a root, save the cube, so the
+        slot is on disk when this returns. A replaced parametric memory's adapters leave the shared model."""
+        self._check(caller, cube_id, WRITE)
+        cube = self._cubes[cube_id]
+        old = getattr(cube, _slot_name(slot))
+        setattr(cube, slot, memory)
+        if self.root is not None:
+            try:
+                self.save(caller, cube_id)
+            except BaseException:
+                setattr(cube, slot, old)  # the cube holds what its dump holds
+                raise
+        if old is not None and old is not memory and hasattr(old, "close"):
+            old.close()
 
     # ---- routed memory operations ---------------------------------------------------------------
 
@@ -436,6 +485,12 @@ class MOS:
         self._follow(cube_id)
         if not self._may(caller, cube_id, mode):
             raise AccessDeniedError(f"user {caller!r} may not {mode} cube {cube_id!r}")
+
+
+def _slot_name(slot: str) -> str:
+    if slot not in SLOTS:
+        raise ConfigError(f"unknown cube slot {slot!r}; valid: {list(SLOTS)}")
+    return slot
 
 
 def _stamp(path: Path) -> Stamp:

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from memos_lab.data.schema import Conversation, KnowledgeEdit
 from memos_lab.errors import ConfigError, DataError
+from memos_lab.models.embedder import Embedder
+from memos_lab.mos import MOS
 from memos_lab.settings import Settings, one_of, positive_int
 
 Record = TypeVar("Record", Conversation, KnowledgeEdit)
@@ -31,6 +33,21 @@ def load_records(cfg: DictConfig, record_type: type[Record]) -> list[Record]:
             f"experiment {cfg.experiment.name!r} needs {KIND_NAMES[record_type]}; the chosen dataset yields {found}"
         )
     return records
+
+
+def build_mos(cfg: DictConfig, embedder: Embedder) -> MOS:
+    """The run's MOS (`mos=`): in this process (local), or a server's over HTTP (remote: a
+    memos_lab.client.RemoteMOS, which has the same methods); its cubes hold `cfg.memory` over `embedder`."""
+    factory = hydra.utils.instantiate(cfg.mos, _partial_=True)
+    mos: MOS = factory(textual_memory_factory=lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder))
+    return mos
+
+
+def require_local_mos(cfg: DictConfig, why: str) -> None:
+    """ConfigError unless the run's MOS is in this process (mos=local): `why` says what needs it."""
+    target = str(cfg.get("mos", {}).get("_target_", ""))
+    if target and target != f"{MOS.__module__}.{MOS.__qualname__}":
+        raise ConfigError(f"experiment={cfg.experiment.name} needs mos=local: {why}")
 
 
 # Units a metric may declare. Rates and shares are fractions in [0, 1] in every experiment; `_mb` metrics

@@ -37,7 +37,7 @@ from memos_lab.eval.judge import LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
 from memos_lab.eval.stats import bootstrap_ci
-from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records, require_local_mos
 from memos_lab.experiments.retrieval import turn_scores
 from memos_lab.generation.base import ChatRequest, Generation, Generator
 from memos_lab.loggers.base import Tracker
@@ -316,6 +316,7 @@ def answer_from_prefix(model: LanguageModel, messages: list[dict[str, str]], pre
 @uses_settings(QASettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = cfg.experiment
+    require_local_mos(cfg, "it reads its cubes' own counters (memory extraction), which stay in the server")
     settings = QASettings.from_config(exp)
     answer_prompt, judge_prompt = build_prompts(cfg)
     check_budget_words(answer_prompt, settings)

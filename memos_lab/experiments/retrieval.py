@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from memos_lab.data.schema import Conversation
 from memos_lab.errors import ConfigError
 from memos_lab.eval.retrieval import latency_percentiles, mean_metrics, per_query_metrics, session_recall
-from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, build_mos, load_records
 from memos_lab.loggers.base import Tracker
-from memos_lab.mos import MOS, CubeHit
+from memos_lab.mos import CubeHit
 from memos_lab.settings import positive_int, uses_settings
 
 PREFIX = "retrieval/"
@@ -100,7 +100,7 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
 def evaluate(cfg: DictConfig, conversations: Sequence[Conversation], tracker: Tracker | None = None) -> Evaluation:
     """Ingest each conversation into its own cube and search it with every answerable question."""
     embedder = hydra.utils.instantiate(cfg.embedder)
-    mos = MOS(textual_memory_factory=lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder))
+    mos = build_mos(cfg, embedder)
     reader = hydra.utils.instantiate(cfg.reader)
     top_k = int(cfg.experiment.top_k)
     qrels: dict[str, list[str]] = {}
@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig, conversations: Sequence[Conversation], tracker: Tr
         user = conversation.conversation_id
         mos.register_user(user)
         cube = mos.create_cube(user, cube_id=conversation.conversation_id)
-        if not cube.text.returns_stored_items:
+        if not mos.describe(user, cube.cube_id).returns_stored_items:
             raise ConfigError(
                 "experiment=retrieval scores the evidence turns a memory returns, and this memory returns memories "
                 "of its own (memory.infer=true): use experiment=qa for its answer-level scores"
@@ -138,7 +138,7 @@ def evaluate(cfg: DictConfig, conversations: Sequence[Conversation], tracker: Tr
             result.conversation_of[qid] = conversation.conversation_id
             # Turn ids repeat across conversations ("D1:3"); a question only ever sees its own conversation's.
             session_of.update({f"{qid}|{turn}": session for turn, session in turn_sessions.items()})
-        result.index_bytes += cube.text.index_nbytes()
+        result.index_bytes += mos.describe(user, cube.cube_id).index_bytes
         if tracker is not None:
             tracker.log({"ingest/items": result.items, "ingest/questions": len(qrels)}, step=step)
     cutoffs = tuple(cfg.experiment.cutoffs)

@@ -25,7 +25,7 @@ from memos_lab.errors import MemosError
 from memos_lab.eval.judge import JudgeError, LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
-from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records
+from memos_lab.experiments.common import PER_QUERY_ARTIFACT, ExperimentSettings, load_records, require_local_mos
 from memos_lab.generation.base import Generator
 from memos_lab.loggers.base import Tracker
 from memos_lab.memory.activation.base import build_activation
@@ -109,6 +109,7 @@ class SchedulingSettings(ExperimentSettings):
 @uses_settings(SchedulingSettings)
 def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
     exp = SchedulingSettings.from_mapping(cfg.experiment)
+    require_local_mos(cfg, "its scheduler moves memories between the cube's slots, which a server keeps to itself")
     conversations = load_records(cfg, Conversation)
     if exp.max_conversations:
         conversations = conversations[: exp.max_conversations]

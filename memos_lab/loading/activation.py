@@ -5,6 +5,7 @@ plus the cache of the recent memories assembled in time order."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from memos_lab.errors import ConfigError
 from memos_lab.loading.common import cube_writer, open_cube, required, save_cube
-from memos_lab.memory.activation.base import ByteBudget, build_activation
+from memos_lab.memory.activation.base import ActivationMemory, ByteBudget, build_activation
 from memos_lab.memory.item import MemoryItem, memory_line
 from memos_lab.settings import Settings, positive, positive_int, uses_settings
 
@@ -58,30 +59,46 @@ def load(cfg: DictConfig) -> dict[str, Any]:
     if memory is None:
         memory = build_activation(cfg.activation, hydra.utils.instantiate(cfg.model))
     memory.budget = ByteBudget.from_mb(options.budget_mb, memory.budget.policy)
-    items = _recent(cube.text.get_all({"user": str(cfg.user)}), max_items)
-    lines = [memory_line(item) for item in items]
-    new = [(item, line) for item, line in zip(items, lines, strict=True) if options.items]
-    new = [(item, line) for item, line in new if not memory.has_chunk(line, item.id)]
-    for item, line in tqdm(new, desc="caching memories", unit="item"):
-        memory.chunk_cache(line, item.id)
-    if options.assembled and items and (SET_KEY not in memory.keys() or memory.texts(SET_KEY) != lines):
-        memory.add_set(SET_KEY, lines)
+    items = recent(cube.text.get_all({"user": str(cfg.user)}), max_items)
+    added = cache_memories(memory, items, options.items, options.assembled, progress=True)
     cube.activation = memory
     summary = save_cube(cfg, cube, created)
-    entries = memory.stats()
     return {
         **summary,
-        "model": memory.model.name,
-        "memories": len(items),
-        "caches_added": len(new),
-        "caches_total": len(entries),
-        "cached_tokens": sum(e.tokens for e in entries),
+        **activation_summary(memory, items, added),
         "cache_mb": memory.nbytes / 2**20,
         "seconds": time.perf_counter() - started,
     }
 
 
-def _recent(items: list[MemoryItem], limit: int) -> list[MemoryItem]:
+def cache_memories(
+    memory: ActivationMemory, items: Sequence[MemoryItem], per_item: bool, assembled: bool, progress: bool = False
+) -> int:
+    """Encode the chunk cache of each item not cached yet (`per_item`) and the cache of all of them in order
+    (`assembled`, under SET_KEY); the number of chunk caches encoded now."""
+    lines = [memory_line(item) for item in items]
+    new = [(item, line) for item, line in zip(items, lines, strict=True) if per_item]
+    new = [(item, line) for item, line in new if not memory.has_chunk(line, item.id)]
+    for item, line in tqdm(new, desc="caching memories", unit="item", disable=not progress):
+        memory.chunk_cache(line, item.id)
+    if assembled and items and (SET_KEY not in memory.keys() or memory.texts(SET_KEY) != lines):
+        memory.add_set(SET_KEY, lines)
+    return len(new)
+
+
+def activation_summary(memory: ActivationMemory, items: Sequence[MemoryItem], added: int) -> dict[str, Any]:
+    entries = memory.stats()
+    return {
+        "model": memory.model.name,
+        "memories": len(items),
+        "caches_added": added,
+        "caches_total": len(entries),
+        "cached_tokens": sum(e.tokens for e in entries),
+        "cache_bytes": memory.nbytes,
+    }
+
+
+def recent(items: list[MemoryItem], limit: int) -> list[MemoryItem]:
     """The `limit` most recent items, oldest first (items without a time count as oldest)."""
     ordered = sorted(items, key=lambda item: (item.metadata.event_time or "", item.metadata.created_at))
     return ordered[-limit:]

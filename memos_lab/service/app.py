@@ -1,12 +1,13 @@
-"""The HTTP API of a MOS root (FastAPI): `create_app(mos, tokens, settings)`; `python -m memos_lab serve` runs it.
+"""The HTTP API of a MOS root (FastAPI): `create_app(mos, tokens, settings, ...)`; `python -m memos_lab serve` runs it.
 
 The bearer token decides the caller; no request names its caller. The MOS's own checks decide the rest.
 Every error is JSON `{"error": "one line"}`: 400 bad input, 401 no or bad token, 403 not allowed,
-404 unknown, 409 conflict or busy, 413 too large, 422 malformed or ill-typed request, 429 rate limit;
+404 unknown, 409 conflict or busy, 413 too large, 422 malformed or ill-typed request, 429 rate limit or a full job queue;
 a 500 says only "internal error" and an id that finds the traceback in the server's log.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name closures.
+import asyncio
 import logging
 import os
 import secrets
@@ -21,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import (
     AccessDeniedError,
     BusyError,
@@ -30,10 +32,14 @@ from memos_lab.errors import (
     MemosError,
     NotFoundError,
 )
-from memos_lab.memory.item import MemoryItem, MemoryMetadata
+from memos_lab.memory.item import MemoryItem, MemoryMetadata, new_id
+from memos_lab.memory.parametric.adapters import ADAPTER_NAME
+from memos_lab.memory.parametric.base import check_batch
 from memos_lab.mos import MOS
 from memos_lab.service.auth import AuthError, RateLimitedError, RateLimiter, TokenStore, admin_matches
+from memos_lab.service.jobs import Job, JobRunner
 from memos_lab.service.settings import ServeSettings
+from memos_lab.service.weights import LocalModel, cache_activation, edit_job, require
 
 API = "/v1"
 log = logging.getLogger("memos_lab.service")
@@ -113,6 +119,38 @@ class ShareRequest(_Strict):
     mode: Literal["read", "write"] = "read"
 
 
+class ActivationRequest(_Strict):
+    max_items: int = Field(64, ge=1, description="the cube's most recent active memories to cache")
+    per_item: bool = Field(True, description="one chunk cache per memory, composable into any working memory")
+    assembled: bool = Field(True, description="plus one cache of all of them in time order")
+
+
+class EditIn(_Strict):
+    subject: StrictStr
+    prompt: StrictStr = Field(description="what the model is asked, e.g. 'The capital of France is'")
+    target_new: StrictStr = Field(description="what it should now answer")
+    relation: StrictStr = ""
+    target_old: StrictStr | None = None
+    edit_id: StrictStr | None = None  # default: a new random id
+    paraphrases: list[StrictStr] = []
+
+    def edit(self) -> KnowledgeEdit:
+        return KnowledgeEdit(
+            edit_id=self.edit_id or new_id(),
+            subject=self.subject,
+            relation=self.relation,
+            prompt=self.prompt,
+            target_new=self.target_new,
+            target_old=self.target_old,
+            paraphrases=tuple(self.paraphrases),
+        )
+
+
+class EditsRequest(_Strict):
+    edits: list[EditIn]
+    adapter: StrictStr = Field("default", description="the adapter of the cube's parametric memory to train")
+
+
 class UserRequest(_Strict):
     user_id: StrictStr
 
@@ -122,6 +160,10 @@ class TokenRequest(_Strict):
 
 
 _METADATA_FIELDS = tuple(field.name for field in fields(MemoryMetadata))
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    return {key: value for key, value in asdict(job).items() if key != "user"}
 
 
 def item_json(item: MemoryItem) -> dict[str, Any]:
@@ -184,17 +226,35 @@ async def _too_large(max_bytes: int, scope: Scope, receive: Receive, send: Send)
     await response(scope, receive, send)
 
 
-def create_app(mos: MOS, tokens: TokenStore, settings: ServeSettings, admin_token: str | None) -> FastAPI:
-    """The API over `mos` (a durable MOS on a root); `admin_token` None disables the admin endpoints."""
+def create_app(
+    mos: MOS,
+    tokens: TokenStore,
+    settings: ServeSettings,
+    admin_token: str | None,
+    jobs: JobRunner,
+    local: LocalModel | None = None,
+) -> FastAPI:
+    """The API over `mos` (a durable MOS on a root); `admin_token` None disables the admin endpoints;
+    `local` (the configured model) serves activation caching and parametric edits, run as `jobs`."""
     app = FastAPI(
         title="memos_lab MOS",
         version="1",
-        description="Users, cubes and memories of one MOS root. Every request carries `Authorization: Bearer TOKEN`.",
+        description=(
+            "Users, cubes and memories of one MOS root. Every request carries `Authorization: Bearer TOKEN`. "
+            "With a local model (`serve ... model=NAME`): a cube's activation caches, and knowledge edits "
+            "trained into its parametric memory as jobs to poll."
+        ),
     )
     # Every endpoint is a coroutine that calls the MOS directly on the event loop, never awaiting inside a
     # call: the MOS (one process's state, not thread-safe) runs one call at a time, and no request pays a
     # hop to a worker thread (on a loaded machine each hop is a context switch that costs milliseconds).
     limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
+    text = mos.new_text_memory()
+    info_json = {
+        "embedder": {"name": text.embedder.name, "dim": text.embedder.dim},
+        "memory": f"{type(text).__module__}.{type(text).__qualname__}",
+        "model": None if local is None else local.model.name,
+    }
     bearer = HTTPBearer(auto_error=False)
 
     def presented(credentials: HTTPAuthorizationCredentials | None) -> str:
@@ -323,6 +383,11 @@ def create_app(mos: MOS, tokens: TokenStore, settings: ServeSettings, admin_toke
         mos.unshare_cube(user, cube_id, user_id)
         return {"cube_id": cube_id, "user_id": user_id}
 
+    @app.get(f"{API}/cubes/{{cube_id}}", tags=["cubes"])
+    async def describe(user: Caller, cube_id: str) -> dict[str, Any]:
+        """Owner, item count, index size and filled memory slots of a cube the caller may read."""
+        return asdict(mos.describe(user, cube_id))
+
     @app.post(f"{API}/cubes/{{cube_id}}/save", tags=["cubes"])
     async def save(user: Caller, cube_id: str) -> dict[str, str]:
         """Fold the cube's journal into a new dump (writes are durable without it; this bounds replay)."""
@@ -389,6 +454,51 @@ def create_app(mos: MOS, tokens: TokenStore, settings: ServeSettings, admin_toke
     async def delete(user: Caller, cube_id: str, item_id: str, hard: bool = False) -> dict[str, str]:
         mos.delete(user, cube_id, item_id, hard=hard)
         return {"deleted": item_id}
+
+    # ---- the local model's weights: activation caches, parametric edits ---------------------------
+
+    @app.post(f"{API}/cubes/{{cube_id}}/activation", tags=["activation"])
+    async def activation(user: Caller, cube_id: str, body: ActivationRequest | None = None) -> dict[str, Any]:
+        """Encode the KV caches of the cube's most recent active memories for the server's model into the
+        cube's activation slot, and save the cube. Needs `model=` at startup (400 without one); 409 while a
+        parametric job trains. Runs in the request (bounded by `max_items` and serve.max_batch)."""
+        body = body or ActivationRequest.model_validate({})
+        if body.max_items > settings.max_batch:
+            raise ConfigError(f"max_items {body.max_items} is over the limit of {settings.max_batch} (serve.max_batch)")
+        summary = cache_activation(mos, local, user, cube_id, body.max_items, body.per_item, body.assembled)
+        return {"cube_id": cube_id, **summary}
+
+    @app.post(f"{API}/cubes/{{cube_id}}/parametric/edits", status_code=202, tags=["parametric"])
+    async def submit_edits(user: Caller, cube_id: str, body: EditsRequest) -> dict[str, Any]:
+        """Queue a batch of knowledge edits to train into an adapter of the cube's parametric memory (the
+        server's `parametric=` editor for a cube without one). Answers 202 with the job; poll
+        `GET /v1/jobs/{job_id}`. Jobs run one at a time; 429 when serve.max_queued_jobs are waiting."""
+        model = require(local)
+        if not body.edits or len(body.edits) > settings.max_batch:
+            raise ConfigError(
+                f"edits: send 1 to {settings.max_batch} edits per job (serve.max_batch), got {len(body.edits)}"
+            )
+        if not ADAPTER_NAME.fullmatch(body.adapter):
+            raise ConfigError(f"adapter {body.adapter[:70]!r}: use 1 to 64 letters, digits, '_' and '-' (not first)")
+        edits = [edit.edit() for edit in body.edits]
+        check_batch(edits)
+        mos.slot(user, cube_id, "parametric")  # the caller may write the cube: checked now, and again when it runs
+        work = edit_job(mos, model, asyncio.get_running_loop(), user, cube_id, body.adapter, edits)
+        return job_json(jobs.submit(user, cube_id, "parametric_edit", work))
+
+    @app.get(f"{API}/jobs/{{job_id}}", tags=["parametric"])
+    async def job(user: Caller, job_id: str) -> dict[str, Any]:
+        """A job the caller submitted: status queued, running, done (with its result) or failed (with one
+        line); a job whose server was killed or restarted before it finished is failed, never done."""
+        return job_json(jobs.store.get(user, job_id))
+
+    @app.get(f"{API}/info", tags=["admin"])
+    async def info(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict[str, Any]:
+        """What this server's cubes are built with (for any user's token or the admin token): a remote MOS
+        checks the embedder and memory backend match its run's."""
+        if not admin_matches(presented(credentials), admin_token):
+            await caller(credentials)
+        return info_json
 
     @app.get(f"{API}/health", tags=["admin"])
     async def health() -> dict[str, str]:

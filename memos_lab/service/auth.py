@@ -14,14 +14,13 @@ import hmac
 import os
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from memos_lab.errors import AccessDeniedError, DataError, NotFoundError
-from memos_lab.journal import open_store
+from memos_lab.journal import open_table
 
 TOKENS_FILE = "service/tokens.sqlite"
 _TOKEN = re.compile(r"mlt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -61,17 +60,7 @@ class TokenStore:
         self._lock = threading.Lock()
         self._verified: dict[str, bytes] = {}  # token id -> keyed digest of the token that passed scrypt
         self._key = os.urandom(32)
-        try:
-            self._db = open_store(self.path, busy_timeout_s)
-            self._db.execute("BEGIN IMMEDIATE")
-            found = [sql for (sql,) in self._db.execute("SELECT sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")]
-            if not found:
-                self._db.execute(_SCHEMA)
-            self._db.execute("COMMIT")
-        except sqlite3.DatabaseError as error:
-            raise DataError(f"{self.path}: not a usable token store ({error})") from None
-        if found and found != [_SCHEMA]:
-            raise DataError(f"{self.path}: not a memos_lab token store (no views, triggers or other tables)")
+        self._db = open_table(self.path, busy_timeout_s, _SCHEMA, "token store")
 
     def issue(self, user: str, ttl_s: float | None = None) -> tuple[str, TokenInfo]:
         """A new token for `user` (shown once; only its hash is kept) and its record."""

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,19 +20,47 @@ from memos_lab.errors import ConfigError
 from memos_lab.mos import MOS
 from memos_lab.service.settings import McpSettings, ServeSettings
 
+if TYPE_CHECKING:
+    from memos_lab.service.weights import LocalModel
+
 CONFIG_VARIABLE = "MEMOS_LAB_SERVE_CONFIG"  # the composed config, handed to each uvicorn worker process
 
 
 def serve_settings(cfg: DictConfig) -> ServeSettings:
-    return ServeSettings.from_mapping(cfg.serve)
+    settings = ServeSettings.from_mapping(cfg.serve)
+    if settings.workers > 1 and cfg.get("model") is not None:
+        raise ConfigError(
+            f"serve.workers={settings.workers} with model=: a model's cube slots and jobs live in one process; "
+            "use serve.workers=1 (or no model)"
+        )
+    return settings
 
 
 def mcp_settings(cfg: DictConfig) -> McpSettings:
     return McpSettings.from_mapping(cfg.mcp)
 
 
-def open_mos(cfg: DictConfig) -> MOS:
-    """The durable MOS on `cfg.root` with the configured text memory and embedder."""
+def local_model(cfg: DictConfig) -> LocalModel | None:
+    """The configured `model=` (None without one), which must be a model with its weights in this process."""
+    import hydra.utils
+
+    from memos_lab.models.llm import LanguageModel
+    from memos_lab.service.weights import LocalModel
+
+    if cfg.get("model") is None:
+        return None
+    model = hydra.utils.instantiate(cfg.model)
+    if not isinstance(model, LanguageModel):
+        raise ConfigError(
+            f"model={cfg.model.get('_target_')} is not a local model: activation caches and parametric edits "
+            "need the weights in the server's process (a served model cannot hold them)"
+        )
+    return LocalModel(model, cfg.activation, cfg.parametric)
+
+
+def open_mos(cfg: DictConfig, model: Any | None = None) -> MOS:
+    """The durable MOS on `cfg.root` with the configured text memory and embedder (and `model`, which cubes
+    with activation or parametric memory need to load)."""
     import hydra.utils
 
     from memos_lab.runner import prepare_environment
@@ -54,6 +82,7 @@ def open_mos(cfg: DictConfig) -> MOS:
     return MOS(
         lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder),
         root=root,
+        model=model,
         lock_timeout_s=serve_settings(cfg).lock_timeout_s,
         durable=True,
     )
@@ -62,17 +91,20 @@ def open_mos(cfg: DictConfig) -> MOS:
 def build_app(cfg: DictConfig) -> Any:
     from memos_lab.service.app import create_app
     from memos_lab.service.auth import TokenStore
+    from memos_lab.service.jobs import JobRunner, JobStore
 
     settings = serve_settings(cfg)
-    mos = open_mos(cfg)
+    local = local_model(cfg)
+    mos = open_mos(cfg, None if local is None else local.model)
     assert mos.root is not None  # open_mos gives it one
     tokens = TokenStore(mos.root, settings.scrypt_n, settings.scrypt_r, settings.lock_timeout_s)
+    jobs = JobRunner(JobStore(mos.root, settings.lock_timeout_s), settings.max_queued_jobs)
     admin_token = os.environ.get(settings.admin_token_env) or None
     if admin_token is None:
         logging.getLogger("memos_lab.service").warning(
             "$%s is unset: the admin endpoints (users, tokens) are off", settings.admin_token_env
         )
-    return create_app(mos, tokens, settings, admin_token)
+    return create_app(mos, tokens, settings, admin_token, jobs, local)
 
 
 def app_from_environment() -> Any:

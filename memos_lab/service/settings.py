@@ -24,13 +24,24 @@ class ServeSettings(Settings):
     rate_per_s: float = 50.0  # requests per second per token, sustained ...
     rate_burst: int = 100  # ... and in a burst (token bucket, per server process)
     token_ttl_s: float | None = None  # default lifetime of a new token; None: until revoked
+    max_queued_jobs: int = 8  # parametric edit jobs waiting behind the running one; more are refused (429)
     lock_timeout_s: float = 30.0  # how long a write waits for another process's write to the same cube
     # scrypt cost of the stored token hashes (n must be a power of two); verified tokens are then cached
     scrypt_n: int = 16384
     scrypt_r: int = 8
 
     def validate(self) -> None:
-        positive_int(self, "port", "workers", "max_body_bytes", "max_batch", "max_top_k", "rate_burst", "scrypt_r")
+        positive_int(
+            self,
+            "port",
+            "workers",
+            "max_body_bytes",
+            "max_batch",
+            "max_top_k",
+            "rate_burst",
+            "scrypt_r",
+            "max_queued_jobs",
+        )
         positive(self, "rate_per_s", "lock_timeout_s", "token_ttl_s")
         if self.scrypt_n < 2 or self.scrypt_n & (self.scrypt_n - 1):
             raise ConfigError(f"serve.scrypt_n must be a power of two >= 2, got {self.scrypt_n}")
