@@ -3,8 +3,11 @@ whose KV deviates most from their cached (re-rotated) KV are recomputed through 
 
 The deviation is measured on layer `check_layer` (layer 0's KV depends on the token and its position only,
 so it cannot tell): every candidate token runs through the layers before it, in context, and its fresh keys
-and values there are compared with the cached ones; the tokens with the largest squared difference are
-chosen, and kept through the remaining layers, as the paper does. The check pass costs about
+and/or values there (`deviation`: the original CacheBlend code compares values, LMCache's keys) are compared
+with the cached ones; the tokens with the largest squared difference are chosen, and kept through the
+remaining layers, as the paper does. The chosen tokens then attend to the composed cache of everything before
+them (the header, the exact first chunk, the re-rotated later chunks with the fresh KV of the chosen ones);
+the memory message's end and the question are always computed fresh. The check pass costs about
 `check_layer + 1` layers of every candidate token, reported as `Composed.selection_cost`.
 """
 
@@ -18,17 +21,22 @@ import torch
 from memos_lab.errors import ConfigError
 from memos_lab.memory.activation.compose.base import CompositionStrategy, FractionSettings, Layout, share
 from memos_lab.models.llm import LanguageModel
-from memos_lab.settings import positive_int
+from memos_lab.settings import one_of, positive_int
+
+# What the deviation is measured on: the original CacheBlend code compares values, LMCache's compares keys.
+DEVIATIONS = ("values", "keys", "both")
 
 
 @dataclass(frozen=True)
 class CacheBlendSettings(FractionSettings):
     section: ClassVar[str] = "compose"
     check_layer: int = 1  # the layer whose KV deviation chooses the tokens (>= 1: layer 0 cannot tell)
+    deviation: str = "both"  # values | keys | both: what is compared with the cached KV there
 
     def validate(self) -> None:
         super().validate()
         positive_int(self, "check_layer")
+        one_of(self, "deviation", DEVIATIONS)
 
 
 class CacheBlendComposition(CompositionStrategy):
@@ -61,9 +69,11 @@ class CacheBlendComposition(CompositionStrategy):
         run = layout.forward(lm, checked, stop_at=self.settings.check_layer)
         assert run.fresh is not None  # the pass stops at the check layer, which exists (check())
         k, v, cached_k, cached_v = run.fresh
-        deviation = ((k.float() - cached_k.float()) ** 2).sum(dim=(0, 1, 3)) + (
-            (v.float() - cached_v.float()) ** 2
-        ).sum(dim=(0, 1, 3))
+        compared = {"keys": [(k, cached_k)], "values": [(v, cached_v)]}.get(
+            self.settings.deviation, [(k, cached_k), (v, cached_v)]
+        )
+        deviation = sum(((fresh.float() - cached.float()) ** 2).sum(dim=(0, 1, 3)) for fresh, cached in compared)
+        assert isinstance(deviation, torch.Tensor)  # at least one pair compared
         is_candidate = torch.tensor([p in layout.chunk_of for p in checked], device=deviation.device)
         deviation = deviation.masked_fill(~is_candidate, -1.0)  # only candidates compete
         top = torch.topk(deviation, m).indices.tolist()
