@@ -6,10 +6,17 @@
 #          answer tokens compared with the text form's, TTFT interleaved with the text form      -> qa/
 #   sweep: TTFT against context length on model=random_llama model.preset=$PRESET (random weights: only the
 #          timings and the prefill accounting mean anything), MEMORY_TOKENS in 10 memories    -> sweep/
+#   scheduling: the scheduling loop (experiment=scheduling experiment.mode=kv, recency, 16 working-memory
+#          items) on SmolLM2 and the LoCoMo dev slice, the first SCHED_CONVERSATIONS conversations,
+#          SCHED_QUESTIONS evenly spaced questions each, once per strategy of SCHED_STRATEGIES (cacheblend and
+#          leading at 15 % recompute), every answer also given in the text form on the same working memory
+#          (agreement, TTFT interleaved); JOBS strategies run at once                    -> scheduling/
 #   table: one row per strategy x fraction and the agreement/TTFT plot, from each part's runs
-# Usage: [CONVERSATIONS=3] [PER_GROUP=1] [MAX_NEW=12] [STRATEGIES=[exact,...]] [FRACS=[0,0.05,...]] [THREADS=2] [PRESET=1b] [MEMORY_TOKENS=512,2048]
-#        [SWEEP_STRATEGIES=[rerotate,cacheblend,leading]] [REPEATS=2] experiments/kv_compose.sh [part ...]
-#        (parts: qa sweep table; default all). Timings are in-process and interleaved: ratios are robust,
+# Usage: [CONVERSATIONS=3] [PER_GROUP=1] [MAX_NEW=12] [STRATEGIES=[exact,...]] [FRACS=[0,0.05,...]] [THREADS=2] [PRESET=1b]
+#        [MEMORY_TOKENS=512,2048] [SWEEP_STRATEGIES=[rerotate,cacheblend,leading]] [REPEATS=2] [SCHED_CONVERSATIONS=1]
+#        [SCHED_QUESTIONS=20] [SCHED_STRATEGIES=exact,naive,rerotate,cacheblend,leading] [JOBS=1]
+#        experiments/kv_compose.sh [part ...]
+#        (parts: qa sweep scheduling table; default qa sweep table). Timings are in-process and interleaved: ratios are robust,
 #        absolute milliseconds depend on the machine's load (recorded in each part's loadavg.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +31,10 @@ PRESET=${PRESET:-1b}
 MEMORY_TOKENS=${MEMORY_TOKENS:-512,2048}
 SWEEP_STRATEGIES=${SWEEP_STRATEGIES:-[rerotate,cacheblend,leading]}
 REPEATS=${REPEATS:-2}
+SCHED_CONVERSATIONS=${SCHED_CONVERSATIONS:-1}
+SCHED_QUESTIONS=${SCHED_QUESTIONS:-20}
+SCHED_STRATEGIES=${SCHED_STRATEGIES:-exact,naive,rerotate,cacheblend,leading}
+JOBS=${JOBS:-1}
 SUITE=outputs/suites/kv_compose
 COMMON=(experiment=kv_compose logger=none "threads=${THREADS:-2}")
 
@@ -45,7 +56,37 @@ sweep() {
   echo "after: $(cat /proc/loadavg)" >> "$SUITE/sweep/loadavg.txt"
 }
 
+schedule_one() {  # one compose strategy through the scheduling loop, into $SUITE/scheduling/<strategy>
+  local fraction=()
+  case $1 in cacheblend|leading) fraction=(compose.recompute_frac=0.15) ;; esac
+  $PY -m memos_lab run experiment=scheduling logger=none "threads=${THREADS:-1}" model=smollm2 scheduler=recency \
+    experiment.mode=kv experiment.working_memory.max_items=16 "compose=$1" "${fraction[@]}" experiment.compare_text=true \
+    dataset=locomo "dataset.path=$LOCOMO" "experiment.max_conversations=$SCHED_CONVERSATIONS" \
+    "experiment.max_questions=$SCHED_QUESTIONS" "experiment.max_new_tokens=$MAX_NEW" hydra.run.dir="$SUITE/scheduling/$1"
+}
+
+scheduling() {
+  rm -rf "$SUITE/scheduling" && mkdir -p "$SUITE/scheduling"
+  echo "before: $(cat /proc/loadavg)" > "$SUITE/scheduling/loadavg.txt"
+  local name
+  for name in ${SCHED_STRATEGIES//,/ }; do
+    schedule_one "$name" &
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  done
+  wait
+  echo "after: $(cat /proc/loadavg)" >> "$SUITE/scheduling/loadavg.txt"
+}
+
+scheduling_table() {
+  local out=results/kv_compose/scheduling
+  mkdir -p "$out"
+  cp "$SUITE/scheduling/loadavg.txt" "$out/loadavg.txt"
+  $PY -m memos_lab report "$SUITE/scheduling" --out "$out" --note "experiments/kv_compose.sh scheduling table (SCHED_CONVERSATIONS=$SCHED_CONVERSATIONS SCHED_QUESTIONS=$SCHED_QUESTIONS MAX_NEW=$MAX_NEW SCHED_STRATEGIES=$SCHED_STRATEGIES)" \
+    --metrics sched/prefill_saved_frac,sched/kv_recomputed_frac,sched/kv_encoded_frac,sched/kv_hit_rate,sched/first_token_agreement,sched/answer_agreement,latency/ttft_ms_p50,latency/text_ttft_ms_p50,sched/ttft_speedup,sched/kv_bytes_copied_mean,qa/context_tokens_mean,qa/questions,qa/f1
+}
+
 table() {
+  [ -d "$SUITE/scheduling" ] && scheduling_table
   local part
   for part in qa sweep; do
     [ -d "$SUITE/$part" ] || continue
@@ -60,8 +101,8 @@ table() {
 for part in "${@:-qa sweep table}"; do
   for p in $part; do
     case $p in
-      qa|sweep|table) "$p" ;;
-      *) echo "unknown part $p (qa, sweep, table)" >&2; exit 2 ;;
+      qa|sweep|scheduling|table) "$p" ;;
+      *) echo "unknown part $p (qa, sweep, scheduling, table)" >&2; exit 2 ;;
     esac
   done
 done

@@ -1,5 +1,6 @@
 """experiment=kv_compose runs -> one table row per strategy x recompute fraction, and a plot of agreement and
-TTFT against the share of the context recomputed, one line per strategy (used by experiments/kv_compose.sh).
+TTFT against the share of the context recomputed, one line per strategy (used by experiments/kv_compose.sh);
+sweep runs at several context lengths add `ttft_vs_context.png`: TTFT and speedup against the memory tokens.
 
 Reads each run's `configurations.json` (the rows the experiment logged) and `config.yaml`; runs that differ
 in a setting (the model preset, the context length) get their own block of rows and their own plot line style.
@@ -56,8 +57,10 @@ def collect(folders: list[Path]) -> pd.DataFrame:
             if not rows_file.exists():
                 continue
             config = yaml.safe_load((run / "config.yaml").read_text())
+            experiment = config["experiment"]
+            length = {"memory_tokens": experiment["memory_tokens"]} if experiment.get("mode") == "sweep" else {}
             for row in json.loads(rows_file.read_text())["rows"]:
-                rows.append({"run": setting(config), **row})
+                rows.append({"run": setting(config), **length, **row})
     if not rows:
         raise SystemExit(f"no {CONFIGURATIONS_ARTIFACT}.json under {', '.join(map(str, folders))}")
     return pd.DataFrame(rows)
@@ -103,6 +106,42 @@ def plot(frame: pd.DataFrame, out: Path) -> None:
     atomic_write_bytes(out / "agreement_ttft.png", buffer.getvalue())
 
 
+def context_plot(frame: pd.DataFrame, out: Path) -> bool:
+    """TTFT p50 (full prefill and each strategy) and the speedup against the memory tokens, one line per
+    strategy; False (nothing drawn) unless the runs span several context lengths."""
+    if "memory_tokens" not in frame or frame["memory_tokens"].nunique() < 2:
+        return False
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (ttft, speedup) = plt.subplots(1, 2, figsize=(9.6, 3.8), layout="constrained")
+    for label, members in frame.groupby("label", sort=False):
+        points = members.sort_values("memory_tokens")
+        name = "full prefill" if label == TEXT else str(label)
+        ttft.plot(points["memory_tokens"], points["ttft_ms_p50"] / 1000, marker="o", label=name)
+        if label != TEXT:
+            speedup.plot(points["memory_tokens"], points["ttft_speedup"], marker="o", label=name)
+    for axis in (ttft, speedup):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("memory tokens (in 10 memories)")
+    ttft.set_yscale("log")
+    ttft.set_ylabel("TTFT p50 (s)")
+    speedup.set_ylabel("TTFT speedup over a full prefill")
+    speedup.axhline(1.0, color="grey", linewidth=0.8)
+    ttft.legend(fontsize=7)
+    speedup.legend(fontsize=7)
+    figure.suptitle(", ".join(sorted({run.split(",")[0] for run in frame["run"]})), fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    atomic_write_bytes(out / "ttft_vs_context.png", buffer.getvalue())
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("folders", type=Path, nargs="+", help="run or sweep folders of experiment=kv_compose")
@@ -113,12 +152,14 @@ def main() -> None:
     options.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(options.out / "strategies.csv", frame.to_csv(index=False))
     plot(frame, options.out)
+    against_context = context_plot(frame, options.out)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"# Composition strategies: one row per strategy x recompute fraction\n\n"
         f"Made by `{options.command}` on {stamp}. `recomputed` is the measured share of the context (header +\n"
         f"memories) computed fresh; `TTFT speedup` is the text form's p50 over the strategy's, measured\n"
-        f"interleaved on the same prompts. Plot: [agreement_ttft.png](agreement_ttft.png).\n\n"
+        f"interleaved on the same prompts. Plot: [agreement_ttft.png](agreement_ttft.png)"
+        f"{'; against context length: [ttft_vs_context.png](ttft_vs_context.png)' if against_context else ''}.\n\n"
         f"{markdown(frame)}\n"
     )
     atomic_write_text(options.out / "strategies.md", text)

@@ -9,6 +9,10 @@ For each question the scheduler retrieves and assembles working memory, and the 
   prefix is recomputed: the same computation, so the same answer token for token; the other strategies
   recompute less and answer approximately (memos_lab/memory/activation/compose/);
 - `parametric`: no memories in the prompt; the parametric memory's adapter answers from its weights.
+
+With `compare_text`, kv mode also answers every question in the text form (the same prompt prefilled whole,
+no cache), before or after the kv answer in turn so that load drifts hit both alike: the reference that
+first-token and answer agreement and the TTFT ratio are measured against, on the same working memory.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ MODES = ("text", "kv", "parametric")
 
 
 @dataclass(frozen=True)
+class TextForm:
+    """The text form's answer to the prompt a kv-mode answer was given (see `MemChat(compare_text=True)`)."""
+
+    token_ids: tuple[int, ...]  # its greedy answer tokens
+    ttft_ms: float  # its prefill of the whole prompt and the first token
+
+
+@dataclass(frozen=True)
 class ChatAnswer:
     text: str
     token_ids: tuple[int, ...] | None  # the generated tokens (the text is their first line); None when served
@@ -58,6 +70,8 @@ class ChatAnswer:
     completion_tokens: int = 0
     kv_recomputed_tokens: int | None = None  # kv mode: system-message tokens whose KV was computed fresh
     kv_bytes_copied: int | None = None  # kv mode: bytes read from stored caches to compose the working memory
+    kv_encoded_tokens: int | None = None  # kv mode: tokens of memories without a cache, encoded alone and stored
+    text_form: TextForm | None = None  # kv mode with compare_text: the text form's answer to the same prompt
 
 
 class MemChat:
@@ -73,9 +87,12 @@ class MemChat:
         parametric: ParametricMemory | None = None,
         template: str = TEMPLATE,
         strategy: CompositionStrategy | None = None,
+        compare_text: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"chat mode {mode!r} is not one of {list(MODES)}")
+        if compare_text and mode != "kv":
+            raise ConfigError(f"compare_text compares kv mode with the text form; chat mode is {mode!r}")
         check_max_new_tokens(max_new_tokens)
         if mode in ("kv", "parametric"):
             generator.require_weights(f"chat mode {mode!r}")
@@ -90,6 +107,8 @@ class MemChat:
         self.activation = activation
         self.parametric = parametric
         self.strategy = strategy or ExactComposition()
+        self.compare_text = compare_text
+        self._asked = 0  # questions answered: which of the kv and text forms goes first
         # kv mode must render exactly the text its caches were built from
         if mode == "kv":
             assert activation is not None  # checked above
@@ -119,12 +138,22 @@ class MemChat:
         assembled = clock(device)
         lines = [memory_line(item) for item in memories] or ["(none)"]
         messages = self.messages(lines, question)
-        kv_hit = recomputed = copied = None
+        kv_hit = recomputed = copied = encoded = None
+        text_form, reference_s = None, 0.0
         if self.mode == "kv":
             assert model is not None  # kv mode required the generator's weights in __init__
-            answer_ids, first_token_at, prefilled, prompt_tokens, kv_hit, recomputed, copied = self._ask_kv(
+            text_first = self._asked % 2 == 0
+            if self.compare_text and text_first:
+                text_form = self._text_form(messages)
+                reference_s = clock(device) - assembled  # the text form's turn is not the kv answer's time
+                assembled += reference_s
+            answer_ids, first_token_at, prefilled, prompt_tokens, kv_hit, recomputed, copied, encoded = self._ask_kv(
                 memories, lines, messages
             )
+            if self.compare_text and not text_first:
+                reference_started = clock(device)
+                text_form = self._text_form(messages)
+                reference_s = clock(device) - reference_started
             raw = cast(str, model.tokenizer.decode(answer_ids, skip_special_tokens=True))
             completion_tokens = len(answer_ids)
             token_ids: tuple[int, ...] | None = tuple(answer_ids)
@@ -142,6 +171,7 @@ class MemChat:
             raw, token_ids, completion_tokens = generation.text, generation.token_ids, generation.completion_tokens
             prompt_tokens = prefilled = generation.prompt_tokens
             ttft_ms = None if generation.ttft_ms is None else (sent - assembled) * 1000 + generation.ttft_ms
+        self._asked += 1
         text = raw.strip().split("\n")[0].strip()
         self.scheduler.on_answer(text)
         if model is not None:
@@ -156,21 +186,30 @@ class MemChat:
             prompt_tokens=prompt_tokens,
             prefilled_tokens=prefilled,
             ttft_ms=ttft_ms,
-            answer_ms=(clock(device) - started) * 1000,
+            answer_ms=(clock(device) - started - reference_s) * 1000,
             kv_hit=kv_hit,
             completion_tokens=completion_tokens,
             kv_recomputed_tokens=recomputed,
             kv_bytes_copied=copied,
+            kv_encoded_tokens=encoded,
+            text_form=text_form,
         )
+
+    def _text_form(self, messages: list[dict[str, str]]) -> TextForm:
+        """The text form's greedy answer to `messages`: the whole prompt prefilled, no cache."""
+        model = self.generator.require_weights("chat mode 'kv'")
+        started = clock(model.device)
+        decoded = greedy(model, model.encode_chat(messages), self.max_new_tokens)
+        return TextForm(tuple(decoded.token_ids), (decoded.first_token_at - started) * 1000)
 
     def _ask_kv(
         self, memories: list[MemoryItem], lines: list[str], messages: list[dict[str, str]]
-    ) -> tuple[list[int], float, int, int, bool, int, int]:
+    ) -> tuple[list[int], float, int, int, bool, int, int, int]:
         """Greedy answer from the memory's cache: (ids, first token time, prefilled, prompt tokens, hit,
-        recomputed system-message tokens, bytes copied)."""
+        recomputed system-message tokens, bytes copied, tokens of new memories encoded)."""
         model = self.generator.require_weights("chat mode 'kv'")
         prompt_ids = model.encode_chat(messages)
-        prefix, built, kv_hit, recomputed, copied = self._memory_cache(memories, lines)
+        prefix, built, kv_hit, recomputed, copied, encoded = self._memory_cache(memories, lines)
         decoded = greedy(model, prompt_ids, self.max_new_tokens, prefix)
         return (
             decoded.token_ids,
@@ -180,11 +219,13 @@ class MemChat:
             kv_hit,
             recomputed,
             copied,
+            encoded,
         )
 
-    def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool, int, int]:
+    def _memory_cache(self, memories: list[MemoryItem], lines: list[str]) -> tuple[KVCache, int, bool, int, int, int]:
         """The system message's cache from the activation tier: (cache, tokens computed to build it, hit,
-        tokens recomputed, bytes copied). Stored per working memory and strategy, so a repeat is a hit."""
+        tokens recomputed, bytes copied, tokens of new memories encoded). Stored per working memory and
+        strategy, so a repeat is a hit."""
         activation = self.activation
         assert activation is not None  # kv mode: checked in __init__
         spec = f"{self.strategy.describe()}\n" + "\n".join(lines)
@@ -194,10 +235,12 @@ class MemChat:
             cache = activation.get(key)
             if eviction is not None:
                 eviction.record(key, memories, len(cache))
-            return cache, 0, True, 0, 0
+            return cache, 0, True, 0, 0, 0
         item_ids = [item.id for item in memories] if memories else None
         composed = activation.compose(lines, self.strategy, item_ids, key=key)
         if eviction is not None:
             eviction.record(key, memories, composed.context_tokens)
         computed = math.ceil(composed.computed_tokens)
-        return composed.cache, computed, False, composed.recomputed_tokens, composed.bytes_copied
+        return (
+            composed.cache, computed, False, composed.recomputed_tokens, composed.bytes_copied, composed.encoded_tokens
+        )  # fmt: skip

@@ -9,6 +9,7 @@ from memos_lab.errors import ConfigError, IncompatibleError
 from memos_lab.generation.local import LocalGenerator
 from memos_lab.generation.served import ServedGenerator
 from memos_lab.memory.activation.compose.cacheblend import CacheBlendComposition
+from memos_lab.memory.activation.compose.naive import NaiveComposition
 from memos_lab.memory.activation.kv_cache import KVCacheMemory
 from memos_lab.memory.parametric.lora import LoRAMemory
 from memos_lab.memory.textual.general_text import GeneralTextMemory
@@ -95,6 +96,29 @@ def test_kv_mode_composes_per_memory_caches_and_reports_what_it_recomputed(embed
     # the default strategy is exact: the same prompt as text mode, recomputing what no stored prefix holds
     exact = MemChat(make_scheduler(embedder, 3), LocalGenerator(tiny), "kv", 4, KVCacheMemory(tiny, template=TEMPLATE))
     assert exact.strategy.name == "exact" and exact.ask(QUESTIONS[0]).kv_recomputed_tokens > 0
+
+
+def test_compare_text_answers_each_question_in_the_text_form_too(embedder, tiny):
+    def chat(strategy=None, compare_text=True):
+        scheduler = make_scheduler(embedder, max_items=3)
+        activation = KVCacheMemory(tiny, template=TEMPLATE)
+        return MemChat(
+            scheduler, LocalGenerator(tiny), "kv", 6, activation, strategy=strategy, compare_text=compare_text
+        )
+
+    text_chat = MemChat(make_scheduler(embedder, max_items=3), LocalGenerator(tiny), mode="text", max_new_tokens=6)
+    exact, naive = chat(), chat(NaiveComposition())
+    disagreed = 0
+    for question in QUESTIONS:
+        by_text, by_exact, by_naive = text_chat.ask(question), exact.ask(question), naive.ask(question)
+        # the text form is text mode's answer, measured beside the kv answer (either first, in turn)
+        assert by_exact.text_form.token_ids == by_naive.text_form.token_ids == by_text.token_ids
+        assert by_exact.token_ids == by_text.token_ids and by_exact.text_form.ttft_ms > 0
+        disagreed += by_naive.token_ids != by_naive.text_form.token_ids
+    assert disagreed > 0  # naive composition (cached positions repeated) changes answers, and that shows
+    assert chat(compare_text=False).ask(QUESTIONS[0]).text_form is None
+    with pytest.raises(ConfigError, match="compare_text compares kv mode with the text form"):
+        MemChat(make_scheduler(embedder), LocalGenerator(tiny), "text", compare_text=True)
 
 
 def test_kv_mode_refuses_a_served_model_and_another_models_caches(embedder, tiny):

@@ -4,6 +4,8 @@ question once its evidence has been seen.
 Every turn is added to the cube (an add event) and, with `turns_as_queries`, is also a user turn the
 scheduler retrieves for. Before a question is handled we record whether its gold evidence already sat
 in working memory (`sched/working_hit_rate`); then MemChat answers it from the assembled working memory.
+With `mode=kv compare_text=true` every question is also answered in the text form on the same working
+memory (interleaved): first-token and answer agreement with it and the TTFT ratio are reported.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from memos_lab.chat import MODES, TEMPLATE, ChatAnswer, MemChat
 from memos_lab.data.schema import Conversation, Question
-from memos_lab.errors import MemosError
+from memos_lab.errors import ConfigError, MemosError
 from memos_lab.eval.judge import JudgeError, LLMJudge
 from memos_lab.eval.qa import score_answer
 from memos_lab.eval.retrieval import latency_percentiles
@@ -77,6 +79,19 @@ def question_slots(conversation: Conversation) -> dict[int, list[Question]]:
     return slots
 
 
+def spaced(slots: dict[int, list[Question]], keep: int | None) -> dict[int, list[Question]]:
+    """`keep` of the slotted questions, evenly spaced in the order they are asked (all of them if None)."""
+    ordered = [(slot, question) for slot in sorted(slots) for question in slots[slot]]
+    if keep is None or keep >= len(ordered):
+        return slots
+    chosen = {int(i) for i in np.linspace(0, len(ordered) - 1, keep).round()}
+    kept: dict[int, list[Question]] = defaultdict(list)
+    for i, (slot, question) in enumerate(ordered):
+        if i in chosen:
+            kept[slot].append(question)
+    return kept
+
+
 @dataclass(frozen=True)
 class ActivationTierSettings(Settings):
     """mode=kv: the KV caches of assembled working memories, evicted by the scheduler's policy."""
@@ -100,10 +115,16 @@ class SchedulingSettings(ExperimentSettings):
     consolidation: ConsolidationSettings = field(default_factory=ConsolidationSettings)  # mode=parametric
     max_new_tokens: int = 24
     max_conversations: int | None = None  # keep SmolLM2 runs small: the first N conversations
+    # Keep long dialogues' runs small: this many questions per conversation, evenly spaced over its questions
+    # in the order they are asked (the others are not asked); None: every question.
+    max_questions: int | None = None
+    compare_text: bool = False  # mode=kv: also answer in the text form; agreement and TTFT against it
 
     def validate(self) -> None:
         one_of(self, "mode", MODES)
-        positive_int(self, "top_k", "max_new_tokens", "max_conversations")
+        positive_int(self, "top_k", "max_new_tokens", "max_conversations", "max_questions")
+        if self.compare_text and self.mode != "kv":
+            raise ConfigError(f"experiment.compare_text compares kv mode with the text form; mode is {self.mode!r}")
 
 
 @uses_settings(SchedulingSettings)
@@ -146,9 +167,10 @@ def run(cfg: DictConfig, tracker: Tracker) -> dict[str, float]:
                 parametric = hydra.utils.instantiate(cfg.parametric, _partial_=True)(model=model)
                 consolidator = Consolidator(parametric, exp.consolidation)
             chat = MemChat(
-                scheduler, generator, exp.mode, int(exp.max_new_tokens), activation, parametric, strategy=strategy
-            )
-            slots = question_slots(conversation)
+                scheduler, generator, exp.mode, int(exp.max_new_tokens), activation, parametric, strategy=strategy,
+                compare_text=exp.compare_text,
+            )  # fmt: skip
+            slots = spaced(question_slots(conversation), exp.max_questions)
             for s, session in enumerate(conversation.sessions):
                 for turn in session.turns:
                     item = turn_item(conversation, turn, user)
@@ -236,6 +258,27 @@ def per_query(records: list[QuestionRecord]) -> dict[str, dict[str, float]]:
     return dict(scores)
 
 
+def text_form_agreement(answers: Sequence[ChatAnswer]) -> dict[str, float]:
+    """kv mode against the text form on the same prompts (compare_text): the first answer token and the
+    whole greedy answer equal, and TTFT (measured interleaved) against the text form's."""
+    first, whole, text_ttft, kv_ttft = [], [], [], []
+    for a in answers:
+        if a.text_form is None or a.token_ids is None:
+            continue
+        first.append(float(a.token_ids[:1] == a.text_form.token_ids[:1]))
+        whole.append(float(a.token_ids == a.text_form.token_ids))
+        text_ttft.append(a.text_form.ttft_ms)
+        if a.ttft_ms is not None:
+            kv_ttft.append(a.ttft_ms)
+    if not first:
+        return {}
+    metrics = {"sched/first_token_agreement": _mean(first), "sched/answer_agreement": _mean(whole)}
+    metrics.update(latency_percentiles(text_ttft, "latency/text_ttft_ms"))
+    if kv_ttft:
+        metrics["sched/ttft_speedup"] = float(np.median(text_ttft) / np.median(kv_ttft))
+    return metrics
+
+
 def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
     """The experiment's metrics from its per-question records (only what was measured)."""
     metrics: dict[str, float] = {"qa/questions": len(records)}
@@ -263,6 +306,10 @@ def aggregate(records: list[QuestionRecord]) -> dict[str, float]:
             recomputed = sum(a.kv_recomputed_tokens or 0 for a in kv)
             metrics["sched/kv_recomputed_frac"] = recomputed / max(1, sum(a.context_tokens for a in kv))
             metrics["sched/kv_bytes_copied_mean"] = _mean([float(a.kv_bytes_copied or 0) for a in kv])
+            # memories without a cache yet, encoded alone (once, then stored) while the question waited
+            encoded = sum(a.kv_encoded_tokens or 0 for a in kv)
+            metrics["sched/kv_encoded_frac"] = encoded / max(1, sum(a.context_tokens for a in kv))
+        metrics.update(text_form_agreement(answers))
         metrics.update(latency_percentiles([a.answer_ms for a in answers], "latency/answer_ms"))
         ttft = [a.ttft_ms for a in answers if a.ttft_ms is not None]
         if ttft:  # a served model tells it only when streaming

@@ -85,6 +85,8 @@ def test_an_interrupted_run_returns_what_it_measured(monkeypatch):
         ("experiment.working_memory.max_items=0", "max_items must be"),
         ("experiment.top_k=-1", "top_k must be"),
         ("experiment.mode=telepathy", "experiment.mode: unknown 'telepathy'; valid: text, kv, parametric"),
+        ("experiment.compare_text=true", "compare_text compares kv mode with the text form; mode is 'text'"),
+        ("experiment.max_questions=0", "max_questions must be"),
     ],
 )
 def test_bad_settings_fail_clearly(override, message):
@@ -118,3 +120,29 @@ def test_the_scheduling_loop_runs_on_mem0(tmp_path):
     metrics = scheduling.run(config("memory=mem0", f"memory.home={tmp_path}"), Tracker())
     assert metrics["qa/questions"] > 0 and 0 <= metrics["sched/working_hit_rate"] <= 1
     assert metrics["sched/working_items_mean"] <= 4
+
+
+def test_kv_mode_measures_agreement_with_the_text_form_on_the_same_turns():
+    # exact composition is the text form's computation: every answer agrees, token for token
+    exact = scheduling.run(config("experiment.mode=kv", "experiment.compare_text=true"), Tracker())
+    assert exact["sched/first_token_agreement"] == exact["sched/answer_agreement"] == 1.0
+    assert exact["latency/text_ttft_ms_p50"] > 0 and exact["sched/ttft_speedup"] > 0
+    # (that a composition which changes the answers is caught is tested on a model that heeds its prompt, in
+    # tests/test_chat.py: this tiny_llama repeats its last input token whatever the cache holds)
+    naive = scheduling.run(config("experiment.mode=kv", "experiment.compare_text=true", "compose=naive"), Tracker())
+    assert 0 <= naive["sched/answer_agreement"] <= naive["sched/first_token_agreement"] <= 1.0
+    assert naive["sched/kv_recomputed_frac"] < exact["sched/kv_recomputed_frac"]  # only the message end
+    assert 0 < naive["sched/kv_encoded_frac"] <= 1
+
+
+def test_max_questions_keeps_evenly_spaced_questions():
+    [conversation] = generate_dialogues(seed=0, n_conversations=1)
+    slots = scheduling.question_slots(conversation)
+    ordered = [q.question_id for slot in sorted(slots) for q in slots[slot]]
+    kept = scheduling.spaced(slots, 3)
+    assert [q.question_id for slot in sorted(kept) for q in kept[slot]] == [
+        ordered[0], ordered[round((len(ordered) - 1) / 2)], ordered[-1]
+    ]  # fmt: skip
+    assert scheduling.spaced(slots, None) == slots
+    metrics = scheduling.run(config("experiment.max_questions=2"), Tracker())
+    assert metrics["qa/questions"] == 2
