@@ -25,7 +25,7 @@ from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataErro
 from memos_lab.memory.item import MemoryItem, MemoryMetadata, new_id
 from memos_lab.memory.textual.base import SearchFilter, TextualMemory
 from memos_lab.mos import READ, CubeHit, CubeInfo
-from memos_lab.settings import Settings, positive, positive_int
+from memos_lab.settings import Settings, positive, positive_int, uses_settings
 
 _SENT_METADATA = ("user", "session", "source", "event_time", "tags", "extra")  # what a client may set
 _ERRORS: dict[int, type[MemosError]] = {
@@ -89,6 +89,7 @@ class RemoteMOS:
             self._tokens[self._local(str(self._call("GET", "/me", token=token)["user_id"]))] = token
 
     @classmethod
+    @uses_settings(RemoteSettings)
     def from_settings(cls, textual_memory_factory: Callable[[], TextualMemory], **values: Any) -> RemoteMOS:
         """The experiments' remote MOS (`mos=remote`): the admin token read from `token_env`, and refused
         unless the server embeds with the run's embedder into the run's memory backend (else its results

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 from memos_lab.artifact import atomic_write_text, check_json, read_json_file, remove_stale_staging
 from memos_lab.cube import MANIFEST_FILE, SLOTS, MemCube
@@ -34,6 +34,7 @@ from memos_lab.journal import CubeJournal, journal_path
 from memos_lab.locking import hold_writer_lock
 from memos_lab.memory.item import STATUSES, MemoryItem
 from memos_lab.memory.textual.base import MAX_ID_CHARS, SearchFilter, TextualMemory
+from memos_lab.settings import Settings, uses_settings
 
 READ = "read"
 WRITE = "write"  # implies read
@@ -82,6 +83,14 @@ class MemoryListener(Protocol):
     def on_delete(self, cube_id: str, item_id: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class LocalSettings(Settings):
+    """`mos=local`: the experiments' MOS in their own process, without a root, so its users and cubes live
+    for the run (conf/mos/local.yaml). No settings yet; `mos=remote` has RemoteSettings."""
+
+    section: ClassVar[str] = "mos"
+
+
 class MOS:
     """Every operation names its caller and is checked against the cube's owner and shares.
 
@@ -118,6 +127,13 @@ class MOS:
             with hold_writer_lock(self.root, lock_timeout_s):
                 remove_stale_staging(self.root / REGISTRY_FILE, held=True)  # an interrupted registry write's
                 self._sync()
+
+    @classmethod
+    @uses_settings(LocalSettings)
+    def from_settings(cls, textual_memory_factory: Callable[[], TextualMemory], **values: Any) -> MOS:
+        """The experiments' MOS (`mos=local`), built as `mos=remote` builds memos_lab.client.RemoteMOS."""
+        LocalSettings.from_mapping(values)  # an unknown key fails in one line
+        return cls(textual_memory_factory)
 
     def attach(self, listener: MemoryListener) -> None:
         self._listeners.append(listener)

@@ -46,7 +46,7 @@ def build_mos(cfg: DictConfig, embedder: Embedder) -> MOS:
 def require_local_mos(cfg: DictConfig, why: str) -> None:
     """ConfigError unless the run's MOS is in this process (mos=local): `why` says what needs it."""
     target = str(cfg.get("mos", {}).get("_target_", ""))
-    if target and target != f"{MOS.__module__}.{MOS.__qualname__}":
+    if target and target != f"{MOS.__module__}.{MOS.from_settings.__qualname__}":
         raise ConfigError(f"experiment={cfg.experiment.name} needs mos=local: {why}")
 
 

@@ -179,9 +179,13 @@ def test_switch_between_named_adapters_and_disable(lm):
             memory.switch("carol")
         with pytest.raises(ConfigError, match="already exists"):
             memory.create_adapter("bob")
+        for bad in ("bob\n", "../bob", ""):  # a trailing newline passed a `$`-anchored match
+            with pytest.raises(ConfigError, match="adapter name"):
+                memory.create_adapter(bad)
+        assert memory.store.names == ["alice", "bob"]
     finally:
         memory.close()
-    assert not any(k.endswith(memory.store._uid) for k in lm.model.peft_config)
+    assert not any(k.endswith(memory.store._uid) for k in getattr(lm.model, "peft_config", {}))  # none left: gone
 
 
 def test_merged_model_answers_like_the_adapter_and_has_its_own_fingerprint(lm, trained):

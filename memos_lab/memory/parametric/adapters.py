@@ -56,7 +56,7 @@ KIND = "lora"
 ADAPTERS_DIR = "adapters"
 WEIGHTS = "adapter_model.safetensors"
 GATE_TARGET = "meta.gate.embedder"  # the one place a LoRA manifest names a class by `_target_`
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" would let a trailing newline through
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class AdapterStore:
 
     def create(self, name: str, config: LoraConfig) -> None:
         """A fresh adapter (LoRA B starts at zero: no change yet), made the active one."""
-        if not ADAPTER_NAME.match(name):
+        if not ADAPTER_NAME.fullmatch(name):
             raise ConfigError(f"adapter name {name!r}: use 1-64 letters, digits, '_' or '-'")
         if name in self._adapters:
             raise ConfigError(f"adapter {name!r} already exists; switch({name!r}) to use it")
@@ -263,7 +263,7 @@ class AdapterStore:
         loaded = []
         for i, entry in enumerate(meta["adapters"]):
             name = entry["name"]
-            if not ADAPTER_NAME.match(name):
+            if not ADAPTER_NAME.fullmatch(name):
                 raise DataError(f"{artifact.where(f'meta.adapters[{i}].name')}: bad adapter name {name!r}")
             check_json(entry["edits"], list[KnowledgeEdit], str(folder / MANIFEST), prefix=f"meta.adapters[{i}].edits")
             edits = [edit_from_record(r, f"{folder} edit {j}") for j, r in enumerate(entry["edits"])]
@@ -404,7 +404,7 @@ def _from_version_1(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     check_json(raw.get("adapters"), list[_AdapterEntry], where, prefix="adapters")
     files = {}
     for i, entry in enumerate(raw["adapters"]):
-        if not ADAPTER_NAME.match(entry["name"]):
+        if not ADAPTER_NAME.fullmatch(entry["name"]):
             raise DataError(f"{where}: adapters[{i}].name: bad adapter name {entry['name']!r}")
         for file in ("adapter_config.json", WEIGHTS):
             name = f"{ADAPTERS_DIR}/{entry['name']}/{file}"
