@@ -4,10 +4,12 @@ For each question the scheduler retrieves and assembles working memory, and the 
 `Generator`: local, or served for the text mode) answers greedily in one of three modes:
 - `text`: the memories as text in the system message, the whole prompt prefilled every time;
 - `kv`: the same prompt, but the system message's KV cache comes from the activation tier: the working
-  memory's cache when it is stored, else composed from the per-memory caches (only memories without one
-  are encoded) by the `compose` strategy. With `exact` (the default) every token after the longest stored
-  prefix is recomputed: the same computation, so the same answer token for token; the other strategies
-  recompute less and answer approximately (memos_lab/memory/activation/compose/);
+  memory's cache when it is stored, else composed by the `compose` strategy from the per-memory caches.
+  Memories without one are encoded at question time; with `encode_on_write`, every memory's chunk is
+  encoded when it is written to the cube instead, off the question's path. With `exact` (the default)
+  every token after the longest stored prefix is recomputed: the same computation, so the same answer
+  token for token; the other strategies recompute less and answer approximately
+  (memos_lab/memory/activation/compose/);
 - `parametric`: no memories in the prompt; the parametric memory's adapter answers from its weights.
 
 With `compare_text`, kv mode also answers every question in the text form (the same prompt prefilled whole,
@@ -25,7 +27,7 @@ from typing import cast
 
 from memos_lab.errors import ConfigError, IncompatibleError
 from memos_lab.generation.base import ChatRequest, Generator, answer_one, check_max_new_tokens
-from memos_lab.memory.activation.base import ActivationMemory, Invalidation
+from memos_lab.memory.activation.base import ActivationMemory, StoreSync
 from memos_lab.memory.activation.compose.base import CompositionStrategy
 from memos_lab.memory.activation.compose.exact import ExactComposition
 from memos_lab.memory.activation.template import memory_messages
@@ -88,11 +90,14 @@ class MemChat:
         template: str = TEMPLATE,
         strategy: CompositionStrategy | None = None,
         compare_text: bool = False,
+        encode_on_write: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"chat mode {mode!r} is not one of {list(MODES)}")
         if compare_text and mode != "kv":
             raise ConfigError(f"compare_text compares kv mode with the text form; chat mode is {mode!r}")
+        if encode_on_write and mode != "kv":
+            raise ConfigError(f"encode_on_write caches memories' KV for kv mode; chat mode is {mode!r}")
         check_max_new_tokens(max_new_tokens)
         if mode in ("kv", "parametric"):
             generator.require_weights(f"chat mode {mode!r}")
@@ -120,8 +125,10 @@ class MemChat:
                 )
             self.strategy.check(model)
             self.template = activation.template
-            scheduler.mos.attach(Invalidation(activation, scheduler.cube_id))
+            self.store_sync: StoreSync | None = StoreSync(activation, scheduler.cube_id, encode_on_write)
+            scheduler.mos.attach(self.store_sync)
         else:
+            self.store_sync = None
             self.template = template
 
     def messages(self, lines: list[str], question: str) -> list[dict[str, str]]:

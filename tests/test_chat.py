@@ -33,12 +33,13 @@ def tiny(scrambled_tiny):
     return scrambled_tiny
 
 
-def make_scheduler(embedder, max_items=3):
+def make_scheduler(embedder, max_items=3, facts=FACTS):
     mos = MOS(lambda: GeneralTextMemory(embedder, fusion="bm25"))
     mos.register_user("u")
     mos.create_cube("u", cube_id="c")
     scheduler = MemScheduler(mos, "u", "c", LRUPolicy(), Budget(max_items=max_items), top_k=2)
-    mos.add("u", "c", FACTS)
+    if facts:
+        mos.add("u", "c", facts)
     return scheduler
 
 
@@ -96,6 +97,35 @@ def test_kv_mode_composes_per_memory_caches_and_reports_what_it_recomputed(embed
     # the default strategy is exact: the same prompt as text mode, recomputing what no stored prefix holds
     exact = MemChat(make_scheduler(embedder, 3), LocalGenerator(tiny), "kv", 4, KVCacheMemory(tiny, template=TEMPLATE))
     assert exact.strategy.name == "exact" and exact.ask(QUESTIONS[0]).kv_recomputed_tokens > 0
+
+
+def test_encode_on_write_caches_each_memory_when_written_and_answers_as_encoding_at_question_time(embedder, tiny):
+    def chat(encode_on_write):
+        scheduler = make_scheduler(embedder, max_items=3, facts=[])
+        activation = KVCacheMemory(tiny, eviction=PolicyEviction(scheduler.working), template=TEMPLATE)
+        strategy = CacheBlendComposition(recompute_frac=0.2)
+        made = MemChat(scheduler, LocalGenerator(tiny), "kv", 4, activation, strategy=strategy,
+                       encode_on_write=encode_on_write)  # fmt: skip
+        scheduler.mos.add("u", "c", FACTS)
+        return made
+
+    on_write, on_use = chat(True), chat(False)
+    written = {s.items for s in on_write.activation.stats() if s.kind == "chunk"}
+    assert written == {(item.id,) for item in on_write.scheduler.mos.get_all("u", "c")}  # every memory, once
+    assert on_write.store_sync.encoded_tokens > 0 and on_use.store_sync.encoded_tokens == 0
+    for question in QUESTIONS:
+        early, late = on_write.ask(question), on_use.ask(question)
+        assert early.kv_encoded_tokens == 0  # nothing left to encode while the question waits
+        assert early.token_ids == late.token_ids and early.kv_recomputed_tokens == late.kv_recomputed_tokens
+        assert early.prefilled_tokens <= late.prefilled_tokens
+    # an update drops the old version's caches and encodes the new version's at once
+    mos = on_write.scheduler.mos
+    [old] = [item for item in mos.get_all("u", "c") if "Lisbon" in item.text]
+    new_id = mos.update("u", "c", old.id, "Maya moved to Porto").id
+    chunks = {s.items for s in on_write.activation.stats() if s.kind == "chunk"}
+    assert (old.id,) not in chunks and (new_id,) in chunks
+    with pytest.raises(ConfigError, match="encode_on_write caches memories' KV for kv mode"):
+        MemChat(make_scheduler(embedder), LocalGenerator(tiny), "text", encode_on_write=True)
 
 
 def test_compare_text_answers_each_question_in_the_text_form_too(embedder, tiny):

@@ -133,6 +133,14 @@ def test_kv_mode_measures_agreement_with_the_text_form_on_the_same_turns():
     assert 0 <= naive["sched/answer_agreement"] <= naive["sched/first_token_agreement"] <= 1.0
     assert naive["sched/kv_recomputed_frac"] < exact["sched/kv_recomputed_frac"]  # only the message end
     assert 0 < naive["sched/kv_encoded_frac"] <= 1
+    # chunks encoded as memories are written: none left to encode at question time, the work counted apart
+    written = scheduling.run(
+        config("experiment.mode=kv", "compose=naive", "experiment.activation.encode_on_write=true"), Tracker()
+    )
+    assert written["sched/kv_encoded_frac"] == 0 and written["sched/kv_write_encoded_tokens"] > 0
+    assert written["sched/prefill_saved_frac"] > naive["sched/prefill_saved_frac"]
+    assert written["sched/compute_saved_with_writes_frac"] < written["sched/prefill_saved_frac"]
+    assert naive["sched/kv_write_encoded_tokens"] == 0
 
 
 def test_max_questions_keeps_evenly_spaced_questions():

@@ -7,6 +7,7 @@ so `load` refuses (IncompatibleError) an artefact whose model fingerprint differ
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Self
 
 from memos_lab.errors import ConfigError
 from memos_lab.memory.activation.compose.base import Composed, CompositionStrategy
+from memos_lab.memory.item import ACTIVE, MemoryItem, memory_line
 from memos_lab.models.decode import KVCache, Prefill
 from memos_lab.models.llm import LanguageModel
 
@@ -137,6 +139,11 @@ class ActivationMemory(ABC):
         """Whether the chunk cache of this memory line is stored."""
 
     @abstractmethod
+    def write_chunk(self, text: str, item_id: str | None = None) -> int:
+        """Encode and store what composing this memory line anywhere in a working memory reads (its chunk
+        cache, and its cache as the last line where that differs); the tokens encoded now (0: all stored)."""
+
+    @abstractmethod
     def compose(
         self,
         lines: Sequence[str],
@@ -201,19 +208,33 @@ class ActivationMemory(ABC):
 
 
 @dataclass
-class Invalidation:
-    """Keeps an activation memory in step with one cube's store: a memory that is updated, merged or
-    deleted loses its caches (attach it to the MOS: `mos.attach(Invalidation(memory, cube_id))`)."""
+class StoreSync:
+    """Keeps an activation memory in step with one cube's store (attach it to the MOS:
+    `mos.attach(StoreSync(memory, cube_id))`): a memory that is updated, merged or deleted loses its caches,
+    so a stale cache is never used. With `encode_on_write`, a memory gets its chunk cache when it is written
+    (added, or an update's new version), off the question's path, so composing a working memory later
+    finds every chunk ready; `encoded_tokens` and `encode_s` count that work."""
 
     memory: ActivationMemory
     cube_id: str
+    encode_on_write: bool = False
+    encoded_tokens: int = 0
+    encode_s: float = 0.0
 
-    def on_add(self, cube_id: str, items: Sequence[Any]) -> None:
-        """New memories have no caches yet."""
+    def on_add(self, cube_id: str, items: Sequence[MemoryItem]) -> None:
+        if cube_id != self.cube_id or not self.encode_on_write:
+            return
+        started = time.perf_counter()
+        for item in items:
+            if item.metadata.status != ACTIVE:
+                continue
+            self.encoded_tokens += self.memory.write_chunk(memory_line(item), item.id)
+        self.encode_s += time.perf_counter() - started
 
-    def on_update(self, cube_id: str, old_id: str, new_item: Any) -> None:
+    def on_update(self, cube_id: str, old_id: str, new_item: MemoryItem) -> None:
         if cube_id == self.cube_id:
             self.memory.invalidate(old_id)
+            self.on_add(cube_id, [new_item])
 
     def on_delete(self, cube_id: str, item_id: str) -> None:
         if cube_id == self.cube_id:

@@ -201,6 +201,11 @@ class KVCacheMemory(ActivationMemory):
         assert cache is not None  # encode=True always gives one
         return cache
 
+    def write_chunk(self, text: str, item_id: str | None = None) -> int:
+        _, encoded = self._chunk(text, item_id, last=False, encode=True)
+        _, as_last = self._chunk(text, item_id, last=True, encode=True)  # a view unless the separator merges
+        return encoded + as_last
+
     def _chunk(self, text: str, item_id: str | None, last: bool, encode: bool) -> tuple[KVCache | None, int]:
         """(the chunk cache, or None when it is not stored and not `encode`; tokens encoded for it now)."""
         key = self.chunk_key(text, item_id)
