@@ -10,11 +10,15 @@
 #          items) on SmolLM2 and the LoCoMo dev slice, the first SCHED_CONVERSATIONS conversations,
 #          SCHED_QUESTIONS evenly spaced questions each, once per strategy of SCHED_STRATEGIES (cacheblend and
 #          leading at 15 % recompute), every answer also given in the text form on the same working memory
-#          (agreement, TTFT interleaved); JOBS strategies run at once                    -> scheduling/
+#          (agreement, TTFT interleaved); SCHED_ENCODE says when each memory's chunk cache is encoded: at
+#          `question` time, when first composed, or at `write` time, when added to the cube (off the question's
+#          path; experiment.activation.encode_on_write), or both, one run each; JOBS runs at once,
+#          SCHED_OVERRIDES appended to each run (e.g. compose.check_layer=4)             -> scheduling/
 #   table: one row per strategy x fraction and the agreement/TTFT plot, from each part's runs
 # Usage: [CONVERSATIONS=3] [PER_GROUP=1] [MAX_NEW=12] [STRATEGIES=[exact,...]] [FRACS=[0,0.05,...]] [THREADS=2] [PRESET=1b]
 #        [MEMORY_TOKENS=512,2048] [SWEEP_STRATEGIES=[rerotate,cacheblend,leading]] [REPEATS=2] [SCHED_CONVERSATIONS=1]
-#        [SCHED_QUESTIONS=20] [SCHED_STRATEGIES=exact,naive,rerotate,cacheblend,leading] [JOBS=1]
+#        [SCHED_QUESTIONS=20] [SCHED_STRATEGIES=exact,naive,rerotate,cacheblend,leading] [SCHED_ENCODE=question,write]
+#        [SCHED_OVERRIDES="..."] [SCHED_MAX_MB=256] [JOBS=1]
 #        experiments/kv_compose.sh [part ...]
 #        (parts: qa sweep scheduling table; default qa sweep table). Timings are in-process and interleaved: ratios are robust,
 #        absolute milliseconds depend on the machine's load (recorded in each part's loadavg.txt).
@@ -34,6 +38,9 @@ REPEATS=${REPEATS:-2}
 SCHED_CONVERSATIONS=${SCHED_CONVERSATIONS:-1}
 SCHED_QUESTIONS=${SCHED_QUESTIONS:-20}
 SCHED_STRATEGIES=${SCHED_STRATEGIES:-exact,naive,rerotate,cacheblend,leading}
+SCHED_ENCODE=${SCHED_ENCODE:-question,write}
+SCHED_OVERRIDES=${SCHED_OVERRIDES:-}
+SCHED_MAX_MB=${SCHED_MAX_MB:-256}
 JOBS=${JOBS:-1}
 SUITE=outputs/suites/kv_compose
 COMMON=(experiment=kv_compose logger=none "threads=${THREADS:-2}")
@@ -56,33 +63,40 @@ sweep() {
   echo "after: $(cat /proc/loadavg)" >> "$SUITE/sweep/loadavg.txt"
 }
 
-schedule_one() {  # one compose strategy through the scheduling loop, into $SUITE/scheduling/<strategy>
-  local fraction=()
+schedule_one() {  # strategy $1, chunks encoded at $2 (question|write), into $SUITE/scheduling/<strategy>_<when>
+  local fraction=() extra=()
   case $1 in cacheblend|leading) fraction=(compose.recompute_frac=0.15) ;; esac
+  read -ra extra <<< "$SCHED_OVERRIDES"
   $PY -m memos_lab run experiment=scheduling logger=none "threads=${THREADS:-1}" model=smollm2 scheduler=recency \
     experiment.mode=kv experiment.working_memory.max_items=16 "compose=$1" "${fraction[@]}" experiment.compare_text=true \
-    dataset=locomo "dataset.path=$LOCOMO" "experiment.max_conversations=$SCHED_CONVERSATIONS" \
-    "experiment.max_questions=$SCHED_QUESTIONS" "experiment.max_new_tokens=$MAX_NEW" hydra.run.dir="$SUITE/scheduling/$1"
+    "experiment.activation.encode_on_write=$([ "$2" = write ] && echo true || echo false)" \
+    "experiment.activation.max_mb=$SCHED_MAX_MB" dataset=locomo "dataset.path=$LOCOMO" \
+    "experiment.max_conversations=$SCHED_CONVERSATIONS" "experiment.max_questions=$SCHED_QUESTIONS" \
+    "experiment.max_new_tokens=$MAX_NEW" "${extra[@]}" hydra.run.dir="$SUITE/scheduling/$1_$2"
 }
 
-scheduling() {
-  rm -rf "$SUITE/scheduling" && mkdir -p "$SUITE/scheduling"
-  echo "before: $(cat /proc/loadavg)" > "$SUITE/scheduling/loadavg.txt"
-  local name
+scheduling() {  # replaces the runs it makes and keeps the others, so the table can gather several calls
+  mkdir -p "$SUITE/scheduling"
+  echo "before ($SCHED_STRATEGIES x $SCHED_ENCODE): $(cat /proc/loadavg)" >> "$SUITE/scheduling/loadavg.txt"
+  local name when
   for name in ${SCHED_STRATEGIES//,/ }; do
-    schedule_one "$name" &
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    for when in ${SCHED_ENCODE//,/ }; do
+      case $when in question|write) ;; *) echo "SCHED_ENCODE: $when is not question or write" >&2; exit 2 ;; esac
+      rm -rf "$SUITE/scheduling/${name}_$when"
+      schedule_one "$name" "$when" &
+      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    done
   done
   wait
-  echo "after: $(cat /proc/loadavg)" >> "$SUITE/scheduling/loadavg.txt"
+  echo "after ($SCHED_STRATEGIES x $SCHED_ENCODE): $(cat /proc/loadavg)" >> "$SUITE/scheduling/loadavg.txt"
 }
 
 scheduling_table() {
   local out=results/kv_compose/scheduling
   mkdir -p "$out"
   cp "$SUITE/scheduling/loadavg.txt" "$out/loadavg.txt"
-  $PY -m memos_lab report "$SUITE/scheduling" --out "$out" --note "experiments/kv_compose.sh scheduling table (SCHED_CONVERSATIONS=$SCHED_CONVERSATIONS SCHED_QUESTIONS=$SCHED_QUESTIONS MAX_NEW=$MAX_NEW SCHED_STRATEGIES=$SCHED_STRATEGIES)" \
-    --metrics sched/prefill_saved_frac,sched/kv_recomputed_frac,sched/kv_encoded_frac,sched/kv_hit_rate,sched/first_token_agreement,sched/answer_agreement,latency/ttft_ms_p50,latency/text_ttft_ms_p50,sched/ttft_speedup,sched/kv_bytes_copied_mean,qa/context_tokens_mean,qa/questions,qa/f1
+  $PY -m memos_lab report "$SUITE/scheduling" --out "$out" --note "experiments/kv_compose.sh scheduling table (SCHED_CONVERSATIONS=$SCHED_CONVERSATIONS SCHED_QUESTIONS=$SCHED_QUESTIONS MAX_NEW=$MAX_NEW SCHED_STRATEGIES=$SCHED_STRATEGIES SCHED_ENCODE=$SCHED_ENCODE SCHED_MAX_MB=$SCHED_MAX_MB SCHED_OVERRIDES='$SCHED_OVERRIDES')" \
+    --metrics sched/prefill_saved_frac,sched/compute_saved_with_writes_frac,sched/kv_write_encoded_tokens,sched/kv_write_encode_s,sched/kv_recomputed_frac,sched/kv_encoded_frac,sched/kv_hit_rate,sched/first_token_agreement,sched/answer_agreement,latency/ttft_ms_p50,latency/text_ttft_ms_p50,sched/ttft_speedup,sched/kv_bytes_copied_mean,qa/context_tokens_mean,qa/questions,qa/f1
 }
 
 table() {

@@ -6,19 +6,26 @@ experiment=kv_compose's own prompts (LoCoMo dev, retrieved top-10, the answer pr
 token of each later memory recomputed; and how much attention the first answer position pays to the later
 memories' tokens (its share, averaged over layers and heads) under the full prefill, `naive` and `rerotate`.
 
-`selection`: which CacheBlend selection agrees best: `cacheblend` at --frac with each deviation (values, keys,
-both) chosen on each of --check-layers, next to `leading` at the same fraction.
+`selection`: which CacheBlend selection agrees best: `cacheblend` at --frac with each of --deviations (values,
+keys, both) chosen on each of --check-layers, next to `leading` at the same fraction. With several
+conversations it also cross-validates the choice of check layer, leaving one conversation out at a time: the
+layer with the lowest mean KL on the other conversations is scored on the one left out, so the held-out
+numbers say whether the choice carries over to conversations it was not made on. Per-prompt rows go to
+`<part>.csv`.
 
 Each writes `<part>.md` to --out:
 
     python experiments/kv_compose_fidelity.py attention --conversations 1 --per-group 1 --out results/kv_compose/fidelity
     python experiments/kv_compose_fidelity.py selection --conversations 5 --per-group 2 --skip 24 --limit 12 \
         --out results/kv_compose/fidelity
+    python experiments/kv_compose_fidelity.py selection --conversations 5 --per-group 1 --deviations both \
+        --check-layers 1 2 4 8 --out results/kv_compose/fidelity/cv
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -68,8 +75,9 @@ class FirstTokenRecomputed(CompositionStrategy):
         return [next(group) for _, group in groupby(layout.candidates, key=layout.chunk_of.__getitem__)]
 
 
-def prompts(conversations: int, per_group: int) -> list[tuple[list[str], str, str, str]]:
-    """(memory lines, system message, user message, template) of experiment=kv_compose's qa prompts."""
+def prompts(conversations: int, per_group: int) -> list[tuple[str, list[str], str, str, str]]:
+    """(conversation id, memory lines, system message, user message, template) of experiment=kv_compose's qa
+    prompts."""
     register_schemas()
     overrides = ["experiment=kv_compose", "dataset=locomo", f"dataset.path={LOCOMO}", f"dataset.limit={conversations}",
                  f"experiment.max_questions={per_group}", "logger=none"]  # fmt: skip
@@ -85,7 +93,8 @@ def prompts(conversations: int, per_group: int) -> list[tuple[list[str], str, st
         questions = select_questions(conversation, settings.max_questions, settings.subset_seed)
         for item in prepare_conversation(conversation, questions, settings, builder, cfg, embedder, reader, Counter()):
             messages = answer.messages(item.lines, item.question.question)
-            out.append((answer.memory_block(item.lines), messages[0]["content"], messages[1]["content"], answer.system))
+            out.append((conversation.conversation_id, answer.memory_block(item.lines), messages[0]["content"],
+                        messages[1]["content"], answer.system))  # fmt: skip
     generator.close()
     return out
 
@@ -116,11 +125,42 @@ def selection(lm: LanguageModel, chunked: ChunkedPrompt, rest: list[int], args: 
     caches = encode_chunks(lm, chunked)
     strategies: list[CompositionStrategy] = [LeadingComposition(recompute_frac=args.frac)]
     strategies += [CacheBlendComposition(recompute_frac=args.frac, check_layer=layer, deviation=deviation)
-                   for layer in args.check_layers for deviation in DEVIATIONS]  # fmt: skip
+                   for layer in args.check_layers for deviation in args.deviations]  # fmt: skip
     row: dict[str, Any] = {}
     for strategy in strategies:
-        row.update(agreement(lm, ids, strategy.compose(lm, chunked, caches).cache, full, strategy.describe()))
+        composed = strategy.compose(lm, chunked, caches)
+        row.update(agreement(lm, ids, composed.cache, full, strategy.describe()))
+        row[f"{strategy.describe()} computed"] = composed.computed_tokens / composed.context_tokens
     return row
+
+
+def cross_validated(
+    rows: list[dict[str, Any]], conversations: list[str], layers: list[int], deviation: str, frac: float
+) -> list[str]:
+    """Leave one conversation out: the check layer with the lowest mean KL on the others, scored on it."""
+    name = {
+        layer: CacheBlendComposition(recompute_frac=frac, check_layer=layer, deviation=deviation).describe()
+        for layer in layers
+    }
+    lines = ["| left out | prompts | layer chosen on the rest | its KL / top1 there | default (layer 1) KL / top1 there |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    held: dict[str, list[float]] = {"chosen KL": [], "chosen top1": [], "default KL": [], "default top1": []}
+    for left in sorted(set(conversations)):
+        rest = [row for row, c in zip(rows, conversations, strict=True) if c != left]
+        out = [row for row, c in zip(rows, conversations, strict=True) if c == left]
+        chosen = min(layers, key=lambda layer: np.mean([row[f"{name[layer]} KL"] for row in rest]))
+        scores = {}
+        for label, layer in (("chosen", chosen), ("default", 1)):
+            scores[label] = [
+                np.mean([float(row[f"{name[layer]} {measure}"]) for row in out]) for measure in ("KL", "top1")
+            ]
+            held[f"{label} KL"] += [float(row[f"{name[layer]} KL"]) for row in out]
+            held[f"{label} top1"] += [float(row[f"{name[layer]} top1"]) for row in out]
+        lines.append(f"| {left} | {len(out)} | {chosen} | {scores['chosen'][0]:.3f} / {scores['chosen'][1]:.2f} | "
+                     f"{scores['default'][0]:.3f} / {scores['default'][1]:.2f} |")  # fmt: skip
+    lines.append(f"| all, held out | {len(rows)} | | {np.mean(held['chosen KL']):.3f} / {np.mean(held['chosen top1']):.2f} | "
+                 f"{np.mean(held['default KL']):.3f} / {np.mean(held['default top1']):.2f} |")  # fmt: skip
+    return lines
 
 
 def attention(lm: LanguageModel, chunked: ChunkedPrompt, rest: list[int], args: argparse.Namespace) -> dict[str, Any]:
@@ -148,6 +188,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="prompts measured at most")
     parser.add_argument("--frac", type=float, default=0.15, help="selection: the recompute fraction")
     parser.add_argument("--check-layers", type=int, nargs="+", default=[1, 4], help="selection: cacheblend's")
+    parser.add_argument("--deviations", nargs="+", choices=DEVIATIONS, default=list(DEVIATIONS), help="selection")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -157,13 +198,22 @@ def main() -> None:
     lm = load_smollm2(os.path.expanduser("~/.cache/memos_lab"), attn_implementation=eager)
     measure = attention if args.part == "attention" else selection
     chosen = prompts(args.conversations, args.per_group)[args.skip :]
-    rows = []
-    for lines, system, user, template in chosen[: args.limit]:
+    rows, conversations = [], []
+    for conversation, lines, system, user, template in chosen[: args.limit]:
         rows.append(measure(lm, chunked_memory_prompt(lm, lines, template), prompt_rest(lm, system, user), args))
+        conversations.append(conversation)
         print(len(rows), rows[-1], flush=True)
     names = list(rows[0])
     table = ["| measure | mean over prompts |", "| --- | --- |"]
     table += [f"| {name} | {np.mean([float(row[name]) for row in rows]):.3f} |" for name in names]
+    if args.part == "selection" and len(set(conversations)) > 1 and 1 in args.check_layers:
+        for deviation in args.deviations:
+            table += [
+                "",
+                f"Check layer chosen by leave-one-conversation-out (deviation={deviation}, lowest mean KL):",
+                "",
+            ]
+            table += cross_validated(rows, conversations, args.check_layers, deviation, args.frac)
     titles = {"attention": "Why naive beats rerotate on SmolLM2: attention on the later memories",
               "selection": f"CacheBlend's selection on SmolLM2 at {args.frac:g} recompute"}  # fmt: skip
     text = "\n".join([
@@ -181,6 +231,10 @@ def main() -> None:
     ])  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.part}.md").write_text(text)
+    with (args.out / f"{args.part}.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["conversation", *names])
+        writer.writeheader()
+        writer.writerows({"conversation": c, **row} for c, row in zip(conversations, rows, strict=True))
     print(text)
 
 
