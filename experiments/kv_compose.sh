@@ -16,11 +16,12 @@
 #          path; experiment.activation.encode_on_write), or both, one run each; JOBS runs at once,
 #          SCHED_OVERRIDES appended to each run (e.g. compose.check_layer=4), SCHED_TAG appended to
 #          its folder's name <strategy>_<question|write>; cacheblend and leading at SCHED_FRAC -> scheduling/
-#   table: one row per strategy x fraction and the agreement/TTFT plot, from each part's runs
+#   table: one row per strategy x fraction and the agreement/TTFT plot, from the qa and sweep runs
+#   scheduling_table: the report of every run under $SUITE/scheduling, into SCHED_RESULTS
 # Usage: [CONVERSATIONS=3] [PER_GROUP=1] [MAX_NEW=12] [STRATEGIES=[exact,...]] [FRACS=[0,0.05,...]] [THREADS=2] [PRESET=1b]
 #        [QA_OVERRIDES="..."] [QA_TAG=] [MEMORY_TOKENS=512,2048] [SWEEP_STRATEGIES=[rerotate,cacheblend,leading]] [REPEATS=2] [SCHED_CONVERSATIONS=1]
 #        [SCHED_QUESTIONS=20] [SCHED_STRATEGIES=exact,naive,rerotate,cacheblend,leading] [SCHED_ENCODE=question,write]
-#        [SCHED_OVERRIDES="..."] [SCHED_TAG=] [SCHED_FRAC=0.15] [SCHED_MAX_MB=256] [JOBS=1]
+#        [SCHED_OVERRIDES="..."] [SCHED_TAG=] [SCHED_FRAC=0.15] [SCHED_MAX_MB=256] [SCHED_RESULTS=results/kv_compose/scheduling] [JOBS=1]
 #        experiments/kv_compose.sh [part ...]
 #        (parts: qa sweep scheduling scheduling_table table; default qa sweep table). Timings are in-process and interleaved: ratios are robust,
 #        absolute milliseconds depend on the machine's load (recorded in each part's loadavg.txt).
@@ -45,6 +46,7 @@ SCHED_OVERRIDES=${SCHED_OVERRIDES:-}
 SCHED_MAX_MB=${SCHED_MAX_MB:-256}
 SCHED_TAG=${SCHED_TAG:-}
 SCHED_FRAC=${SCHED_FRAC:-0.15}
+SCHED_RESULTS=${SCHED_RESULTS:-results/kv_compose/scheduling}
 JOBS=${JOBS:-1}
 QA_OVERRIDES=${QA_OVERRIDES:-}
 QA_TAG=${QA_TAG:-}
@@ -100,7 +102,7 @@ scheduling() {  # replaces the runs it makes and keeps the others, so the table 
 }
 
 scheduling_table() {
-  local out=results/kv_compose/scheduling
+  local out=$SCHED_RESULTS
   mkdir -p "$out"
   cp "$SUITE/scheduling/loadavg.txt" "$out/loadavg.txt"
   $PY -m memos_lab report "$SUITE/scheduling" --out "$out" --note "experiments/kv_compose.sh scheduling (one call per row group, listed in results/kv_compose/README.md; each run's overrides are in runs.csv), then experiments/kv_compose.sh scheduling_table" \
@@ -108,7 +110,6 @@ scheduling_table() {
 }
 
 table() {
-  [ -d "$SUITE/scheduling" ] && scheduling_table
   local part
   for part in "qa$QA_TAG" sweep; do
     [ -d "$SUITE/$part" ] || continue
