@@ -198,14 +198,14 @@ def lost_writes(server: ServerProcess, token: str, acknowledged: list[str]) -> t
 
 
 def query_batching(server: ServerProcess, token: str) -> dict[str, float]:
-    """The server's batching settings and how many embedder calls its searches' queries took (one worker's
-    count when several answer: whichever answers this request)."""
+    """The server's batching settings and how many embedder calls the texts it embedded took (queries and
+    added items, seeding included; one worker's count when several answer: whichever answers this request)."""
     with httpx.Client(base_url=f"{server.url}/v1", timeout=60) as http:
         response = http.get("/info", headers={"Authorization": f"Bearer {token}"})
         response.raise_for_status()
     batching: dict[str, float] = response.json()["query_batching"]
     if batching.get("batches"):
-        batching["mean_batch"] = round(batching["queries"] / batching["batches"], 2)
+        batching["mean_batch"] = round(batching["texts"] / batching["batches"], 2)
     return batching
 
 

@@ -414,8 +414,8 @@ def create_app(
                 f"items: send 1 to {settings.max_batch} items per add (serve.max_batch), got {len(body.items)}"
             )
         items = [item.item() for item in body.items]
-        if batcher is not None:  # embedded off the event loop, as the text memory would embed them
-            vectors = await batcher.alone([TextualMemory.key(item) for item in items])
+        if batcher is not None:  # embedded off the event loop (with other requests' texts), as the memory would
+            vectors = await batcher.embed([TextualMemory.key(item) for item in items])
             items = [replace(item, embedding=vector) for item, vector in zip(items, vectors, strict=True)]
         return {"ids": mos.add(user, cube_id, items)}
 
@@ -445,7 +445,7 @@ def create_app(
     async def search(user: Caller, body: SearchRequest) -> dict[str, list[dict[str, Any]]]:
         filters = None if body.filters is None else body.filters.model_dump()
         limit = top_k(body.top_k)
-        vector = await batcher.query(body.query) if batcher is not None and body.query.strip() else None
+        vector = (await batcher.embed([body.query]))[0] if batcher is not None and body.query.strip() else None
         hits = mos.search(user, body.query, top_k=limit, cube_ids=body.cube_ids, filters=filters, query_vector=vector)
         return {"hits": [{"cube_id": hit.cube_id, "score": hit.score, "item": item_json(hit.item)} for hit in hits]}
 
@@ -518,12 +518,12 @@ def create_app(
     async def info(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict[str, Any]:
         """What this server's cubes are built with (for any user's token or the admin token): a remote MOS
         checks the embedder and memory backend match its run's. `query_batching`: the batching settings and
-        the searches' query embeddings so far (queries, in how many embedder calls) of the answering process."""
+        the texts embedded so far (queries and added items', in how many embedder calls) by the answering process."""
         if not admin_matches(presented(credentials), admin_token):
             await caller(credentials)
         batching = {"window_ms": settings.batch_window_ms, "max_batch": settings.max_query_batch}
         if batcher is not None:  # how many embedder calls the queries took so far, in this process
-            batching.update(batches=batcher.batches, queries=batcher.texts)
+            batching.update(batches=batcher.batches, texts=batcher.texts)
         return {**info_json, "query_batching": batching}
 
     @app.get(f"{API}/health", tags=["admin"])

@@ -25,9 +25,10 @@ class ServeSettings(Settings):
     rate_burst: int = 100  # ... and in a burst (token bucket, per server process)
     token_ttl_s: float | None = None  # default lifetime of a new token; None: until revoked
     max_queued_jobs: int = 8  # parametric edit jobs waiting behind the running one; more are refused (429)
-    # Concurrent searches' queries are embedded together, in one embedder call on a thread of its own: a batch
-    # waits at most batch_window_ms for more queries after its first, and holds at most max_query_batch;
-    # max_query_batch 0 embeds each query in its own search on the event loop (no batching, no thread)
+    # Concurrent requests' texts (searches' queries, added items) are embedded together, in one embedder call on
+    # a thread of its own: a batch waits at most batch_window_ms for more texts after its first (and is taken
+    # at once if the previous one kept the thread busy meanwhile), and holds at most max_query_batch texts;
+    # max_query_batch 0 embeds in the MOS call on the event loop instead (no batching, no thread)
     batch_window_ms: float = 2.0
     max_query_batch: int = 32
     lock_timeout_s: float = 30.0  # how long a write waits for another process's write to the same cube

@@ -1,9 +1,10 @@
-"""Concurrent searches' queries embedded in one embedder call (serve.batch_window_ms, serve.max_query_batch),
+"""Concurrent requests' texts embedded in one embedder call (serve.batch_window_ms, serve.max_query_batch),
 against a real server process: the hits and scores are exactly the in-process MOS's on the same root."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import httpx
 from hydra import compose, initialize_config_dir
@@ -38,9 +39,9 @@ def test_concurrent_searches_are_embedded_together_and_find_exactly_what_the_in_
 
     served = asyncio.run(search_all(api.server.url, alice, QUERIES))
     batching = api.http.get("/info", headers=alice).json()["query_batching"]
-    assert batching["queries"] == len(QUERIES)
-    assert batching["batches"] < len(QUERIES)  # some queries shared an embedder call
-    assert batching["batches"] >= len(QUERIES) / 8  # never more than max_query_batch in one
+    assert batching["texts"] == 256 + len(QUERIES)  # the added items', and the queries
+    # never more than max_query_batch texts in one embedder call, and some queries shared one
+    assert 256 // 8 + math.ceil(len(QUERIES) / 8) <= batching["batches"] < 256 // 8 + len(QUERIES)
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
