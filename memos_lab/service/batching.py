@@ -3,9 +3,9 @@
 A MiniLM forward on one CPU thread costs about as much for 8 short texts as for 2 or 3 alone (measured on the
 2-core machine: 18 ms for one query, 40 ms for 8, 76 ms for 16), and while it runs on the event loop no other
 request is served. So each search hands its query, and each add its items' texts, to `EmbeddingBatcher.embed`
-and awaits the vectors: the texts that arrive within `serve.batch_window_ms` of the first waiting one, or
-while the previous batch is being encoded, are encoded together, at most `serve.max_query_batch` at a time,
-by one thread of their own. The request then runs on the event loop with its vectors
+and awaits the vectors: the texts that arrive while the previous batch is being encoded, or within
+`serve.batch_window_ms` of the first waiting one (default 0: none), are encoded together, at most
+`serve.max_query_batch` at a time, by one thread of their own. The request then runs on the event loop with its vectors
 (`MOS.search(query_vector=...)`, items that carry their embedding). The MOS itself is only ever called on the
 event loop: only the embedder runs on another thread, and `SerialEmbedder` lets one call in at a time (a
 tokenizer is not safe to share between threads).

@@ -54,4 +54,4 @@ def test_concurrent_searches_are_embedded_together_and_find_exactly_what_the_in_
     unbatched = launch(root, "serve.max_query_batch=0")  # each search embeds its own query, as before batching
     again = asyncio.run(search_all(unbatched.server.url, alice, QUERIES))
     assert [hits(body) for body in again] == [hits(body) for body in served]
-    assert unbatched.http.get("/info", headers=alice).json()["query_batching"] == {"window_ms": 2.0, "max_batch": 0}
+    assert unbatched.http.get("/info", headers=alice).json()["query_batching"] == {"window_ms": 0.0, "max_batch": 0}
