@@ -12,6 +12,8 @@ OUT=${OUT:-results/service}
 "$PY" experiments/service_load.py --embedder hashing --clients 32 --duration 60 --overhead 50 --workers 2 --out "$OUT/load_hashing_workers2.json"
 "$PY" experiments/service_load.py --embedder minilm --clients 32 --duration 60 --workers 2 --out "$OUT/pair_minilm_workers2.json"
 "$PY" experiments/service_load.py --embedder minilm --clients 32 --duration 60 --workers 1 --out "$OUT/pair_minilm_workers1.json"
+"$PY" experiments/service_load.py --embedder minilm --clients 32 --duration 60 --max-query-batch 0 --out "$OUT/pair_minilm_unbatched.json"
+"$PY" experiments/service_load.py --embedder minilm --clients 32 --duration 60 --out "$OUT/pair_minilm_batched.json"
 "$PY" experiments/service_load.py --embedder hashing --clients 32 --duration 90 --kills 20 --out "$OUT/kill9_hashing.json"
 "$PY" experiments/service_load.py --embedder hashing --clients 32 --duration 30 --kills 5 --out "$OUT/kill9x5_hashing.json"
 "$PY" experiments/service_profile.py --embedder hashing --duration 20 --out "$OUT/profile_hashing.json"
