@@ -197,6 +197,18 @@ def lost_writes(server: ServerProcess, token: str, acknowledged: list[str]) -> t
     return sum(item_id not in stored for item_id in acknowledged), len(stored)
 
 
+def query_batching(server: ServerProcess, token: str) -> dict[str, float]:
+    """The server's batching settings and how many embedder calls the texts it embedded took (queries and
+    added items, seeding included; one worker's count when several answer: whichever answers this request)."""
+    with httpx.Client(base_url=f"{server.url}/v1", timeout=60) as http:
+        response = http.get("/info", headers={"Authorization": f"Bearer {token}"})
+        response.raise_for_status()
+    batching: dict[str, float] = response.json()["query_batching"]
+    if batching.get("batches"):
+        batching["mean_batch"] = round(batching["texts"] / batching["batches"], 2)
+    return batching
+
+
 def overhead(args: argparse.Namespace, server: ServerProcess, token: str, queries: list[str]) -> dict[str, float]:
     """p50 of one search at a time over HTTP and on an in-process durable MOS on the same root, interleaved."""
     from hydra import compose, initialize_config_dir
@@ -235,6 +247,8 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=0)
     parser.add_argument("--overhead", type=int, default=0, help="searches timed one at a time, HTTP vs in-process")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-window-ms", type=float, default=None, help="serve.batch_window_ms (default: its)")
+    parser.add_argument("--max-query-batch", type=int, default=None, help="serve.max_query_batch; 0: no batching")
     parser.add_argument("--root", type=Path, default=None, help="default: a fresh temporary folder")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -250,6 +264,8 @@ def main() -> None:
                 f"serve.workers={args.workers}",
                 "serve.rate_per_s=100000",
                 "serve.rate_burst=100000",
+                *([] if args.batch_window_ms is None else [f"serve.batch_window_ms={args.batch_window_ms}"]),
+                *([] if args.max_query_batch is None else [f"serve.max_query_batch={args.max_query_batch}"]),
             ],
             env={"MEMOS_LAB_ADMIN_TOKEN": ADMIN},
         ).start()
@@ -258,6 +274,7 @@ def main() -> None:
             tokens = setup(server, args.clients, seed_texts[: args.seed_items])
             tally, wall_s, restarts = asyncio.run(load(args, server, tokens, queries))
             lost, stored = lost_writes(server, tokens[0], tally.acknowledged)
+            batching = query_batching(server, tokens[0])
             compared = overhead(args, server, tokens[0], queries) if args.overhead else {}
         finally:
             server.stop()
@@ -272,6 +289,7 @@ def main() -> None:
         "embedder": args.embedder,
         "clients": args.clients,
         "workers": args.workers,
+        "query_batching": batching,
         "seed_items": args.seed_items,
         "wall_s": round(wall_s, 2),
         "requests_per_s": round(done / wall_s, 1),

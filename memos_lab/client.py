@@ -15,24 +15,28 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import httpx
 
+from memos_lab.data.schema import KnowledgeEdit
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata, new_id
 from memos_lab.memory.textual.base import SearchFilter, TextualMemory
 from memos_lab.mos import READ, CubeHit, CubeInfo
 from memos_lab.settings import Settings, positive, positive_int, uses_settings
 
+JOB_ENDED = ("done", "failed")
 _SENT_METADATA = ("user", "session", "source", "event_time", "tags", "extra")  # what a client may set
 _ERRORS: dict[int, type[MemosError]] = {
     401: AccessDeniedError,
     403: AccessDeniedError,
     404: NotFoundError,
     409: BusyError,
+    429: BusyError,  # a rate limit or a full job queue: retry later
 }
 
 
@@ -244,7 +248,45 @@ class RemoteMOS:
         """Fold the cube's journal into a new dump on the server (writes are durable without it)."""
         self._call("POST", f"/cubes/{self._id(cube_id)}/save", caller=caller)
 
+    # ---- the server's model: activation caches, parametric edit jobs ------------------------------
+
+    def cache_activation(
+        self, caller: str, cube_id: str, max_items: int = 64, per_item: bool = True, assembled: bool = True
+    ) -> dict[str, Any]:
+        """Encode the KV caches of the cube's `max_items` most recent active memories with the server's model
+        into the cube's activation slot (POST /v1/cubes/{id}/activation); what is cached now (model, memories,
+        caches_added, caches_total, cached_tokens, cache_bytes). BusyError while the model is busy."""
+        body = {"max_items": max_items, "per_item": per_item, "assembled": assembled}
+        summary = self._call("POST", f"/cubes/{self._id(cube_id)}/activation", body, caller=caller)
+        return {**summary, "cube_id": self._local(summary["cube_id"])}
+
+    def submit_edits(
+        self, caller: str, cube_id: str, edits: Sequence[KnowledgeEdit], adapter: str = "default"
+    ) -> dict[str, Any]:
+        """Queue knowledge edits to train into `adapter` of the cube's parametric memory on the server
+        (POST /v1/cubes/{id}/parametric/edits); the job (job_id, status, ...), to follow with `job` or
+        `wait_job`. BusyError (429) when the server's job queue is full."""
+        body = {"edits": [_edit_body(edit) for edit in edits], "adapter": adapter}
+        return self._job(self._call("POST", f"/cubes/{self._id(cube_id)}/parametric/edits", body, caller=caller))
+
+    def job(self, caller: str, job_id: str) -> dict[str, Any]:
+        """A job `caller` submitted (GET /v1/jobs/{id}): status queued, running, done (with its result) or
+        failed (with one line)."""
+        return self._job(self._call("GET", f"/jobs/{job_id}", caller=caller))
+
+    def wait_job(self, caller: str, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
+        """The job once it is done or failed (polled every `poll_s`); BusyError if it is neither after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while (job := self.job(caller, job_id))["status"] not in JOB_ENDED:
+            if time.monotonic() >= deadline:
+                raise BusyError(f"job {job_id} is still {job['status']} after {timeout_s:g} s")
+            time.sleep(poll_s)
+        return job
+
     # ---- the wire -------------------------------------------------------------------------------
+
+    def _job(self, job: dict[str, Any]) -> dict[str, Any]:
+        return {**job, "cube_id": self._local(job["cube_id"])}
 
     def _id(self, local: str) -> str:
         """A user or cube id as the server knows it."""
@@ -293,6 +335,12 @@ def _item_body(item: MemoryItem) -> dict[str, Any]:
     body: dict[str, Any] = {"text": item.text, "id": item.id, "tags": list(meta.tags), "extra": dict(meta.extra)}
     body.update({key: getattr(meta, key) for key in ("user", "session", "source", "event_time")})
     return body
+
+
+def _edit_body(edit: KnowledgeEdit) -> dict[str, Any]:
+    """What the server takes of an edit (locality and portability probes are for evaluation, not training)."""
+    body = {key: getattr(edit, key) for key in ("edit_id", "subject", "relation", "prompt", "target_new")}
+    return {**body, "target_old": edit.target_old, "paraphrases": list(edit.paraphrases)}
 
 
 def _filter_body(filters: Mapping[str, object] | SearchFilter) -> dict[str, Any]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypedDict
 
+import numpy as np
+
 from memos_lab.artifact import atomic_write_text, check_json, read_json_file, remove_stale_staging
 from memos_lab.cube import MANIFEST_FILE, SLOTS, MemCube
 from memos_lab.errors import AccessDeniedError, BusyError, ConfigError, DataError, MemosError, NotFoundError
@@ -274,8 +276,11 @@ class MOS:
         top_k: int = 10,
         cube_ids: Sequence[str] | None = None,
         filters: Mapping[str, object] | SearchFilter | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> list[CubeHit]:
-        """Search the named cubes (all readable ones if none are named); naming an unreadable cube is refused."""
+        """Search the named cubes (all readable ones if none are named); naming an unreadable cube is refused.
+        `query_vector`: the query's embedding by the root's embedder, when the caller has it already (a server
+        encodes concurrent queries together); the hits are those the search would find encoding it itself."""
         if cube_ids is None:
             cube_ids = self.readable_cubes(caller)
         if isinstance(cube_ids, str):
@@ -285,7 +290,7 @@ class MOS:
         hits = [
             CubeHit(cube_id, hit.item, hit.score)
             for cube_id in dict.fromkeys(cube_ids)
-            for hit in self._cubes[cube_id].text.search(query, top_k, filters)
+            for hit in self._cubes[cube_id].text.search(query, top_k, filters, query_vector)
         ]
         return sorted(hits, key=lambda hit: -hit.score)[:top_k]
 

@@ -138,3 +138,15 @@ def test_users_shares_and_cubes_survive_a_restart(tmp_path, embedder):
     (tmp_path / "registry.json").write_text("{broken")
     with pytest.raises(MemosError, match="registry.json: not valid JSON"):
         MOS(lambda: GeneralTextMemory(embedder), root=tmp_path)
+
+
+def test_a_search_given_the_query_vector_finds_exactly_what_it_finds_encoding_it(mos, embedder):
+    mos.create_cube("bob", cube_id="bob-cube")
+    mos.add("bob", "bob-cube", ["bob drinks black tea", "bob lives in Lima", "bob plays chess in Oslo"])
+    mos.share_cube("bob", "bob-cube", "alice", "read")
+    for query in ("who lives in Oslo", "tea", "chess"):  # hits from both cubes
+        expected = mos.search("alice", query, top_k=3)
+        given = mos.search("alice", query, top_k=3, query_vector=embedder.encode([query])[0])
+        assert [(h.cube_id, h.item.id, h.score) for h in given] == [(h.cube_id, h.item.id, h.score) for h in expected]
+    with pytest.raises(AccessDeniedError):  # a vector changes nothing about who may read what
+        mos.search("mallory", "tea", cube_ids=["bob-cube"], query_vector=embedder.encode(["tea"])[0])

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -35,11 +35,13 @@ from memos_lab.errors import (
 from memos_lab.memory.item import MemoryItem, MemoryMetadata, new_id
 from memos_lab.memory.parametric.adapters import ADAPTER_NAME
 from memos_lab.memory.parametric.base import check_batch
+from memos_lab.memory.textual.base import TextualMemory
 from memos_lab.mos import MOS
 from memos_lab.service.auth import AuthError, RateLimitedError, RateLimiter, TokenStore, admin_matches
+from memos_lab.service.batching import EmbeddingBatcher
 from memos_lab.service.jobs import Job, JobRunner
 from memos_lab.service.settings import ServeSettings
-from memos_lab.service.weights import LocalModel, cache_activation, edit_job, require
+from memos_lab.service.weights import CubeGuard, LocalModel, cache_activation, edit_job, require
 
 API = "/v1"
 log = logging.getLogger("memos_lab.service")
@@ -246,10 +248,18 @@ def create_app(
         ),
     )
     # Every endpoint is a coroutine that calls the MOS directly on the event loop, never awaiting inside a
-    # call: the MOS (one process's state, not thread-safe) runs one call at a time, and no request pays a
-    # hop to a worker thread (on a loaded machine each hop is a context switch that costs milliseconds).
+    # call: the MOS (one process's state, not thread-safe) runs one call at a time. What takes long without
+    # touching the MOS runs on threads, awaited between MOS calls: the embedder (queries batched, an add's
+    # items; memos_lab/service/batching.py) and the model's activation caching (`guard` keeps the writes that
+    # would change the cache being built waiting, memos_lab/service/weights.py).
     limiter = RateLimiter(settings.rate_per_s, settings.rate_burst)
     text = mos.new_text_memory()
+    batcher = (
+        EmbeddingBatcher(text.embedder, settings.batch_window_ms / 1000, settings.max_query_batch)
+        if settings.max_query_batch
+        else None
+    )
+    guard = CubeGuard()
     info_json = {
         "embedder": {"name": text.embedder.name, "dim": text.embedder.dim},
         "memory": f"{type(text).__module__}.{type(text).__qualname__}",
@@ -391,6 +401,7 @@ def create_app(
     @app.post(f"{API}/cubes/{{cube_id}}/save", tags=["cubes"])
     async def save(user: Caller, cube_id: str) -> dict[str, str]:
         """Fold the cube's journal into a new dump (writes are durable without it; this bounds replay)."""
+        await guard.settled(cube_id)
         mos.save(user, cube_id)
         return {"cube_id": cube_id}
 
@@ -403,6 +414,9 @@ def create_app(
                 f"items: send 1 to {settings.max_batch} items per add (serve.max_batch), got {len(body.items)}"
             )
         items = [item.item() for item in body.items]
+        if batcher is not None:  # embedded off the event loop (with other requests' texts), as the memory would
+            vectors = await batcher.embed([TextualMemory.key(item) for item in items])
+            items = [replace(item, embedding=vector) for item, vector in zip(items, vectors, strict=True)]
         return {"ids": mos.add(user, cube_id, items)}
 
     @app.get(f"{API}/cubes/{{cube_id}}/memories", tags=["memories"])
@@ -430,11 +444,14 @@ def create_app(
     @app.post(f"{API}/search", tags=["memories"])
     async def search(user: Caller, body: SearchRequest) -> dict[str, list[dict[str, Any]]]:
         filters = None if body.filters is None else body.filters.model_dump()
-        hits = mos.search(user, body.query, top_k=top_k(body.top_k), cube_ids=body.cube_ids, filters=filters)
+        limit = top_k(body.top_k)
+        vector = (await batcher.embed([body.query]))[0] if batcher is not None and body.query.strip() else None
+        hits = mos.search(user, body.query, top_k=limit, cube_ids=body.cube_ids, filters=filters, query_vector=vector)
         return {"hits": [{"cube_id": hit.cube_id, "score": hit.score, "item": item_json(hit.item)} for hit in hits]}
 
     @app.post(f"{API}/cubes/{{cube_id}}/merge", tags=["memories"])
     async def merge(user: Caller, cube_id: str, body: MergeRequest) -> dict[str, Any]:
+        await guard.settled(cube_id)
         return item_json(mos.merge(user, cube_id, body.item_ids, body.text))
 
     @app.get(f"{API}/cubes/{{cube_id}}/memories/{{item_id:path}}", tags=["memories"])
@@ -448,10 +465,12 @@ def create_app(
             changes["tags"] = tuple(changes["tags"] or ())
         if "extra" in changes:
             changes["extra"] = dict(changes["extra"] or {})
+        await guard.settled(cube_id)
         return item_json(mos.update(user, cube_id, item_id, body.text, **changes))
 
     @app.delete(f"{API}/cubes/{{cube_id}}/memories/{{item_id:path}}", tags=["memories"])
     async def delete(user: Caller, cube_id: str, item_id: str, hard: bool = False) -> dict[str, str]:
+        await guard.settled(cube_id)
         mos.delete(user, cube_id, item_id, hard=hard)
         return {"deleted": item_id}
 
@@ -461,11 +480,14 @@ def create_app(
     async def activation(user: Caller, cube_id: str, body: ActivationRequest | None = None) -> dict[str, Any]:
         """Encode the KV caches of the cube's most recent active memories for the server's model into the
         cube's activation slot, and save the cube. Needs `model=` at startup (400 without one); 409 while a
-        parametric job trains. Runs in the request (bounded by `max_items` and serve.max_batch)."""
+        parametric job trains. Runs in the request (bounded by `max_items` and serve.max_batch), on a thread:
+        other requests are served meanwhile; updates, merges, deletes and saves of this cube wait for it."""
         body = body or ActivationRequest.model_validate({})
         if body.max_items > settings.max_batch:
             raise ConfigError(f"max_items {body.max_items} is over the limit of {settings.max_batch} (serve.max_batch)")
-        summary = cache_activation(mos, local, user, cube_id, body.max_items, body.per_item, body.assembled)
+        summary = await cache_activation(
+            mos, local, guard, user, cube_id, body.max_items, body.per_item, body.assembled
+        )
         return {"cube_id": cube_id, **summary}
 
     @app.post(f"{API}/cubes/{{cube_id}}/parametric/edits", status_code=202, tags=["parametric"])
@@ -483,7 +505,7 @@ def create_app(
         edits = [edit.edit() for edit in body.edits]
         check_batch(edits)
         mos.slot(user, cube_id, "parametric")  # the caller may write the cube: checked now, and again when it runs
-        work = edit_job(mos, model, asyncio.get_running_loop(), user, cube_id, body.adapter, edits)
+        work = edit_job(mos, model, asyncio.get_running_loop(), guard, user, cube_id, body.adapter, edits)
         return job_json(jobs.submit(user, cube_id, "parametric_edit", work))
 
     @app.get(f"{API}/jobs/{{job_id}}", tags=["parametric"])
@@ -495,10 +517,14 @@ def create_app(
     @app.get(f"{API}/info", tags=["admin"])
     async def info(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict[str, Any]:
         """What this server's cubes are built with (for any user's token or the admin token): a remote MOS
-        checks the embedder and memory backend match its run's."""
+        checks the embedder and memory backend match its run's. `query_batching`: the batching settings and
+        the texts embedded so far (queries and added items', in how many embedder calls) by the answering process."""
         if not admin_matches(presented(credentials), admin_token):
             await caller(credentials)
-        return info_json
+        batching = {"window_ms": settings.batch_window_ms, "max_batch": settings.max_query_batch}
+        if batcher is not None:  # how many embedder calls the queries took so far, in this process
+            batching.update(batches=batcher.batches, texts=batcher.texts)
+        return {**info_json, "query_batching": batching}
 
     @app.get(f"{API}/health", tags=["admin"])
     async def health() -> dict[str, str]:

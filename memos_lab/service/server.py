@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memos_lab.errors import ConfigError
 from memos_lab.mos import MOS
+from memos_lab.service.batching import SerialEmbedder
 from memos_lab.service.settings import McpSettings, ServeSettings
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def open_mos(cfg: DictConfig, model: Any | None = None) -> MOS:
     if root.exists() and not root.is_dir():
         raise ConfigError(f"root={root} is not a folder")
     root.mkdir(parents=True, exist_ok=True)
-    embedder = hydra.utils.instantiate(cfg.embedder)
+    embedder = SerialEmbedder(hydra.utils.instantiate(cfg.embedder))  # the server encodes on two threads
     return MOS(
         lambda: hydra.utils.instantiate(cfg.memory, embedder=embedder),
         root=root,

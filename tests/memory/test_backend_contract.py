@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from memos_lab.cube import MemCube
+from memos_lab.errors import DataError
 from memos_lab.memory.item import MemoryItem, MemoryMetadata
 from memos_lab.memory.textual.peers.mem0 import Mem0Memory
 
@@ -103,3 +104,23 @@ def test_keys_index_items_under_a_richer_text(text_memory):
     updated = text_memory.update(keyed, "Maya: it rained")
     assert "key" not in updated.metadata.extra  # the old key described the old text
     assert np.allclose(updated.embedding, text_memory.embedder.encode(["Maya: it rained"])[0])
+
+
+def test_a_search_given_its_query_vector_encodes_nothing_and_finds_exactly_the_same(text_memory, monkeypatch):
+    text_memory.add(corpus())
+    queries = ["lisbon trip", "Tom chess club", "roses note 7", "Maya piano lessons"]
+    alone = [[(hit.item.id, hit.score) for hit in text_memory.search(query, 8)] for query in queries]
+    vectors = text_memory.embedder.encode(queries)  # the queries in one batch, as a server encodes them
+
+    def refuse(texts):
+        raise AssertionError(f"encoded {texts} though the search was given its vector")
+
+    monkeypatch.setattr(text_memory.embedder, "encode", refuse)
+    given = [
+        [(hit.item.id, hit.score) for hit in text_memory.search(query, 8, query_vector=vector)]
+        for query, vector in zip(queries, vectors, strict=True)
+    ]
+    assert given == alone
+    for bad in (vectors[0][:-1], np.full_like(vectors[0], np.nan), [0.0] * len(vectors[0])):
+        with pytest.raises(DataError, match="query vector"):
+            text_memory.search("lisbon trip", 8, query_vector=bad)

@@ -89,3 +89,49 @@ def test_two_server_processes_on_one_root_see_each_other_s_writes(launch, tmp_pa
     assert refused.status_code == 409 and "archived" in refused.json()["error"]  # first followed second's update
     hits = first.http.post("/search", json={"query": "fact zero", "top_k": 1}, headers=alice).json()["hits"]
     assert hits[0]["item"]["text"] == "fact zero"
+
+
+def test_two_uvicorn_workers_on_one_root_answer_alike_whichever_takes_a_request(launch, tmp_path):
+    api = launch(tmp_path / "root", "serve.workers=2")
+    alice = setup_cube(api)
+    names = [
+        "amber",
+        "basil",
+        "cedar",
+        "delta",
+        "ember",
+        "fjord",
+        "garnet",
+        "hazel",
+        "indigo",
+        "jasper",
+        "koala",
+        "lemon",
+        "mango",
+        "nectar",
+        "olive",
+        "pepper",
+        "quartz",
+        "raven",
+        "sage",
+        "tulip",
+        "umber",
+        "violet",
+        "walnut",
+        "yarrow",
+    ]
+    pids, searched = set(), []
+    for n, name in enumerate(names):  # a new connection per request: the kernel hands each to either worker
+        with httpx.Client(base_url=f"{api.server.url}/v1", headers=alice, timeout=60) as http:
+            pids.add(http.get("/health").json()["pid"])
+            added = http.post(
+                "/cubes/notes/memories", json={"items": [{"text": f"the kite called {name}", "id": f"k{n}"}]}
+            )
+            assert added.status_code == 201, added.text
+        with httpx.Client(base_url=f"{api.server.url}/v1", headers=alice, timeout=60) as http:
+            pids.add(http.get("/health").json()["pid"])
+            body = {"query": f"where is {name}", "top_k": 1, "cube_ids": ["notes"]}
+            searched.append(http.post("/search", json=body).json()["hits"][0]["item"]["id"])
+    assert len(pids) == 2, pids  # both workers answered
+    assert searched == [f"k{n}" for n in range(24)]  # each search saw the add just acknowledged, by either worker
+    assert stored_ids(api, alice) == {f"k{n}" for n in range(24)}

@@ -3,10 +3,17 @@ server process: results, access, bad input, a full queue, and a job killed mid-r
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 
+import httpx
 import pytest
 
+from memos_lab.client import RemoteMOS
+from memos_lab.data.schema import KnowledgeEdit
+from memos_lab.errors import AccessDeniedError, DataError, NotFoundError
+from tests.service.conftest import ADMIN_TOKEN
 from tests.service.test_api import cube, refused
 
 MODEL = [
@@ -146,3 +153,71 @@ def test_a_job_killed_mid_run_is_failed_after_restart_and_the_saved_slots_load(l
     third = again.http.post(f"/cubes/{notes}/parametric/edits", json={"edits": EDITS[1:]}, headers=alice).json()
     result = poll(again, alice, third["job_id"])["result"]
     assert result["edits_total"] == 2  # the first job's two edits came back with the cube, "bo" replaced
+
+
+PER_ITEM = {"max_items": 200, "assembled": False}  # 200 memories assembled would overflow the tiny model's context
+
+
+def test_searches_are_answered_while_an_activation_request_runs_and_its_cubes_updates_wait(launch, tmp_path):
+    api = launch(tmp_path / "root", *MODEL)
+    alice = api.user("alice")
+    notes, empty = cube(api, alice, "notes"), cube(api, alice, "empty")
+    add(api, alice, notes, *[f"alice noted fact {n}: the kite number {n} is {n % 7} metres long" for n in range(200)])
+    first = api.http.post("/search", json={"query": "kite number 17", "cube_ids": [notes]}, headers=alice).json()
+    finished: dict[str, httpx.Response] = {}
+
+    def call(name: str, method: str, path: str, body: dict) -> None:
+        with httpx.Client(base_url=f"{api.server.url}/v1", headers=alice, timeout=600) as http:
+            finished[name] = http.request(method, path, json=body)
+
+    caching = threading.Thread(target=call, args=("cached", "POST", f"/cubes/{notes}/activation", PER_ITEM))
+    caching.start()
+    deadline = time.monotonic() + 120
+    while api.http.post(f"/cubes/{empty}/activation", headers=alice).status_code != 409:  # the model is not busy yet
+        assert time.monotonic() < deadline and caching.is_alive(), "never saw the activation request running"
+    searched = api.http.post("/search", json={"query": "kite number 17", "cube_ids": [notes]}, headers=alice)
+    refused(api.http.post(f"/cubes/{empty}/activation", headers=alice), 409, "caching another request's activations")
+    # the model's lock was held before and after the search: the search was answered during the activation
+    assert searched.status_code == 200 and searched.json() == first
+    target = first["hits"][0]["item"]["id"]
+    updating = threading.Thread(
+        target=call, args=("updated", "PATCH", f"/cubes/{notes}/memories/{target}", {"text": "the kite is gone"})
+    )
+    updating.start()
+    caching.join()
+    updating.join()
+    cached, updated = finished["cached"], finished["updated"]
+    assert cached.status_code == 200 and cached.json()["caches_added"] == 200, cached.text
+    assert updated.status_code == 200, updated.text  # sent while the caching ran, so it waited for it
+    again = api.http.post(f"/cubes/{notes}/activation", json=PER_ITEM, headers=alice).json()
+    assert again["caches_added"] == 1  # the updated memory's new text ...
+    assert again["caches_total"] == cached.json()["caches_total"]  # ... in place of its old one: none kept stale
+
+
+def test_the_remote_mos_caches_activations_and_runs_edit_jobs_as_the_http_api_does(launch, tmp_path):
+    api = launch(tmp_path / "root", *MODEL)
+    remote = RemoteMOS(api.server.url, admin_token=ADMIN_TOKEN, namespace="run1-")
+    remote.register_user("alice")
+    remote.register_user("bob")
+    remote.create_cube("alice", "notes")
+    remote.add("alice", "notes", ["alice likes green tea", "alice lives in Oslo", "alice plays chess"])
+
+    summary = remote.cache_activation("alice", "notes", max_items=2)
+    assert summary["cube_id"] == "notes" and summary["memories"] == 2 and summary["caches_added"] == 2
+    assert remote.cache_activation("alice", "notes")["caches_added"] == 1  # the third; the two are kept
+    assert remote.describe("alice", "notes").slots == ("activation",)
+    with pytest.raises(AccessDeniedError, match="may not write"):
+        remote.cache_activation("bob", "notes")
+
+    edits = [KnowledgeEdit(edit_id=e.get("edit_id", f"e{n}"), relation=e.get("relation", ""), **{k: e[k] for k in ("subject", "prompt", "target_new")}) for n, e in enumerate(EDITS)]  # fmt: skip
+    job = remote.submit_edits("alice", "notes", edits)
+    assert job["status"] in ("queued", "running") and job["cube_id"] == "notes"
+    done = remote.wait_job("alice", job["job_id"], timeout_s=300, poll_s=0.05)
+    assert done["status"] == "done" and done["result"]["edits_total"] == 2 and done["cube_id"] == "notes"
+    assert remote.job("alice", job["job_id"]) == done
+    assert remote.describe("alice", "notes").slots == ("activation", "parametric")
+    with pytest.raises(NotFoundError, match="no job"):
+        remote.job("bob", job["job_id"])  # only its submitter sees it
+    with pytest.raises(DataError, match="contradictory edits"):
+        remote.submit_edits("alice", "notes", [edits[0], replace(edits[0], edit_id="e9", target_new=" red")])
+    remote.close()

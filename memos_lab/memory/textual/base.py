@@ -88,6 +88,8 @@ class TextualMemory(ABC):
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
         self._items: dict[str, MemoryItem] = {}
+        self._last_query: tuple[str, np.ndarray] | None = None  # the last query encoded, with its vector
+        self._given_query: tuple[str, np.ndarray] | None = None  # the query vector the running search was given
 
     # ---- the public API -------------------------------------------------------------------------
 
@@ -120,16 +122,28 @@ class TextualMemory(ABC):
         return [item.id for item in batch]
 
     def search(
-        self, query: str, top_k: int = 10, filters: Mapping[str, object] | SearchFilter | None = None
+        self,
+        query: str,
+        top_k: int = 10,
+        filters: Mapping[str, object] | SearchFilter | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> list[SearchHit]:
+        """The best `top_k` items for `query`. `query_vector`: the query's embedding by this memory's embedder,
+        when the caller already has it (a server encodes concurrent queries in one batch); the search then
+        encodes nothing, and ranks exactly as with the vector it would have encoded."""
         if not isinstance(query, str) or not query.strip():
             raise MemosError("search query must be a non-empty string")
         if top_k <= 0:
             raise ConfigError(f"top_k must be positive, got {top_k}")
         search_filter = SearchFilter.from_mapping(filters)
+        given = None if query_vector is None else (query, check_query_vector(query_vector, self.embedder.dim))
         if not self._items:
             return []
-        return self._search(query, top_k, search_filter)
+        self._given_query = given
+        try:
+            return self._search(query, top_k, search_filter)
+        finally:
+            self._given_query = None
 
     def get(self, item_id: str) -> MemoryItem:
         try:
@@ -234,6 +248,15 @@ class TextualMemory(ABC):
                     self._replace(item)
         if new:
             self.add(list(new.values()))
+
+    def _query_vector(self, query: str) -> np.ndarray:
+        """The query's embedding: the one the running search was given, else encoded once (several rankings
+        of one search use it, and a repeated query is not encoded again)."""
+        if self._given_query is not None and self._given_query[0] == query:
+            return self._given_query[1]
+        if self._last_query is None or self._last_query[0] != query:
+            self._last_query = (query, self.embedder.encode([query])[0])
+        return self._last_query[1]
 
     @staticmethod
     def key(item: MemoryItem) -> str:
@@ -342,6 +365,16 @@ def check_item(item: object, dim: int) -> None:
         )
     if not np.isfinite(vector).all():
         raise DataError(f"memory item {item_id!r}: embedding holds NaN or infinite values")
+
+
+def check_query_vector(vector: object, dim: int) -> np.ndarray:
+    """`vector` as a query embedding of size `dim` (float32), or DataError saying what is wrong with it."""
+    if not isinstance(vector, np.ndarray) or vector.shape != (dim,) or not np.issubdtype(vector.dtype, np.floating):
+        shape = vector.shape if isinstance(vector, np.ndarray) else type(vector).__name__
+        raise DataError(f"query vector {shape}: the embedder makes float vectors of size {dim}")
+    if not np.isfinite(vector).all():
+        raise DataError("query vector holds NaN or infinite values")
+    return vector.astype(np.float32, copy=False)
 
 
 def _check_changes(metadata_changes: Mapping[str, object], item_id: str) -> None:

@@ -55,7 +55,6 @@ class GeneralTextMemory(TextualMemory):
         self._text_matrix = np.zeros((0, embedder.dim), dtype=np.float32)
         self._text_bm25 = Bm25Index(s.bm25_k1, s.bm25_b, s.bm25_stemming)
         self._has_keys = False
-        self._last_query: tuple[str, np.ndarray] | None = None
 
     def _index_add(self, items: Sequence[MemoryItem]) -> None:
         self._row_index.update((item.id, len(self._row_ids) + n) for n, item in enumerate(items))
@@ -138,12 +137,6 @@ class GeneralTextMemory(TextualMemory):
 
     def _dense_scores(self, query: str) -> np.ndarray:
         return self._matrix @ self._query_vector(query)
-
-    def _query_vector(self, query: str) -> np.ndarray:
-        """The query's embedding, encoded once per search though several rankings use it."""
-        if self._last_query is None or self._last_query[0] != query:
-            self._last_query = (query, self.embedder.encode([query])[0])
-        return self._last_query[1]
 
     def _bm25_scores(self, query: str) -> np.ndarray:
         return self._bm25.scores(query)

@@ -191,7 +191,7 @@ class VectorMemory(TextualMemory):
 
     def _ranked(self, query: str, top_k: int, search_filter: SearchFilter) -> list[SearchHit]:
         self._ensure_trained()
-        query_vector = self.embedder.encode([query])[0:1].astype(np.float32)
+        query_vector = self._query_vector(query)[None, :].astype(np.float32)
         # Over-fetch until enough candidates pass the filter (or the whole store was seen).
         needed = want = max(top_k, self.settings.candidates)
         while True:

@@ -142,7 +142,12 @@ class Mem0Memory(PeerMemory):
         super().delete(item_id, hard)
 
     def _peer_search(self, query: str, limit: int) -> list[SearchHit]:
-        found = self._mem0.search(query, top_k=limit, filters=dict(SCOPE), threshold=self.settings.threshold)
+        embedding = self._mem0.embedding_model
+        embedding.known[query] = self._query_vector(query)  # mem0 embeds the query: hand it the vector
+        try:
+            found = self._mem0.search(query, top_k=limit, filters=dict(SCOPE), threshold=self.settings.threshold)
+        finally:
+            embedding.known.clear()
         hits = []
         for row in found.get("results", []):
             item = self._item_of(row)
