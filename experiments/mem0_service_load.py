@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from service_load import Tally, corpus, percentile  # the same corpus and statistics
+from service_load import Tally, corpus, latencies, provenance, report  # the same corpus and statistics
 
 from memos_lab.generation.serve import free_port
-from memos_lab.provenance import git_commit, hardware
 
 SCOPE = "team"
 
@@ -125,37 +121,17 @@ def main() -> None:
         finally:
             process.kill()
             process.wait()
-    done = len(tally.search_ms) + len(tally.add_ms)
     result = {
-        "command": shlex.join(["python", *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "hardware": hardware(),
-        "loadavg_before": load_before,
-        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        **provenance(load_before),
         "server": "mem0 REST routes (experiments/mem0_rest_server.py), mem0ai 2.2.1 Memory, faiss, infer=False",
         "embedder": args.embedder,
         "clients": args.clients,
         "seed_items": args.seed_items,
-        "wall_s": round(wall_s, 2),
-        "requests_per_s": round(done / wall_s, 1),
-        "searches": len(tally.search_ms),
-        "adds": len(tally.add_ms),
-        "search_p50_ms": round(percentile(tally.search_ms, 50), 2),
-        "search_p99_ms": round(percentile(tally.search_ms, 99), 2),
-        "add_p50_ms": round(percentile(tally.add_ms, 50), 2),
-        "add_p99_ms": round(percentile(tally.add_ms, 99), 2),
-        "errors": sum(tally.errors.values()),
-        "error_kinds": tally.errors,
-        "acknowledged_adds": len(tally.acknowledged),
+        **latencies(tally, wall_s),
         "lost_writes": sum(memory_id not in stored for memory_id in tally.acknowledged),
         "items_after": len(stored),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

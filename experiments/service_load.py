@@ -69,6 +69,45 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def provenance(load_before: list[str]) -> dict[str, object]:
+    """What every result file of these scripts starts with: its command, date, commit, machine and load."""
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        "loadavg_before": load_before,
+        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def latencies(tally: Tally, wall_s: float) -> dict[str, object]:
+    """Throughput, latency percentiles and errors of a load's requests."""
+    done = len(tally.search_ms) + len(tally.add_ms)
+    return {
+        "wall_s": round(wall_s, 2),
+        "requests_per_s": round(done / wall_s, 1),
+        "searches": len(tally.search_ms),
+        "adds": len(tally.add_ms),
+        "search_p50_ms": round(percentile(tally.search_ms, 50), 2),
+        "search_p99_ms": round(percentile(tally.search_ms, 99), 2),
+        "add_p50_ms": round(percentile(tally.add_ms, 50), 2),
+        "add_p99_ms": round(percentile(tally.add_ms, 99), 2),
+        "errors": sum(tally.errors.values()),
+        "error_kinds": tally.errors,
+        "acknowledged_adds": len(tally.acknowledged),
+    }
+
+
+def report(result: dict[str, object], out: Path | None) -> None:
+    """Print the result as JSON, and write it to `out` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 def setup(server: ServerProcess, clients: int, seed_texts: list[str]) -> list[str]:
     admin = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.Client(base_url=f"{server.url}/v1", timeout=300) as http:
@@ -278,30 +317,14 @@ def main() -> None:
             compared = overhead(args, server, tokens[0], queries) if args.overhead else {}
         finally:
             server.stop()
-    done = len(tally.search_ms) + len(tally.add_ms)
     result = {
-        "command": shlex.join(["python", *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "hardware": hardware(),
-        "loadavg_before": load_before,
-        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        **provenance(load_before),
         "embedder": args.embedder,
         "clients": args.clients,
         "workers": args.workers,
         "query_batching": batching,
         "seed_items": args.seed_items,
-        "wall_s": round(wall_s, 2),
-        "requests_per_s": round(done / wall_s, 1),
-        "searches": len(tally.search_ms),
-        "adds": len(tally.add_ms),
-        "search_p50_ms": round(percentile(tally.search_ms, 50), 2),
-        "search_p99_ms": round(percentile(tally.search_ms, 99), 2),
-        "add_p50_ms": round(percentile(tally.add_ms, 50), 2),
-        "add_p99_ms": round(percentile(tally.add_ms, 99), 2),
-        "errors": sum(tally.errors.values()),
-        "error_kinds": tally.errors,
-        "acknowledged_adds": len(tally.acknowledged),
+        **latencies(tally, wall_s),
         "lost_writes": lost,
         "items_after": stored,
         "kills": args.kills,
@@ -312,11 +335,7 @@ def main() -> None:
         "unavailable_requests": tally.unavailable,
         **{key: round(value, 3) for key, value in compared.items()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,19 @@ import cProfile
 import json
 import os
 import pstats
-import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from service_load import ADMIN, Tally, client, corpus, setup  # the same corpus, users and clients
+from service_load import ADMIN, Tally, client, corpus, provenance, report, setup  # the same corpus, users and clients
 
 from memos_lab.generation.serve import free_port
-from memos_lab.provenance import git_commit, hardware
 
 # part -> (file suffix, function name, per what): that function's cumulative time per search, add or request
 PARTS = {
@@ -166,12 +163,7 @@ def main() -> None:
         calls, seconds = cumulative(stats, suffix, name)
         parts[part] = {"calls": calls, f"ms_per_{per}": round(seconds * 1000 / max(count[per], 1), 2)}
     result = {
-        "command": shlex.join(["python", *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "hardware": hardware(),
-        "loadavg_before": load_before,
-        "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        **provenance(load_before),
         "embedder": args.embedder,
         "clients": args.clients,
         "duration_s": args.duration,
@@ -181,11 +173,7 @@ def main() -> None:
         "requests_per_server_cpu_s": round((searches + adds) / cpu_s, 1),
         "parts": parts,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":
