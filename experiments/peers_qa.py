@@ -41,7 +41,12 @@ def main() -> None:
     folder = Path(cache) / "models" / SMOLLM2_NAME
     shutil.rmtree(args.root, ignore_errors=True)
     with transformers_serve(folder) as url:
-        served = [f"llm.base_url={url}", f"llm.model={folder}", f"memory.llm_base_url={url}", f"memory.llm_model={folder}"]
+        served = [
+            f"llm.base_url={url}",
+            f"llm.model={folder}",
+            f"memory.llm_base_url={url}",
+            f"memory.llm_model={folder}",
+        ]
         for name, overrides in CONFIGS.items():
             sweep = "-m" in overrides
             where = f"hydra.sweep.dir={args.root / name}" if sweep else f"hydra.run.dir={args.root / name}"
@@ -50,10 +55,10 @@ def main() -> None:
             command = [sys.executable, "-m", "memos_lab", "run", *(["-m"] if sweep else []), "experiment=qa",
                        "llm=openai_compatible", "logger=none", "embedder=minilm", *DATA, *mine, *keep, where]  # fmt: skip
             subprocess.run(command, check=True)
+    runs = [str(p) for p in sorted(args.root.iterdir())]
+    note = "made by experiments/peers_qa.py"
     subprocess.run(
-        [sys.executable, "-m", "memos_lab", "report", *(str(p) for p in sorted(args.root.iterdir())), "--out",
-         str(args.out), "--note", "made by experiments/peers_qa.py"],  # fmt: skip
-        check=True,
+        [sys.executable, "-m", "memos_lab", "report", *runs, "--out", str(args.out), "--note", note], check=True
     )
 
 
