@@ -128,6 +128,8 @@ class SchedulingSettings(ExperimentSettings):
         positive_int(self, "top_k", "max_new_tokens", "max_conversations", "max_questions")
         if self.compare_text and self.mode != "kv":
             raise ConfigError(f"experiment.compare_text compares kv mode with the text form; mode is {self.mode!r}")
+        if self.activation.encode_on_write and self.mode != "kv":
+            raise ConfigError(f"experiment.activation.encode_on_write caches KV for kv mode; mode is {self.mode!r}")
 
 
 @uses_settings(SchedulingSettings)

@@ -87,6 +87,7 @@ def test_an_interrupted_run_returns_what_it_measured(monkeypatch):
         ("experiment.mode=telepathy", "experiment.mode: unknown 'telepathy'; valid: text, kv, parametric"),
         ("experiment.compare_text=true", "compare_text compares kv mode with the text form; mode is 'text'"),
         ("experiment.max_questions=0", "max_questions must be"),
+        ("experiment.activation.encode_on_write=true", "encode_on_write caches KV for kv mode; mode is 'text'"),
     ],
 )
 def test_bad_settings_fail_clearly(override, message):
